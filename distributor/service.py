@@ -1,0 +1,106 @@
+"""The distributor role: publishes due runs as they fall due, and rescues runs whose lease ran out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+
+from distributor.dispatch import publish_or_revert
+from distributor.rescue import rescue
+from taskmill.broker import Publisher, connect
+from taskmill.db import create_pool
+from taskmill.loops import run_loops, wait_or_stop
+from taskmill.settings import Settings
+from taskmill.store.runs import claim_due, next_due_in
+from taskmill.wakeup import Wakeup
+
+log = logging.getLogger(__name__)
+
+# Publishing one batch while claiming the next keeps both the database and the broker busy.
+_BATCHES_IN_FLIGHT = 2
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_idle: bool = False) -> None:
+    stop = stop or asyncio.Event()
+    pool = await create_pool(settings.database_url, max_size=_BATCHES_IN_FLIGHT + 2)
+    connection = await connect(settings, "taskmill-distributor")
+    try:
+        publisher = await Publisher.open(connection, settings)
+        if until_idle:
+            await _drain(pool, publisher, settings)
+            return
+        async with Wakeup(settings.database_url, "taskmill_schedule") as wakeup:
+            await run_loops(
+                stop,
+                dispatch=_dispatch_loop(pool, publisher, settings, wakeup, stop),
+                rescue=_rescue_loop(pool, publisher, settings, stop),
+            )
+    finally:
+        await connection.close()
+        await pool.close()
+
+
+async def _drain(pool: asyncpg.Pool, publisher: Publisher, settings: Settings) -> None:
+    """Publishes everything due now and rescues what is stale, then returns (for tests and scripts)."""
+    while runs := await claim_due(pool, settings.claim_batch, settings.queued_lease_s):
+        await publish_or_revert(pool, publisher, runs)
+    await rescue(pool, publisher, settings)
+
+
+async def _dispatch_loop(
+    pool: asyncpg.Pool, publisher: Publisher, settings: Settings, wakeup: Wakeup, stop: asyncio.Event
+) -> None:
+    in_flight: set[asyncio.Task[None]] = set()
+    slots = asyncio.Semaphore(_BATCHES_IN_FLIGHT)
+    try:
+        while not stop.is_set():
+            await slots.acquire()
+            try:
+                runs = await claim_due(pool, settings.claim_batch, settings.queued_lease_s)
+            except _DB_ERRORS as exc:
+                slots.release()
+                log.warning("claim failed, will retry: %s", exc, extra={"action": "claim"})
+                await wait_or_stop(stop, 1.0)
+                continue
+            if runs:
+                task = asyncio.create_task(publish_or_revert(pool, publisher, runs))
+                in_flight.add(task)
+                task.add_done_callback(lambda t: (in_flight.discard(t), slots.release()))
+                if len(runs) == settings.claim_batch:
+                    continue  # more are due: claim the next batch while this one publishes
+            else:
+                slots.release()
+            await _sleep_until_due(pool, settings, wakeup, stop)
+    finally:
+        if in_flight:
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+
+async def _sleep_until_due(pool: asyncpg.Pool, settings: Settings, wakeup: Wakeup, stop: asyncio.Event) -> None:
+    """Sleeps until the next run falls due, a new run is written (NOTIFY), or the idle cap passes."""
+    try:
+        due_in = await next_due_in(pool)
+    except _DB_ERRORS:
+        due_in = 1.0
+    timeout = settings.max_idle_s if due_in is None else min(max(due_in, 0.0), settings.max_idle_s)
+    if timeout <= 0:
+        return
+    waiter = asyncio.ensure_future(wakeup.wait(timeout))
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({waiter, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    for f in (waiter, stopped):
+        f.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await f
+
+
+async def _rescue_loop(pool: asyncpg.Pool, publisher: Publisher, settings: Settings, stop: asyncio.Event) -> None:
+    while not await wait_or_stop(stop, settings.rescue_interval_s):
+        try:
+            await rescue(pool, publisher, settings)
+        except _DB_ERRORS as exc:
+            log.warning("rescue failed, will retry: %s", exc, extra={"action": "rescue"})

@@ -1,0 +1,160 @@
+"""From delivery to ack: claim the run, execute it, record the outcome, then ack. Never ack before recording."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import partial
+
+import asyncpg
+import httpx
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
+
+from processor.execute import Attempt, execute
+from taskmill.batcher import Batcher
+from taskmill.broker import Publisher
+from taskmill.messages import RunMessage
+from taskmill.settings import Settings
+from taskmill.states import RunState
+from taskmill.store.runs import Outcome, StartRequest, finish_runs, start_runs
+from taskmill.tasktypes import RunContext
+
+log = logging.getLogger(__name__)
+
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RuntimeError)
+
+
+def decide(message: RunMessage, attempt: Attempt) -> RunState:
+    if attempt.ok:
+        return RunState.SUCCEEDED
+    if not attempt.permanent and message.attempt <= message.max_retries:
+        return RunState.RETRYING
+    # Retries were asked for and are spent: the run is dead-lettered. Without retries it simply failed.
+    return RunState.DEAD if message.max_retries > 0 else RunState.FAILED
+
+
+class Consumer:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        publisher: Publisher,
+        http: httpx.AsyncClient,
+        worker: str,
+    ) -> None:
+        self._settings = settings
+        self._publisher = publisher
+        self._http = http
+        self._worker = worker
+        self._starter: Batcher[StartRequest, bool] = Batcher(partial(start_runs, pool, worker), name="start")
+        self._finisher: Batcher[Outcome, bool] = Batcher(partial(_finish, pool), name="finish")
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    def start(self) -> None:
+        self._starter.start()
+        self._finisher.start()
+
+    async def drain(self) -> None:
+        """Lets every run in flight finish and record its outcome; deliveries not yet started go back."""
+        self._stopping = True
+        while self._in_flight:
+            await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+        await self._starter.close()
+        await self._finisher.close()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def on_message(self, delivery: AbstractIncomingMessage) -> None:
+        task = asyncio.create_task(self._handle(delivery))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _handle(self, delivery: AbstractIncomingMessage) -> None:
+        try:
+            message = RunMessage.model_validate_json(delivery.body)
+        except ValidationError as exc:
+            await self._publisher.publish_dead(delivery.body, None, f"unreadable run message: {exc}"[:1000])
+            await delivery.ack()
+            log.error("dead-lettered an unreadable message", extra={"action": "poison"})
+            return
+        if self._stopping:
+            await delivery.nack(requeue=True)
+            return
+        timeout_s = min(message.timeout_s, self._settings.max_timeout_s)
+        try:
+            won = await self._starter.submit(
+                StartRequest(message.run_id, message.attempt, timeout_s + self._settings.running_grace_s)
+            )
+        except _DB_ERRORS as exc:
+            log.warning("cannot start run %s: %s", message.run_id, exc, extra={"run_id": message.run_id})
+            await asyncio.sleep(1)
+            await delivery.nack(requeue=True)
+            return
+        if not won:
+            # Already started elsewhere, finished, or a stale attempt: the database holds the truth.
+            await delivery.ack()
+            return
+        ctx = RunContext(
+            message.run_id,
+            message.task_id,
+            message.attempt,
+            timeout_s,
+            self._settings.output_cap_bytes,
+            self._http,
+        )
+        attempt = await execute(message, ctx)
+        await self._record(message, attempt)
+        await delivery.ack()
+
+    async def _record(self, message: RunMessage, attempt: Attempt) -> None:
+        status = decide(message, attempt)
+        delay_ms = message.retry_delay_ms()
+        outcome = Outcome(
+            run_id=message.run_id,
+            attempt=message.attempt,
+            status=status,
+            result_json=attempt.result_json(),
+            error=attempt.error,
+            finished_at=datetime.now(UTC),
+            duration_ms=attempt.duration_ms,
+            retry_lease_s=delay_ms / 1000 + self._settings.queued_lease_s,
+        )
+        recorded = await self._record_until_done(outcome)
+        log.info(
+            "run %s attempt %s %s",
+            message.run_id,
+            message.attempt,
+            status.value,
+            extra={"run_id": message.run_id, "task_id": message.task_id, "action": status.value},
+        )
+        if not recorded:
+            return  # the rescuer gave this run to someone else meanwhile
+        try:
+            if status is RunState.RETRYING:
+                await self._publisher.publish_delayed(message.next_attempt(), message.run_id, message.type, delay_ms)
+            elif status is RunState.DEAD:
+                await self._publisher.publish_dead(
+                    message.model_dump_json().encode(), message.run_id, attempt.error or "failed"
+                )
+        except Exception as exc:  # the row's lease brings a lost retry back through the rescuer
+            log.warning("publish after run %s failed: %s", message.run_id, exc, extra={"run_id": message.run_id})
+
+    async def _record_until_done(self, outcome: Outcome) -> bool:
+        delay = 0.2
+        while True:
+            try:
+                return await self._finisher.submit(outcome)
+            except _DB_ERRORS as exc:
+                log.warning("cannot record run %s yet: %s", outcome.run_id, exc, extra={"run_id": outcome.run_id})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+
+async def _finish(pool: asyncpg.Pool, outcomes: Sequence[Outcome]) -> list[bool]:
+    return await finish_runs(pool, outcomes)

@@ -1,0 +1,52 @@
+"""Running one attempt of a run within its timeout, and turning what happened into an outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from taskmill.messages import RunMessage
+from taskmill.tasktypes import BUILTIN, RunContext, TaskFailed
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    ok: bool
+    result: dict[str, Any] | None
+    error: str | None
+    duration_ms: float
+    # A failure that another attempt cannot fix (an unknown type, a payload that does not fit it).
+    permanent: bool = False
+
+    def result_json(self) -> str | None:
+        return None if self.result is None else json.dumps(self.result, default=str)
+
+
+async def execute(message: RunMessage, ctx: RunContext) -> Attempt:
+    started = time.perf_counter()
+
+    def elapsed() -> float:
+        return (time.perf_counter() - started) * 1000
+
+    tasktype = BUILTIN.get(message.type)
+    if tasktype is None:
+        return Attempt(False, None, f"unknown task type {message.type!r}", elapsed(), permanent=True)
+    try:
+        payload = tasktype.parse(message.payload)
+    except ValidationError as exc:
+        return Attempt(False, None, f"payload does not fit type {message.type}: {exc}", elapsed(), permanent=True)
+    try:
+        async with asyncio.timeout(ctx.timeout_s):
+            result = await tasktype.run(payload, ctx)
+    except TimeoutError:
+        return Attempt(False, None, f"timed out after {ctx.timeout_s:g} s", elapsed())
+    except TaskFailed as exc:
+        return Attempt(False, exc.result, exc.reason, elapsed())
+    except Exception as exc:  # a task type's own bug fails the run, never the processor
+        return Attempt(False, None, f"{type(exc).__name__}: {exc}", elapsed())
+    return Attempt(True, result, None, elapsed())

@@ -1,0 +1,74 @@
+"""Turning recurring tasks into rows of task_schedule, from the start of the UTC day to the horizon."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from taskmill.cron import ScheduleError, cron_times, interval_times, zone
+from taskmill.models import Task
+from taskmill.settings import Settings
+from taskmill.states import ScheduleKind
+from taskmill.store.schedule import advance_watermarks, insert_runs, tasks_to_materialize
+
+log = logging.getLogger(__name__)
+
+
+def window(now: datetime, lookahead_hours: float) -> tuple[datetime, datetime]:
+    """From the start of the current UTC day to its end, or further so `lookahead_hours` always stay covered.
+
+    The horizon moves in whole hours, so a task's runs are expanded once an hour, not once a minute.
+    """
+    day_start = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    ahead = hour + timedelta(hours=lookahead_hours + 1)
+    return day_start, max(day_start + timedelta(days=1), ahead)
+
+
+def run_times(task: Task, start: datetime, end: datetime) -> list[datetime]:
+    if task.schedule_kind is ScheduleKind.CRON and task.cron:
+        return cron_times(task.cron, zone(task.timezone), start, end)
+    if task.schedule_kind is ScheduleKind.INTERVAL and task.every_seconds:
+        return interval_times(task.every_seconds, task.schedule_from, start, end)
+    return []
+
+
+def _expand(
+    batch: list[tuple[Task, datetime | None]], day_start: datetime, horizon: datetime
+) -> tuple[list[int], list[datetime]]:
+    task_ids: list[int] = []
+    times: list[datetime] = []
+    for task, until in batch:
+        start = max(day_start, task.schedule_from, until or day_start)
+        try:
+            found = run_times(task, start, horizon)
+        except ScheduleError as exc:
+            log.error("cannot expand the schedule of task %s: %s", task.id, exc, extra={"task_id": task.id})
+            continue
+        task_ids.extend([task.id] * len(found))
+        times.extend(found)
+    return task_ids, times
+
+
+async def materialize(pool: asyncpg.Pool, settings: Settings, now: datetime) -> int:
+    """Inserts every missing run up to the horizon, a batch of tasks per transaction; returns runs inserted."""
+    day_start, horizon = window(now, settings.lookahead_hours)
+    inserted = 0
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            batch = await tasks_to_materialize(
+                conn,
+                horizon,
+                settings.scheduler_batch,
+                settings.scheduler_segments,
+                settings.scheduler_segment,
+            )
+            if not batch:
+                return inserted
+            # croniter is pure Python: expanding a large batch would stall this process's other work.
+            task_ids, times = await asyncio.to_thread(_expand, batch, day_start, horizon)
+            inserted += await insert_runs(conn, task_ids, times)
+            await advance_watermarks(conn, [task.id for task, _ in batch], horizon)

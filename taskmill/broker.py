@@ -1,0 +1,69 @@
+"""The broker connection and a confirmed publisher shared by every role that publishes runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+
+from taskmill.messages import amqp_message
+from taskmill.settings import Settings
+from taskmill.states import RunState
+from taskmill.store.runs import Outbound
+from taskmill.topology import Topology, declare, declare_delay_queue
+
+log = logging.getLogger(__name__)
+
+
+async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
+    """A connection that reconnects by itself and restores its channels, queues and consumers."""
+    return await aio_pika.connect_robust(settings.amqp_url, client_properties={"connection_name": name})
+
+
+async def confirmed_channel(connection: AbstractRobustConnection) -> AbstractChannel:
+    # Confirms tell us the broker has the message; returns raise when it reached no queue.
+    return await connection.channel(publisher_confirms=True, on_return_raises=True)
+
+
+@dataclass(slots=True)
+class Publisher:
+    """Publishes run messages with confirms, many at once: the confirms arrive pipelined, not one round trip each."""
+
+    channel: AbstractChannel
+    topology: Topology
+    timeout_s: float
+
+    @classmethod
+    async def open(cls, connection: AbstractRobustConnection, settings: Settings) -> Publisher:
+        channel = await confirmed_channel(connection)
+        return cls(channel, await declare(channel, settings), settings.publish_timeout_s)
+
+    async def publish_runs(self, runs: Sequence[Outbound]) -> list[bool]:
+        """Publishes each run (dead ones to the dead-letter exchange); True where the broker confirmed it."""
+        results = await asyncio.gather(*(self._publish(run) for run in runs), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            log.warning("%d of %d publishes failed: %s", len(failed), len(runs), failed[0])
+        return [not isinstance(r, BaseException) for r in results]
+
+    async def _publish(self, run: Outbound) -> None:
+        if run.status is RunState.DEAD:
+            await self.publish_dead(run.body, run.run_id, "processor lost on the last attempt")
+            return
+        await self.topology.runs.publish(
+            amqp_message(run.body, run.run_id), routing_key=run.type, mandatory=True, timeout=self.timeout_s
+        )
+
+    async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int) -> None:
+        queue = await declare_delay_queue(self.channel, self.topology.names, delay_ms, task_type)
+        await self.channel.default_exchange.publish(
+            amqp_message(body, run_id), routing_key=queue, mandatory=True, timeout=self.timeout_s
+        )
+
+    async def publish_dead(self, body: bytes, run_id: int | None, reason: str) -> None:
+        message = amqp_message(body, run_id or 0, headers={"x-taskmill-reason": reason[:1000]})
+        await self.topology.dead.publish(message, routing_key="", mandatory=True, timeout=self.timeout_s)

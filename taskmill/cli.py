@@ -1,0 +1,109 @@
+"""`taskmill <command>`: one entry for every role. Roles are imported lazily, so the shared package never
+imports a role and a process loads only the role it runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from taskmill import logs
+from taskmill.settings import Settings, format_settings_error
+
+ROLES = {
+    "scheduler": "scheduler.service:run",
+    "distributor": "distributor.service:run",
+    "processor": "processor.service:run",
+    "api": "api.service:run",
+    "capacity": "capacity.service:run",
+}
+
+RoleRun = Callable[..., Awaitable[None]]
+
+
+def load_role(name: str) -> RoleRun:
+    module, _, attr = ROLES[name].partition(":")
+    fn: RoleRun = getattr(importlib.import_module(module), attr)
+    return fn
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taskmill", description="A distributed task scheduler.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    sub.add_parser("migrate", help="create the database if missing and apply migrations")
+    sub.add_parser("scheduler", help="materialize runs of recurring tasks")
+    sub.add_parser("distributor", help="publish due runs to RabbitMQ and rescue stale ones")
+    proc = sub.add_parser("processor", help="consume and execute runs")
+    proc.add_argument("--concurrency", type=int, help="runs executed at once (default 10)")
+    api = sub.add_parser("api", help="serve the REST API")
+    api.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    api.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    sub.add_parser("capacity", help="forecast the processors needed for the next hours")
+    dev = sub.add_parser("dev", help="migrate, then run every role in one process")
+    dev.add_argument("--host", help="API address (default 127.0.0.1)")
+    dev.add_argument("--port", type=int, help="API port (default 8000)")
+    dev.add_argument("--concurrency", type=int, help="processor concurrency (default 10)")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    for arg, field in (("concurrency", "concurrency"), ("host", "api_host"), ("port", "api_port")):
+        value = getattr(args, arg, None)
+        if value is not None:
+            overrides[field] = value
+    return Settings(**overrides)
+
+
+async def _until_signal(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await work(stop)
+
+
+async def _dev(settings: Settings, stop: asyncio.Event) -> None:
+    from taskmill.loops import run_loops
+    from taskmill.migrate import migrate
+
+    await migrate(settings.database_url)
+    print(f"taskmill dev: API on http://{settings.api_host}:{settings.api_port}/ (docs at /docs)", flush=True)
+    await run_loops(stop, **{name: load_role(name)(settings, stop=stop) for name in ROLES})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except ValidationError as exc:
+        print(f"taskmill: {format_settings_error(exc)}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        if args.command == "migrate":
+            from taskmill.migrate import migrate
+
+            applied = asyncio.run(migrate(settings.database_url))
+            print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
+        elif args.command == "dev":
+            asyncio.run(_until_signal(lambda stop: _dev(settings, stop)))
+        else:
+            role = load_role(args.command)
+            asyncio.run(_until_signal(lambda stop: role(settings, stop=stop)))
+    except (OSError, ConnectionError) as exc:
+        print(f"taskmill {args.command}: cannot reach a service: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+-- Tasks, their runs, the per-attempt results and the audit trail of every status change.
+
+CREATE TYPE run_status AS ENUM (
+    'scheduled', 'queued', 'running', 'succeeded', 'failed', 'retrying', 'dead', 'cancelled', 'skipped'
+);
+
+CREATE TYPE schedule_kind AS ENUM ('immediate', 'once', 'cron', 'interval');
+
+CREATE TABLE tasks (
+    id                 bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name               text NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 200),
+    type               text NOT NULL,
+    payload            jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(payload) = 'object'),
+    schedule_kind      schedule_kind NOT NULL,
+    cron               text,
+    every_seconds      integer CHECK (every_seconds > 0),
+    run_at             timestamptz,
+    timezone           text NOT NULL DEFAULT 'UTC',
+    active             boolean NOT NULL DEFAULT true,
+    max_retries        integer NOT NULL DEFAULT 0 CHECK (max_retries BETWEEN 0 AND 100),
+    retry_delay_s      double precision NOT NULL DEFAULT 10 CHECK (retry_delay_s >= 0),
+    backoff            double precision NOT NULL DEFAULT 1 CHECK (backoff >= 1),
+    timeout_s          double precision NOT NULL DEFAULT 30 CHECK (timeout_s > 0),
+    estimated_ms       integer NOT NULL DEFAULT 1000 CHECK (estimated_ms >= 0),
+    secrets            bytea,
+    created_by         text,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    -- Recurring runs are materialized from here on: creation, the last edit or the last re-activation.
+    schedule_from      timestamptz NOT NULL DEFAULT now(),
+    -- The scheduler's watermark: every run before this instant is in task_schedule.
+    materialized_until timestamptz,
+    deleted_at         timestamptz,
+    CHECK (CASE schedule_kind
+        WHEN 'cron' THEN cron IS NOT NULL
+        WHEN 'interval' THEN every_seconds IS NOT NULL
+        WHEN 'once' THEN run_at IS NOT NULL
+        ELSE true END)
+);
+
+-- The scheduler's work list: active recurring tasks whose watermark lags the horizon.
+CREATE INDEX tasks_to_materialize ON tasks (materialized_until NULLS FIRST)
+    WHERE active AND deleted_at IS NULL AND schedule_kind IN ('cron', 'interval');
+
+CREATE TABLE task_schedule (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task_id        bigint NOT NULL REFERENCES tasks (id),
+    scheduled_time timestamptz NOT NULL,
+    status         run_status NOT NULL DEFAULT 'scheduled',
+    -- Attempts started so far; a message for attempt n may only start a row whose attempt is n - 1.
+    attempt        integer NOT NULL DEFAULT 0,
+    queued_at      timestamptz,
+    started_at     timestamptz,
+    finished_at    timestamptz,
+    -- While queued, running or retrying: when the rescuer may hand the run out again.
+    lease_until    timestamptz,
+    worker         text,
+    error          text,
+    created_by     text,
+    UNIQUE (task_id, scheduled_time)
+);
+
+-- The distributor's claim: due rows in time order.
+CREATE INDEX task_schedule_due ON task_schedule (scheduled_time) WHERE status = 'scheduled';
+-- The rescuer: in-flight rows whose lease ran out.
+CREATE INDEX task_schedule_leases ON task_schedule (lease_until)
+    WHERE status IN ('queued', 'running', 'retrying');
+
+CREATE TABLE task_results (
+    run_id      bigint NOT NULL REFERENCES task_schedule (id) ON DELETE CASCADE,
+    attempt     integer NOT NULL,
+    status      run_status NOT NULL,
+    started_at  timestamptz,
+    finished_at timestamptz NOT NULL,
+    duration_ms double precision,
+    worker      text,
+    result      jsonb,
+    error       text,
+    PRIMARY KEY (run_id, attempt)
+);
+
+CREATE INDEX task_results_finished ON task_results (finished_at);
+
+CREATE TABLE run_audit (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id      bigint NOT NULL,
+    task_id     bigint NOT NULL,
+    from_status run_status,
+    to_status   run_status NOT NULL,
+    attempt     integer NOT NULL,
+    worker      text,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE INDEX run_audit_run ON run_audit (run_id);
+CREATE INDEX run_audit_task ON run_audit (task_id, at);
+
+-- The legal moves of a run. The database refuses any other, whoever writes it.
+CREATE TABLE run_transitions (
+    from_status run_status NOT NULL,
+    to_status   run_status NOT NULL,
+    PRIMARY KEY (from_status, to_status)
+);
+
+INSERT INTO run_transitions VALUES
+    ('scheduled', 'queued'), ('scheduled', 'running'), ('scheduled', 'cancelled'), ('scheduled', 'skipped'),
+    ('queued', 'scheduled'), ('queued', 'running'), ('queued', 'cancelled'), ('queued', 'dead'),
+    ('running', 'succeeded'), ('running', 'failed'), ('running', 'retrying'), ('running', 'dead'),
+    ('running', 'queued'),
+    ('retrying', 'running'), ('retrying', 'cancelled'), ('retrying', 'dead');
+
+-- One statement-level trigger per direction: a batch of a thousand moves costs one audit INSERT, not a thousand.
+CREATE FUNCTION task_schedule_audit_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO run_audit (run_id, task_id, from_status, to_status, attempt, worker)
+    SELECT id, task_id, NULL, status, attempt, worker FROM new_rows;
+    PERFORM pg_notify('taskmill_schedule', '');
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION task_schedule_audit_update() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    bad record;
+BEGIN
+    SELECT o.id, o.status AS from_status, n.status AS to_status INTO bad
+    FROM old_rows o JOIN new_rows n USING (id)
+    WHERE o.status <> n.status
+      AND NOT EXISTS (SELECT 1 FROM run_transitions t
+                      WHERE t.from_status = o.status AND t.to_status = n.status)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'illegal run transition % -> % (run %)', bad.from_status, bad.to_status, bad.id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    INSERT INTO run_audit (run_id, task_id, from_status, to_status, attempt, worker)
+    SELECT n.id, n.task_id, o.status, n.status, n.attempt, n.worker
+    FROM old_rows o JOIN new_rows n USING (id)
+    WHERE o.status <> n.status;
+    IF EXISTS (SELECT 1 FROM new_rows WHERE status = 'scheduled') THEN
+        PERFORM pg_notify('taskmill_schedule', '');
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER task_schedule_audit_insert AFTER INSERT ON task_schedule
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION task_schedule_audit_insert();
+
+CREATE TRIGGER task_schedule_audit_update AFTER UPDATE ON task_schedule
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION task_schedule_audit_update();
+
+-- Any change to a task's definition wakes the schedulers.
+CREATE FUNCTION tasks_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('taskmill_tasks', '');
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER tasks_notify AFTER INSERT OR UPDATE OF payload, schedule_kind, cron, every_seconds, run_at,
+    timezone, active, deleted_at ON tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION tasks_notify();

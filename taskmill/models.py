@@ -1,0 +1,134 @@
+"""The domain model: pydantic shapes at the edges (what callers send), frozen rows inside."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from taskmill.cron import ScheduleError, validate_cron, zone
+from taskmill.states import RunState, ScheduleKind
+from taskmill.tasktypes import BUILTIN
+
+MAX_TIMEOUT_S = 30.0
+
+
+class Schedule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: ScheduleKind = ScheduleKind.IMMEDIATE
+    at: datetime | None = None
+    cron: str | None = Field(None, max_length=256)
+    every_seconds: int | None = Field(None, ge=1, le=366 * 86400)
+    timezone: str = Field("UTC", max_length=64)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            zone(value)
+        except ScheduleError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a timezone offset, e.g. 2026-01-01T09:00:00Z")
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                validate_cron(value)
+            except ScheduleError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _fields_match_kind(self) -> Schedule:
+        needed = {ScheduleKind.ONCE: "at", ScheduleKind.CRON: "cron", ScheduleKind.INTERVAL: "every_seconds"}
+        field = needed.get(self.kind)
+        if field and getattr(self, field) is None:
+            raise ValueError(f"a {self.kind} schedule needs `{field}`")
+        return self
+
+
+class TaskCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    type: str
+    payload: dict[str, Any] = Field(default_factory=dict)
+    schedule: Schedule = Field(default_factory=Schedule)
+    active: bool = True
+    max_retries: int = Field(0, ge=0, le=100)
+    retry_delay_seconds: float = Field(10.0, ge=0, le=86400)
+    backoff: float = Field(1.0, ge=1, le=10)
+    timeout_seconds: float = Field(MAX_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S)
+    estimated_ms: int = Field(1000, ge=0, le=86_400_000)
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("a name cannot contain NUL")
+        return value
+
+    @model_validator(mode="after")
+    def _payload_fits_type(self) -> TaskCreate:
+        tasktype = BUILTIN.get(self.type)
+        if tasktype is None:
+            raise ValueError(f"unknown task type {self.type!r}; known: {', '.join(sorted(BUILTIN))}")
+        tasktype.parse(self.payload)
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: int
+    name: str
+    type: str
+    payload: dict[str, Any]
+    schedule_kind: ScheduleKind
+    cron: str | None
+    every_seconds: int | None
+    run_at: datetime | None
+    timezone: str
+    active: bool
+    max_retries: int
+    retry_delay_s: float
+    backoff: float
+    timeout_s: float
+    estimated_ms: int
+    created_by: str | None
+    created_at: datetime
+    schedule_from: datetime
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> Task:
+        return cls(**{name: r[name] for name in cls.__slots__})  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    id: int
+    task_id: int
+    scheduled_time: datetime
+    status: RunState
+    attempt: int
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker: str | None
+    error: str | None
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> Run:
+        values = {name: r[name] for name in cls.__slots__}  # type: ignore[attr-defined]
+        values["status"] = RunState(values["status"])
+        return cls(**values)

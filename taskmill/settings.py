@@ -1,0 +1,77 @@
+"""Settings read from the environment, validated once at start.
+
+`DATABASE_URL` and `AMQP_URL` are the two every deployment sets; every role knob is `TASKMILL_<NAME>`.
+Nothing here is read at import time: each entry point builds `Settings()` in its `main()`.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TASKMILL_", extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/taskmill",
+        validation_alias=AliasChoices("DATABASE_URL", "TASKMILL_DATABASE_URL"),
+        pattern=r"^postgres(ql)?://",
+    )
+    amqp_url: str = Field(
+        "amqp://guest:guest@127.0.0.1:5672/",
+        validation_alias=AliasChoices("AMQP_URL", "TASKMILL_AMQP_URL"),
+        pattern=r"^amqps?://",
+    )
+    # Every exchange and queue name starts with this, so several installations (or tests) share a broker.
+    broker_prefix: str = Field("taskmill", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # quorum: replicated, delivery limit enforced by the broker; classic: faster on one node.
+    queue_type: str = Field("quorum", pattern=r"^(quorum|classic)$")
+    delivery_limit: int = Field(5, ge=1, le=1000)
+    db_pool_size: int = Field(10, ge=1, le=500)
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    log_format: str = Field("json", pattern=r"^(json|text)$")
+    # Port for the role's Prometheus endpoint; 0 turns it off.
+    metrics_port: int = Field(0, ge=0, le=65535)
+
+    # scheduler
+    scheduler_interval_s: float = Field(60.0, gt=0, le=3600)
+    scheduler_batch: int = Field(500, ge=1, le=100_000)
+    lookahead_hours: float = Field(3.0, ge=0, le=48)
+    # Segmentation: replica `scheduler_segment` of `scheduler_segments` takes tasks with id % segments == segment.
+    scheduler_segments: int = Field(1, ge=1, le=1024)
+    scheduler_segment: int = Field(0, ge=0, le=1023)
+
+    # distributor
+    claim_batch: int = Field(1000, ge=1, le=50_000)
+    # A queued or retrying row whose message has not started by then is published again.
+    queued_lease_s: float = Field(300.0, gt=0)
+    # A running row is handed to another processor this long after its timeout has passed.
+    running_grace_s: float = Field(15.0, ge=0)
+    rescue_interval_s: float = Field(10.0, gt=0)
+    publish_timeout_s: float = Field(10.0, gt=0)
+    max_idle_s: float = Field(30.0, gt=0)
+
+    # processor
+    concurrency: int = Field(10, ge=1, le=10_000)
+    task_types: str = Field("", description="comma-separated task types to serve; empty serves every type")
+    default_timeout_s: float = Field(30.0, gt=0)
+    max_timeout_s: float = Field(30.0, gt=0)
+    output_cap_bytes: int = Field(64 * 1024, ge=256)
+
+    # api
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=0, le=65535)
+
+    def served_types(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.task_types.split(",") if t.strip())
+
+
+def format_settings_error(exc: ValidationError) -> str:
+    """One line naming each bad variable, for a process that is about to stop."""
+    parts = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        name = {"database_url": "DATABASE_URL", "amqp_url": "AMQP_URL"}.get(field, f"TASKMILL_{field.upper()}")
+        parts.append(f"{name}: {err['msg']}")
+    return "bad setting: " + "; ".join(parts)

@@ -1,0 +1,29 @@
+"""Run states. The PostgreSQL enum `run_status` holds the same values (a test keeps them equal)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RunState(StrEnum):
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRYING = "retrying"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+
+TERMINAL = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.DEAD, RunState.CANCELLED, RunState.SKIPPED})
+# States from which a delivery may start the run (the compare-and-set in the processor).
+STARTABLE = (RunState.SCHEDULED, RunState.QUEUED, RunState.RETRYING)
+
+
+class ScheduleKind(StrEnum):
+    IMMEDIATE = "immediate"
+    ONCE = "once"
+    CRON = "cron"
+    INTERVAL = "interval"

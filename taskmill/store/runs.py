@@ -1,0 +1,224 @@
+"""Every statement that moves runs between states. Each takes a whole batch of runs: one statement a batch.
+
+The database checks each move against `run_transitions` and writes the audit row (see 0001_schema.sql).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from taskmill.states import RunState
+
+Conn = asyncpg.Connection | asyncpg.Pool
+
+# The run message (see messages.py), built by PostgreSQL so a claimed row goes to the broker untouched.
+_MESSAGE = """json_build_object(
+    'v', 1, 'run_id', r.id, 'task_id', r.task_id, 'type', t.type, 'payload', t.payload,
+    'attempt', r.attempt + 1, 'scheduled_time', r.scheduled_time, 'timeout_s', t.timeout_s,
+    'max_retries', t.max_retries, 'retry_delay_s', t.retry_delay_s, 'backoff', t.backoff,
+    'deadline', r.lease_until)::text"""
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """A run on its way to the broker: where it goes and the message body."""
+
+    run_id: int
+    type: str
+    body: bytes
+    status: RunState
+
+
+CLAIM_DUE = f"""
+WITH due AS (
+    SELECT id FROM task_schedule
+    WHERE status = 'scheduled' AND scheduled_time <= now()
+    ORDER BY scheduled_time
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), r AS (
+    UPDATE task_schedule s
+    SET status = 'queued', queued_at = now(), lease_until = now() + make_interval(secs => $2)
+    FROM due WHERE s.id = due.id
+    RETURNING s.id, s.task_id, s.attempt, s.scheduled_time, s.lease_until, s.status
+)
+SELECT r.id, t.type, r.status, {_MESSAGE} AS body FROM r JOIN tasks t ON t.id = r.task_id
+"""
+
+
+def _outbound(records: list[asyncpg.Record]) -> list[Outbound]:
+    return [Outbound(r["id"], r["type"], r["body"].encode(), RunState(r["status"])) for r in records]
+
+
+async def claim_due(conn: Conn, limit: int, lease_s: float) -> list[Outbound]:
+    """Moves up to `limit` due runs from scheduled to queued, oldest first, and returns their messages."""
+    return _outbound(await conn.fetch(CLAIM_DUE, limit, lease_s))
+
+
+REVERT_TO_SCHEDULED = """
+UPDATE task_schedule SET status = 'scheduled', queued_at = NULL, lease_until = NULL
+WHERE id = ANY($1::bigint[]) AND status = 'queued'
+"""
+
+
+async def revert_to_scheduled(conn: Conn, run_ids: Sequence[int]) -> None:
+    """Hands runs whose publish failed back to the claim."""
+    if run_ids:
+        await conn.execute(REVERT_TO_SCHEDULED, list(run_ids))
+
+
+NEXT_DUE_IN = """
+SELECT extract(epoch FROM min(scheduled_time) - now())::float8 FROM task_schedule WHERE status = 'scheduled'
+"""
+
+
+async def next_due_in(conn: Conn) -> float | None:
+    """Seconds until the earliest scheduled run (negative when overdue), by the database clock."""
+    value: float | None = await conn.fetchval(NEXT_DUE_IN)
+    return value
+
+
+START = """
+UPDATE task_schedule s
+SET status = 'running', attempt = s.attempt + 1, started_at = now(), worker = $2, error = NULL,
+    lease_until = now() + make_interval(secs => b.lease_s)
+FROM unnest($1::bigint[], $3::int[], $4::float8[]) AS b(id, attempt, lease_s)
+WHERE s.id = b.id AND s.attempt = b.attempt - 1 AND s.status IN ('scheduled', 'queued', 'retrying')
+RETURNING s.id
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StartRequest:
+    run_id: int
+    attempt: int
+    lease_s: float
+
+
+async def start_runs(conn: Conn, worker: str, requests: Sequence[StartRequest]) -> list[bool]:
+    """The compare-and-set into running: True for each request that won its run.
+
+    A request loses when the run is past queued, or its message is for another attempt (a stale redelivery).
+    """
+    won = {
+        r["id"]
+        for r in await conn.fetch(
+            START,
+            [q.run_id for q in requests],
+            worker,
+            [q.attempt for q in requests],
+            [q.lease_s for q in requests],
+        )
+    }
+    out = []
+    for q in requests:
+        out.append(q.run_id in won)
+        won.discard(q.run_id)  # the same run twice in one batch: only the first wins
+    return out
+
+
+FINISH = """
+WITH b AS (
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::run_status[], $4::text[], $5::text[], $6::float8[],
+                         $7::timestamptz[], $8::float8[])
+        AS b(id, attempt, status, result, error, retry_in_s, finished_at, duration_ms)
+), done AS (
+    UPDATE task_schedule s
+    SET status = b.status,
+        finished_at = CASE WHEN b.status = 'retrying' THEN NULL ELSE b.finished_at END,
+        error = b.error,
+        lease_until = CASE WHEN b.status = 'retrying' THEN b.finished_at + make_interval(secs => b.retry_in_s) END
+    FROM b WHERE s.id = b.id AND s.status = 'running' AND s.attempt = b.attempt
+    RETURNING s.id, s.started_at, s.worker
+), kept AS (
+    INSERT INTO task_results (run_id, attempt, status, started_at, finished_at, duration_ms, worker, result, error)
+    SELECT d.id, b.attempt, CASE WHEN b.status = 'retrying' THEN 'failed'::run_status ELSE b.status END,
+           d.started_at, b.finished_at, b.duration_ms, d.worker, b.result::jsonb, b.error
+    FROM done d JOIN b ON b.id = d.id
+    ON CONFLICT (run_id, attempt) DO NOTHING
+)
+SELECT id FROM done
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    run_id: int
+    attempt: int
+    status: RunState  # succeeded, failed, dead or retrying
+    result_json: str | None
+    error: str | None
+    finished_at: datetime
+    duration_ms: float
+    # For retrying: when the rescuer may publish the retry itself if the delayed message never comes back.
+    retry_lease_s: float = 0.0
+
+
+async def finish_runs(conn: Conn, outcomes: Sequence[Outcome]) -> list[bool]:
+    """Records each attempt's outcome and result; False where the run was no longer this attempt's."""
+    rows = await conn.fetch(
+        FINISH,
+        [o.run_id for o in outcomes],
+        [o.attempt for o in outcomes],
+        [o.status.value for o in outcomes],
+        [o.result_json for o in outcomes],
+        [o.error for o in outcomes],
+        [o.retry_lease_s for o in outcomes],
+        [o.finished_at for o in outcomes],
+        [o.duration_ms for o in outcomes],
+    )
+    done = {r["id"] for r in rows}
+    return [o.run_id in done for o in outcomes]
+
+
+RESCUE_WAITING = f"""
+WITH stale AS (
+    SELECT id FROM task_schedule
+    WHERE status IN ('queued', 'retrying') AND lease_until < now()
+    ORDER BY lease_until LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), r AS (
+    UPDATE task_schedule s SET lease_until = now() + make_interval(secs => $2)
+    FROM stale WHERE s.id = stale.id
+    RETURNING s.id, s.task_id, s.attempt, s.scheduled_time, s.lease_until, s.status
+)
+SELECT r.id, t.type, r.status, {_MESSAGE} AS body FROM r JOIN tasks t ON t.id = r.task_id
+"""
+
+RESCUE_LOST = f"""
+WITH lost AS (
+    SELECT s.id FROM task_schedule s
+    WHERE s.status = 'running' AND s.lease_until < now()
+    ORDER BY s.lease_until LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), r AS (
+    UPDATE task_schedule s
+    SET status = CASE WHEN s.attempt > t.max_retries THEN 'dead'::run_status ELSE 'queued'::run_status END,
+        error = 'processor lost during attempt ' || s.attempt,
+        finished_at = CASE WHEN s.attempt > t.max_retries THEN now() END,
+        queued_at = now(),
+        lease_until = CASE WHEN s.attempt > t.max_retries THEN NULL ELSE now() + make_interval(secs => $2) END
+    FROM lost, tasks t WHERE s.id = lost.id AND t.id = s.task_id
+    RETURNING s.id, s.task_id, s.attempt, s.scheduled_time, s.lease_until, s.status, s.started_at, s.worker
+), kept AS (
+    INSERT INTO task_results (run_id, attempt, status, started_at, finished_at, worker, error)
+    SELECT r.id, r.attempt, 'failed', r.started_at, now(), r.worker, 'processor lost during the attempt'
+    FROM r
+    ON CONFLICT (run_id, attempt) DO NOTHING
+)
+SELECT r.id, t.type, r.status, {_MESSAGE} AS body FROM r JOIN tasks t ON t.id = r.task_id
+"""
+
+
+async def rescue_waiting(conn: Conn, limit: int, lease_s: float) -> list[Outbound]:
+    """Queued or retrying runs whose message never started them in time: to be published again."""
+    return _outbound(await conn.fetch(RESCUE_WAITING, limit, lease_s))
+
+
+async def rescue_lost(conn: Conn, limit: int, lease_s: float) -> list[Outbound]:
+    """Running runs whose processor died: re-queued (or dead when out of attempts), to be published."""
+    return _outbound(await conn.fetch(RESCUE_LOST, limit, lease_s))

@@ -1,0 +1,53 @@
+"""The scheduler's statements: which tasks need runs materialized, and inserting those runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+
+from taskmill.models import Task
+
+# Tasks of this replica's segment whose watermark lags the horizon. SKIP LOCKED lets replicas (and segments)
+# share the list without waiting on each other; the lock lasts for the caller's transaction.
+TASKS_TO_MATERIALIZE = """
+SELECT * FROM tasks
+WHERE active AND deleted_at IS NULL AND schedule_kind IN ('cron', 'interval')
+  AND (materialized_until IS NULL OR materialized_until < $1)
+  AND id % $3 = $4
+ORDER BY materialized_until NULLS FIRST, id
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+INSERT_RUNS = """
+INSERT INTO task_schedule (task_id, scheduled_time)
+SELECT * FROM unnest($1::bigint[], $2::timestamptz[])
+ON CONFLICT (task_id, scheduled_time) DO NOTHING
+"""
+
+ADVANCE_WATERMARKS = """
+UPDATE tasks t SET materialized_until = b.until
+FROM unnest($1::bigint[], $2::timestamptz[]) AS b(id, until)
+WHERE t.id = b.id
+"""
+
+
+async def tasks_to_materialize(
+    conn: asyncpg.Connection, horizon: datetime, limit: int, segments: int = 1, segment: int = 0
+) -> list[tuple[Task, datetime | None]]:
+    rows = await conn.fetch(TASKS_TO_MATERIALIZE, horizon, limit, segments, segment)
+    return [(Task.from_record(r), r["materialized_until"]) for r in rows]
+
+
+async def insert_runs(conn: asyncpg.Connection, task_ids: Sequence[int], times: Sequence[datetime]) -> int:
+    """Inserts the runs not there yet; returns how many were new."""
+    if not task_ids:
+        return 0
+    status: str = await conn.execute(INSERT_RUNS, list(task_ids), list(times))
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def advance_watermarks(conn: asyncpg.Connection, task_ids: Sequence[int], until: datetime) -> None:
+    await conn.execute(ADVANCE_WATERMARKS, list(task_ids), [until] * len(task_ids))

@@ -1,0 +1,48 @@
+"""What a task type is: a payload model, a description and an async function that runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+JsonObject = dict[str, Any]
+
+
+class TaskFailed(Exception):
+    """The task ran and did not succeed; `result` keeps what it produced (exit code, output, status)."""
+
+    def __init__(self, reason: str, result: JsonObject | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.result = result
+
+
+@dataclass(slots=True)
+class RunContext:
+    run_id: int
+    task_id: int
+    attempt: int
+    timeout_s: float
+    output_cap: int
+    http: httpx.AsyncClient
+    secrets: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskType:
+    name: str
+    description: str
+    payload_model: type[BaseModel]
+    run: Callable[[Any, RunContext], Awaitable[JsonObject]]
+
+    def parse(self, payload: JsonObject) -> BaseModel:
+        return self.payload_model.model_validate(payload)
+
+
+def cap_text(data: bytes, cap: int) -> tuple[str, bool]:
+    """Decoded output no longer than `cap` bytes, and whether it was cut."""
+    return data[:cap].decode("utf-8", "replace"), len(data) > cap

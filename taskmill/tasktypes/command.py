@@ -1,0 +1,102 @@
+"""`command`: runs an executable (argv, no shell) in its own process group, output captured up to a cap."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskType, cap_text
+
+_PR_SET_PDEATHSIG = 1
+# What a command inherits from the processor; everything else it gets from its payload's env.
+_INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+class CommandPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    argv: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    expected_exit_codes: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+
+def _die_with_parent() -> None:
+    # The child is killed if the processor dies (even by SIGKILL), instead of running on as an orphan.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+async def _read_capped(stream: asyncio.StreamReader, cap: int) -> tuple[bytes, int]:
+    """Keeps the first `cap` bytes and drains the rest, so a chatty child never blocks or fills memory."""
+    kept = bytearray()
+    total = 0
+    while chunk := await stream.read(65536):
+        total += len(chunk)
+        if len(kept) < cap:
+            kept += chunk[: cap - len(kept)]
+    return bytes(kept), total
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
+    env = {k: v for k in _INHERITED_ENV if (v := os.environ.get(k)) is not None}
+    env.update(payload.env)
+    env.update(ctx.secrets)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *payload.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=payload.cwd,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+    except OSError as exc:
+        raise TaskFailed(f"cannot start {payload.argv[0]!r}: {exc.strerror or exc}") from exc
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        (out, out_total), (err, err_total), code = await asyncio.gather(
+            _read_capped(proc.stdout, ctx.output_cap), _read_capped(proc.stderr, ctx.output_cap), proc.wait()
+        )
+    except BaseException:
+        # Timeout or shutdown: the whole process group goes, grandchildren included.
+        _kill_group(proc.pid)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    finally:
+        # A child that exits while its own children keep the pipes open must not leave them running.
+        _kill_group(proc.pid)
+    stdout, _ = cap_text(out, ctx.output_cap)
+    stderr, _ = cap_text(err, ctx.output_cap)
+    result: JsonObject = {
+        "exit_code": code,
+        "stdout": stdout,
+        "stderr": stderr,
+        "stdout_bytes": out_total,
+        "stderr_bytes": err_total,
+        "truncated": out_total > ctx.output_cap or err_total > ctx.output_cap,
+    }
+    if code not in payload.expected_exit_codes:
+        raise TaskFailed(f"exit code {code}", result)
+    return result
+
+
+COMMAND = TaskType(
+    "command",
+    "Runs an executable with arguments (no shell), env and cwd; fails on an unexpected exit code.",
+    CommandPayload,
+    run,
+)

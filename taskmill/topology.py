@@ -1,0 +1,95 @@
+"""The whole RabbitMQ topology in one place: names, arguments and declaration.
+
+publishers --> exchange <p>.runs (direct, key = task type) --> queue <p>.work --> processors
+failed attempt --> default exchange --> queue <p>.delay.<ms>.<type> (TTL) --dead-letter--> <p>.runs
+gave up / poison / over the delivery limit --> exchange <p>.dead (fanout) --> queue <p>.dead
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+from taskmill.settings import Settings
+from taskmill.tasktypes import BUILTIN
+
+# An idle delay queue is removed this long after its last use; its messages have all expired by then.
+_DELAY_QUEUE_IDLE_MS = 3_600_000
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    prefix: str
+
+    @property
+    def runs_exchange(self) -> str:
+        return f"{self.prefix}.runs"
+
+    @property
+    def work_queue(self) -> str:
+        return f"{self.prefix}.work"
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.prefix}.dead"
+
+    def delay_queue(self, delay_ms: int, task_type: str) -> str:
+        return f"{self.prefix}.delay.{delay_ms}.{task_type}"
+
+
+@dataclass(slots=True)
+class Topology:
+    names: Names
+    runs: AbstractExchange
+    dead: AbstractExchange
+    work: AbstractQueue
+    dead_letters: AbstractQueue
+
+
+def work_queue_arguments(settings: Settings, names: Names) -> dict[str, Any]:
+    args: dict[str, Any] = {"x-dead-letter-exchange": names.dead_exchange}
+    if settings.queue_type == "quorum":
+        # The broker counts deliveries; a message that keeps killing its consumer ends in the dead queue.
+        args |= {"x-queue-type": "quorum", "x-delivery-limit": settings.delivery_limit}
+    else:
+        args |= {"x-queue-type": "classic", "x-queue-version": 2}
+    return args
+
+
+async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
+    names = Names(settings.broker_prefix)
+    runs = await channel.declare_exchange(names.runs_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+    dead = await channel.declare_exchange(names.dead_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
+    work = await channel.declare_queue(names.work_queue, durable=True, arguments=work_queue_arguments(settings, names))
+    for type_name in BUILTIN:
+        await work.bind(runs, routing_key=type_name)
+    dead_letters = await channel.declare_queue(
+        names.dead_queue,
+        durable=True,
+        arguments={"x-queue-type": "quorum"} if settings.queue_type == "quorum" else {},
+    )
+    await dead_letters.bind(dead)
+    return Topology(names, runs, dead, work, dead_letters)
+
+
+async def declare_delay_queue(channel: AbstractChannel, names: Names, delay_ms: int, task_type: str) -> str:
+    """A queue that holds each message `delay_ms`, then dead-letters it back to the runs exchange under its type."""
+    name = names.delay_queue(delay_ms, task_type)
+    await channel.declare_queue(
+        name,
+        durable=True,
+        arguments={
+            "x-message-ttl": delay_ms,
+            "x-dead-letter-exchange": names.runs_exchange,
+            "x-dead-letter-routing-key": task_type,
+            "x-expires": delay_ms + _DELAY_QUEUE_IDLE_MS,
+        },
+    )
+    return name
