@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 # Publishing one batch while claiming the next keeps both the database and the broker busy.
 _BATCHES_IN_FLIGHT = 2
+_BUSY_RETRY_S = 0.2
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
@@ -56,11 +57,13 @@ async def _dispatch_loop(
 ) -> None:
     in_flight: set[asyncio.Task[None]] = set()
     slots = asyncio.Semaphore(_BATCHES_IN_FLIGHT)
+    missed = False  # the last claim found nothing although a run was overdue
     try:
         while not stop.is_set():
             await slots.acquire()
             try:
                 runs = await claim_due(pool, settings.claim_batch, settings.queued_lease_s)
+                due_in = None if runs else await next_due_in(pool)
             except _DB_ERRORS as exc:
                 slots.release()
                 log.warning("claim failed, will retry: %s", exc, extra={"action": "claim"})
@@ -70,25 +73,31 @@ async def _dispatch_loop(
                 task = asyncio.create_task(publish_or_revert(pool, publisher, runs))
                 in_flight.add(task)
                 task.add_done_callback(lambda t: (in_flight.discard(t), slots.release()))
+                missed = False
                 if len(runs) == settings.claim_batch:
                     continue  # more are due: claim the next batch while this one publishes
+                due_in = 0.0
             else:
                 slots.release()
-            await _sleep_until_due(pool, settings, wakeup, stop)
+            if due_in is None:
+                timeout = settings.max_idle_s
+            elif due_in > 0:
+                timeout = min(due_in, settings.max_idle_s)
+            elif not missed or runs:
+                # Fell due between the claim and the look at the next due time: claim again at once.
+                missed = not runs
+                continue
+            else:
+                # Overdue yet not claimable: another replica holds those rows, or they wait out a revert backoff.
+                timeout = _BUSY_RETRY_S
+            await _sleep(wakeup, stop, timeout)
     finally:
         if in_flight:
             await asyncio.gather(*in_flight, return_exceptions=True)
 
 
-async def _sleep_until_due(pool: asyncpg.Pool, settings: Settings, wakeup: Wakeup, stop: asyncio.Event) -> None:
-    """Sleeps until the next run falls due, a new run is written (NOTIFY), or the idle cap passes."""
-    try:
-        due_in = await next_due_in(pool)
-    except _DB_ERRORS:
-        due_in = 1.0
-    timeout = settings.max_idle_s if due_in is None else min(max(due_in, 0.0), settings.max_idle_s)
-    if timeout <= 0:
-        return
+async def _sleep(wakeup: Wakeup, stop: asyncio.Event, timeout: float) -> None:
+    """Sleeps until the timeout, a NOTIFY about new or reverted runs, or the stop."""
     waiter = asyncio.ensure_future(wakeup.wait(timeout))
     stopped = asyncio.ensure_future(stop.wait())
     await asyncio.wait({waiter, stopped}, return_when=asyncio.FIRST_COMPLETED)

@@ -16,6 +16,8 @@ from taskmill.store.schedule import advance_watermarks, insert_runs, tasks_to_ma
 
 log = logging.getLogger(__name__)
 
+_NEAR_TERM = timedelta(minutes=2)
+
 
 def window(now: datetime, lookahead_hours: float) -> tuple[datetime, datetime]:
     """From the start of the current UTC day to its end, or further so `lookahead_hours` always stay covered.
@@ -54,8 +56,19 @@ def _expand(
 
 
 async def materialize(pool: asyncpg.Pool, settings: Settings, now: datetime) -> int:
-    """Inserts every missing run up to the horizon, a batch of tasks per transaction; returns runs inserted."""
+    """Inserts every missing run up to the horizon, a batch of tasks per transaction; returns runs inserted.
+
+    The next few minutes go first, in short transactions, so a new or edited task's first runs exist at once
+    even when the rest of its day is tens of thousands of rows.
+    """
     day_start, horizon = window(now, settings.lookahead_hours)
+    near = min(horizon, now + _NEAR_TERM)
+    return await _materialize_until(pool, settings, day_start, near) + await _materialize_until(
+        pool, settings, day_start, horizon
+    )
+
+
+async def _materialize_until(pool: asyncpg.Pool, settings: Settings, day_start: datetime, horizon: datetime) -> int:
     inserted = 0
     while True:
         async with pool.acquire() as conn, conn.transaction():

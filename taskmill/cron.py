@@ -83,9 +83,10 @@ def cron_times(expr: str, tz: ZoneInfo, start: datetime, end: datetime) -> list[
 
 
 def interval_times(every_seconds: int, anchor: datetime, start: datetime, end: datetime) -> list[datetime]:
-    """anchor + k * every_seconds for every k >= 0 with the instant in [start, end)."""
+    """anchor + k * every_seconds for every k >= 1 with the instant in [start, end): the first run comes one
+    interval after the anchor (creation, edit or re-activation), like a timer, not at the anchor itself."""
     step = timedelta(seconds=every_seconds)
-    k = max(0, math.ceil((start - anchor) / step))
+    k = max(1, math.ceil((start - anchor) / step))
     out = []
     t = anchor + k * step
     while t < end:

@@ -111,7 +111,9 @@ class Task:
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> Task:
-        return cls(**{name: r[name] for name in cls.__slots__})  # type: ignore[attr-defined]
+        values = {name: r[name] for name in cls.__slots__}  # type: ignore[attr-defined]
+        values["schedule_kind"] = ScheduleKind(values["schedule_kind"])
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ class Outbound:
 CLAIM_DUE = f"""
 WITH due AS (
     SELECT id FROM task_schedule
-    WHERE status = 'scheduled' AND scheduled_time <= now()
+    WHERE status = 'scheduled' AND scheduled_time <= now() AND (lease_until IS NULL OR lease_until <= now())
     ORDER BY scheduled_time
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -59,16 +59,18 @@ async def claim_due(conn: Conn, limit: int, lease_s: float) -> list[Outbound]:
     return _outbound(await conn.fetch(CLAIM_DUE, limit, lease_s))
 
 
+# On a scheduled row, lease_until holds the run back from the claim for a moment, so a broker that refuses
+# a run is not asked again in a tight loop.
 REVERT_TO_SCHEDULED = """
-UPDATE task_schedule SET status = 'scheduled', queued_at = NULL, lease_until = NULL
+UPDATE task_schedule SET status = 'scheduled', queued_at = NULL, lease_until = now() + make_interval(secs => $2)
 WHERE id = ANY($1::bigint[]) AND status = 'queued'
 """
 
 
-async def revert_to_scheduled(conn: Conn, run_ids: Sequence[int]) -> None:
-    """Hands runs whose publish failed back to the claim."""
+async def revert_to_scheduled(conn: Conn, run_ids: Sequence[int], backoff_s: float) -> None:
+    """Hands runs whose publish failed back to the claim, after `backoff_s`."""
     if run_ids:
-        await conn.execute(REVERT_TO_SCHEDULED, list(run_ids))
+        await conn.execute(REVERT_TO_SCHEDULED, list(run_ids), backoff_s)
 
 
 NEXT_DUE_IN = """

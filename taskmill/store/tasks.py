@@ -60,3 +60,36 @@ async def add_run(
     """One run of a task at `at` (now when None); None if that instant already has a run."""
     run_id: int | None = await conn.fetchval(INSERT_RUN, task_id, at, created_by)
     return run_id
+
+
+# Future runs that have not been handed out yet go; the scheduler (woken by the tasks trigger's NOTIFY)
+# materializes the new schedule from now on. Past and in-flight runs stay, with their history.
+# The task row is locked first, in its own statement: a scheduler that is materializing the task holds that lock
+# until it commits, and the DELETE, taking a fresh snapshot after the wait, then sees the runs it inserted.
+LOCK_TASK = "SELECT id FROM tasks WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"
+DROP_FUTURE_RUNS = """
+DELETE FROM task_schedule WHERE task_id = $1 AND status = 'scheduled' AND scheduled_time > now()
+"""
+RESTART_SCHEDULE = """
+UPDATE tasks SET materialized_until = NULL, schedule_from = now(), updated_at = now(), active = $2 WHERE id = $1
+"""
+
+
+async def _restart_schedule(conn: asyncpg.Connection, task_id: int, active: bool) -> bool:
+    async with conn.transaction():
+        if await conn.fetchval(LOCK_TASK, task_id) is None:
+            return False
+        await conn.execute(DROP_FUTURE_RUNS, task_id)
+        await conn.execute(RESTART_SCHEDULE, task_id, active)
+    return True
+
+
+async def reschedule(conn: asyncpg.Connection, task_id: int) -> bool:
+    """After an edit: drops the task's future scheduled runs so they are materialized again from its new
+    definition. False when there is no such task."""
+    return await _restart_schedule(conn, task_id, True)
+
+
+async def set_active(conn: asyncpg.Connection, task_id: int, active: bool) -> bool:
+    """Deactivating drops the future runs; activating schedules from now on (missed runs are not caught up)."""
+    return await _restart_schedule(conn, task_id, active)

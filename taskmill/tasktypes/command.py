@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,10 +26,26 @@ class CommandPayload(BaseModel):
     expected_exit_codes: list[int] = Field(default_factory=lambda: [0], min_length=1)
 
 
+# The command runs under a small shell that leads its process group. When the processor dies, even by SIGKILL,
+# the kernel sends that shell SIGTERM (PR_SET_PDEATHSIG) and it kills the whole group, grandchildren included,
+# instead of leaving them to run on beside the attempt the rescuer starts elsewhere.
+_GUARD = 'trap "kill -KILL 0" TERM HUP; "$@" & wait $!'
+
+
 def _die_with_parent() -> None:
-    # The child is killed if the processor dies (even by SIGKILL), instead of running on as an orphan.
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _check_executable(program: str, env: dict[str, str], cwd: str | None) -> None:
+    """The executable's path, or TaskFailed saying why it cannot run (the guard shell would only say 127)."""
+    if "/" in program:
+        path = program if os.path.isabs(program) or cwd is None else os.path.join(cwd, program)
+        found = path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+    else:
+        found = shutil.which(program, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise TaskFailed(f"cannot start {program!r}: no such executable")
 
 
 async def _read_capped(stream: asyncio.StreamReader, cap: int) -> tuple[bytes, int]:
@@ -51,9 +68,10 @@ async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
     env = {k: v for k in _INHERITED_ENV if (v := os.environ.get(k)) is not None}
     env.update(payload.env)
     env.update(ctx.secrets)
+    _check_executable(payload.argv[0], env, payload.cwd)
     try:
         proc = await asyncio.create_subprocess_exec(
-            *payload.argv,
+            "/bin/sh", "-c", _GUARD, "taskmill-guard", *payload.argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,

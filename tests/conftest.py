@@ -1,0 +1,140 @@
+"""Test isolation: each test gets its own database (cloned from a migrated template) and its own broker prefix.
+
+PostgreSQL and RabbitMQ must be running; a missing service fails the run with a clear message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import aio_pika
+import asyncpg
+import pytest
+
+from taskmill.migrate import migrate, migration_files
+from taskmill.settings import Settings
+
+PG_ADMIN = os.environ.get("TASKMILL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+AMQP = os.environ.get("TASKMILL_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
+PREFIX = "tmtest"
+
+
+def _dsn(dbname: str) -> str:
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + dbname
+
+
+def _template_name() -> str:
+    digest = hashlib.sha1("".join(sql for _, sql in migration_files()).encode()).hexdigest()[:10]
+    return f"taskmill_template_{digest}"
+
+
+async def _ensure_template() -> str:
+    name = _template_name()
+    try:
+        admin = await asyncpg.connect(PG_ADMIN)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.exit(f"PostgreSQL is not reachable at {PG_ADMIN}: {exc}", returncode=3)
+    try:
+        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await migrate(_dsn(name))
+            await admin.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true')
+    finally:
+        await admin.close()
+    return name
+
+
+async def _check_broker() -> None:
+    try:
+        conn = await aio_pika.connect(AMQP, timeout=5)
+    except Exception as exc:
+        pytest.exit(f"RabbitMQ is not reachable at {AMQP}: {exc}", returncode=3)
+    await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_db() -> str:
+    async def prepare() -> str:
+        await _check_broker()
+        return await _ensure_template()
+
+    return asyncio.run(prepare())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_test_queues() -> Iterator[None]:
+    yield
+    # Delay queues are created on demand; the per-test teardown cannot know them all.
+    out = subprocess.run(
+        ["rabbitmqctl", "list_queues", "name", "--no-table-headers", "-q"], capture_output=True, text=True
+    )
+    names = [n.strip() for n in out.stdout.splitlines() if n.strip().startswith(PREFIX)]
+
+    async def delete() -> None:
+        conn = await aio_pika.connect(AMQP)
+        channel = await conn.channel()
+        for name in names:
+            await channel.queue_delete(name)
+        await conn.close()
+
+    if names:
+        asyncio.run(delete())
+
+
+@pytest.fixture
+async def settings(template_db: str) -> AsyncIterator[Settings]:
+    tag = uuid.uuid4().hex[:10]
+    dbname = f"tmtest_{tag}"
+    admin = await asyncpg.connect(PG_ADMIN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{dbname}" TEMPLATE "{template_db}"')
+    finally:
+        await admin.close()
+    s = Settings(
+        database_url=_dsn(dbname),
+        amqp_url=AMQP,
+        broker_prefix=f"{PREFIX}.{tag}",
+        log_format="text",
+        queued_lease_s=5,
+        running_grace_s=1,
+        rescue_interval_s=0.5,
+        scheduler_interval_s=1,
+        max_idle_s=2,
+        publish_timeout_s=5,
+    )
+    yield s
+    await _delete_broker_objects(s)
+    admin = await asyncpg.connect(PG_ADMIN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def _delete_broker_objects(s: Settings) -> None:
+    from taskmill.topology import Names
+
+    names = Names(s.broker_prefix)
+    conn = await aio_pika.connect(AMQP)
+    try:
+        channel = await conn.channel()
+        for queue in (names.work_queue, names.dead_queue):
+            await channel.queue_delete(queue)
+        for exchange in (names.runs_exchange, names.dead_exchange):
+            await channel.exchange_delete(exchange)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    from taskmill.db import connect
+
+    conn = await connect(settings.database_url)
+    yield conn
+    await conn.close()

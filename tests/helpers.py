@@ -1,0 +1,86 @@
+"""Driving roles and waiting on the database in tests, without sleeping blindly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from taskmill.models import Schedule, Task, TaskCreate
+from taskmill.settings import Settings
+from taskmill.store.tasks import create_task
+
+RoleRun = Callable[..., Awaitable[None]]
+
+
+@asynccontextmanager
+async def running(role: RoleRun, settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
+    """Runs a role in this event loop for the body of the block, then stops it and waits for a clean exit."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(role(settings, stop=stop))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 40)
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], timeout: float = 20.0, interval: float = 0.05, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+async def statuses(db: asyncpg.Connection) -> dict[str, int]:
+    rows = await db.fetch("SELECT status::text, count(*) FROM task_schedule GROUP BY 1")
+    return {r[0]: r[1] for r in rows}
+
+
+async def wait_for_statuses(db: asyncpg.Connection, expected: dict[str, int], timeout: float = 20.0) -> None:
+    async def check() -> bool:
+        return await statuses(db) == expected
+
+    try:
+        await wait_until(check, timeout, what=f"statuses {expected}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; have {await statuses(db)}") from None
+
+
+async def new_task(db: asyncpg.Connection, name: str, type_: str = "noop", payload: dict[str, Any] | None = None,
+                   schedule: Schedule | None = None, **options: Any) -> Task:
+    spec = TaskCreate(name=name, type=type_, payload=payload or {}, schedule=schedule or Schedule(), **options)
+    return await create_task(db, spec)
+
+
+def role_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that makes a `taskmill` subprocess use the same database and broker prefix as a test."""
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=settings.database_url,
+        AMQP_URL=settings.amqp_url,
+        TASKMILL_BROKER_PREFIX=settings.broker_prefix,
+        TASKMILL_QUEUED_LEASE_S=str(settings.queued_lease_s),
+        TASKMILL_RUNNING_GRACE_S=str(settings.running_grace_s),
+        TASKMILL_RESCUE_INTERVAL_S=str(settings.rescue_interval_s),
+        TASKMILL_LOG_FORMAT="text",
+    )
+    env.update(extra)
+    return env
+
+
+async def start_role_process(settings: Settings, *args: str, **env: str) -> asyncio.subprocess.Process:
+    """`taskmill <args>` as a real subprocess (its own process, so it can be killed for real)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "taskmill.cli", *args, env=role_env(settings, **env),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )

@@ -1,0 +1,174 @@
+"""At-least-once delivery, exactly-once start: repeated, concurrent, stale and unreadable messages.
+
+The messages repeated here are the distributor's own: a queue of the test's, bound to the runs exchange next to the
+work queue, keeps a copy of everything published there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractQueue
+
+import distributor.service
+import processor.service
+from taskmill.messages import RunMessage, amqp_message
+from taskmill.settings import Settings
+from taskmill.topology import Topology, declare
+from tests.helpers import new_task, running, statuses, wait_for_statuses, wait_until
+
+# Appends one line to runs.log in its cwd each time it runs.
+APPEND = ["sh", "-c", "echo ran >> runs.log"]
+
+
+@dataclass(slots=True)
+class Broker:
+    channel: AbstractChannel
+    topology: Topology
+    copies: AbstractQueue
+
+    async def take_copy(self) -> bytes:
+        """The oldest message published to the runs exchange that the test has not taken yet."""
+        message = await self.copies.get(no_ack=True)
+        return message.body
+
+    async def publish(self, body: bytes, task_type: str, run_id: int = 0) -> None:
+        await self.topology.runs.publish(amqp_message(body, run_id), routing_key=task_type, mandatory=True)
+
+    async def count(self, queue: str) -> int:
+        declared = await self.channel.declare_queue(queue, passive=True)
+        count = declared.declaration_result.message_count
+        assert count is not None
+        return count
+
+
+@pytest.fixture
+async def broker(settings: Settings) -> AsyncIterator[Broker]:
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        topology = await declare(channel, settings)
+        copies = await channel.declare_queue(exclusive=True)
+        for task_type in ("command", "noop"):
+            await copies.bind(topology.runs, routing_key=task_type)
+        yield Broker(channel, topology, copies)
+
+
+async def distribute(settings: Settings) -> None:
+    await distributor.service.run(settings, until_idle=True)
+
+
+async def process(settings: Settings) -> None:
+    """Consumes until the work queue is empty and nothing is in flight."""
+    await processor.service.run(settings, until_idle=True)
+
+
+async def history(db: asyncpg.Connection) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """Every attempt recorded and every status change, to compare before and after a repeated message."""
+    results = await db.fetch("SELECT run_id, attempt, status::text, result, error FROM task_results ORDER BY 1, 2")
+    audit = await db.fetch("SELECT run_id, from_status::text, to_status::text, attempt FROM run_audit ORDER BY id")
+    return [tuple(r) for r in results], [tuple(a) for a in audit]
+
+
+def lines(tmp_path: Path) -> list[str]:
+    return (tmp_path / "runs.log").read_text().splitlines()
+
+
+async def test_a_repeated_message_of_a_finished_run_is_acked_without_running_again(
+    settings: Settings, db: asyncpg.Connection, broker: Broker, tmp_path: Path
+) -> None:
+    task = await new_task(db, "append", "command", {"argv": APPEND, "cwd": str(tmp_path)})
+    await distribute(settings)
+    body = await broker.take_copy()
+    await process(settings)
+    assert await statuses(db) == {"succeeded": 1}
+    assert lines(tmp_path) == ["ran"]
+    before = await history(db)
+    assert len(before[0]) == 1
+
+    run_id = RunMessage.model_validate_json(body).run_id
+    await broker.publish(body, "command", run_id)
+    assert await broker.count(broker.topology.names.work_queue) == 1
+    await process(settings)
+
+    assert await broker.count(broker.topology.names.work_queue) == 0
+    assert await broker.count(broker.topology.names.dead_queue) == 0
+    assert lines(tmp_path) == ["ran"]
+    assert await history(db) == before
+    assert await db.fetchval("SELECT attempt FROM task_schedule WHERE task_id = $1", task.id) == 1
+
+
+async def test_two_copies_of_a_message_delivered_at_once_run_once(
+    settings: Settings, db: asyncpg.Connection, broker: Broker, tmp_path: Path
+) -> None:
+    payload = {"argv": ["sh", "-c", "echo ran >> runs.log; sleep 0.2"], "cwd": str(tmp_path)}
+    await new_task(db, "append", "command", payload)
+    await distribute(settings)
+    await broker.publish(await broker.take_copy(), "command")
+    assert await broker.count(broker.topology.names.work_queue) == 2  # both wait for the processor's first fetch
+    await process(settings)
+
+    assert await statuses(db) == {"succeeded": 1}
+    assert lines(tmp_path) == ["ran"]
+    results, audit = await history(db)
+    assert [(attempt, status) for _, attempt, status, _, _ in results] == [(1, "succeeded")]
+    assert [(to, attempt) for _, _, to, attempt in audit if to == "running"] == [("running", 1)]
+    assert await broker.count(broker.topology.names.dead_queue) == 0
+
+
+async def test_a_message_for_a_stale_attempt_is_dropped(
+    settings: Settings, db: asyncpg.Connection, broker: Broker, tmp_path: Path
+) -> None:
+    # Attempt 1 fails and its retry waits a long time: the run sits in `retrying`, startable, at attempt 1.
+    payload = {"argv": ["sh", "-c", "echo ran >> runs.log; exit 1"], "cwd": str(tmp_path)}
+    task = await new_task(db, "append", "command", payload, max_retries=1, retry_delay_seconds=30)
+    await distribute(settings)
+    first = await broker.take_copy()
+    await process(settings)
+    assert await statuses(db) == {"retrying": 1}
+    before = await history(db)
+
+    # The first attempt's message again: the run is startable, but not by a message for attempt 1.
+    assert RunMessage.model_validate_json(first).attempt == 1
+    await broker.publish(first, "command")
+    await process(settings)
+
+    assert await statuses(db) == {"retrying": 1}
+    assert await db.fetchval("SELECT attempt FROM task_schedule WHERE task_id = $1", task.id) == 1
+    assert lines(tmp_path) == ["ran"]
+    assert await history(db) == before
+    assert await broker.count(broker.topology.names.work_queue) == 0
+    assert await broker.count(broker.topology.names.dead_queue) == 0
+    # The real retry is untouched, still waiting in its delay queue.
+    assert await broker.count(broker.topology.names.delay_queue(30_000, "command")) == 1
+
+
+@pytest.mark.parametrize("body", [b"not json at all", b'{"v": 1, "run_id": "one"}'], ids=["not-json", "wrong-shape"])
+async def test_an_unreadable_message_is_dead_lettered_and_consuming_goes_on(
+    settings: Settings, db: asyncpg.Connection, broker: Broker, body: bytes
+) -> None:
+    dead_queue = broker.topology.names.dead_queue
+    async with running(processor.service.run, settings):
+        await broker.publish(body, "noop")
+
+        async def dead_lettered() -> bool:
+            return await broker.count(dead_queue) == 1
+
+        await wait_until(dead_lettered, timeout=5, what="the unreadable message in the dead-letter queue")
+        await new_task(db, "after the poison", "noop", {"still": "alive"})
+        await distribute(settings)
+        await wait_for_statuses(db, {"succeeded": 1}, timeout=5)
+
+    assert await broker.count(broker.topology.names.work_queue) == 0
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        dead = await (await channel.declare_queue(dead_queue, passive=True)).get(no_ack=True)
+        assert dead.body == body
+        assert str(dead.headers["x-taskmill-reason"]).startswith("unreadable run message")
+    assert await db.fetchval("SELECT result FROM task_results") == {"still": "alive"}

@@ -1,0 +1,136 @@
+"""Failed attempts: retried through the delay queues with backoff, then dead-lettered when the retries are spent."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+
+import distributor.service
+import processor.service
+from taskmill.settings import Settings
+from taskmill.topology import Names
+from tests.helpers import new_task, running, wait_for_statuses
+
+FAIL = {"argv": ["sh", "-c", "echo nope >&2; exit 7"]}
+
+
+async def run_pipeline(settings: Settings, db: asyncpg.Connection, expected: dict[str, int]) -> None:
+    """Publishes every due run and lets a processor work until the runs reach the `expected` statuses.
+
+    The processor is stopped (drained) on the way out, so whatever it publishes after recording is on the broker.
+    """
+    async with running(processor.service.run, settings):
+        await distributor.service.run(settings, until_idle=True)
+        await wait_for_statuses(db, expected, timeout=10)
+
+
+async def dead_letters(settings: Settings) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Takes every message off the dead-letter queue (after checking the broker's count of them)."""
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(Names(settings.broker_prefix).dead_queue, passive=True)
+        count = queue.declaration_result.message_count
+        messages = []
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            messages.append(message)
+        assert len(messages) == count
+        return messages
+
+
+async def attempts(db: asyncpg.Connection, task_id: int) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await db.fetch(
+        """SELECT r.attempt, r.status::text, r.error, r.started_at, r.finished_at
+           FROM task_results r JOIN task_schedule s ON s.id = r.run_id WHERE s.task_id = $1 ORDER BY r.attempt""",
+        task_id,
+    )
+    return rows
+
+
+def waits(rows: list[asyncpg.Record]) -> list[float]:
+    """Seconds from the end of each attempt to the start of the next."""
+    ends: list[datetime] = [r["finished_at"] for r in rows[:-1]]
+    starts: list[datetime] = [r["started_at"] for r in rows[1:]]
+    return [(start - end).total_seconds() for end, start in zip(ends, starts, strict=True)]
+
+
+async def test_a_failing_task_runs_every_retry_after_its_delay_then_is_dead_lettered(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    task = await new_task(db, "flaky", "command", FAIL, max_retries=2, retry_delay_seconds=0.3)
+    await run_pipeline(settings, db, {"dead": 1})
+    run = await db.fetchrow("SELECT id, attempt, error, finished_at FROM task_schedule WHERE task_id = $1", task.id)
+    assert run is not None
+    assert (run["attempt"], run["error"]) == (3, "exit code 7")
+    assert run["finished_at"] is not None
+
+    rows = await attempts(db, task.id)
+    assert [(r["attempt"], r["status"], r["error"]) for r in rows] == [
+        (1, "failed", "exit code 7"),
+        (2, "failed", "exit code 7"),
+        (3, "dead", "exit code 7"),
+    ]
+    assert all(wait >= 0.3 for wait in waits(rows)), waits(rows)
+
+    audit = await db.fetch(
+        "SELECT from_status::text, to_status::text, attempt FROM run_audit WHERE run_id = $1 ORDER BY id", run["id"]
+    )
+    assert [tuple(a) for a in audit] == [
+        (None, "scheduled", 0),
+        ("scheduled", "queued", 0),
+        ("queued", "running", 1),
+        ("running", "retrying", 1),
+        ("retrying", "running", 2),
+        ("running", "retrying", 2),
+        ("retrying", "running", 3),
+        ("running", "dead", 3),
+    ]
+
+    [message] = await dead_letters(settings)
+    assert message.message_id == str(run["id"])
+    assert message.headers["x-taskmill-reason"] == "exit code 7"
+    assert b'"attempt":3' in message.body
+
+
+async def test_backoff_multiplies_the_wait_before_each_retry(settings: Settings, db: asyncpg.Connection) -> None:
+    task = await new_task(db, "flaky", "command", FAIL, max_retries=2, retry_delay_seconds=0.2, backoff=2)
+    await run_pipeline(settings, db, {"dead": 1})
+    first, second = waits(await attempts(db, task.id))
+    assert first >= 0.2
+    assert second >= 0.4
+    assert second > first
+    # The broker held the two retries in a delay queue each: 200 ms, then 400 ms.
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        names = Names(settings.broker_prefix)
+        for delay_ms in (200, 400):
+            await channel.declare_queue(names.delay_queue(delay_ms, "command"), passive=True)
+
+
+async def test_a_failing_task_without_retries_fails_and_is_not_dead_lettered(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    task = await new_task(db, "once", "command", FAIL, max_retries=0)
+    await run_pipeline(settings, db, {"failed": 1})
+    assert [(r["attempt"], r["status"]) for r in await attempts(db, task.id)] == [(1, "failed")]
+    assert await dead_letters(settings) == []
+
+
+async def test_a_task_that_fails_once_then_succeeds_ends_succeeded_at_attempt_two(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    script = "if [ -e marker ]; then echo second try; else touch marker; exit 1; fi"
+    payload = {"argv": ["sh", "-c", script], "cwd": str(tmp_path)}
+    task = await new_task(db, "second time lucky", "command", payload, max_retries=3, retry_delay_seconds=0.1)
+    await run_pipeline(settings, db, {"succeeded": 1})
+    assert await db.fetchval("SELECT attempt FROM task_schedule WHERE task_id = $1", task.id) == 2
+    rows = await attempts(db, task.id)
+    assert [(r["attempt"], r["status"], r["error"]) for r in rows] == [
+        (1, "failed", "exit code 1"),
+        (2, "succeeded", None),
+    ]
+    assert await dead_letters(settings) == []

@@ -1,0 +1,228 @@
+"""Each built-in task type, run for real: distributor to broker to processor, then read back from the database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+import distributor.service
+import processor.service
+from taskmill.settings import Settings
+from tests.helpers import new_task, running, wait_for_statuses, wait_until
+
+
+async def run_pipeline(settings: Settings, db: asyncpg.Connection, expected: dict[str, int]) -> None:
+    """Publishes every due run and lets a processor work until the runs reach the `expected` statuses."""
+    async with running(processor.service.run, settings):
+        await distributor.service.run(settings, until_idle=True)
+        await wait_for_statuses(db, expected, timeout=10)
+
+
+async def only_result(db: asyncpg.Connection, task_id: int) -> asyncpg.Record:
+    """The single attempt recorded for the task's run, with the run's own status and error."""
+    rows = await db.fetch(
+        """SELECT s.status::text AS run_status, s.attempt AS run_attempt, s.error AS run_error,
+                  r.attempt, r.status::text, r.result, r.error, r.duration_ms
+           FROM task_schedule s JOIN task_results r ON r.run_id = s.id WHERE s.task_id = $1""",
+        task_id,
+    )
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+@dataclass(slots=True)
+class Target:
+    """An HTTP server on 127.0.0.1 that answers every request with `status` and keeps each request's headers."""
+
+    status: int = 200
+    body: bytes = b"hello from the target"
+    port: int = 0
+    requests: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        request_line, *lines = head.split("\r\n")
+        headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+        self.requests.append({"request": request_line, **headers})
+        writer.write(
+            f"HTTP/1.1 {self.status} Whatever\r\nContent-Length: {len(self.body)}\r\nConnection: close\r\n\r\n".encode()
+            + self.body
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[Target]:
+    t = Target()
+    server = await asyncio.start_server(t.serve, "127.0.0.1", 0)
+    t.port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield t
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """A URL on a port that is bound but not listening, so a connection to it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/"
+
+
+def gone(pid: int) -> bool:
+    """True when the process no longer runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+async def test_noop_returns_its_payload_as_the_result(settings: Settings, db: asyncpg.Connection) -> None:
+    payload: dict[str, Any] = {"answer": 42, "nested": {"list": [1, "two", None]}}
+    task = await new_task(db, "noop", "noop", payload)
+    await run_pipeline(settings, db, {"succeeded": 1})
+    row = await only_result(db, task.id)
+    assert (row["run_attempt"], row["attempt"], row["status"]) == (1, 1, "succeeded")
+    assert row["result"] == payload
+    assert row["error"] is None
+
+
+async def test_a_short_sleep_succeeds_after_sleeping(settings: Settings, db: asyncpg.Connection) -> None:
+    task = await new_task(db, "nap", "sleep", {"ms": 50})
+    await run_pipeline(settings, db, {"succeeded": 1})
+    row = await only_result(db, task.id)
+    assert row["result"] == {"slept_ms": 50}
+    assert row["duration_ms"] >= 50
+
+
+async def test_a_sleep_longer_than_its_timeout_fails_with_a_timeout(settings: Settings, db: asyncpg.Connection) -> None:
+    task = await new_task(db, "long nap", "sleep", {"ms": 10_000}, timeout_seconds=0.3)
+    await run_pipeline(settings, db, {"failed": 1})
+    row = await only_result(db, task.id)
+    assert row["status"] == "failed"
+    assert row["error"] == row["run_error"] == "timed out after 0.3 s"
+    assert row["result"] is None
+    assert 300 <= row["duration_ms"] < 5000
+
+
+async def test_http_succeeds_on_200_with_status_and_body_in_the_result(
+    settings: Settings, db: asyncpg.Connection, target: Target
+) -> None:
+    task = await new_task(db, "hook", "http", {"url": target.url})
+    await run_pipeline(settings, db, {"succeeded": 1})
+    row = await only_result(db, task.id)
+    assert row["result"] == {"status": 200, "body": "hello from the target", "truncated": False}
+    assert [r["request"] for r in target.requests] == ["GET /hook HTTP/1.1"]
+
+
+async def test_http_sends_the_run_id_as_idempotency_key(
+    settings: Settings, db: asyncpg.Connection, target: Target
+) -> None:
+    task = await new_task(db, "hook", "http", {"url": target.url, "method": "POST", "json": {"a": 1}})
+    await run_pipeline(settings, db, {"succeeded": 1})
+    run_id = await db.fetchval("SELECT id FROM task_schedule WHERE task_id = $1", task.id)
+    assert len(target.requests) == 1
+    assert target.requests[0]["idempotency-key"] == str(run_id)
+    assert target.requests[0]["request"] == "POST /hook HTTP/1.1"
+
+
+async def test_http_fails_on_500_and_keeps_the_status(
+    settings: Settings, db: asyncpg.Connection, target: Target
+) -> None:
+    target.status, target.body = 500, b"boom"
+    task = await new_task(db, "hook", "http", {"url": target.url})
+    await run_pipeline(settings, db, {"failed": 1})
+    row = await only_result(db, task.id)
+    assert row["error"] == "unexpected HTTP status 500"
+    assert row["result"] == {"status": 500, "body": "boom", "truncated": False}
+
+
+async def test_http_fails_cleanly_when_the_connection_is_refused(
+    settings: Settings, db: asyncpg.Connection, refused_url: str
+) -> None:
+    task = await new_task(db, "hook", "http", {"url": refused_url})
+    await run_pipeline(settings, db, {"failed": 1})
+    row = await only_result(db, task.id)
+    assert row["error"].startswith("ConnectError: ")
+    assert len(row["error"]) > len("ConnectError: ")
+    assert row["result"] is None
+
+
+async def test_command_captures_stdout_and_stderr(settings: Settings, db: asyncpg.Connection) -> None:
+    task = await new_task(db, "echo", "command", {"argv": ["sh", "-c", "echo out; echo err >&2"]})
+    await run_pipeline(settings, db, {"succeeded": 1})
+    row = await only_result(db, task.id)
+    assert row["result"] == {
+        "exit_code": 0,
+        "stdout": "out\n",
+        "stderr": "err\n",
+        "stdout_bytes": 4,
+        "stderr_bytes": 4,
+        "truncated": False,
+    }
+
+
+async def test_command_fails_on_a_non_zero_exit_with_the_exit_code_in_the_result(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    task = await new_task(db, "exit", "command", {"argv": ["sh", "-c", "echo bad news >&2; exit 3"]})
+    await run_pipeline(settings, db, {"failed": 1})
+    row = await only_result(db, task.id)
+    assert row["error"] == row["run_error"] == "exit code 3"
+    assert row["result"]["exit_code"] == 3
+    assert row["result"]["stderr"] == "bad news\n"
+
+
+async def test_command_output_is_capped_at_output_cap_bytes(settings: Settings, db: asyncpg.Connection) -> None:
+    capped = settings.model_copy(update={"output_cap_bytes": 256})
+    task = await new_task(db, "chatty", "command", {"argv": ["sh", "-c", "printf '%05000d' 0; printf '%0300d' 0 >&2"]})
+    await run_pipeline(capped, db, {"succeeded": 1})
+    result = (await only_result(db, task.id))["result"]
+    assert result["stdout"] == "0" * 256
+    assert result["stderr"] == "0" * 256
+    assert (result["stdout_bytes"], result["stderr_bytes"], result["truncated"]) == (5000, 300, True)
+
+
+async def test_command_gets_env_and_cwd_from_its_payload_and_not_the_processor_env(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TASKMILL_TEST_LEAK", "processor secret")
+    script = 'printf "%s|%s|%s" "$GREETING" "${TASKMILL_TEST_LEAK-unset}" "$(pwd -P)"'
+    payload = {"argv": ["sh", "-c", script], "env": {"GREETING": "hello"}, "cwd": str(tmp_path)}
+    task = await new_task(db, "env", "command", payload)
+    await run_pipeline(settings, db, {"succeeded": 1})
+    result = (await only_result(db, task.id))["result"]
+    assert result["stdout"] == f"hello|unset|{os.path.realpath(tmp_path)}"
+
+
+async def test_a_timed_out_command_loses_its_whole_process_group(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    script = 'sleep 30 & a=$!; sleep 30 & b=$!; echo "$$ $a $b" > pids.tmp; mv pids.tmp pids; wait'
+    task = await new_task(
+        db, "stuck", "command", {"argv": ["sh", "-c", script], "cwd": str(tmp_path)}, timeout_seconds=1
+    )
+    await run_pipeline(settings, db, {"failed": 1})
+    row = await only_result(db, task.id)
+    assert row["error"] == "timed out after 1 s"
+    pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
+    assert len(pids) == 3
+
+    async def all_gone() -> bool:
+        return all(gone(pid) for pid in pids)
+
+    await wait_until(all_gone, timeout=2, what=f"pids {pids} to be killed")

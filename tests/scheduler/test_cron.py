@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+
+import pytest
+
+from taskmill.cron import ScheduleError, cron_times, interval_times, validate_cron, zone
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+DAY = (utc(2026, 6, 10), utc(2026, 6, 11))
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("* * * * *", 1440),
+        ("*/15 * * * *", 96),
+        ("0 * * * *", 24),
+        ("30 9 * * *", 1),
+        ("0 9-17 * * 1-5", 9),  # 2026-06-10 is a Wednesday
+        ("0 0 * * 0", 0),  # Sundays only
+        ("*/10 * * * * *", 8640),  # six fields: seconds first
+    ],
+)
+def test_a_utc_day_has_the_expected_number_of_runs(expr: str, expected: int) -> None:
+    assert len(cron_times(expr, zone("UTC"), *DAY)) == expected
+
+
+def test_cron_is_read_in_the_tasks_timezone() -> None:
+    (run,) = cron_times("30 9 * * *", zone("Asia/Kolkata"), *DAY)
+    assert run == utc(2026, 6, 10, 4, 0)  # 09:30 IST is 04:00 UTC
+
+
+def test_runs_fall_inside_the_half_open_window() -> None:
+    runs = cron_times("0 * * * *", zone("UTC"), utc(2026, 6, 10, 3), utc(2026, 6, 10, 5))
+    assert runs == [utc(2026, 6, 10, 3), utc(2026, 6, 10, 4)]
+
+
+def test_a_daily_run_inside_the_spring_forward_gap_runs_once_after_the_gap() -> None:
+    # New York jumps from 02:00 EST to 03:00 EDT on 2026-03-08: 02:30 does not exist that day.
+    ny = zone("America/New_York")
+    runs = cron_times("30 2 * * *", ny, utc(2026, 3, 7, 5), utc(2026, 3, 10, 4))
+    assert runs == [utc(2026, 3, 7, 7, 30), utc(2026, 3, 8, 7, 30), utc(2026, 3, 9, 6, 30)]
+    assert runs[1].astimezone(ny).strftime("%H:%M %Z") == "03:30 EDT"
+
+
+def test_a_daily_run_inside_the_fall_back_overlap_runs_once() -> None:
+    # New York repeats 01:00-02:00 on 2026-11-01.
+    ny = zone("America/New_York")
+    runs = cron_times("30 1 * * *", ny, utc(2026, 10, 31, 4), utc(2026, 11, 3, 5))
+    assert runs == [utc(2026, 10, 31, 5, 30), utc(2026, 11, 1, 5, 30), utc(2026, 11, 2, 6, 30)]
+
+
+def test_an_every_15_minutes_schedule_follows_real_time_across_dst_changes() -> None:
+    ny = zone("America/New_York")
+    # The local day of 2026-11-01 lasts 25 hours, that of 2026-03-08 lasts 23.
+    fall = cron_times("*/15 * * * *", ny, utc(2026, 11, 1, 4), utc(2026, 11, 2, 5))
+    spring = cron_times("*/15 * * * *", ny, utc(2026, 3, 8, 5), utc(2026, 3, 9, 4))
+    assert len(fall) == 100
+    assert len(spring) == 92
+    for runs in (fall, spring):
+        assert len(set(runs)) == len(runs)
+        assert all(b - a == timedelta(minutes=15) for a, b in pairwise(runs))
+
+
+def test_hourly_runs_on_a_fixed_hour_list_do_not_double_in_the_overlap() -> None:
+    runs = cron_times("0 0-3 * * *", zone("Europe/London"), utc(2026, 10, 25, 0) - timedelta(hours=1),
+                      utc(2026, 10, 25, 5))
+    # London falls back at 02:00 BST -> 01:00 GMT: 01:00 happens twice but runs once.
+    local = [r.astimezone(zone("Europe/London")).strftime("%H:%M") for r in runs]
+    assert local == ["00:00", "01:00", "02:00", "03:00"]
+
+
+def test_an_interval_first_fires_one_interval_after_its_anchor() -> None:
+    anchor = utc(2026, 6, 10, 0, 0, 0)
+    assert interval_times(60, anchor, anchor, anchor + timedelta(minutes=3)) == [
+        anchor + timedelta(minutes=m) for m in (1, 2)
+    ]
+
+
+def test_interval_runs_are_anchored() -> None:
+    anchor = utc(2026, 6, 10, 0, 0, 7)
+    runs = interval_times(3600, anchor, utc(2026, 6, 10, 1), utc(2026, 6, 10, 4))
+    assert runs == [utc(2026, 6, 10, h, 0, 7) for h in (1, 2, 3)]
+
+
+@pytest.mark.parametrize(
+    ("expr", "reason"),
+    [
+        ("", "5 fields"),
+        ("* * * *", "5 fields"),
+        ("* * * * * * *", "5 fields"),
+        ("61 * * * *", "invalid"),
+        ("*/0 * * * *", "invalid"),
+        ("0 0 30 2 *", "never fires"),
+        ("* * * * \x00", "ASCII"),
+        ("\u0661 * * * *", "ASCII"),
+        ("* " * 5000, "256 characters"),
+    ],
+)
+def test_bad_cron_expressions_are_refused_with_a_reason(expr: str, reason: str) -> None:
+    with pytest.raises(ScheduleError, match=reason):
+        validate_cron(expr)
+
+
+def test_an_unknown_timezone_is_refused() -> None:
+    with pytest.raises(ScheduleError, match="unknown timezone"):
+        zone("Mars/Olympus_Mons")
