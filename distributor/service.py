@@ -72,7 +72,8 @@ async def _dispatch_loop(
             if runs:
                 task = asyncio.create_task(publish_or_revert(pool, publisher, runs))
                 in_flight.add(task)
-                task.add_done_callback(lambda t: (in_flight.discard(t), slots.release()))
+                task.add_done_callback(in_flight.discard)
+                task.add_done_callback(lambda _: slots.release())
                 missed = False
                 if len(runs) == settings.claim_batch:
                     continue  # more are due: claim the next batch while this one publishes

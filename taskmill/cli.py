@@ -8,7 +8,7 @@ import asyncio
 import importlib
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,7 +24,7 @@ ROLES = {
     "capacity": "capacity.service:run",
 }
 
-RoleRun = Callable[..., Awaitable[None]]
+RoleRun = Callable[..., Coroutine[Any, Any, None]]
 
 
 def load_role(name: str) -> RoleRun:

@@ -111,7 +111,7 @@ class Task:
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> Task:
-        values = {name: r[name] for name in cls.__slots__}  # type: ignore[attr-defined]
+        values = {name: r[name] for name in cls.__slots__}
         values["schedule_kind"] = ScheduleKind(values["schedule_kind"])
         return cls(**values)
 
@@ -131,6 +131,6 @@ class Run:
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> Run:
-        values = {name: r[name] for name in cls.__slots__}  # type: ignore[attr-defined]
+        values = {name: r[name] for name in cls.__slots__}
         values["status"] = RunState(values["status"])
         return cls(**values)

@@ -21,7 +21,8 @@ from taskmill.settings import Settings
 
 PG_ADMIN = os.environ.get("TASKMILL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP = os.environ.get("TASKMILL_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
-PREFIX = "tmtest"
+# Every broker object of this pytest session starts with this, so two sessions at once never touch each other's.
+PREFIX = f"tmtest.{uuid.uuid4().hex[:6]}"
 
 
 def _dsn(dbname: str) -> str:
@@ -73,7 +74,7 @@ def _delete_test_queues() -> Iterator[None]:
     out = subprocess.run(
         ["rabbitmqctl", "list_queues", "name", "--no-table-headers", "-q"], capture_output=True, text=True
     )
-    names = [n.strip() for n in out.stdout.splitlines() if n.strip().startswith(PREFIX)]
+    names = [n.strip() for n in out.stdout.splitlines() if n.strip().startswith(PREFIX + ".")]
 
     async def delete() -> None:
         conn = await aio_pika.connect(AMQP)

@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,7 +16,7 @@ from taskmill.models import Schedule, Task, TaskCreate
 from taskmill.settings import Settings
 from taskmill.store.tasks import create_task
 
-RoleRun = Callable[..., Awaitable[None]]
+RoleRun = Callable[..., Coroutine[Any, Any, None]]
 
 
 @asynccontextmanager
@@ -56,8 +56,14 @@ async def wait_for_statuses(db: asyncpg.Connection, expected: dict[str, int], ti
         raise AssertionError(f"{exc}; have {await statuses(db)}") from None
 
 
-async def new_task(db: asyncpg.Connection, name: str, type_: str = "noop", payload: dict[str, Any] | None = None,
-                   schedule: Schedule | None = None, **options: Any) -> Task:
+async def new_task(
+    db: asyncpg.Connection,
+    name: str,
+    type_: str = "noop",
+    payload: dict[str, Any] | None = None,
+    schedule: Schedule | None = None,
+    **options: Any,
+) -> Task:
     spec = TaskCreate(name=name, type=type_, payload=payload or {}, schedule=schedule or Schedule(), **options)
     return await create_task(db, spec)
 
@@ -81,6 +87,11 @@ def role_env(settings: Settings, **extra: str) -> dict[str, str]:
 async def start_role_process(settings: Settings, *args: str, **env: str) -> asyncio.subprocess.Process:
     """`taskmill <args>` as a real subprocess (its own process, so it can be killed for real)."""
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "taskmill.cli", *args, env=role_env(settings, **env),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "taskmill.cli",
+        *args,
+        env=role_env(settings, **env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )

@@ -11,9 +11,10 @@ from datetime import datetime
 
 import asyncpg
 
+from taskmill.db import Connection
 from taskmill.states import RunState
 
-Conn = asyncpg.Connection | asyncpg.Pool
+Conn = Connection | asyncpg.Pool
 
 # The run message (see messages.py), built by PostgreSQL so a claimed row goes to the broker untouched.
 _MESSAGE = """json_build_object(

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-import asyncpg
-
+from taskmill.db import Connection
 from taskmill.models import Task
 
 # Tasks of this replica's segment whose watermark lags the horizon. SKIP LOCKED lets replicas (and segments)
@@ -35,13 +34,13 @@ WHERE t.id = b.id
 
 
 async def tasks_to_materialize(
-    conn: asyncpg.Connection, horizon: datetime, limit: int, segments: int = 1, segment: int = 0
+    conn: Connection, horizon: datetime, limit: int, segments: int = 1, segment: int = 0
 ) -> list[tuple[Task, datetime | None]]:
     rows = await conn.fetch(TASKS_TO_MATERIALIZE, horizon, limit, segments, segment)
     return [(Task.from_record(r), r["materialized_until"]) for r in rows]
 
 
-async def insert_runs(conn: asyncpg.Connection, task_ids: Sequence[int], times: Sequence[datetime]) -> int:
+async def insert_runs(conn: Connection, task_ids: Sequence[int], times: Sequence[datetime]) -> int:
     """Inserts the runs not there yet; returns how many were new."""
     if not task_ids:
         return 0
@@ -49,5 +48,5 @@ async def insert_runs(conn: asyncpg.Connection, task_ids: Sequence[int], times: 
     return int(status.rsplit(" ", 1)[1])
 
 
-async def advance_watermarks(conn: asyncpg.Connection, task_ids: Sequence[int], until: datetime) -> None:
+async def advance_watermarks(conn: Connection, task_ids: Sequence[int], until: datetime) -> None:
     await conn.execute(ADVANCE_WATERMARKS, list(task_ids), [until] * len(task_ids))

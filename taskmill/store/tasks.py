@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import asyncpg
-
+from taskmill.db import Connection
 from taskmill.models import Task, TaskCreate
 from taskmill.states import ScheduleKind
 
@@ -24,7 +23,7 @@ RETURNING id
 """
 
 
-async def create_task(conn: asyncpg.Connection, spec: TaskCreate, *, created_by: str | None = None) -> Task:
+async def create_task(conn: Connection, spec: TaskCreate, *, created_by: str | None = None) -> Task:
     """Inserts a task; an immediate or once task gets its run now. Runs inside the caller's transaction if any,
     so a caller that rolls back has scheduled nothing."""
     s = spec.schedule
@@ -54,9 +53,7 @@ async def create_task(conn: asyncpg.Connection, spec: TaskCreate, *, created_by:
     return task
 
 
-async def add_run(
-    conn: asyncpg.Connection, task_id: int, at: datetime | None, *, created_by: str | None = None
-) -> int | None:
+async def add_run(conn: Connection, task_id: int, at: datetime | None, *, created_by: str | None = None) -> int | None:
     """One run of a task at `at` (now when None); None if that instant already has a run."""
     run_id: int | None = await conn.fetchval(INSERT_RUN, task_id, at, created_by)
     return run_id
@@ -75,7 +72,7 @@ UPDATE tasks SET materialized_until = NULL, schedule_from = now(), updated_at = 
 """
 
 
-async def _restart_schedule(conn: asyncpg.Connection, task_id: int, active: bool) -> bool:
+async def _restart_schedule(conn: Connection, task_id: int, active: bool) -> bool:
     async with conn.transaction():
         if await conn.fetchval(LOCK_TASK, task_id) is None:
             return False
@@ -84,12 +81,12 @@ async def _restart_schedule(conn: asyncpg.Connection, task_id: int, active: bool
     return True
 
 
-async def reschedule(conn: asyncpg.Connection, task_id: int) -> bool:
+async def reschedule(conn: Connection, task_id: int) -> bool:
     """After an edit: drops the task's future scheduled runs so they are materialized again from its new
     definition. False when there is no such task."""
     return await _restart_schedule(conn, task_id, True)
 
 
-async def set_active(conn: asyncpg.Connection, task_id: int, active: bool) -> bool:
+async def set_active(conn: Connection, task_id: int, active: bool) -> bool:
     """Deactivating drops the future runs; activating schedules from now on (missed runs are not caught up)."""
     return await _restart_schedule(conn, task_id, active)

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskType, cap_text
 
 _PR_SET_PDEATHSIG = 1
+# How long output may keep flowing after the command exits, from processes it left behind.
+_DRAIN_S = 0.5
 # What a command inherits from the processor; everything else it gets from its payload's env.
 _INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 
@@ -71,7 +73,11 @@ async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
     _check_executable(payload.argv[0], env, payload.cwd)
     try:
         proc = await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", _GUARD, "taskmill-guard", *payload.argv,
+            "/bin/sh",
+            "-c",
+            _GUARD,
+            "taskmill-guard",
+            *payload.argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -83,19 +89,26 @@ async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
     except OSError as exc:
         raise TaskFailed(f"cannot start {payload.argv[0]!r}: {exc.strerror or exc}") from exc
     assert proc.stdout is not None and proc.stderr is not None
+    readers = asyncio.gather(_read_capped(proc.stdout, ctx.output_cap), _read_capped(proc.stderr, ctx.output_cap))
     try:
-        (out, out_total), (err, err_total), code = await asyncio.gather(
-            _read_capped(proc.stdout, ctx.output_cap), _read_capped(proc.stderr, ctx.output_cap), proc.wait()
-        )
+        code = await proc.wait()
+        try:
+            async with asyncio.timeout(_DRAIN_S):
+                (out, out_total), (err, err_total) = await asyncio.shield(readers)
+        except TimeoutError:
+            # The command is done but left processes holding its output open: they go with its group.
+            _kill_group(proc.pid)
+            (out, out_total), (err, err_total) = await readers
     except BaseException:
         # Timeout or shutdown: the whole process group goes, grandchildren included.
         _kill_group(proc.pid)
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
+        readers.cancel()
+        await asyncio.gather(readers, return_exceptions=True)
         raise
     finally:
-        # A child that exits while its own children keep the pipes open must not leave them running.
         _kill_group(proc.pid)
     stdout, _ = cap_text(out, ctx.output_cap)
     stderr, _ = cap_text(err, ctx.output_cap)

@@ -39,7 +39,7 @@ async def run(payload: HttpPayload, ctx: RunContext) -> JsonObject:
             timeout=ctx.timeout_s,
         )
     except httpx.HTTPError as exc:
-        raise TaskFailed(f"{type(exc).__name__}: {exc}" or type(exc).__name__) from exc
+        raise TaskFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
     body, truncated = cap_text(response.content, ctx.output_cap)
     result: JsonObject = {"status": response.status_code, "body": body, "truncated": truncated}
     if response.status_code not in payload.expected_statuses:

@@ -26,11 +26,15 @@ async def channel(settings: Settings) -> AsyncIterator[AbstractChannel]:
 async def insert_runs(db: asyncpg.Connection, task_type: str, offsets_s: list[float]) -> list[int]:
     task_id = await db.fetchval(
         "INSERT INTO tasks (name, type, schedule_kind) VALUES ($1, $2, 'immediate') RETURNING id",
-        f"task-{task_type}-{len(offsets_s)}", task_type)
+        f"task-{task_type}-{len(offsets_s)}",
+        task_type,
+    )
     rows = await db.fetch(
         "INSERT INTO task_schedule (task_id, scheduled_time) "
         "SELECT $1, now() + make_interval(secs => o) FROM unnest($2::float8[]) o RETURNING id",
-        task_id, offsets_s)
+        task_id,
+        offsets_s,
+    )
     return [r[0] for r in rows]
 
 
@@ -68,10 +72,11 @@ async def test_a_run_the_broker_cannot_route_goes_back_to_scheduled(
     (unroutable,) = await insert_runs(db, "no-such-type", [-1])
     (routable,) = await insert_runs(db, "noop", [-1])
     await distributor.service.run(settings, until_idle=True)
-    rows = dict(await db.fetch("SELECT id, status::text FROM task_schedule"))
+    rows = {r[0]: r[1] for r in await db.fetch("SELECT id, status::text FROM task_schedule")}
     assert rows == {unroutable: "scheduled", routable: "queued"}
-    audit = await db.fetch("SELECT from_status::text, to_status::text FROM run_audit WHERE run_id = $1 ORDER BY id",
-                           unroutable)
+    audit = await db.fetch(
+        "SELECT from_status::text, to_status::text FROM run_audit WHERE run_id = $1 ORDER BY id", unroutable
+    )
     assert [tuple(a) for a in audit] == [(None, "scheduled"), ("scheduled", "queued"), ("queued", "scheduled")]
     assert await ready_messages(channel, Names(settings.broker_prefix).work_queue) == 1
 
@@ -83,11 +88,12 @@ async def test_a_run_is_published_when_it_falls_due_not_before(
         (run_id,) = await insert_runs(db, "noop", [1.5])
 
         async def queued() -> bool:
-            return await db.fetchval("SELECT status = 'queued' FROM task_schedule WHERE id = $1", run_id)
+            return bool(await db.fetchval("SELECT status = 'queued' FROM task_schedule WHERE id = $1", run_id))
 
         await wait_until(queued, 5, interval=0.01, what="the run to be queued")
         late_s = await db.fetchval(
-            "SELECT extract(epoch FROM queued_at - scheduled_time) FROM task_schedule WHERE id = $1", run_id)
+            "SELECT extract(epoch FROM queued_at - scheduled_time) FROM task_schedule WHERE id = $1", run_id
+        )
     assert 0 <= late_s < 0.5
 
 
@@ -99,7 +105,7 @@ async def test_a_new_due_run_wakes_an_idle_distributor(
         (run_id,) = await insert_runs(db, "noop", [0])
 
         async def queued() -> bool:
-            return await db.fetchval("SELECT status = 'queued' FROM task_schedule WHERE id = $1", run_id)
+            return bool(await db.fetchval("SELECT status = 'queued' FROM task_schedule WHERE id = $1", run_id))
 
         await wait_until(queued, 2, interval=0.01, what="the NOTIFY to wake the distributor")
 
@@ -112,12 +118,14 @@ async def test_a_queued_run_whose_lease_ran_out_is_published_again(
     settings: Settings, db: asyncpg.Connection, channel: AbstractChannel
 ) -> None:
     (run_id,) = await insert_runs(db, "noop", [-1])
-    await db.execute("UPDATE task_schedule SET status = 'queued', lease_until = now() - interval '1 s' WHERE id = $1",
-                     run_id)
+    await db.execute(
+        "UPDATE task_schedule SET status = 'queued', lease_until = now() - interval '1 s' WHERE id = $1", run_id
+    )
     await distributor.service.run(settings, until_idle=True)
     assert await ready_messages(channel, Names(settings.broker_prefix).work_queue) == 1
-    lease_left = await db.fetchval("SELECT extract(epoch FROM lease_until - now()) FROM task_schedule WHERE id = $1",
-                                   run_id)
+    lease_left = await db.fetchval(
+        "SELECT extract(epoch FROM lease_until - now()) FROM task_schedule WHERE id = $1", run_id
+    )
     assert lease_left > settings.queued_lease_s - 2
 
 
@@ -127,12 +135,16 @@ async def test_a_run_lost_with_its_processor_is_requeued_or_dead_when_out_of_att
     retry, last = await insert_runs(db, "noop", [-2, -1])
     await db.execute("UPDATE tasks SET max_retries = 1")
     await db.execute("UPDATE task_schedule SET status = 'queued'")
-    await db.execute("UPDATE task_schedule SET status = 'running', attempt = 1, lease_until = now() - interval '1 s'"
-                     " WHERE id = $1", retry)
-    await db.execute("UPDATE task_schedule SET status = 'running', attempt = 2, lease_until = now() - interval '1 s'"
-                     " WHERE id = $1", last)
+    await db.execute(
+        "UPDATE task_schedule SET status = 'running', attempt = 1, lease_until = now() - interval '1 s' WHERE id = $1",
+        retry,
+    )
+    await db.execute(
+        "UPDATE task_schedule SET status = 'running', attempt = 2, lease_until = now() - interval '1 s' WHERE id = $1",
+        last,
+    )
     await distributor.service.run(settings, until_idle=True)
-    rows = dict(await db.fetch("SELECT id, status::text FROM task_schedule"))
+    rows = {r[0]: r[1] for r in await db.fetch("SELECT id, status::text FROM task_schedule")}
     assert rows == {retry: "queued", last: "dead"}
     names = Names(settings.broker_prefix)
     assert await ready_messages(channel, names.work_queue) == 1

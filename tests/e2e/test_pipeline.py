@@ -51,7 +51,8 @@ async def test_a_thousand_due_runs_each_succeed_exactly_once(settings: Settings,
         await db.execute(
             """INSERT INTO task_schedule (task_id, scheduled_time)
                SELECT $1, now() - g * interval '1 millisecond' FROM generate_series(1, $2) g""",
-            task.id, RUNS,
+            task.id,
+            RUNS,
         )
         await wait_for_statuses(db, {"succeeded": RUNS}, timeout=60)
         took = time.monotonic() - started

@@ -110,8 +110,12 @@ async def test_a_run_on_a_killed_processor_is_rescued_and_succeeds_on_its_second
     pidfile = tmp_path / "pids"
     # max_retries=1: the lost attempt counts as one, so the rescuer queues the second instead of going dead.
     task = await new_task(
-        db, "crash", "command", {"argv": ["sh", "-c", f"echo $$ >> {shlex.quote(str(pidfile))}; sleep 3"]},
-        timeout_seconds=5, max_retries=1,
+        db,
+        "crash",
+        "command",
+        {"argv": ["sh", "-c", f"echo $$ >> {shlex.quote(str(pidfile))}; sleep 3"]},
+        timeout_seconds=5,
+        max_retries=1,
     )
     await distributor_run(settings, until_idle=True)  # publishes the run, nothing more
     async with _processor_process(settings, "--concurrency", "4") as first:
@@ -157,7 +161,10 @@ async def test_a_killed_processor_takes_its_commands_whole_process_group_with_it
     pidfile = tmp_path / "pids"
     # The shell is the processor's child; `sleep` is the shell's child, in the same process group.
     await new_task(
-        db, "orphan", "command", {"argv": ["sh", "-c", f"echo $$ >> {shlex.quote(str(pidfile))}; sleep 20"]},
+        db,
+        "orphan",
+        "command",
+        {"argv": ["sh", "-c", f"echo $$ >> {shlex.quote(str(pidfile))}; sleep 20"]},
         timeout_seconds=25,
     )
     await distributor_run(settings, until_idle=True)

@@ -8,8 +8,8 @@ import pytest
 from taskmill.cron import ScheduleError, cron_times, interval_times, validate_cron, zone
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 DAY = (utc(2026, 6, 10), utc(2026, 6, 11))
@@ -69,8 +69,9 @@ def test_an_every_15_minutes_schedule_follows_real_time_across_dst_changes() -> 
 
 
 def test_hourly_runs_on_a_fixed_hour_list_do_not_double_in_the_overlap() -> None:
-    runs = cron_times("0 0-3 * * *", zone("Europe/London"), utc(2026, 10, 25, 0) - timedelta(hours=1),
-                      utc(2026, 10, 25, 5))
+    runs = cron_times(
+        "0 0-3 * * *", zone("Europe/London"), utc(2026, 10, 25, 0) - timedelta(hours=1), utc(2026, 10, 25, 5)
+    )
     # London falls back at 02:00 BST -> 01:00 GMT: 01:00 happens twice but runs once.
     local = [r.astimezone(zone("Europe/London")).strftime("%H:%M") for r in runs]
     assert local == ["00:00", "01:00", "02:00", "03:00"]

@@ -27,8 +27,9 @@ async def backdate(db: asyncpg.Connection, when: datetime = DAY_START) -> None:
 
 
 async def run_counts(db: asyncpg.Connection) -> dict[str, int]:
-    rows = await db.fetch("SELECT t.name, count(s.id) FROM tasks t LEFT JOIN task_schedule s ON s.task_id = t.id "
-                          "GROUP BY t.name")
+    rows = await db.fetch(
+        "SELECT t.name, count(s.id) FROM tasks t LEFT JOIN task_schedule s ON s.task_id = t.id GROUP BY t.name"
+    )
     return {r[0]: r[1] for r in rows}
 
 
@@ -87,9 +88,12 @@ async def test_two_scheduler_replicas_at_once_produce_each_run_once(settings: Se
     assert sum(inserted) == 300 * 288
     assert all(n > 0 for n in inserted), "both replicas should have taken a share"
     assert await db.fetchval("SELECT count(*) FROM task_schedule") == 300 * 288
-    assert await db.fetchval(
-        "SELECT count(*) FROM (SELECT 1 FROM task_schedule GROUP BY task_id, scheduled_time HAVING count(*) > 1) d"
-    ) == 0
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM (SELECT 1 FROM task_schedule GROUP BY task_id, scheduled_time HAVING count(*) > 1) d"
+        )
+        == 0
+    )
 
 
 async def test_segments_split_the_tasks_between_replicas(settings: Settings, db: asyncpg.Connection) -> None:
@@ -122,7 +126,9 @@ async def test_an_edit_replaces_future_runs_within_seconds_and_keeps_history(
         async def future_runs() -> list[datetime]:
             rows = await db.fetch(
                 "SELECT scheduled_time FROM task_schedule WHERE task_id = $1 AND scheduled_time > now() "
-                "ORDER BY 1 LIMIT 50", task.id)
+                "ORDER BY 1 LIMIT 50",
+                task.id,
+            )
             return [r[0] for r in rows]
 
         async def every_5_s() -> bool:
@@ -150,5 +156,11 @@ async def test_a_deactivated_task_gets_no_more_runs(settings: Settings, db: asyn
         await wait_until(some_runs, 10, what="materialized runs")
         assert await set_active(db, task.id, False)
         await asyncio.sleep(1.5)  # more than one scheduler interval: it must not add them back
-        assert await db.fetchval("SELECT count(*) FROM task_schedule WHERE task_id = $1 AND status = 'scheduled' "
-                                 "AND scheduled_time > now()", task.id) == 0
+        assert (
+            await db.fetchval(
+                "SELECT count(*) FROM task_schedule WHERE task_id = $1 AND status = 'scheduled' "
+                "AND scheduled_time > now()",
+                task.id,
+            )
+            == 0
+        )
