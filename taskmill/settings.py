@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     max_timeout_s: float = Field(30.0, gt=0)
     output_cap_bytes: int = Field(64 * 1024, ge=256)
 
+    # capacity
+    capacity_ms_per_instance: float = Field(10_000.0, gt=0)
+    capacity_buffer: float = Field(0.10, ge=0, lt=1)
+    capacity_interval_s: float = Field(60.0, gt=0)
+    capacity_bucket_s: int = Field(60, ge=1, le=3600)
+    capacity_horizon_hours: float = Field(3.0, gt=0, le=48)
+
     # api
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)

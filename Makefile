@@ -1,0 +1,39 @@
+# The commands a newcomer needs; the README shows the same ones.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: install test lint dev bench migrate clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Runs the whole test suite against the local PostgreSQL and RabbitMQ.
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## Every role in one process, migrations applied; the API listens on 127.0.0.1:8000.
+dev: $(STAMP)
+	$(BIN)/taskmill dev
+
+migrate: $(STAMP)
+	$(BIN)/taskmill migrate
+
+## Benchmarks the real roles as separate processes; prints one JSON line per workload.
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
