@@ -13,6 +13,7 @@ import httpx
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
+from processor.acks import Acker
 from processor.execute import Attempt, execute
 from taskmill.batcher import Batcher
 from taskmill.broker import Publisher
@@ -52,6 +53,7 @@ class Consumer:
         self._starter: Batcher[StartRequest, bool] = Batcher(partial(start_runs, pool, worker), name="start")
         self._finisher: Batcher[Outcome, bool] = Batcher(partial(_finish, pool), name="finish")
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._acker = Acker()
         self._stopping = False
 
     def start(self) -> None:
@@ -63,6 +65,7 @@ class Consumer:
         self._stopping = True
         while self._in_flight:
             await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+        await self._acker.close()
         await self._starter.close()
         await self._finisher.close()
 
@@ -71,6 +74,7 @@ class Consumer:
         return len(self._in_flight)
 
     async def on_message(self, delivery: AbstractIncomingMessage) -> None:
+        self._acker.received(delivery)
         task = asyncio.create_task(self._handle(delivery))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
@@ -80,11 +84,11 @@ class Consumer:
             message = RunMessage.model_validate_json(delivery.body)
         except ValidationError as exc:
             await self._publisher.publish_dead(delivery.body, None, f"unreadable run message: {exc}"[:1000])
-            await delivery.ack()
+            self._acker.done(delivery)
             log.error("dead-lettered an unreadable message", extra={"action": "poison"})
             return
         if self._stopping:
-            await delivery.nack(requeue=True)
+            await self._requeue(delivery)
             return
         timeout_s = min(message.timeout_s, self._settings.max_timeout_s)
         try:
@@ -94,11 +98,11 @@ class Consumer:
         except _DB_ERRORS as exc:
             log.warning("cannot start run %s: %s", message.run_id, exc, extra={"run_id": message.run_id})
             await asyncio.sleep(1)
-            await delivery.nack(requeue=True)
+            await self._requeue(delivery)
             return
         if not won:
             # Already started elsewhere, finished, or a stale attempt: the database holds the truth.
-            await delivery.ack()
+            self._acker.done(delivery)
             return
         ctx = RunContext(
             message.run_id,
@@ -110,7 +114,11 @@ class Consumer:
         )
         attempt = await execute(message, ctx)
         await self._record(message, attempt)
-        await delivery.ack()
+        self._acker.done(delivery)
+
+    async def _requeue(self, delivery: AbstractIncomingMessage) -> None:
+        self._acker.forget(delivery)
+        await delivery.nack(requeue=True)
 
     async def _record(self, message: RunMessage, attempt: Attempt) -> None:
         status = decide(message, attempt)

@@ -6,11 +6,13 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from taskmill.messages import amqp_message
+from taskmill.messages import amqp_message, properties
 from taskmill.settings import Settings
 from taskmill.states import RunState
 from taskmill.store.runs import Outbound
@@ -43,20 +45,38 @@ class Publisher:
         return cls(channel, await declare(channel, settings), settings.publish_timeout_s)
 
     async def publish_runs(self, runs: Sequence[Outbound]) -> list[bool]:
-        """Publishes each run (dead ones to the dead-letter exchange); True where the broker confirmed it."""
-        results = await asyncio.gather(*(self._publish(run) for run in runs), return_exceptions=True)
+        """Publishes each run (dead ones to the dead-letter exchange); True where the broker confirmed it.
+
+        Goes to the raw channel: frames are queued without waiting for each write, and one aio-pika Message
+        per run is not built. Confirms (and returns, which raise) still come back per message.
+        """
+        try:
+            channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
+        except Exception as exc:
+            log.warning("cannot publish %d runs: %s", len(runs), exc)
+            return [False] * len(runs)
+        runs_exchange = self.topology.names.runs_exchange
+        results = await asyncio.gather(
+            *(
+                self.publish_dead(run.body, run.run_id, "processor lost on the last attempt")
+                if run.status is RunState.DEAD
+                else channel.basic_publish(
+                    run.body,
+                    exchange=runs_exchange,
+                    routing_key=run.type,
+                    properties=properties(run.run_id),
+                    mandatory=True,
+                    timeout=self.timeout_s,
+                    wait=False,
+                )
+                for run in runs
+            ),
+            return_exceptions=True,
+        )
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             log.warning("%d of %d publishes failed: %s", len(failed), len(runs), failed[0])
         return [not isinstance(r, BaseException) for r in results]
-
-    async def _publish(self, run: Outbound) -> None:
-        if run.status is RunState.DEAD:
-            await self.publish_dead(run.body, run.run_id, "processor lost on the last attempt")
-            return
-        await self.topology.runs.publish(
-            amqp_message(run.body, run.run_id), routing_key=run.type, mandatory=True, timeout=self.timeout_s
-        )
 
     async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int) -> None:
         queue = await declare_delay_queue(self.channel, self.topology.names, delay_ms, task_type)

@@ -17,9 +17,14 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool connections never change session state (LISTEN and advisory locks use connections of their own),
+    so a released connection needs no `RESET ALL` round trip; asyncpg still rolls back an open transaction."""
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=60
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session, command_timeout=60
     )
     assert pool is not None
     return pool

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import aio_pika
+from aiormq import spec
 from pydantic import BaseModel, ConfigDict
 
 VERSION = 1
@@ -38,6 +39,13 @@ class RunMessage(BaseModel):
 
     def next_attempt(self) -> bytes:
         return self.model_copy(update={"attempt": self.attempt + 1, "deadline": None}).model_dump_json().encode()
+
+
+def properties(run_id: int, headers: dict[str, Any] | None = None) -> spec.Basic.Properties:
+    """Persistent, JSON, message id = run id: what every run message carries."""
+    return spec.Basic.Properties(
+        content_type=CONTENT_TYPE, delivery_mode=2, message_id=str(run_id), headers=headers or {}
+    )
 
 
 def amqp_message(body: bytes, run_id: int, *, headers: dict[str, Any] | None = None) -> aio_pika.Message:

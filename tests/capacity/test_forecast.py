@@ -37,21 +37,33 @@ async def test_the_forecast_weighs_runs_by_their_types_history_or_their_estimate
 ) -> None:
     noop = await db.fetchval(
         "INSERT INTO tasks (name, type, schedule_kind, estimated_ms) VALUES ('n', 'noop', 'immediate', 7000) "
-        "RETURNING id")
+        "RETURNING id"
+    )
     sleep = await db.fetchval(
         "INSERT INTO tasks (name, type, schedule_kind, estimated_ms) VALUES ('s', 'sleep', 'immediate', 4000) "
-        "RETURNING id")
+        "RETURNING id"
+    )
     # History for noop only: two finished runs averaging 3,000 ms.
     for ms in (2000.0, 4000.0):
         run = await db.fetchval(
             "INSERT INTO task_schedule (task_id, scheduled_time) VALUES ($1, now() - make_interval(secs => $2)) "
-            "RETURNING id", noop, ms)
-        await db.execute("INSERT INTO task_results (run_id, attempt, status, finished_at, duration_ms) "
-                         "VALUES ($1, 1, 'succeeded', now(), $2)", run, ms)
+            "RETURNING id",
+            noop,
+            ms,
+        )
+        await db.execute(
+            "INSERT INTO task_results (run_id, attempt, status, finished_at, duration_ms) "
+            "VALUES ($1, 1, 'succeeded', now(), $2)",
+            run,
+            ms,
+        )
     await db.execute(
         "INSERT INTO task_schedule (task_id, scheduled_time) VALUES ($1, now() + interval '10 s'), "
         "($1, now() + interval '20 s'), ($2, now() + interval '30 s'), ($2, now() + $3::interval)",
-        noop, sleep, timedelta(hours=2))
+        noop,
+        sleep,
+        timedelta(hours=2),
+    )
     pool = await create_pool(settings.database_url)
     try:
         result = await compute(pool, settings)
