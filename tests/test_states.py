@@ -41,6 +41,6 @@ async def test_every_status_change_is_audited(db: asyncpg.Connection) -> None:
     await db.execute("UPDATE task_schedule SET status = 'queued' WHERE id = $1", run_id)
     await db.execute("UPDATE task_schedule SET status = 'running', attempt = 1 WHERE id = $1", run_id)
     rows = await db.fetch(
-        "SELECT from_status::text, to_status::text FROM run_audit WHERE run_id = $1 ORDER BY id", run_id
+        "SELECT from_status::text, to_status::text FROM run_audit WHERE run_id = $1 ORDER BY at", run_id
     )
     assert [tuple(r) for r in rows] == [(None, "scheduled"), ("scheduled", "queued"), ("queued", "running")]

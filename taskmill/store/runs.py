@@ -16,12 +16,8 @@ from taskmill.states import RunState
 
 Conn = Connection | asyncpg.Pool
 
-# The run message (see messages.py), built by PostgreSQL so a claimed row goes to the broker untouched.
-_MESSAGE = """json_build_object(
-    'v', 1, 'run_id', r.id, 'task_id', r.task_id, 'type', t.type, 'payload', t.payload,
-    'attempt', r.attempt + 1, 'scheduled_time', r.scheduled_time, 'timeout_s', t.timeout_s,
-    'max_retries', t.max_retries, 'retry_delay_s', t.retry_delay_s, 'backoff', t.backoff,
-    'deadline', r.lease_until)::text"""
+# The run message, built by PostgreSQL (the function run_message in 0001_schema.sql).
+_MESSAGE = "run_message(r.id, r.task_id, r.attempt, r.scheduled_time, r.lease_until, t)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,21 +30,8 @@ class Outbound:
     status: RunState
 
 
-CLAIM_DUE = f"""
-WITH due AS (
-    SELECT id FROM task_schedule
-    WHERE status = 'scheduled' AND scheduled_time <= now() AND (lease_until IS NULL OR lease_until <= now())
-    ORDER BY scheduled_time
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-), r AS (
-    UPDATE task_schedule s
-    SET status = 'queued', queued_at = now(), lease_until = now() + make_interval(secs => $2)
-    FROM due WHERE s.id = due.id
-    RETURNING s.id, s.task_id, s.attempt, s.scheduled_time, s.lease_until, s.status
-)
-SELECT r.id, t.type, r.status, {_MESSAGE} AS body FROM r JOIN tasks t ON t.id = r.task_id
-"""
+# The statement lives in the database (claim_due_runs in 0001_schema.sql) to carry its planner settings.
+CLAIM_DUE = "SELECT id, type, status, body FROM claim_due_runs($1, $2)"
 
 
 def _outbound(records: list[asyncpg.Record]) -> list[Outbound]:
@@ -90,7 +73,8 @@ UPDATE task_schedule s
 SET status = 'running', attempt = s.attempt + 1, started_at = now(), worker = $2, error = NULL,
     lease_until = now() + make_interval(secs => b.lease_s)
 FROM unnest($1::bigint[], $3::int[], $4::float8[]) AS b(id, attempt, lease_s)
-WHERE s.id = b.id AND s.attempt = b.attempt - 1 AND s.status IN ('scheduled', 'queued', 'retrying')
+WHERE s.id = ANY($1::bigint[]) AND s.id = b.id AND s.attempt = b.attempt - 1
+  AND s.status IN ('scheduled', 'queued', 'retrying')
 RETURNING s.id
 """
 
@@ -135,7 +119,7 @@ WITH b AS (
         finished_at = CASE WHEN b.status = 'retrying' THEN NULL ELSE b.finished_at END,
         error = b.error,
         lease_until = CASE WHEN b.status = 'retrying' THEN b.finished_at + make_interval(secs => b.retry_in_s) END
-    FROM b WHERE s.id = b.id AND s.status = 'running' AND s.attempt = b.attempt
+    FROM b WHERE s.id = ANY($1::bigint[]) AND s.id = b.id AND s.status = 'running' AND s.attempt = b.attempt
     RETURNING s.id, s.started_at, s.worker
 ), kept AS (
     INSERT INTO task_results (run_id, attempt, status, started_at, finished_at, duration_ms, worker, result, error)

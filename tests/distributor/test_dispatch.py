@@ -75,7 +75,7 @@ async def test_a_run_the_broker_cannot_route_goes_back_to_scheduled(
     rows = {r[0]: r[1] for r in await db.fetch("SELECT id, status::text FROM task_schedule")}
     assert rows == {unroutable: "scheduled", routable: "queued"}
     audit = await db.fetch(
-        "SELECT from_status::text, to_status::text FROM run_audit WHERE run_id = $1 ORDER BY id", unroutable
+        "SELECT from_status::text, to_status::text FROM run_audit WHERE run_id = $1 ORDER BY at", unroutable
     )
     assert [tuple(a) for a in audit] == [(None, "scheduled"), ("scheduled", "queued"), ("queued", "scheduled")]
     assert await ready_messages(channel, Names(settings.broker_prefix).work_queue) == 1

@@ -68,7 +68,7 @@ async def test_a_thousand_due_runs_each_succeed_exactly_once(settings: Settings,
     assert dict(results) == {"rows": RUNS, "runs": RUNS, "instants": RUNS, "first_try": RUNS}
 
     paths = await db.fetch(
-        """SELECT run_id, array_agg(coalesce(from_status::text, '') || '->' || to_status::text ORDER BY id) AS path
+        """SELECT run_id, array_agg(coalesce(from_status::text, '') || '->' || to_status::text ORDER BY at) AS path
            FROM run_audit GROUP BY run_id"""
     )
     assert len(paths) == RUNS

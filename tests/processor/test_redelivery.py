@@ -71,7 +71,9 @@ async def process(settings: Settings) -> None:
 async def history(db: asyncpg.Connection) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
     """Every attempt recorded and every status change, to compare before and after a repeated message."""
     results = await db.fetch("SELECT run_id, attempt, status::text, result, error FROM task_results ORDER BY 1, 2")
-    audit = await db.fetch("SELECT run_id, from_status::text, to_status::text, attempt FROM run_audit ORDER BY id")
+    audit = await db.fetch(
+        "SELECT run_id, from_status::text, to_status::text, attempt FROM run_audit ORDER BY run_id, at"
+    )
     return [tuple(r) for r in results], [tuple(a) for a in audit]
 
 

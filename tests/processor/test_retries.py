@@ -76,7 +76,7 @@ async def test_a_failing_task_runs_every_retry_after_its_delay_then_is_dead_lett
     assert all(wait >= 0.3 for wait in waits(rows)), waits(rows)
 
     audit = await db.fetch(
-        "SELECT from_status::text, to_status::text, attempt FROM run_audit WHERE run_id = $1 ORDER BY id", run["id"]
+        "SELECT from_status::text, to_status::text, attempt FROM run_audit WHERE run_id = $1 ORDER BY at", run["id"]
     )
     assert [tuple(a) for a in audit] == [
         (None, "scheduled", 0),
