@@ -161,7 +161,7 @@ async def at(conn: asyncpg.Connection, roles: Roles, n: int, ahead_s: float) -> 
     await asyncio.sleep(ahead_s)
     await wait_terminal(conn, n, 600)
     late = await conn.fetch(
-        "SELECT extract(epoch FROM started_at - scheduled_time) * 1000 AS ms "
+        "SELECT (extract(epoch FROM started_at - scheduled_time) * 1000)::float8 AS ms "
         "FROM task_schedule WHERE started_at IS NOT NULL"
     )
     return {

@@ -47,7 +47,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
 
 async def _drain(pool: asyncpg.Pool, publisher: Publisher, settings: Settings) -> None:
     """Publishes everything due now and rescues what is stale, then returns (for tests and scripts)."""
-    while runs := await claim_due(pool, settings.claim_batch, settings.queued_lease_s):
+    while runs := await claim_due(pool, settings.claim_batch, settings.queued_lease_s, settings.dispatch_lead_s):
         await publish_or_revert(pool, publisher, runs)
     await rescue(pool, publisher, settings)
 
@@ -62,8 +62,8 @@ async def _dispatch_loop(
         while not stop.is_set():
             await slots.acquire()
             try:
-                runs = await claim_due(pool, settings.claim_batch, settings.queued_lease_s)
-                due_in = None if runs else await next_due_in(pool)
+                runs = await claim_due(pool, settings.claim_batch, settings.queued_lease_s, settings.dispatch_lead_s)
+                due_in = None if runs else await next_due_in(pool, settings.dispatch_lead_s)
             except _DB_ERRORS as exc:
                 slots.release()
                 log.warning("claim failed, will retry: %s", exc, extra={"action": "claim"})

@@ -1,7 +1,7 @@
 """Acknowledging deliveries in few frames: one `basic.ack multiple` covers a run of consecutive finished tags.
 
-Deliveries finish out of order; a tag is acked alone only when an earlier one is still running, so a long run
-never holds back the acks (and so the prefetch window) of the short ones behind it.
+Deliveries finish out of order; a tag is acked alone when an earlier one is still running, so a long run never
+holds back the acks (and so the prefetch window) of the short ones behind it.
 """
 
 from __future__ import annotations
@@ -15,26 +15,37 @@ from aio_pika.abc import AbstractIncomingMessage
 log = logging.getLogger(__name__)
 
 
+_RECEIVED, _DONE, _SETTLED = range(3)
+
+
 class _ChannelAcks:
+    """The deliveries of one channel. Tags are consecutive from 1 on a channel that only this consumer uses."""
+
     def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
         self.channel = channel
-        self.outstanding: dict[int, bool] = {}  # delivery tag -> finished, in delivery order
+        self.next_tag = 1  # every tag below this is acked or settled
+        self.state: dict[int, int] = {}
 
     def acks_due(self) -> list[tuple[int, bool]]:
-        """(tag, multiple) pairs that ack every finished delivery, consecutive ones in one frame."""
+        """(tag, multiple) frames that ack every finished delivery.
+
+        A multiple ack reaches back only over tags seen and settled: never over a delivery still running, or one
+        the broker has sent but this process has not yet looked at.
+        """
         frames: list[tuple[int, bool]] = []
-        prefix_end = None
-        for tag, done in self.outstanding.items():
-            if not done:
-                break
-            prefix_end = tag
-        if prefix_end is not None:
-            frames.append((prefix_end, True))
-            for tag in [t for t in self.outstanding if t <= prefix_end]:
-                del self.outstanding[tag]
-        for tag in [t for t, done in self.outstanding.items() if done]:
-            frames.append((tag, False))
-            del self.outstanding[tag]
+        tag, last_done = self.next_tag, None
+        while (state := self.state.get(tag)) in (_DONE, _SETTLED):
+            del self.state[tag]
+            if state == _DONE:
+                last_done = tag
+            tag += 1
+        self.next_tag = tag
+        if last_done is not None:
+            frames.append((last_done, True))
+        for tag, state in self.state.items():
+            if state == _DONE:
+                frames.append((tag, False))
+                self.state[tag] = _SETTLED
         return frames
 
 
@@ -45,19 +56,18 @@ class Acker:
         self._sending: set[asyncio.Task[None]] = set()
 
     def received(self, delivery: AbstractIncomingMessage) -> None:
-        self._acks(delivery).outstanding[delivery.delivery_tag or 0] = False
+        self._acks(delivery).state[delivery.delivery_tag or 0] = _RECEIVED
 
     def done(self, delivery: AbstractIncomingMessage) -> None:
         """Marks a delivery finished; its ack goes out with the others finished in this loop iteration."""
-        acks = self._acks(delivery)
-        acks.outstanding[delivery.delivery_tag or 0] = True
+        self._acks(delivery).state[delivery.delivery_tag or 0] = _DONE
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    def forget(self, delivery: AbstractIncomingMessage) -> None:
-        """A delivery settled another way (nack): it no longer blocks the consecutive run."""
-        self._acks(delivery).outstanding.pop(delivery.delivery_tag or 0, None)
+    def settled(self, delivery: AbstractIncomingMessage) -> None:
+        """A delivery settled another way (nack): it no longer holds back the acks after it."""
+        self._acks(delivery).state[delivery.delivery_tag or 0] = _SETTLED
 
     def _acks(self, delivery: AbstractIncomingMessage) -> _ChannelAcks:
         channel = delivery.channel
@@ -72,7 +82,7 @@ class Acker:
         self._scheduled = False
         for acks in list(self._channels.values()):
             if acks.channel.is_closed:
-                acks.outstanding.clear()
+                acks.state.clear()
                 continue
             for tag, multiple in acks.acks_due():
                 task = asyncio.ensure_future(self._send(acks.channel, tag, multiple))

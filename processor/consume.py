@@ -15,16 +15,18 @@ from pydantic import ValidationError
 
 from processor.acks import Acker
 from processor.execute import Attempt, execute
+from processor.gate import DueGate
 from taskmill.batcher import Batcher
 from taskmill.broker import Publisher
 from taskmill.messages import RunMessage
 from taskmill.settings import Settings
 from taskmill.states import RunState
-from taskmill.store.runs import Outcome, StartRequest, finish_runs, start_runs
+from taskmill.store.runs import Outcome, Start, StartRequest, finish_runs, start_runs
 from taskmill.tasktypes import RunContext
 
 log = logging.getLogger(__name__)
 
+_EARLY_RETRY_S = 0.01
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RuntimeError)
 
 
@@ -50,11 +52,12 @@ class Consumer:
         self._publisher = publisher
         self._http = http
         self._worker = worker
-        self._starter: Batcher[StartRequest, bool] = Batcher(partial(start_runs, pool, worker), name="start")
+        self._starter: Batcher[StartRequest, Start] = Batcher(partial(start_runs, pool, worker), name="start")
         self._finisher: Batcher[Outcome, bool] = Batcher(partial(_finish, pool), name="finish")
         self._in_flight: set[asyncio.Task[None]] = set()
         self._acker = Acker()
         self._stopping = False
+        self._gate = DueGate()
 
     def start(self) -> None:
         self._starter.start()
@@ -63,6 +66,7 @@ class Consumer:
     async def drain(self) -> None:
         """Lets every run in flight finish and record its outcome; deliveries not yet started go back."""
         self._stopping = True
+        self._gate.open_all()
         while self._in_flight:
             await asyncio.gather(*list(self._in_flight), return_exceptions=True)
         await self._acker.close()
@@ -74,10 +78,15 @@ class Consumer:
         return len(self._in_flight)
 
     async def on_message(self, delivery: AbstractIncomingMessage) -> None:
+        """aio-pika runs this in a task of its own per delivery; we only keep track of it."""
+        task = asyncio.current_task()
+        assert task is not None
         self._acker.received(delivery)
-        task = asyncio.create_task(self._handle(delivery))
         self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        try:
+            await self._handle(delivery)
+        finally:
+            self._in_flight.discard(task)
 
     async def _handle(self, delivery: AbstractIncomingMessage) -> None:
         try:
@@ -91,16 +100,17 @@ class Consumer:
             await self._requeue(delivery)
             return
         timeout_s = min(message.timeout_s, self._settings.max_timeout_s)
+        request = StartRequest(message.run_id, message.attempt, timeout_s + self._settings.running_grace_s)
         try:
-            won = await self._starter.submit(
-                StartRequest(message.run_id, message.attempt, timeout_s + self._settings.running_grace_s)
-            )
+            start = await self._start_when_due(message, request)
         except _DB_ERRORS as exc:
             log.warning("cannot start run %s: %s", message.run_id, exc, extra={"run_id": message.run_id})
             await asyncio.sleep(1)
+            start = None
+        if start is None:  # stopping, or the database is away: another processor takes it
             await self._requeue(delivery)
             return
-        if not won:
+        if start is not Start.WON:
             # Already started elsewhere, finished, or a stale attempt: the database holds the truth.
             self._acker.done(delivery)
             return
@@ -116,9 +126,20 @@ class Consumer:
         await self._record(message, attempt)
         self._acker.done(delivery)
 
+    async def _start_when_due(self, message: RunMessage, request: StartRequest) -> Start | None:
+        """Holds a run published ahead of its time until it is due, then claims it; None when stopping."""
+        await self._gate.wait(message.scheduled_time.timestamp())
+        while not self._stopping:
+            start = await self._starter.submit(request)
+            if start is not Start.EARLY:
+                return start
+            # Due by our clock, not yet by the database's: the database decides, so ask again shortly.
+            await asyncio.sleep(_EARLY_RETRY_S)
+        return None
+
     async def _requeue(self, delivery: AbstractIncomingMessage) -> None:
-        self._acker.forget(delivery)
         await delivery.nack(requeue=True)
+        self._acker.settled(delivery)  # only now: until the nack is out, no multiple ack may reach over it
 
     async def _record(self, message: RunMessage, attempt: Attempt) -> None:
         status = decide(message, attempt)

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
 
     # distributor
     claim_batch: int = Field(1000, ge=1, le=50_000)
+    # Runs are published this long before they fall due; the processor holds each until its time, so a
+    # thousand runs due at one instant do not queue up behind the claim and publish of each other.
+    dispatch_lead_s: float = Field(2.0, ge=0, le=60)
     # A queued or retrying row whose message has not started by then is published again.
     queued_lease_s: float = Field(300.0, gt=0)
     # A running row is handed to another processor this long after its timeout has passed.

@@ -174,15 +174,15 @@ RETURNS text LANGUAGE sql STABLE AS $$
         'deadline', deadline)::text
 $$;
 
--- The distributor's claim: the oldest due runs, skipping rows another replica holds, moved to queued, with
--- their messages built here. Right after a bulk insert the planner's statistics say few rows are due and it
+-- The distributor's claim: the oldest runs due within `lead_s`, skipping rows another replica holds, moved to
+-- queued, with their messages built here (a processor holds an early run until its time). Right after a bulk insert the planner's statistics say few rows are due and it
 -- would sort every due row to take the first thousand; the settings keep it on the ordered index scan.
-CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision)
+CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision)
 RETURNS TABLE (id bigint, type text, status run_status, body text)
 LANGUAGE sql SET enable_sort = off SET enable_bitmapscan = off AS $$
     WITH due AS (
         SELECT s.id FROM task_schedule s
-        WHERE s.status = 'scheduled' AND s.scheduled_time <= now()
+        WHERE s.status = 'scheduled' AND s.scheduled_time <= now() + make_interval(secs => lead_s)
           AND (s.lease_until IS NULL OR s.lease_until <= now())
         ORDER BY s.scheduled_time
         LIMIT batch

@@ -5,6 +5,7 @@ The database checks each move against `run_transitions` and writes the audit row
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,16 +32,16 @@ class Outbound:
 
 
 # The statement lives in the database (claim_due_runs in 0001_schema.sql) to carry its planner settings.
-CLAIM_DUE = "SELECT id, type, status, body FROM claim_due_runs($1, $2)"
+CLAIM_DUE = "SELECT id, type, status, body FROM claim_due_runs($1, $2, $3)"
 
 
 def _outbound(records: list[asyncpg.Record]) -> list[Outbound]:
     return [Outbound(r["id"], r["type"], r["body"].encode(), RunState(r["status"])) for r in records]
 
 
-async def claim_due(conn: Conn, limit: int, lease_s: float) -> list[Outbound]:
-    """Moves up to `limit` due runs from scheduled to queued, oldest first, and returns their messages."""
-    return _outbound(await conn.fetch(CLAIM_DUE, limit, lease_s))
+async def claim_due(conn: Conn, limit: int, lease_s: float, lead_s: float = 0.0) -> list[Outbound]:
+    """Moves up to `limit` runs due within `lead_s` from scheduled to queued, oldest first; returns their messages."""
+    return _outbound(await conn.fetch(CLAIM_DUE, limit, lease_s, lead_s))
 
 
 # On a scheduled row, lease_until holds the run back from the claim for a moment, so a broker that refuses
@@ -58,13 +59,14 @@ async def revert_to_scheduled(conn: Conn, run_ids: Sequence[int], backoff_s: flo
 
 
 NEXT_DUE_IN = """
-SELECT extract(epoch FROM min(scheduled_time) - now())::float8 FROM task_schedule WHERE status = 'scheduled'
+SELECT extract(epoch FROM min(scheduled_time) - now())::float8 - $1 FROM task_schedule WHERE status = 'scheduled'
 """
 
 
-async def next_due_in(conn: Conn) -> float | None:
-    """Seconds until the earliest scheduled run (negative when overdue), by the database clock."""
-    value: float | None = await conn.fetchval(NEXT_DUE_IN)
+async def next_due_in(conn: Conn, lead_s: float = 0.0) -> float | None:
+    """Seconds until the earliest scheduled run is `lead_s` from due (negative when overdue), by the database
+    clock; None when nothing is scheduled."""
+    value: float | None = await conn.fetchval(NEXT_DUE_IN, lead_s)
     return value
 
 
@@ -74,8 +76,15 @@ SET status = 'running', attempt = s.attempt + 1, started_at = now(), worker = $2
     lease_until = now() + make_interval(secs => b.lease_s)
 FROM unnest($1::bigint[], $3::int[], $4::float8[]) AS b(id, attempt, lease_s)
 WHERE s.id = ANY($1::bigint[]) AND s.id = b.id AND s.attempt = b.attempt - 1
-  AND s.status IN ('scheduled', 'queued', 'retrying')
+  AND s.status IN ('scheduled', 'queued', 'retrying') AND s.scheduled_time <= now()
 RETURNING s.id
+"""
+
+# Why a start lost: the run is not due yet by the database clock (the processor's clock runs ahead), or
+# it is not this message's to start at all.
+NOT_YET_DUE = """
+SELECT id FROM task_schedule
+WHERE id = ANY($1::bigint[]) AND status IN ('scheduled', 'queued', 'retrying') AND scheduled_time > now()
 """
 
 
@@ -86,25 +95,27 @@ class StartRequest:
     lease_s: float
 
 
-async def start_runs(conn: Conn, worker: str, requests: Sequence[StartRequest]) -> list[bool]:
-    """The compare-and-set into running: True for each request that won its run.
+class Start(enum.Enum):
+    WON = "won"
+    LOST = "lost"  # past queued, or the message is for another attempt (a stale redelivery)
+    EARLY = "early"  # not due yet by the database clock: ask again in a moment
 
-    A request loses when the run is past queued, or its message is for another attempt (a stale redelivery).
-    """
-    won = {
-        r["id"]
-        for r in await conn.fetch(
-            START,
-            [q.run_id for q in requests],
-            worker,
-            [q.attempt for q in requests],
-            [q.lease_s for q in requests],
-        )
-    }
+
+async def start_runs(conn: Conn, worker: str, requests: Sequence[StartRequest]) -> list[Start]:
+    """The compare-and-set into running, for a batch of deliveries."""
+    ids = [q.run_id for q in requests]
+    attempts = [q.attempt for q in requests]
+    won = {r["id"] for r in await conn.fetch(START, ids, worker, attempts, [q.lease_s for q in requests])}
+    early: set[int] = set()
+    if len(won) < len(requests):
+        early = {r["id"] for r in await conn.fetch(NOT_YET_DUE, [i for i in ids if i not in won])}
     out = []
     for q in requests:
-        out.append(q.run_id in won)
-        won.discard(q.run_id)  # the same run twice in one batch: only the first wins
+        if q.run_id in won:
+            out.append(Start.WON)
+            won.discard(q.run_id)  # the same run twice in one batch: only the first wins
+        else:
+            out.append(Start.EARLY if q.run_id in early else Start.LOST)
     return out
 
 

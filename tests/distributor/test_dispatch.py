@@ -9,6 +9,7 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 import distributor.service
+import processor.service
 from taskmill.settings import Settings
 from taskmill.topology import Names, declare
 from tests.helpers import running, statuses, wait_until
@@ -81,10 +82,11 @@ async def test_a_run_the_broker_cannot_route_goes_back_to_scheduled(
     assert await ready_messages(channel, Names(settings.broker_prefix).work_queue) == 1
 
 
-async def test_a_run_is_published_when_it_falls_due_not_before(
+async def test_a_run_is_published_its_lead_time_before_it_falls_due_not_sooner(
     settings: Settings, db: asyncpg.Connection, channel: AbstractChannel
 ) -> None:
-    async with running(distributor.service.run, settings.model_copy(update={"max_idle_s": 30})):
+    lead = settings.model_copy(update={"max_idle_s": 30, "dispatch_lead_s": 0.5})
+    async with running(distributor.service.run, lead):
         (run_id,) = await insert_runs(db, "noop", [1.5])
 
         async def queued() -> bool:
@@ -94,7 +96,7 @@ async def test_a_run_is_published_when_it_falls_due_not_before(
         late_s = await db.fetchval(
             "SELECT extract(epoch FROM queued_at - scheduled_time) FROM task_schedule WHERE id = $1", run_id
         )
-    assert 0 <= late_s < 0.5
+    assert -0.5 <= late_s < -0.2
 
 
 async def test_a_new_due_run_wakes_an_idle_distributor(
@@ -151,3 +153,24 @@ async def test_a_run_lost_with_its_processor_is_requeued_or_dead_when_out_of_att
     assert await ready_messages(channel, names.dead_queue) == 1
     results = await db.fetch("SELECT run_id, attempt, status::text FROM task_results ORDER BY run_id")
     assert [tuple(r) for r in results] == [(retry, 1, "failed"), (last, 2, "failed")]
+
+
+async def test_a_run_published_ahead_starts_at_its_time_not_before(
+    settings: Settings, db: asyncpg.Connection, channel: AbstractChannel
+) -> None:
+    early = settings.model_copy(update={"max_idle_s": 30, "dispatch_lead_s": 1.0})
+    async with running(distributor.service.run, early), running(processor.service.run, early):
+        (run_id,) = await insert_runs(db, "noop", [1.5])
+
+        async def succeeded() -> bool:
+            return bool(await db.fetchval("SELECT status = 'succeeded' FROM task_schedule WHERE id = $1", run_id))
+
+        await wait_until(succeeded, 5, interval=0.01, what="the run to succeed")
+    row = await db.fetchrow(
+        "SELECT extract(epoch FROM queued_at - scheduled_time)::float8 AS queued,"
+        " extract(epoch FROM started_at - scheduled_time)::float8 AS started FROM task_schedule WHERE id = $1",
+        run_id,
+    )
+    assert row is not None
+    assert row["queued"] < -0.5  # handed out ahead of time
+    assert 0 <= row["started"] < 0.3  # but started on time
