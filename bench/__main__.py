@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import aio_pika
 import asyncpg
 
 from taskmill.db import connect
@@ -41,6 +42,7 @@ class Roles:
     """The roles as subprocesses of `taskmill`, stopped with SIGTERM at the end."""
 
     def __init__(self, prefix: str, args: argparse.Namespace) -> None:
+        self.prefix = prefix
         self.env = dict(
             os.environ,
             DATABASE_URL=DSN,
@@ -180,7 +182,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--at-ahead", type=float, default=15.0, help="seconds ahead the `at` runs fall due")
     parser.add_argument("--processors", type=int, default=2)
     parser.add_argument("--distributors", type=int, default=1)
-    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=2500, help="per processor (noop runs are cheap)")
     parser.add_argument("--queue-type", default="quorum", choices=["quorum", "classic"])
     args = parser.parse_args(argv)
 
@@ -203,6 +205,22 @@ async def main(argv: Sequence[str] | None = None) -> None:
             print(json.dumps(result), flush=True)
     finally:
         await roles.stop()
+        await conn.close()
+        await delete_broker_objects(roles.prefix)
+
+
+async def delete_broker_objects(prefix: str) -> None:
+    from taskmill.topology import Names
+
+    names = Names(prefix)
+    conn = await aio_pika.connect(AMQP)
+    try:
+        channel = await conn.channel()
+        for queue in (names.work_queue, names.dead_queue):
+            await channel.queue_delete(queue)
+        for exchange in (names.runs_exchange, names.dead_exchange):
+            await channel.exchange_delete(exchange)
+    finally:
         await conn.close()
 
 

@@ -7,6 +7,7 @@ import logging
 import asyncpg
 
 from taskmill.broker import Publisher
+from taskmill.metrics import RESCUED
 from taskmill.settings import Settings
 from taskmill.store.runs import rescue_lost, rescue_waiting
 
@@ -21,6 +22,7 @@ async def rescue(pool: asyncpg.Pool, publisher: Publisher, settings: Settings, l
             # A run that fails to publish keeps its new lease and comes round again when it expires.
             await publisher.publish_runs(runs)
             handled += len(runs)
+            RESCUED.labels(find.__name__.removeprefix("rescue_")).inc(len(runs))
             log.info("rescued %d runs (%s)", len(runs), find.__name__, extra={"action": "rescue"})
             if len(runs) < limit:
                 break

@@ -19,6 +19,7 @@ from processor.gate import DueGate
 from taskmill.batcher import Batcher
 from taskmill.broker import Publisher
 from taskmill.messages import RunMessage
+from taskmill.metrics import DUPLICATES, RUN_SECONDS, RUNS_FINISHED, START_LATENESS
 from taskmill.settings import Settings
 from taskmill.states import RunState
 from taskmill.store.runs import Outcome, Start, StartRequest, finish_runs, start_runs
@@ -112,8 +113,11 @@ class Consumer:
             return
         if start is not Start.WON:
             # Already started elsewhere, finished, or a stale attempt: the database holds the truth.
+            DUPLICATES.inc()
             self._acker.done(delivery)
             return
+        if message.attempt == 1:
+            START_LATENESS.observe(max(0.0, (datetime.now(UTC) - message.scheduled_time).total_seconds()))
         ctx = RunContext(
             message.run_id,
             message.task_id,
@@ -143,6 +147,8 @@ class Consumer:
 
     async def _record(self, message: RunMessage, attempt: Attempt) -> None:
         status = decide(message, attempt)
+        RUNS_FINISHED.labels(message.type, status.value).inc()
+        RUN_SECONDS.labels(message.type).observe(attempt.duration_ms / 1000)
         delay_ms = message.retry_delay_ms()
         outcome = Outcome(
             run_id=message.run_id,

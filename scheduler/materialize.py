@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from taskmill.cron import ScheduleError, cron_times, interval_times, zone
+from taskmill.metrics import MATERIALIZED
 from taskmill.models import Task
 from taskmill.settings import Settings
 from taskmill.states import ScheduleKind
@@ -83,5 +84,7 @@ async def _materialize_until(pool: asyncpg.Pool, settings: Settings, day_start: 
                 return inserted
             # croniter is pure Python: expanding a large batch would stall this process's other work.
             task_ids, times = await asyncio.to_thread(_expand, batch, day_start, horizon)
-            inserted += await insert_runs(conn, task_ids, times)
+            new = await insert_runs(conn, task_ids, times)
+            MATERIALIZED.inc(new)
+            inserted += new
             await advance_watermarks(conn, [task.id for task, _ in batch], horizon)

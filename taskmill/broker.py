@@ -13,6 +13,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from taskmill.messages import amqp_message, properties
+from taskmill.metrics import DEAD_LETTERED, PUBLISH_FAILED, PUBLISHED
 from taskmill.settings import Settings
 from taskmill.states import RunState
 from taskmill.store.runs import Outbound
@@ -74,6 +75,8 @@ class Publisher:
             return_exceptions=True,
         )
         failed = [r for r in results if isinstance(r, BaseException)]
+        PUBLISHED.inc(len(runs) - len(failed))
+        PUBLISH_FAILED.inc(len(failed))
         if failed:
             log.warning("%d of %d publishes failed: %s", len(failed), len(runs), failed[0])
         return [not isinstance(r, BaseException) for r in results]
@@ -86,4 +89,5 @@ class Publisher:
 
     async def publish_dead(self, body: bytes, run_id: int | None, reason: str) -> None:
         message = amqp_message(body, run_id or 0, headers={"x-taskmill-reason": reason[:1000]})
+        DEAD_LETTERED.labels("unreadable" if run_id is None else "gave up").inc()
         await self.topology.dead.publish(message, routing_key="", mandatory=True, timeout=self.timeout_s)

@@ -14,7 +14,7 @@ from typing import Any
 import uvloop
 from pydantic import ValidationError
 
-from taskmill import logs
+from taskmill import logs, metrics
 from taskmill.settings import Settings, format_settings_error
 
 ROLES = {
@@ -93,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"taskmill: {format_settings_error(exc)}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
+    if args.command != "migrate":
+        metrics.serve(settings.metrics_port)
     try:
         if args.command == "migrate":
             from taskmill.migrate import migrate

@@ -81,7 +81,7 @@ def format_settings_error(exc: ValidationError) -> str:
     """One line naming each bad variable, for a process that is about to stop."""
     parts = []
     for err in exc.errors():
-        field = str(err["loc"][0]) if err["loc"] else "?"
-        name = {"database_url": "DATABASE_URL", "amqp_url": "AMQP_URL"}.get(field, f"TASKMILL_{field.upper()}")
+        field = str(err["loc"][0]).upper() if err["loc"] else "?"
+        name = field if field in ("DATABASE_URL", "AMQP_URL") else f"TASKMILL_{field.removeprefix('TASKMILL_')}"
         parts.append(f"{name}: {err['msg']}")
     return "bad setting: " + "; ".join(parts)

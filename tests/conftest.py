@@ -45,6 +45,12 @@ async def _ensure_template() -> str:
         if not exists:
             await migrate(_dsn(name))
             await admin.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true')
+            # Templates of earlier migrations are of no more use.
+            for old in await admin.fetch(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'taskmill\\_template\\_%' AND datname <> $1", name
+            ):
+                await admin.execute(f'ALTER DATABASE "{old[0]}" WITH IS_TEMPLATE false')
+                await admin.execute(f'DROP DATABASE IF EXISTS "{old[0]}" WITH (FORCE)')
     finally:
         await admin.close()
     return name

@@ -1,0 +1,31 @@
+"""Prometheus metrics of every role, served on TASKMILL_METRICS_PORT when it is set."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+RUNS_FINISHED = Counter(
+    "taskmill_runs_finished_total", "Attempts finished, by task type and outcome", ["type", "outcome"]
+)
+RUN_SECONDS = Histogram(
+    "taskmill_run_duration_seconds",
+    "Time an attempt ran",
+    ["type"],
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30),
+)
+START_LATENESS = Histogram(
+    "taskmill_start_lateness_seconds",
+    "Start of a first attempt after its scheduled time",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 60),
+)
+PUBLISHED = Counter("taskmill_runs_published_total", "Run messages the broker confirmed")
+PUBLISH_FAILED = Counter("taskmill_publish_failures_total", "Run messages the broker refused or never confirmed")
+RESCUED = Counter("taskmill_runs_rescued_total", "Runs handed out again after their lease ran out", ["kind"])
+DUPLICATES = Counter("taskmill_deliveries_dropped_total", "Deliveries of runs already started, finished or stale")
+DEAD_LETTERED = Counter("taskmill_dead_letters_total", "Messages sent to the dead-letter queue", ["reason"])
+MATERIALIZED = Counter("taskmill_runs_materialized_total", "Runs the scheduler inserted")
+
+
+def serve(port: int) -> None:
+    if port:
+        start_http_server(port)

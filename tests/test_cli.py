@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import asyncpg
+import pytest
+
+from taskmill.migrate import migrate
+from tests.conftest import PG_ADMIN, _dsn
+
+
+def taskmill(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "taskmill.cli", *args], capture_output=True, text=True, timeout=30, env=env
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("TASKMILL_CONCURRENCY", "lots"), ("DATABASE_URL", "mysql://db/x"), ("TASKMILL_QUEUE_TYPE", "stream")],
+)
+def test_a_bad_setting_stops_the_process_with_one_line_naming_it(variable: str, value: str) -> None:
+    result = taskmill("processor", env={"PATH": "/usr/bin:/bin", variable: value})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"taskmill: bad setting: {variable}: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_command_is_refused_with_usage() -> None:
+    result = taskmill("schedulr")
+    assert result.returncode == 2
+    assert "invalid choice: 'schedulr'" in result.stderr
+
+
+async def test_migrate_creates_the_database_and_is_idempotent() -> None:
+    name = f"tmtest_migrate_{uuid.uuid4().hex[:8]}"
+    try:
+        assert await migrate(_dsn(name)) == ["0001_schema.sql"]
+        assert await migrate(_dsn(name)) == []
+        conn = await asyncpg.connect(_dsn(name))
+        try:
+            tables = {r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        finally:
+            await conn.close()
+        assert {"tasks", "task_schedule", "task_results", "run_audit", "schema_migrations"} <= tables
+    finally:
+        admin = await asyncpg.connect(PG_ADMIN)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
