@@ -21,6 +21,7 @@ from typing import Any
 import aio_pika
 import asyncpg
 
+from taskmill import topology
 from taskmill.db import connect
 from taskmill.migrate import migrate
 
@@ -210,16 +211,9 @@ async def main(argv: Sequence[str] | None = None) -> None:
 
 
 async def delete_broker_objects(prefix: str) -> None:
-    from taskmill.topology import Names
-
-    names = Names(prefix)
     conn = await aio_pika.connect(AMQP)
     try:
-        channel = await conn.channel()
-        for queue in (names.work_queue, names.dead_queue):
-            await channel.queue_delete(queue)
-        for exchange in (names.runs_exchange, names.dead_exchange):
-            await channel.exchange_delete(exchange)
+        await topology.delete(await conn.channel(), topology.Names(prefix))
     finally:
         await conn.close()
 

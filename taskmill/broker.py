@@ -51,14 +51,17 @@ class Publisher:
         Goes to the raw channel: frames are queued without waiting for each write, and one aio-pika Message
         per run is not built. Confirms (and returns, which raise) still come back per message.
         """
+        if not runs:
+            return []
         try:
             channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
         except Exception as exc:
             log.warning("cannot publish %d runs: %s", len(runs), exc)
             return [False] * len(runs)
         runs_exchange = self.topology.names.runs_exchange
-        results = await asyncio.gather(
-            *(
+        # One deadline for the batch, not a timer per message; what is not confirmed by then counts as failed.
+        publishes = [
+            asyncio.ensure_future(
                 self.publish_dead(run.body, run.run_id, "processor lost on the last attempt")
                 if run.status is RunState.DEAD
                 else channel.basic_publish(
@@ -67,13 +70,15 @@ class Publisher:
                     routing_key=run.type,
                     properties=properties(run.run_id),
                     mandatory=True,
-                    timeout=self.timeout_s,
                     wait=False,
                 )
-                for run in runs
-            ),
-            return_exceptions=True,
-        )
+            )
+            for run in runs
+        ]
+        await asyncio.wait(publishes, timeout=self.timeout_s)
+        for publish in publishes:
+            publish.cancel()  # a no-op on those that finished
+        results = await asyncio.gather(*publishes, return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         PUBLISHED.inc(len(runs) - len(failed))
         PUBLISH_FAILED.inc(len(failed))

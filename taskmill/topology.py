@@ -93,3 +93,11 @@ async def declare_delay_queue(channel: AbstractChannel, names: Names, delay_ms: 
         },
     )
     return name
+
+
+async def delete(channel: AbstractChannel, names: Names) -> None:
+    """Removes the work and dead-letter queues and the exchanges (delay queues expire by themselves)."""
+    for queue in (names.work_queue, names.dead_queue):
+        await channel.queue_delete(queue)
+    for exchange in (names.runs_exchange, names.dead_exchange):
+        await channel.exchange_delete(exchange)

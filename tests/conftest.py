@@ -16,6 +16,7 @@ import aio_pika
 import asyncpg
 import pytest
 
+from taskmill import topology
 from taskmill.migrate import migrate, migration_files
 from taskmill.settings import Settings
 
@@ -124,16 +125,9 @@ async def settings(template_db: str) -> AsyncIterator[Settings]:
 
 
 async def _delete_broker_objects(s: Settings) -> None:
-    from taskmill.topology import Names
-
-    names = Names(s.broker_prefix)
     conn = await aio_pika.connect(AMQP)
     try:
-        channel = await conn.channel()
-        for queue in (names.work_queue, names.dead_queue):
-            await channel.queue_delete(queue)
-        for exchange in (names.runs_exchange, names.dead_exchange):
-            await channel.exchange_delete(exchange)
+        await topology.delete(await conn.channel(), topology.Names(s.broker_prefix))
     finally:
         await conn.close()
 
