@@ -177,7 +177,7 @@ async def at(conn: asyncpg.Connection, roles: Roles, n: int, ahead_s: float) -> 
 
 async def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("workloads", nargs="*", default=["burst", "at"], choices=["burst", "at"])
+    parser.add_argument("workloads", nargs="*", choices=["burst", "at"], help="default: both")
     parser.add_argument("--runs", type=int, default=20_000, help="runs in the burst workload")
     parser.add_argument("--at-runs", type=int, default=5_000)
     parser.add_argument("--at-ahead", type=float, default=15.0, help="seconds ahead the `at` runs fall due")
@@ -186,6 +186,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=2500, help="per processor (noop runs are cheap)")
     parser.add_argument("--queue-type", default="quorum", choices=["quorum", "classic"])
     args = parser.parse_args(argv)
+    args.workloads = args.workloads or ["burst", "at"]
 
     await fresh_database(DSN)
     roles = Roles(f"bench-{uuid.uuid4().hex[:8]}", args)
