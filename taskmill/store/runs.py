@@ -70,21 +70,22 @@ async def next_due_in(conn: Conn, lead_s: float = 0.0) -> float | None:
     return value
 
 
+# One statement, so one `now()`: a run is either won, or not due yet, or not this message's to start.
+# (Asked in two statements, a run falling due between them looked lost and its message was dropped.)
 START = """
-UPDATE task_schedule s
-SET status = 'running', attempt = s.attempt + 1, started_at = now(), worker = $2, error = NULL,
-    lease_until = now() + make_interval(secs => b.lease_s)
-FROM unnest($1::bigint[], $3::int[], $4::float8[]) AS b(id, attempt, lease_s)
-WHERE s.id = ANY($1::bigint[]) AND s.id = b.id AND s.attempt = b.attempt - 1
-  AND s.status IN ('scheduled', 'queued', 'retrying') AND s.scheduled_time <= now()
-RETURNING s.id
-"""
-
-# Why a start lost: the run is not due yet by the database clock (the processor's clock runs ahead), or
-# it is not this message's to start at all.
-NOT_YET_DUE = """
-SELECT id FROM task_schedule
-WHERE id = ANY($1::bigint[]) AND status IN ('scheduled', 'queued', 'retrying') AND scheduled_time > now()
+WITH won AS (
+    UPDATE task_schedule s
+    SET status = 'running', attempt = s.attempt + 1, started_at = now(), worker = $2, error = NULL,
+        lease_until = now() + make_interval(secs => b.lease_s)
+    FROM unnest($1::bigint[], $3::int[], $4::float8[]) AS b(id, attempt, lease_s)
+    WHERE s.id = ANY($1::bigint[]) AND s.id = b.id AND s.attempt = b.attempt - 1
+      AND s.status IN ('scheduled', 'queued', 'retrying') AND s.scheduled_time <= now()
+    RETURNING s.id
+), early AS (
+    SELECT s.id FROM task_schedule s
+    WHERE s.id = ANY($1::bigint[]) AND s.status IN ('scheduled', 'queued', 'retrying') AND s.scheduled_time > now()
+)
+SELECT id, true AS won FROM won UNION ALL SELECT id, false FROM early
 """
 
 
@@ -103,12 +104,11 @@ class Start(enum.Enum):
 
 async def start_runs(conn: Conn, worker: str, requests: Sequence[StartRequest]) -> list[Start]:
     """The compare-and-set into running, for a batch of deliveries."""
-    ids = [q.run_id for q in requests]
-    attempts = [q.attempt for q in requests]
-    won = {r["id"] for r in await conn.fetch(START, ids, worker, attempts, [q.lease_s for q in requests])}
-    early: set[int] = set()
-    if len(won) < len(requests):
-        early = {r["id"] for r in await conn.fetch(NOT_YET_DUE, [i for i in ids if i not in won])}
+    rows = await conn.fetch(
+        START, [q.run_id for q in requests], worker, [q.attempt for q in requests], [q.lease_s for q in requests]
+    )
+    won = {r["id"] for r in rows if r["won"]}
+    early = {r["id"] for r in rows if not r["won"]}
     out = []
     for q in requests:
         if q.run_id in won:

@@ -6,6 +6,7 @@ work queue, keeps a copy of everything published there.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,10 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 import distributor.service
 import processor.service
 from taskmill.messages import RunMessage, amqp_message
+from taskmill.models import Schedule
 from taskmill.settings import Settings
+from taskmill.states import ScheduleKind
+from taskmill.store.runs import Start, StartRequest, start_runs
 from taskmill.topology import Topology, declare
 from tests.helpers import new_task, running, statuses, wait_for_statuses, wait_until
 
@@ -174,3 +178,19 @@ async def test_an_unreadable_message_is_dead_lettered_and_consuming_goes_on(
         assert dead.body == body
         assert str(dead.headers["x-taskmill-reason"]).startswith("unreadable run message")
     assert await db.fetchval("SELECT result FROM task_results") == {"still": "alive"}
+
+
+async def test_a_run_not_yet_due_by_the_database_clock_is_early_not_lost(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    task = await new_task(db, "soon", "noop", schedule=Schedule(kind=ScheduleKind.INTERVAL, every_seconds=3600))
+    run_id = await db.fetchval(
+        "INSERT INTO task_schedule (task_id, scheduled_time, status) VALUES ($1, now() + interval '300 ms', "
+        "'scheduled') RETURNING id",
+        task.id,
+    )
+    request = StartRequest(run_id, 1, 30.0)
+    assert await start_runs(db, "w", [request]) == [Start.EARLY]
+    await asyncio.sleep(0.35)
+    assert await start_runs(db, "w", [request, request]) == [Start.WON, Start.LOST]
+    assert await start_runs(db, "w", [request]) == [Start.LOST]
