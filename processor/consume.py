@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
 
@@ -28,6 +29,7 @@ from taskmill.tasktypes import RunContext
 log = logging.getLogger(__name__)
 
 _EARLY_RETRY_S = 0.01
+_DB_RETRY_S = 0.2
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RuntimeError)
 
 
@@ -79,36 +81,26 @@ class Consumer:
         return len(self._in_flight)
 
     async def on_message(self, delivery: AbstractIncomingMessage) -> None:
-        """aio-pika runs this in a task of its own per delivery; we only keep track of it."""
-        task = asyncio.current_task()
-        assert task is not None
+        """Hands the delivery to a task of our own: aiormq cancels its callback tasks when the channel closes, and
+        a run in flight must still finish and be recorded (its redelivery then finds it started)."""
         self._acker.received(delivery)
+        task = asyncio.create_task(self._handle(delivery))
         self._in_flight.add(task)
-        try:
-            await self._handle(delivery)
-        finally:
-            self._in_flight.discard(task)
+        task.add_done_callback(self._in_flight.discard)
 
     async def _handle(self, delivery: AbstractIncomingMessage) -> None:
         try:
             message = RunMessage.model_validate_json(delivery.body)
         except ValidationError as exc:
-            await self._publisher.publish_dead(delivery.body, None, f"unreadable run message: {exc}"[:1000])
-            self._acker.done(delivery)
-            log.error("dead-lettered an unreadable message", extra={"action": "poison"})
+            await self._dead_letter_unreadable(delivery, f"unreadable run message: {exc}"[:1000])
             return
         if self._stopping:
             await self._requeue(delivery)
             return
         timeout_s = min(message.timeout_s, self._settings.max_timeout_s)
         request = StartRequest(message.run_id, message.attempt, timeout_s + self._settings.running_grace_s)
-        try:
-            start = await self._start_when_due(message, request)
-        except _DB_ERRORS as exc:
-            log.warning("cannot start run %s: %s", message.run_id, exc, extra={"run_id": message.run_id})
-            await asyncio.sleep(1)
-            start = None
-        if start is None:  # stopping, or the database is away: another processor takes it
+        start = await self._start_when_due(message, request)
+        if start is None:  # stopping: another processor takes it
             await self._requeue(delivery)
             return
         if start is not Start.WON:
@@ -133,13 +125,33 @@ class Consumer:
     async def _start_when_due(self, message: RunMessage, request: StartRequest) -> Start | None:
         """Holds a run published ahead of its time until it is due, then claims it; None when stopping."""
         await self._gate.wait(message.scheduled_time.timestamp())
+        backoff = _DB_RETRY_S
         while not self._stopping:
-            start = await self._starter.submit(request)
+            try:
+                start = await self._starter.submit(request)
+            except _DB_ERRORS as exc:
+                # Hold the delivery rather than requeue it: requeues count toward the broker's delivery limit.
+                log.warning("cannot start run %s yet: %s", message.run_id, exc, extra={"run_id": message.run_id})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
             if start is not Start.EARLY:
                 return start
             # Due by our clock, not yet by the database's: the database decides, so ask again shortly.
             await asyncio.sleep(_EARLY_RETRY_S)
         return None
+
+    async def _dead_letter_unreadable(self, delivery: AbstractIncomingMessage, reason: str) -> None:
+        try:
+            await self._publisher.publish_dead(delivery.body, None, reason)
+        except Exception as exc:
+            # The work queue dead-letters what is rejected: the message still ends in the dead queue.
+            log.warning("dead-letter publish failed (%s); rejecting instead", exc, extra={"action": "poison"})
+            await delivery.reject(requeue=False)
+            self._acker.settled(delivery)
+        else:
+            self._acker.done(delivery)
+        log.error("dead-lettered an unreadable message", extra={"action": "poison"})
 
     async def _requeue(self, delivery: AbstractIncomingMessage) -> None:
         await delivery.nack(requeue=True)
@@ -155,7 +167,7 @@ class Consumer:
             attempt=message.attempt,
             status=status,
             result_json=attempt.result_json(),
-            error=attempt.error,
+            error=attempt.error and attempt.error.replace("\x00", "\ufffd"),
             finished_at=datetime.now(UTC),
             duration_ms=attempt.duration_ms,
             retry_lease_s=delay_ms / 1000 + self._settings.queued_lease_s,
@@ -192,4 +204,19 @@ class Consumer:
 
 
 async def _finish(pool: asyncpg.Pool, outcomes: Sequence[Outcome]) -> list[bool]:
-    return await finish_runs(pool, outcomes)
+    try:
+        return await finish_runs(pool, outcomes)
+    except asyncpg.DataError:
+        if len(outcomes) == 1:
+            raise
+    # One outcome the database refuses must not hold back the others: record each alone.
+    return [await _finish_alone(pool, outcome) for outcome in outcomes]
+
+
+async def _finish_alone(pool: asyncpg.Pool, outcome: Outcome) -> bool:
+    try:
+        (done,) = await finish_runs(pool, [outcome])
+    except asyncpg.DataError as exc:
+        error = f"{outcome.error or 'result'} (result not stored: {exc})"
+        (done,) = await finish_runs(pool, [replace(outcome, result_json=None, error=error)])
+    return done

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     broker_prefix: str = Field("taskmill", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # quorum: replicated, delivery limit enforced by the broker; classic: faster on one node.
     queue_type: str = Field("quorum", pattern=r"^(quorum|classic)$")
-    delivery_limit: int = Field(5, ge=1, le=1000)
+    # Deliveries of one message before the broker dead-letters it (a message that keeps killing processors).
+    # Requeues on shutdown count too, so leave room for rolling restarts.
+    delivery_limit: int = Field(10, ge=1, le=1000)
     db_pool_size: int = Field(10, ge=1, le=500)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     log_format: str = Field("json", pattern=r"^(json|text)$")

@@ -80,12 +80,12 @@ WITH won AS (
     FROM unnest($1::bigint[], $3::int[], $4::float8[]) AS b(id, attempt, lease_s)
     WHERE s.id = ANY($1::bigint[]) AND s.id = b.id AND s.attempt = b.attempt - 1
       AND s.status IN ('scheduled', 'queued', 'retrying') AND s.scheduled_time <= now()
-    RETURNING s.id
+    RETURNING s.id, s.attempt
 ), early AS (
     SELECT s.id FROM task_schedule s
     WHERE s.id = ANY($1::bigint[]) AND s.status IN ('scheduled', 'queued', 'retrying') AND s.scheduled_time > now()
 )
-SELECT id, true AS won FROM won UNION ALL SELECT id, false FROM early
+SELECT id, attempt, true AS won FROM won UNION ALL SELECT id, NULL, false FROM early
 """
 
 
@@ -107,13 +107,14 @@ async def start_runs(conn: Conn, worker: str, requests: Sequence[StartRequest]) 
     rows = await conn.fetch(
         START, [q.run_id for q in requests], worker, [q.attempt for q in requests], [q.lease_s for q in requests]
     )
-    won = {r["id"] for r in rows if r["won"]}
+    # Matched on (run, attempt): a stale copy in the same batch as the message that won must not think it won.
+    won = {(r["id"], r["attempt"]) for r in rows if r["won"]}
     early = {r["id"] for r in rows if not r["won"]}
     out = []
     for q in requests:
-        if q.run_id in won:
+        if (q.run_id, q.attempt) in won:
             out.append(Start.WON)
-            won.discard(q.run_id)  # the same run twice in one batch: only the first wins
+            won.discard((q.run_id, q.attempt))  # the same message twice in one batch: only the first wins
         else:
             out.append(Start.EARLY if q.run_id in early else Start.LOST)
     return out

@@ -44,5 +44,6 @@ class TaskType:
 
 
 def cap_text(data: bytes, cap: int) -> tuple[str, bool]:
-    """Decoded output no longer than `cap` bytes, and whether it was cut."""
-    return data[:cap].decode("utf-8", "replace"), len(data) > cap
+    """Decoded output no longer than `cap` bytes, and whether it was cut. NUL becomes U+FFFD: PostgreSQL text and
+    jsonb cannot hold it."""
+    return data[:cap].decode("utf-8", "replace").replace("\x00", "\ufffd"), len(data) > cap

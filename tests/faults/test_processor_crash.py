@@ -216,3 +216,35 @@ async def test_sigterm_lets_a_processor_finish_its_runs_in_flight_and_exit_clean
     assert [tuple(r) for r in rows] == [("succeeded", 1, worker)] * in_flight, f"after {took:.2f} s"
     results = await db.fetch("SELECT attempt, status::text, worker FROM task_results ORDER BY run_id")
     assert [tuple(r) for r in results] == [(1, "succeeded", worker)] * in_flight
+
+
+@pytest.mark.slow
+async def test_a_run_in_flight_when_the_broker_connection_drops_finishes_and_is_recorded_once(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    await new_task(db, "through-the-drop", "sleep", {"ms": 1500})
+    await distributor_run(settings, until_idle=True)
+    async with running(processor_run, settings):
+
+        async def started() -> bool:
+            return bool(await db.fetchval("SELECT count(*) FROM task_schedule WHERE status = 'running'"))
+
+        await wait_until(started, 10, what="the run to start")
+        closed = await asyncio.create_subprocess_exec(
+            "rabbitmqctl",
+            "close_all_connections",
+            "test: connection drop",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert await closed.wait() == 0
+
+        async def finished() -> bool:
+            return bool(await db.fetchval("SELECT count(*) FROM task_schedule WHERE status = 'succeeded'"))
+
+        await wait_until(finished, 15, what="the run to finish")
+        # The redelivery after the reconnect finds the run finished: it is dropped, not run again.
+        await asyncio.sleep(6)
+    row = await db.fetchrow("SELECT status::text, attempt FROM task_schedule")
+    assert row is not None and tuple(row) == ("succeeded", 1)
+    assert await db.fetchval("SELECT count(*) FROM task_results") == 1

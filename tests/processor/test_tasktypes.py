@@ -226,3 +226,13 @@ async def test_a_timed_out_command_loses_its_whole_process_group(
         return all(gone(pid) for pid in pids)
 
     await wait_until(all_gone, timeout=2, what=f"pids {pids} to be killed")
+
+
+async def test_output_with_nul_bytes_is_recorded_with_a_replacement_character(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    task = await new_task(db, "binary", "command", {"argv": ["printf", "a\\000b"]})
+    await run_pipeline(settings, db, {"succeeded": 1})
+    row = await only_result(db, task.id)
+    assert row["result"]["stdout"] == "a\ufffdb"
+    assert row["result"]["stdout_bytes"] == 3
