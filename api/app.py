@@ -9,6 +9,9 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from api import errors
+from api.auth import Authenticator
+from api.routes import tasks
 from taskmill.broker import connect
 from taskmill.db import create_pool
 from taskmill.settings import Settings
@@ -26,6 +29,9 @@ def create_app(settings: Settings) -> FastAPI:
             await app.state.pool.close()
 
     app = FastAPI(title="taskmill", lifespan=lifespan)
+    app.state.auth = Authenticator(settings)
+    errors.install(app)
+    app.include_router(tasks.router)
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import secrets
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -15,7 +16,8 @@ import uvloop
 from pydantic import ValidationError
 
 from taskmill import logs, metrics
-from taskmill.settings import Settings, format_settings_error
+from taskmill.settings import ConfigError, Settings, format_settings_error
+from taskmill.tokens import mint
 
 ROLES = {
     "scheduler": "scheduler.service:run",
@@ -50,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", help="API address (default 127.0.0.1)")
     dev.add_argument("--port", type=int, help="API port (default 8000)")
     dev.add_argument("--concurrency", type=int, help="processor concurrency (default 10)")
+    token = sub.add_parser("token", help="print a JWT signed with JWT_SECRET, for development and scripts")
+    token.add_argument("--sub", required=True, help="the subject (stored as the creator of what it creates)")
+    token.add_argument("--scope", default="tasks:read tasks:write", help="space-separated scopes")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
     return parser
 
 
@@ -75,7 +81,12 @@ async def _dev(settings: Settings, stop: asyncio.Event) -> None:
     from taskmill.migrate import migrate
 
     await migrate(settings.database_url)
+    if not (settings.jwt_secret or settings.jwt_public_key):
+        # A secret for this session only, and a token to try the API with.
+        settings = settings.model_copy(update={"jwt_secret": secrets.token_urlsafe(32)})
     print(f"taskmill dev: API on http://{settings.api_host}:{settings.api_port}/ (docs at /docs)", flush=True)
+    if settings.jwt_secret:
+        print(f"taskmill dev: token: {mint(settings.jwt_secret, 'dev', 'admin', 12 * 3600)}", flush=True)
     await run_loops(stop, **{name: load_role(name)(settings, stop=stop) for name in ROLES})
 
 
@@ -93,9 +104,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"taskmill: {format_settings_error(exc)}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    if args.command != "migrate":
+    if args.command not in ("migrate", "token"):
         metrics.serve(settings.metrics_port)
     try:
+        if args.command == "token":
+            if not settings.jwt_secret:
+                print("taskmill token: set JWT_SECRET (the HS256 secret the API verifies with)", file=sys.stderr)
+                return 2
+            print(mint(settings.jwt_secret, args.sub, args.scope, args.ttl, settings.jwt_issuer, settings.jwt_audience))
+            return 0
         if args.command == "migrate":
             from taskmill.migrate import migrate
 
@@ -106,6 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             role = load_role(args.command)
             _run(_until_signal(lambda stop: role(settings, stop=stop)))
+    except ConfigError as exc:
+        print(f"taskmill {args.command}: {exc}", file=sys.stderr)
+        return 2
     except (OSError, ConnectionError) as exc:
         print(f"taskmill {args.command}: cannot reach a service: {exc}", file=sys.stderr)
         return 1

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from taskmill.cron import ScheduleError, validate_cron, zone
 from taskmill.states import RunState, ScheduleKind
@@ -79,13 +79,26 @@ class TaskCreate(BaseModel):
             raise ValueError("a name cannot contain NUL")
         return value
 
-    @model_validator(mode="after")
-    def _payload_fits_type(self) -> TaskCreate:
-        tasktype = BUILTIN.get(self.type)
-        if tasktype is None:
-            raise ValueError(f"unknown task type {self.type!r}; known: {', '.join(sorted(BUILTIN))}")
-        tasktype.parse(self.payload)
-        return self
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in BUILTIN:
+            raise ValueError(f"unknown task type {value!r}; known: {', '.join(sorted(BUILTIN))}")
+        return value
+
+    @field_validator("payload")
+    @classmethod
+    def _payload_fits_type(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        tasktype = BUILTIN.get(info.data.get("type", ""))
+        if tasktype is not None:
+            try:
+                tasktype.parse(value)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or '(payload)'}: {e['msg']}" for e in exc.errors()
+                )
+                raise ValueError(f"does not fit type {tasktype.name}: {problems}") from None
+        return value
 
 
 @dataclass(frozen=True, slots=True)

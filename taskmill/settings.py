@@ -10,6 +10,10 @@ from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+class ConfigError(ValueError):
+    """Settings that parse but cannot work together (the message says what to set)."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TASKMILL_", extra="ignore", frozen=True)
 
@@ -74,6 +78,11 @@ class Settings(BaseSettings):
     # api
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
+    # JWT bearer auth: HS256 with a shared secret, or RS256 with a PEM public key (one of the two is required).
+    jwt_secret: str = Field("", validation_alias=AliasChoices("JWT_SECRET", "TASKMILL_JWT_SECRET"))
+    jwt_public_key: str = Field("", validation_alias=AliasChoices("JWT_PUBLIC_KEY", "TASKMILL_JWT_PUBLIC_KEY"))
+    jwt_issuer: str = Field("", validation_alias=AliasChoices("JWT_ISSUER", "TASKMILL_JWT_ISSUER"))
+    jwt_audience: str = Field("", validation_alias=AliasChoices("JWT_AUDIENCE", "TASKMILL_JWT_AUDIENCE"))
 
     def served_types(self) -> frozenset[str]:
         return frozenset(t.strip() for t in self.task_types.split(",") if t.strip())
@@ -84,6 +93,7 @@ def format_settings_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         field = str(err["loc"][0]).upper() if err["loc"] else "?"
-        name = field if field in ("DATABASE_URL", "AMQP_URL") else f"TASKMILL_{field.removeprefix('TASKMILL_')}"
+        bare = ("DATABASE_URL", "AMQP_URL", "JWT_SECRET", "JWT_PUBLIC_KEY", "JWT_ISSUER", "JWT_AUDIENCE")
+        name = field if field in bare else f"TASKMILL_{field.removeprefix('TASKMILL_')}"
         parts.append(f"{name}: {err['msg']}")
     return "bad setting: " + "; ".join(parts)

@@ -1,0 +1,70 @@
+"""The API's public shapes (what it returns); what it accepts is taskmill.models.TaskCreate."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from taskmill.models import Schedule, Task
+from taskmill.tasktypes import BUILTIN
+
+
+class TaskPublic(BaseModel):
+    id: int
+    name: str
+    type: str
+    payload: dict[str, Any]
+    schedule: Schedule
+    active: bool
+    max_retries: int
+    retry_delay_seconds: float
+    backoff: float
+    timeout_seconds: float
+    estimated_ms: int
+    created_by: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, task: Task) -> TaskPublic:
+        schedule = Schedule.model_construct(
+            kind=task.schedule_kind,
+            at=task.run_at,
+            cron=task.cron,
+            every_seconds=task.every_seconds,
+            timezone=task.timezone,
+        )
+        return cls(
+            id=task.id,
+            name=task.name,
+            type=task.type,
+            payload=task.payload,
+            schedule=schedule,
+            active=task.active,
+            max_retries=task.max_retries,
+            retry_delay_seconds=task.retry_delay_s,
+            backoff=task.backoff,
+            timeout_seconds=task.timeout_s,
+            estimated_ms=task.estimated_ms,
+            created_by=task.created_by,
+            created_at=task.created_at,
+        )
+
+
+class TaskPage(BaseModel):
+    items: list[TaskPublic]
+    next_cursor: int | None
+
+
+class TaskType(BaseModel):
+    name: str
+    description: str
+    payload_schema: dict[str, Any]
+
+
+def task_types() -> list[TaskType]:
+    return [
+        TaskType(name=t.name, description=t.description, payload_schema=t.payload_model.model_json_schema())
+        for t in BUILTIN.values()
+    ]
