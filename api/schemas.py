@@ -68,3 +68,43 @@ def task_types() -> list[TaskType]:
         TaskType(name=t.name, description=t.description, payload_schema=t.payload_model.model_json_schema())
         for t in BUILTIN.values()
     ]
+
+
+class RunPublic(BaseModel):
+    id: int
+    task_id: int
+    scheduled_time: datetime
+    status: str
+    attempt: int
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker: str | None
+    error: str | None
+    created_by: str | None
+
+
+class AttemptPublic(BaseModel):
+    """One result version: each attempt of a run adds one."""
+
+    attempt: int
+    status: str
+    started_at: datetime | None
+    finished_at: datetime
+    duration_ms: float | None
+    worker: str | None
+    result: Any
+    error: str | None
+
+
+class TransitionPublic(BaseModel):
+    from_status: str | None
+    to_status: str
+    attempt: int
+    worker: str | None
+    at: datetime
+
+
+class RunDetail(RunPublic):
+    attempts: list[AttemptPublic]
+    transitions: list[TransitionPublic]

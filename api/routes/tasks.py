@@ -10,10 +10,11 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from api.auth import READ, WRITE, Principal, require
-from api.schemas import TaskPage, TaskPublic, TaskType, task_types
+from api.schemas import RunPublic, TaskPage, TaskPublic, TaskType, task_types
 from taskmill.models import Task, TaskCreate
 from taskmill.states import ScheduleKind
-from taskmill.store.tasks import create_task
+from taskmill.store.history import run_detail
+from taskmill.store.tasks import add_run, create_task, delete_task, set_active, update_task
 
 router = APIRouter()
 
@@ -26,19 +27,20 @@ def _pool(request: Request) -> asyncpg.Pool:
     return pool
 
 
-@router.post("/tasks", status_code=201, response_model=TaskPublic)
-async def create(body: TaskCreate, request: Request, who: Annotated[Principal, Depends(require(WRITE))]) -> TaskPublic:
+TaskId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+Writer = Annotated[Principal, Depends(require(WRITE))]
+
+
+def _check_at(body: TaskCreate) -> None:
     s = body.schedule
     if s.kind is ScheduleKind.ONCE and s.at is not None and s.at < datetime.now(UTC) - AT_GRACE:
-        raise RequestValidationError(
-            [
-                {
-                    "loc": ("body", "schedule", "at"),
-                    "msg": f"is more than {AT_GRACE.seconds} s in the past",
-                    "type": "value_error",
-                }
-            ]
-        )
+        reason = f"is more than {AT_GRACE.seconds} s in the past"
+        raise RequestValidationError([{"loc": ("body", "schedule", "at"), "msg": reason, "type": "value_error"}])
+
+
+@router.post("/tasks", status_code=201, response_model=TaskPublic)
+async def create(body: TaskCreate, request: Request, who: Writer) -> TaskPublic:
+    _check_at(body)
     async with _pool(request).acquire() as conn:
         try:
             task = await create_task(conn, body, created_by=who.subject)
@@ -74,7 +76,7 @@ async def list_tasks(
 
 @router.get("/tasks/{task_id}", response_model=TaskPublic)
 async def get(
-    task_id: Annotated[int, Path(ge=1, le=2**63 - 1)],
+    task_id: TaskId,
     request: Request,
     _: Annotated[Principal, Depends(require(READ))],
 ) -> TaskPublic:
@@ -82,6 +84,61 @@ async def get(
     if row is None:
         raise HTTPException(404, f"no task {task_id}")
     return TaskPublic.of(Task.from_record(row))
+
+
+@router.put("/tasks/{task_id}", response_model=TaskPublic)
+async def replace(task_id: TaskId, body: TaskCreate, request: Request, _: Writer) -> TaskPublic:
+    """Replaces the definition; future scheduled runs are dropped and materialized again, history stays."""
+    _check_at(body)
+    async with _pool(request).acquire() as conn:
+        try:
+            task = await update_task(conn, task_id, body)
+        except asyncpg.UniqueViolationError:
+            raise HTTPException(409, f"a task named {body.name!r} exists") from None
+    if task is None:
+        raise HTTPException(404, f"no task {task_id}")
+    return TaskPublic.of(task)
+
+
+@router.put("/tasks/{task_id}/inactive", response_model=TaskPublic)
+async def deactivate(task_id: TaskId, request: Request, _: Writer) -> TaskPublic:
+    return await _set_active(request, task_id, False)
+
+
+@router.put("/tasks/{task_id}/active", response_model=TaskPublic)
+async def activate(task_id: TaskId, request: Request, _: Writer) -> TaskPublic:
+    return await _set_active(request, task_id, True)
+
+
+async def _set_active(request: Request, task_id: int, active: bool) -> TaskPublic:
+    async with _pool(request).acquire() as conn:
+        if not await set_active(conn, task_id, active):
+            raise HTTPException(404, f"no task {task_id}")
+        row = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
+    assert row is not None
+    return TaskPublic.of(Task.from_record(row))
+
+
+@router.delete("/tasks/{task_id}", status_code=204)
+async def delete(task_id: TaskId, request: Request, _: Writer) -> None:
+    """Cancels the runs not yet handed out; the task's history stays (its name is freed)."""
+    async with _pool(request).acquire() as conn:
+        if not await delete_task(conn, task_id):
+            raise HTTPException(404, f"no task {task_id}")
+
+
+@router.post("/tasks/{task_id}/invoke", status_code=201, response_model=RunPublic)
+async def invoke(task_id: TaskId, request: Request, who: Writer) -> RunPublic:
+    """One run now, whatever the task's schedule."""
+    async with _pool(request).acquire() as conn:
+        if await conn.fetchval("SELECT 1 FROM tasks WHERE id = $1 AND deleted_at IS NULL", task_id) is None:
+            raise HTTPException(404, f"no task {task_id}")
+        run_id = await add_run(conn, task_id, None, created_by=who.subject)
+        if run_id is None:
+            raise HTTPException(409, "the task was invoked this very instant already")
+        detail = await run_detail(conn, run_id)
+    assert detail is not None
+    return RunPublic.model_validate(dict(detail[0]))
 
 
 @router.get("/task-types", response_model=list[TaskType])

@@ -90,3 +90,66 @@ async def reschedule(conn: Connection, task_id: int) -> bool:
 async def set_active(conn: Connection, task_id: int, active: bool) -> bool:
     """Deactivating drops the future runs; activating schedules from now on (missed runs are not caught up)."""
     return await _restart_schedule(conn, task_id, active)
+
+
+UPDATE_TASK = """
+UPDATE tasks SET name = $2, type = $3, payload = $4, schedule_kind = $5, cron = $6, every_seconds = $7,
+    run_at = $8, timezone = $9, active = $10, max_retries = $11, retry_delay_s = $12, backoff = $13,
+    timeout_s = $14, estimated_ms = $15, materialized_until = NULL, schedule_from = now(), updated_at = now()
+WHERE id = $1
+RETURNING *
+"""
+
+
+async def update_task(conn: Connection, task_id: int, spec: TaskCreate) -> Task | None:
+    """Replaces a task's definition; its future scheduled runs go and are materialized again from the new one.
+    Past and in-flight runs keep their history. None when there is no such task."""
+    s = spec.schedule
+    async with conn.transaction():
+        if await conn.fetchval(LOCK_TASK, task_id) is None:
+            return None
+        await conn.execute(DROP_FUTURE_RUNS, task_id)
+        record = await conn.fetchrow(
+            UPDATE_TASK,
+            task_id,
+            spec.name,
+            spec.type,
+            spec.payload,
+            s.kind.value,
+            s.cron,
+            s.every_seconds,
+            s.at,
+            s.timezone,
+            spec.active,
+            spec.max_retries,
+            spec.retry_delay_seconds,
+            spec.backoff,
+            spec.timeout_seconds,
+            spec.estimated_ms,
+        )
+        assert record is not None
+        task = Task.from_record(record)
+        if spec.active and s.kind is ScheduleKind.ONCE:
+            await add_run(conn, task.id, s.at, created_by=task.created_by)
+    return task
+
+
+# Deleting keeps the row (runs and results refer to it) and frees the name for a new task.
+DELETE_TASK = """
+UPDATE tasks SET deleted_at = now(), active = false, updated_at = now(), name = name || ' (deleted ' || id || ')'
+WHERE id = $1
+"""
+CANCEL_FUTURE_RUNS = """
+UPDATE task_schedule SET status = 'cancelled', finished_at = now(), lease_until = NULL
+WHERE task_id = $1 AND status = 'scheduled'
+"""
+
+
+async def delete_task(conn: Connection, task_id: int) -> bool:
+    """Soft-deletes a task and cancels its runs not yet handed out; history stays."""
+    async with conn.transaction():
+        if await conn.fetchval(LOCK_TASK, task_id) is None:
+            return False
+        await conn.execute(CANCEL_FUTURE_RUNS, task_id)
+        await conn.execute(DELETE_TASK, task_id)
+    return True

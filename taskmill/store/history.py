@@ -1,0 +1,66 @@
+"""Reading runs back: a task's runs, one run with its attempts (result versions) and its status changes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+from taskmill.db import Connection
+
+Conn = Connection | asyncpg.Pool
+
+RUN_COLUMNS = """s.id, s.task_id, s.scheduled_time, s.status::text AS status, s.attempt, s.queued_at, s.started_at,
+    s.finished_at, s.worker, s.error, coalesce(s.created_by, t.created_by) AS created_by"""
+
+TASK_RUNS = f"""
+SELECT {RUN_COLUMNS} FROM task_schedule s JOIN tasks t ON t.id = s.task_id
+WHERE s.task_id = $1 AND ($2::run_status IS NULL OR s.status = $2)
+  AND ($3::timestamptz IS NULL OR s.scheduled_time >= $3) AND ($4::timestamptz IS NULL OR s.scheduled_time < $4)
+  AND ($5::timestamptz IS NULL OR s.scheduled_time < $5)
+ORDER BY s.scheduled_time DESC LIMIT $6
+"""
+
+ONE_RUN = f"SELECT {RUN_COLUMNS} FROM task_schedule s JOIN tasks t ON t.id = s.task_id WHERE s.id = $1"
+
+ATTEMPTS = """
+SELECT attempt, status::text AS status, started_at, finished_at, duration_ms, worker, result, error
+FROM task_results WHERE run_id = $1 ORDER BY attempt
+"""
+
+TRANSITIONS = """
+SELECT from_status::text AS from_status, to_status::text AS to_status, attempt, worker, at
+FROM run_audit WHERE run_id = $1 ORDER BY at
+"""
+
+# Only runs not yet started can be cancelled; a running one finishes its attempt.
+CANCEL_RUN = """
+UPDATE task_schedule SET status = 'cancelled', finished_at = now(), lease_until = NULL
+WHERE id = $1 AND status IN ('scheduled', 'queued', 'retrying')
+RETURNING id
+"""
+
+
+async def task_runs(
+    conn: Conn,
+    task_id: int,
+    status: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    before: datetime | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    return await conn.fetch(TASK_RUNS, task_id, status, since, until, before, limit)
+
+
+async def run_detail(
+    conn: Conn, run_id: int
+) -> tuple[asyncpg.Record, list[asyncpg.Record], list[asyncpg.Record]] | None:
+    run = await conn.fetchrow(ONE_RUN, run_id)
+    if run is None:
+        return None
+    return run, await conn.fetch(ATTEMPTS, run_id), await conn.fetch(TRANSITIONS, run_id)
+
+
+async def cancel_run(conn: Conn, run_id: int) -> bool:
+    return await conn.fetchval(CANCEL_RUN, run_id) is not None
