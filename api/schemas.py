@@ -108,3 +108,13 @@ class TransitionPublic(BaseModel):
 class RunDetail(RunPublic):
     attempts: list[AttemptPublic]
     transitions: list[TransitionPublic]
+
+
+class BulkItem(BaseModel):
+    id: int
+    name: str
+
+
+class BulkCreated(BaseModel):
+    created: int
+    tasks: list[BulkItem]

@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from api.auth import READ, WRITE, Principal, require
-from api.schemas import RunPublic, TaskPage, TaskPublic, TaskType, task_types
+from api.schemas import BulkCreated, BulkItem, RunPublic, TaskPage, TaskPublic, TaskType, task_types
 from taskmill.models import Task, TaskCreate
 from taskmill.states import ScheduleKind
 from taskmill.store.history import run_detail
-from taskmill.store.tasks import add_run, create_task, delete_task, set_active, update_task
+from taskmill.store.tasks import add_run, create_task, create_tasks, delete_task, set_active, update_task
 
 router = APIRouter()
 
 # How far in the past a one-off `at` may be and still be accepted (it then runs at once).
 AT_GRACE = timedelta(seconds=60)
+MAX_BULK = 10_000
 
 
 def _pool(request: Request) -> asyncpg.Pool:
@@ -31,11 +32,43 @@ TaskId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 Writer = Annotated[Principal, Depends(require(WRITE))]
 
 
-def _check_at(body: TaskCreate) -> None:
+def _check_at(body: TaskCreate, *where: int) -> None:
+    if problem := _late_at(body, where):
+        raise RequestValidationError([problem])
+
+
+def _late_at(body: TaskCreate, where: tuple[int, ...]) -> dict[str, Any] | None:
     s = body.schedule
     if s.kind is ScheduleKind.ONCE and s.at is not None and s.at < datetime.now(UTC) - AT_GRACE:
         reason = f"is more than {AT_GRACE.seconds} s in the past"
-        raise RequestValidationError([{"loc": ("body", "schedule", "at"), "msg": reason, "type": "value_error"}])
+        return {"loc": ("body", *where, "schedule", "at"), "msg": reason, "type": "value_error"}
+    return None
+
+
+@router.post("/tasks/bulk", status_code=201, response_model=BulkCreated)
+async def create_many(
+    body: Annotated[list[TaskCreate], Body(min_length=1, max_length=MAX_BULK)], request: Request, who: Writer
+) -> BulkCreated:
+    """Up to 10,000 tasks in one transaction: all are created, or none (422 or 409 naming each bad item)."""
+    problems = [p for i, task in enumerate(body) if (p := _late_at(task, (i,)))]
+    first: dict[str, int] = {}
+    for i, task in enumerate(body):
+        if task.name in first:
+            reason = f"repeats the name of item {first[task.name]}"
+            problems.append({"loc": ("body", i, "name"), "msg": reason, "type": "value_error"})
+        first.setdefault(task.name, i)
+    if problems:
+        raise RequestValidationError(problems)
+    async with _pool(request).acquire() as conn, conn.transaction():
+        taken = await conn.fetch("SELECT name FROM tasks WHERE name = ANY($1::text[])", list(first))
+        if taken:
+            names = sorted(r["name"] for r in taken)
+            raise HTTPException(409, f"{len(names)} names exist already: {', '.join(map(repr, names[:20]))}")
+        try:
+            created = await create_tasks(conn, body, created_by=who.subject)
+        except asyncpg.UniqueViolationError:
+            raise HTTPException(409, "a name was taken meanwhile; nothing was created") from None
+    return BulkCreated(created=len(created), tasks=[BulkItem(id=i, name=n) for i, n in created])
 
 
 @router.post("/tasks", status_code=201, response_model=TaskPublic)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from taskmill.db import Connection
+from taskmill.db import Connection, jsonb
 from taskmill.models import Task, TaskCreate
 from taskmill.states import ScheduleKind
 
@@ -153,3 +153,47 @@ async def delete_task(conn: Connection, task_id: int) -> bool:
         await conn.execute(CANCEL_FUTURE_RUNS, task_id)
         await conn.execute(DELETE_TASK, task_id)
     return True
+
+
+# A whole batch of tasks in one statement, and the runs of its immediate and once tasks in the same one.
+INSERT_TASKS = """
+WITH new AS (
+    INSERT INTO tasks (name, type, payload, schedule_kind, cron, every_seconds, run_at, timezone, active,
+                       max_retries, retry_delay_s, backoff, timeout_s, estimated_ms, created_by)
+    SELECT n, ty, p::jsonb, k, c, e, a, tz, act, mr, rd, b, t, est, $15
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::schedule_kind[], $5::text[], $6::int[], $7::timestamptz[],
+                $8::text[], $9::bool[], $10::int[], $11::float8[], $12::float8[], $13::float8[], $14::int[])
+        AS b(n, ty, p, k, c, e, a, tz, act, mr, rd, b, t, est)
+    RETURNING id, name, schedule_kind, run_at, active, created_by
+), runs AS (
+    INSERT INTO task_schedule (task_id, scheduled_time, created_by)
+    SELECT id, coalesce(run_at, now()), created_by FROM new WHERE active AND schedule_kind IN ('immediate', 'once')
+)
+SELECT id, name FROM new ORDER BY id
+"""
+
+
+async def create_tasks(
+    conn: Connection, specs: list[TaskCreate], *, created_by: str | None = None
+) -> list[tuple[int, str]]:
+    """Inserts every task or none (one statement); returns (id, name) in order."""
+    s = [spec.schedule for spec in specs]
+    rows = await conn.fetch(
+        INSERT_TASKS,
+        [t.name for t in specs],
+        [t.type for t in specs],
+        [jsonb(t.payload) for t in specs],
+        [x.kind.value for x in s],
+        [x.cron for x in s],
+        [x.every_seconds for x in s],
+        [x.at for x in s],
+        [x.timezone for x in s],
+        [t.active for t in specs],
+        [t.max_retries for t in specs],
+        [t.retry_delay_seconds for t in specs],
+        [t.backoff for t in specs],
+        [t.timeout_seconds for t in specs],
+        [t.estimated_ms for t in specs],
+        created_by,
+    )
+    return [(r["id"], r["name"]) for r in rows]
