@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from api import errors
 from api.auth import Authenticator
-from api.routes import runs, tasks
+from api.routes import metrics, runs, tasks
 from taskmill.broker import connect
 from taskmill.db import create_pool
 from taskmill.settings import Settings
@@ -33,6 +33,7 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     app.include_router(tasks.router)
     app.include_router(runs.router)
+    app.include_router(metrics.router)
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:

@@ -126,3 +126,13 @@ async def test_health_needs_no_token_and_names_each_dependency(client: httpx.Asy
     response = await client.get("/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "checks": {"database": True, "broker": True}}
+
+
+async def test_metrics_show_the_due_backlog_in_prometheus_text(client: httpx.AsyncClient) -> None:
+    for i in range(3):
+        assert (await post(client, {"name": f"due-{i}", "type": "noop"})).status_code == 201
+    assert (await client.get("/metrics")).status_code == 401
+    response = await client.get("/metrics", headers=bearer("tasks:read"))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    assert "taskmill_due_backlog_runs 3.0" in response.text.splitlines()
