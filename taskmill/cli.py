@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import secrets
 import signal
 import sys
@@ -56,7 +57,36 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--sub", required=True, help="the subject (stored as the creator of what it creates)")
     token.add_argument("--scope", default="tasks:read tasks:write", help="space-separated scopes")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    for name, what in (("logs", "a task's latest runs and their output"), ("audit", "a task's status history")):
+        cmd = sub.add_parser(name, help=what)
+        cmd.add_argument("task", help="the task's name")
+        cmd.add_argument("--runs", type=int, default=5 if name == "logs" else 20, help="how many latest runs")
+        cmd.add_argument(
+            "--api",
+            default=os.environ.get("TASKMILL_API", "http://127.0.0.1:8000"),
+            help="the API's base URL (TASKMILL_API)",
+        )
+        cmd.add_argument(
+            "--token",
+            default=os.environ.get("TASKMILL_TOKEN", ""),
+            help="a bearer token with tasks:read (TASKMILL_TOKEN)",
+        )
     return parser
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import httpx
+
+    from taskmill.inspect import InspectError, audit, logs
+
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    with httpx.Client(base_url=args.api, headers=headers, timeout=10) as client:
+        try:
+            print((logs if args.command == "logs" else audit)(client, args.task, args.runs))
+        except InspectError as exc:
+            print(f"taskmill {args.command}: {exc}", file=sys.stderr)
+            return 1
+    return 0
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -98,6 +128,8 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("logs", "audit"):
+        return _inspect(args)
     try:
         settings = settings_from(args)
     except ValidationError as exc:
