@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -42,6 +43,11 @@ def install(app: FastAPI) -> None:
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response
+
+    @app.exception_handler(asyncpg.DataError)
+    async def unstorable(request: Request, exc: asyncpg.DataError) -> JSONResponse:
+        # Input PostgreSQL refuses to hold (a NUL character, a number out of range): the client's to fix.
+        return problem(422, "Invalid request", f"a value cannot be stored: {exc}")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

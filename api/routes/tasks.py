@@ -21,6 +21,7 @@ router = APIRouter()
 # How far in the past a one-off `at` may be and still be accepted (it then runs at once).
 AT_GRACE = timedelta(seconds=60)
 MAX_BULK = 10_000
+NO_NUL = r"^[^\x00]*$"
 
 
 def _pool(request: Request) -> asyncpg.Pool:
@@ -86,10 +87,12 @@ async def create(body: TaskCreate, request: Request, who: Writer) -> TaskPublic:
 async def list_tasks(
     request: Request,
     _: Annotated[Principal, Depends(require(READ))],
-    type: Annotated[str | None, Query(max_length=100)] = None,
+    type: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
     active: bool | None = None,
-    name_prefix: Annotated[str | None, Query(max_length=200)] = None,
-    after: Annotated[int | None, Query(ge=0, description="cursor: the id of the last task of the page before")] = None,
+    name_prefix: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
+    after: Annotated[
+        int | None, Query(ge=0, le=2**63 - 1, description="cursor: the id of the last task of the page before")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> TaskPage:
     rows = await _pool(request).fetch(
