@@ -30,6 +30,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="taskmill", lifespan=lifespan)
     app.state.auth = Authenticator(settings)
+    app.state.settings = settings
     errors.install(app)
     app.include_router(tasks.router)
     app.include_router(runs.router)

@@ -12,6 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from taskmill.secrets import SecretsError
+
 log = logging.getLogger(__name__)
 
 PROBLEM = "application/problem+json"
@@ -43,6 +45,10 @@ def install(app: FastAPI) -> None:
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response
+
+    @app.exception_handler(SecretsError)
+    async def no_secrets(request: Request, exc: SecretsError) -> JSONResponse:
+        return problem(422, "Invalid request", f"secrets: {exc}", errors=[{"field": "secrets", "reason": str(exc)}])
 
     @app.exception_handler(asyncpg.DataError)
     async def unstorable(request: Request, exc: asyncpg.DataError) -> JSONResponse:

@@ -25,6 +25,7 @@ class TaskPublic(BaseModel):
     estimated_ms: int
     created_by: str | None
     created_at: datetime
+    secrets: list[str]  # names only: the values never leave the server
 
     @classmethod
     def of(cls, task: Task) -> TaskPublic:
@@ -49,6 +50,7 @@ class TaskPublic(BaseModel):
             estimated_ms=task.estimated_ms,
             created_by=task.created_by,
             created_at=task.created_at,
+            secrets=task.secret_names,
         )
 
 

@@ -21,6 +21,7 @@ from taskmill.batcher import Batcher
 from taskmill.broker import Publisher
 from taskmill.messages import RunMessage
 from taskmill.metrics import DUPLICATES, RUN_SECONDS, RUNS_FINISHED, START_LATENESS
+from taskmill.secrets import SecretsError, open_sealed
 from taskmill.settings import Settings
 from taskmill.states import RunState
 from taskmill.store.runs import Outcome, Start, StartRequest, finish_runs, start_runs
@@ -110,6 +111,12 @@ class Consumer:
             return
         if message.attempt == 1:
             START_LATENESS.observe(max(0.0, (datetime.now(UTC) - message.scheduled_time).total_seconds()))
+        try:
+            secrets = open_sealed(self._settings.secret_key, message.secrets) if message.secrets else {}
+        except SecretsError as exc:
+            await self._record(message, Attempt(False, None, str(exc), 0.0, permanent=True))
+            self._acker.done(delivery)
+            return
         ctx = RunContext(
             message.run_id,
             message.task_id,
@@ -117,6 +124,7 @@ class Consumer:
             timeout_s,
             self._settings.output_cap_bytes,
             self._http,
+            secrets,
         )
         attempt = await execute(message, ctx)
         await self._record(message, attempt)

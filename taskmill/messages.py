@@ -2,7 +2,7 @@
 
 Version 1 fields: v, run_id, task_id, type, payload (object), attempt (1 for the first try), scheduled_time
 (ISO 8601), timeout_s, max_retries, retry_delay_s, backoff, deadline (ISO 8601: when the rescuer may hand the
-run out again if it has not started). The AMQP message id is the run id.
+run out again if it has not started), secrets (Fernet ciphertext or null). The AMQP message id is the run id.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ class RunMessage(BaseModel):
     retry_delay_s: float
     backoff: float
     deadline: datetime | None = None
+    secrets: str | None = None  # Fernet ciphertext of the task's secrets (taskmill/secrets.py)
 
     def retry_delay_ms(self) -> int:
         """The wait before the next attempt: retry_delay * backoff^(attempt - 1)."""

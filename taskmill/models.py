@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from taskmill.cron import ScheduleError, validate_cron, zone
 from taskmill.states import RunState, ScheduleKind
@@ -71,6 +80,21 @@ class TaskCreate(BaseModel):
     backoff: float = Field(1.0, ge=1, le=10)
     timeout_seconds: float = Field(MAX_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S)
     estimated_ms: int = Field(1000, ge=0, le=86_400_000)
+    # Values are write-only: stored encrypted, shown by name only, masked in every repr and log line.
+    secrets: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], SecretStr] = Field(
+        default_factory=dict, max_length=50
+    )
+
+    def secret_values(self) -> dict[str, str]:
+        return {name: value.get_secret_value() for name, value in self.secrets.items()}
+
+    @field_validator("secrets")
+    @classmethod
+    def _storable(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, secret in value.items():
+            if "\x00" in secret.get_secret_value() or len(secret.get_secret_value()) > 4096:
+                raise ValueError(f"secret {name!r} must be at most 4096 characters, without NUL")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -121,6 +145,7 @@ class Task:
     created_by: str | None
     created_at: datetime
     schedule_from: datetime
+    secret_names: list[str]
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> Task:

@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
     # JWT bearer auth: HS256 with a shared secret, or RS256 with a PEM public key (one of the two is required).
+    # Fernet key for task secrets (`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key())"`).
+    secret_key: str = Field("", pattern=r"^([A-Za-z0-9_-]{43}=)?$")
     jwt_secret: str = Field("", validation_alias=AliasChoices("JWT_SECRET", "TASKMILL_JWT_SECRET"))
     jwt_public_key: str = Field("", validation_alias=AliasChoices("JWT_PUBLIC_KEY", "TASKMILL_JWT_PUBLIC_KEY"))
     jwt_issuer: str = Field("", validation_alias=AliasChoices("JWT_ISSUER", "TASKMILL_JWT_ISSUER"))

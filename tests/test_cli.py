@@ -7,7 +7,7 @@ import uuid
 import asyncpg
 import pytest
 
-from taskmill.migrate import migrate
+from taskmill.migrate import migrate, migration_files
 from tests.conftest import PG_ADMIN, _dsn
 
 
@@ -39,7 +39,8 @@ def test_an_unknown_command_is_refused_with_usage() -> None:
 async def test_migrate_creates_the_database_and_is_idempotent() -> None:
     name = f"tmtest_migrate_{uuid.uuid4().hex[:8]}"
     try:
-        assert await migrate(_dsn(name)) == ["0001_schema.sql"]
+        assert await migrate(_dsn(name)) == ["0001_schema.sql", "0002_task_secrets.sql"]
+        assert [file for file, _ in migration_files()] == ["0001_schema.sql", "0002_task_secrets.sql"]
         assert await migrate(_dsn(name)) == []
         conn = await asyncpg.connect(_dsn(name))
         try:

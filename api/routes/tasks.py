@@ -24,6 +24,11 @@ MAX_BULK = 10_000
 NO_NUL = r"^[^\x00]*$"
 
 
+def _key(request: Request) -> str:
+    key: str = request.app.state.settings.secret_key
+    return key
+
+
 def _pool(request: Request) -> asyncpg.Pool:
     pool: asyncpg.Pool = request.app.state.pool
     return pool
@@ -66,7 +71,7 @@ async def create_many(
             names = sorted(r["name"] for r in taken)
             raise HTTPException(409, f"{len(names)} names exist already: {', '.join(map(repr, names[:20]))}")
         try:
-            created = await create_tasks(conn, body, created_by=who.subject)
+            created = await create_tasks(conn, body, created_by=who.subject, secret_key=_key(request))
         except asyncpg.UniqueViolationError:
             raise HTTPException(409, "a name was taken meanwhile; nothing was created") from None
     return BulkCreated(created=len(created), tasks=[BulkItem(id=i, name=n) for i, n in created])
@@ -77,7 +82,7 @@ async def create(body: TaskCreate, request: Request, who: Writer) -> TaskPublic:
     _check_at(body)
     async with _pool(request).acquire() as conn:
         try:
-            task = await create_task(conn, body, created_by=who.subject)
+            task = await create_task(conn, body, created_by=who.subject, secret_key=_key(request))
         except asyncpg.UniqueViolationError:
             raise HTTPException(409, f"a task named {body.name!r} exists") from None
     return TaskPublic.of(task)
@@ -128,7 +133,7 @@ async def replace(task_id: TaskId, body: TaskCreate, request: Request, _: Writer
     _check_at(body)
     async with _pool(request).acquire() as conn:
         try:
-            task = await update_task(conn, task_id, body)
+            task = await update_task(conn, task_id, body, secret_key=_key(request))
         except asyncpg.UniqueViolationError:
             raise HTTPException(409, f"a task named {body.name!r} exists") from None
     if task is None:

@@ -6,12 +6,13 @@ from datetime import datetime
 
 from taskmill.db import Connection, jsonb
 from taskmill.models import Task, TaskCreate
+from taskmill.secrets import seal
 from taskmill.states import ScheduleKind
 
 INSERT_TASK = """
 INSERT INTO tasks (name, type, payload, schedule_kind, cron, every_seconds, run_at, timezone, active,
-                   max_retries, retry_delay_s, backoff, timeout_s, estimated_ms, created_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                   max_retries, retry_delay_s, backoff, timeout_s, estimated_ms, created_by, secrets, secret_names)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
 RETURNING *
 """
 
@@ -23,7 +24,9 @@ RETURNING id
 """
 
 
-async def create_task(conn: Connection, spec: TaskCreate, *, created_by: str | None = None) -> Task:
+async def create_task(
+    conn: Connection, spec: TaskCreate, *, created_by: str | None = None, secret_key: str = ""
+) -> Task:
     """Inserts a task; an immediate or once task gets its run now. Runs inside the caller's transaction if any,
     so a caller that rolls back has scheduled nothing."""
     s = spec.schedule
@@ -45,6 +48,8 @@ async def create_task(conn: Connection, spec: TaskCreate, *, created_by: str | N
             spec.timeout_seconds,
             spec.estimated_ms,
             created_by,
+            seal(secret_key, spec.secret_values()),
+            sorted(spec.secrets),
         )
         assert record is not None
         task = Task.from_record(record)
@@ -95,15 +100,20 @@ async def set_active(conn: Connection, task_id: int, active: bool) -> bool:
 UPDATE_TASK = """
 UPDATE tasks SET name = $2, type = $3, payload = $4, schedule_kind = $5, cron = $6, every_seconds = $7,
     run_at = $8, timezone = $9, active = $10, max_retries = $11, retry_delay_s = $12, backoff = $13,
-    timeout_s = $14, estimated_ms = $15, materialized_until = NULL, schedule_from = now(), updated_at = now()
+    timeout_s = $14, estimated_ms = $15, materialized_until = NULL, schedule_from = now(), updated_at = now(),
+    secrets = CASE WHEN $16 THEN $17 ELSE secrets END,
+    secret_names = CASE WHEN $16 THEN $18 ELSE secret_names END
 WHERE id = $1
 RETURNING *
 """
 
 
-async def update_task(conn: Connection, task_id: int, spec: TaskCreate) -> Task | None:
+async def update_task(conn: Connection, task_id: int, spec: TaskCreate, *, secret_key: str = "") -> Task | None:
     """Replaces a task's definition; its future scheduled runs go and are materialized again from the new one.
-    Past and in-flight runs keep their history. None when there is no such task."""
+    Past and in-flight runs keep their history. Secrets are kept unless the new definition names them (they
+    cannot be read back to be sent again). None when there is no such task."""
+    replace_secrets = "secrets" in spec.model_fields_set
+    sealed = seal(secret_key, spec.secret_values()) if replace_secrets else None
     s = spec.schedule
     async with conn.transaction():
         if await conn.fetchval(LOCK_TASK, task_id) is None:
@@ -126,6 +136,9 @@ async def update_task(conn: Connection, task_id: int, spec: TaskCreate) -> Task 
             spec.backoff,
             spec.timeout_seconds,
             spec.estimated_ms,
+            replace_secrets,
+            sealed,
+            sorted(spec.secrets),
         )
         assert record is not None
         task = Task.from_record(record)
@@ -159,11 +172,13 @@ async def delete_task(conn: Connection, task_id: int) -> bool:
 INSERT_TASKS = """
 WITH new AS (
     INSERT INTO tasks (name, type, payload, schedule_kind, cron, every_seconds, run_at, timezone, active,
-                       max_retries, retry_delay_s, backoff, timeout_s, estimated_ms, created_by)
-    SELECT n, ty, p::jsonb, k, c, e, a, tz, act, mr, rd, b, t, est, $15
+                       max_retries, retry_delay_s, backoff, timeout_s, estimated_ms, created_by, secrets, secret_names)
+    SELECT n, ty, p::jsonb, k, c, e, a, tz, act, mr, rd, b, t, est, $15, sec,
+           ARRAY(SELECT jsonb_array_elements_text(sn::jsonb))
     FROM unnest($1::text[], $2::text[], $3::text[], $4::schedule_kind[], $5::text[], $6::int[], $7::timestamptz[],
-                $8::text[], $9::bool[], $10::int[], $11::float8[], $12::float8[], $13::float8[], $14::int[])
-        AS b(n, ty, p, k, c, e, a, tz, act, mr, rd, b, t, est)
+                $8::text[], $9::bool[], $10::int[], $11::float8[], $12::float8[], $13::float8[], $14::int[],
+                $16::bytea[], $17::text[])
+        AS b(n, ty, p, k, c, e, a, tz, act, mr, rd, b, t, est, sec, sn)
     RETURNING id, name, schedule_kind, run_at, active, created_by
 ), runs AS (
     INSERT INTO task_schedule (task_id, scheduled_time, created_by)
@@ -174,7 +189,7 @@ SELECT id, name FROM new ORDER BY id
 
 
 async def create_tasks(
-    conn: Connection, specs: list[TaskCreate], *, created_by: str | None = None
+    conn: Connection, specs: list[TaskCreate], *, created_by: str | None = None, secret_key: str = ""
 ) -> list[tuple[int, str]]:
     """Inserts every task or none (one statement); returns (id, name) in order."""
     s = [spec.schedule for spec in specs]
@@ -195,5 +210,7 @@ async def create_tasks(
         [t.timeout_seconds for t in specs],
         [t.estimated_ms for t in specs],
         created_by,
+        [seal(secret_key, t.secret_values()) for t in specs],
+        [jsonb(sorted(t.secrets)) for t in specs],
     )
     return [(r["id"], r["name"]) for r in rows]

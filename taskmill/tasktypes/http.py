@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskType, cap_text
+
+_SECRET_REF = re.compile(r"\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
 class HttpPayload(BaseModel):
@@ -28,7 +31,10 @@ class HttpPayload(BaseModel):
 
 async def run(payload: HttpPayload, ctx: RunContext) -> JsonObject:
     # The run id as idempotency key lets the target drop a repeat of a run it has already served.
-    headers = {"Idempotency-Key": str(ctx.run_id), **payload.headers}
+    # `{{secrets.NAME}}` in a header value is the task's secret NAME, filled in only here, at run time.
+    headers = {"Idempotency-Key": str(ctx.run_id)}
+    for name, value in payload.headers.items():
+        headers[name] = _SECRET_REF.sub(lambda m: ctx.secrets.get(m.group(1), m.group(0)), value)
     try:
         response = await ctx.http.request(
             payload.method,

@@ -12,10 +12,14 @@ from typing import Any
 
 import asyncpg
 import pytest
+from cryptography.fernet import Fernet
+from pydantic import SecretStr
 
 import distributor.service
 import processor.service
+from taskmill.models import TaskCreate
 from taskmill.settings import Settings
+from taskmill.store.tasks import create_task
 from tests.helpers import new_task, running, wait_for_statuses, wait_until
 
 
@@ -236,3 +240,20 @@ async def test_output_with_nul_bytes_is_recorded_with_a_replacement_character(
     row = await only_result(db, task.id)
     assert row["result"]["stdout"] == "a\ufffdb"
     assert row["result"]["stdout_bytes"] == 3
+
+
+async def test_http_headers_get_the_tasks_secrets_filled_in_at_run_time(
+    settings: Settings, db: asyncpg.Connection, target: Target
+) -> None:
+    keyed = settings.model_copy(update={"secret_key": Fernet.generate_key().decode()})
+    spec = TaskCreate(
+        name="authorized",
+        type="http",
+        secrets={"TOKEN": SecretStr("s3cr3t")},
+        payload={"url": target.url, "headers": {"Authorization": "Bearer {{secrets.TOKEN}}", "X-Other": "{{x}}"}},
+    )
+    await create_task(db, spec, secret_key=keyed.secret_key)
+    assert "s3cr3t" not in repr(spec)
+    await run_pipeline(keyed, db, {"succeeded": 1})
+    assert target.requests[0]["authorization"] == "Bearer s3cr3t"
+    assert target.requests[0]["x-other"] == "{{x}}"
