@@ -56,7 +56,7 @@ class TaskPublic(BaseModel):
 
 class TaskPage(BaseModel):
     items: list[TaskPublic]
-    next_cursor: int | None
+    next_cursor: str | None
 
 
 class TaskType(BaseModel):

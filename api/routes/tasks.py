@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request
@@ -88,6 +91,27 @@ async def create(body: TaskCreate, request: Request, who: Writer) -> TaskPublic:
     return TaskPublic.of(task)
 
 
+# Sort keys and their SQL types; the column name comes only from this table, never from the request.
+SORTS = {"id": "bigint", "name": "text", "created_at": "timestamptz", "type": "text"}
+SortKey = Literal["id", "-id", "name", "-name", "created_at", "-created_at", "type", "-type"]
+
+
+def _cursor(value: Any, task_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps([str(value), task_id]).encode()).decode()
+
+
+def _uncursor(cursor: str) -> tuple[str, int]:
+    try:
+        value, task_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not isinstance(value, str) or not isinstance(task_id, int) or not 0 <= task_id < 2**63:
+            raise ValueError
+    except (ValueError, TypeError, binascii.Error):
+        raise RequestValidationError(
+            [{"loc": ("query", "cursor"), "msg": "is not a cursor this API returned", "type": "value_error"}]
+        ) from None
+    return value, task_id
+
+
 @router.get("/tasks", response_model=TaskPage)
 async def list_tasks(
     request: Request,
@@ -95,24 +119,40 @@ async def list_tasks(
     type: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
     active: bool | None = None,
     name_prefix: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
-    after: Annotated[
-        int | None, Query(ge=0, le=2**63 - 1, description="cursor: the id of the last task of the page before")
-    ] = None,
+    sort: SortKey = "id",
+    cursor: Annotated[str | None, Query(max_length=2000, description="next_cursor of the page before")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> TaskPage:
-    rows = await _pool(request).fetch(
-        """SELECT * FROM tasks
-           WHERE deleted_at IS NULL AND id > $1 AND ($2::text IS NULL OR type = $2)
-             AND ($3::boolean IS NULL OR active = $3) AND ($4::text IS NULL OR starts_with(name, $4))
-           ORDER BY id LIMIT $5""",
-        after or 0,
-        type,
-        active,
-        name_prefix,
-        limit + 1,
-    )
+    """Keyset pagination: stable under inserts, one index range per page whatever the page number."""
+    column = sort.lstrip("-")
+    descending = sort.startswith("-")
+    after = _uncursor(cursor) if cursor else None
+    if after and column == "id":
+        after = (str(after[1]), after[1])
+    sql = f"""SELECT * FROM tasks
+           WHERE deleted_at IS NULL AND ($1::text IS NULL OR type = $1)
+             AND ($2::boolean IS NULL OR active = $2) AND ($3::text IS NULL OR starts_with(name, $3))
+             AND ($4::text IS NULL OR ({column}, id) {"<" if descending else ">"} ($4::{SORTS[column]}, $5::bigint))
+           ORDER BY {column} {"DESC" if descending else "ASC"}, id {"DESC" if descending else "ASC"} LIMIT $6"""
+    try:
+        rows = await _pool(request).fetch(
+            sql, type, active, name_prefix, after[0] if after else None, after[1] if after else 0, limit + 1
+        )
+    except (
+        asyncpg.InvalidTextRepresentationError,
+        asyncpg.InvalidDatetimeFormatError,
+        asyncpg.DatetimeFieldOverflowError,
+        asyncpg.NumericValueOutOfRangeError,
+    ):
+        raise RequestValidationError(
+            [{"loc": ("query", "cursor"), "msg": f"does not belong to sort {sort!r}", "type": "value_error"}]
+        ) from None
     items = [TaskPublic.of(Task.from_record(r)) for r in rows[:limit]]
-    return TaskPage(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = _cursor(last[column].isoformat() if column == "created_at" else last[column], last["id"])
+    return TaskPage(items=items, next_cursor=next_cursor)
 
 
 @router.get("/tasks/{task_id}", response_model=TaskPublic)

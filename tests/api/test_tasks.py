@@ -107,7 +107,7 @@ async def test_tasks_are_listed_with_filters_and_a_cursor(client: httpx.AsyncCli
     read = bearer("tasks:read")
     first = (await client.get("/tasks", params={"name_prefix": "batch-", "limit": 3}, headers=read)).json()
     assert [t["name"] for t in first["items"]] == ["batch-0", "batch-1", "batch-2"]
-    rest = await client.get("/tasks", params={"name_prefix": "batch-", "after": first["next_cursor"]}, headers=read)
+    rest = await client.get("/tasks", params={"name_prefix": "batch-", "cursor": first["next_cursor"]}, headers=read)
     assert [t["name"] for t in rest.json()["items"]] == ["batch-3", "batch-4"]
     assert rest.json()["next_cursor"] is None
     sleeps = (await client.get("/tasks", params={"type": "sleep"}, headers=read)).json()
@@ -136,3 +136,33 @@ async def test_metrics_show_the_due_backlog_in_prometheus_text(client: httpx.Asy
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     assert "taskmill_due_backlog_runs 3.0" in response.text.splitlines()
+
+
+async def test_tasks_sort_by_name_descending_page_by_page(client: httpx.AsyncClient) -> None:
+    for name in ("b", "d", "a", "e", "c"):
+        assert (await post(client, {"name": name, "type": "noop"})).status_code == 201
+    read = bearer("tasks:read")
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"sort": "-name", "limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = (await client.get("/tasks", params=params, headers=read)).json()
+        seen += [t["name"] for t in page["items"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert seen == ["e", "d", "c", "b", "a"]
+    by_time = (await client.get("/tasks", params={"sort": "created_at", "limit": 2}, headers=read)).json()
+    following = await client.get(
+        "/tasks", params={"sort": "created_at", "cursor": by_time["next_cursor"]}, headers=read
+    )
+    assert [t["name"] for t in by_time["items"] + following.json()["items"]] == ["b", "d", "a", "e", "c"]
+
+
+async def test_a_forged_or_mismatched_cursor_is_422(client: httpx.AsyncClient) -> None:
+    for _ in range(3):
+        await post(client, {"name": f"n{_}", "type": "noop"})
+    read = bearer("tasks:read")
+    by_name = (await client.get("/tasks", params={"sort": "name", "limit": 1}, headers=read)).json()["next_cursor"]
+    for params in ({"cursor": "garbage"}, {"sort": "created_at", "cursor": by_name}, {"sort": "sideways"}):
+        response = await client.get("/tasks", params=params, headers=read)
+        assert response.status_code == 422, params
