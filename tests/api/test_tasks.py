@@ -7,6 +7,8 @@ import asyncpg
 import httpx
 import pytest
 
+from api.app import create_app
+from taskmill.settings import Settings
 from tests.api.conftest import bearer
 
 
@@ -166,3 +168,17 @@ async def test_a_forged_or_mismatched_cursor_is_422(client: httpx.AsyncClient) -
     for params in ({"cursor": "garbage"}, {"sort": "created_at", "cursor": by_name}, {"sort": "sideways"}):
         response = await client.get("/tasks", params=params, headers=read)
         assert response.status_code == 422, params
+
+
+async def test_health_answers_503_naming_what_is_down(api_settings: Settings) -> None:
+    app = create_app(api_settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
+    ):
+        await app.state.broker.close()
+        response = await client.get("/health")
+        assert response.status_code == 503
+        assert response.json() == {"status": "down", "checks": {"database": True, "broker": False}}
+        await app.state.pool.close()
+        assert (await client.get("/health")).json()["checks"] == {"database": False, "broker": False}
