@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
 from api.auth import READ, WRITE, Principal, require
+from api.deps import pool
 from api.schemas import AttemptPublic, RunDetail, RunPublic, TransitionPublic
 from taskmill.states import RunState
 from taskmill.store.history import cancel_run, run_detail, task_runs
@@ -16,11 +16,6 @@ from taskmill.store.history import cancel_run, run_detail, task_runs
 router = APIRouter()
 
 Id = Annotated[int, Path(ge=1, le=2**63 - 1)]
-
-
-def _pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.app.state.pool
-    return pool
 
 
 @router.get("/tasks/{task_id}/runs", response_model=list[RunPublic])
@@ -35,16 +30,16 @@ async def runs_of_task(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[RunPublic]:
     """Newest first, upcoming runs included."""
-    pool = _pool(request)
-    if await pool.fetchval("SELECT 1 FROM tasks WHERE id = $1", task_id) is None:
+    db = pool(request)
+    if await db.fetchval("SELECT 1 FROM tasks WHERE id = $1", task_id) is None:
         raise HTTPException(404, f"no task {task_id}")
-    rows = await task_runs(pool, task_id, status.value if status else None, since, until, before, limit)
+    rows = await task_runs(db, task_id, status.value if status else None, since, until, before, limit)
     return [RunPublic.model_validate(dict(r)) for r in rows]
 
 
 @router.get("/runs/{run_id}", response_model=RunDetail)
 async def get_run(run_id: Id, request: Request, _: Annotated[Principal, Depends(require(READ))]) -> RunDetail:
-    detail = await run_detail(_pool(request), run_id)
+    detail = await run_detail(pool(request), run_id)
     if detail is None:
         raise HTTPException(404, f"no run {run_id}")
     run, attempts, transitions = detail
@@ -57,9 +52,9 @@ async def get_run(run_id: Id, request: Request, _: Annotated[Principal, Depends(
 
 @router.post("/runs/{run_id}/cancel", response_model=RunPublic)
 async def cancel(run_id: Id, request: Request, _: Annotated[Principal, Depends(require(WRITE))]) -> RunPublic:
-    pool = _pool(request)
-    cancelled = await cancel_run(pool, run_id)
-    detail = await run_detail(pool, run_id)
+    db = pool(request)
+    cancelled = await cancel_run(db, run_id)
+    detail = await run_detail(db, run_id)
     if detail is None:
         raise HTTPException(404, f"no run {run_id}")
     if not cancelled:

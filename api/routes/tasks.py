@@ -13,6 +13,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Reques
 from fastapi.exceptions import RequestValidationError
 
 from api.auth import READ, WRITE, Principal, require
+from api.deps import pool, secret_key
 from api.schemas import BulkCreated, BulkItem, RunPublic, TaskPage, TaskPublic, TaskType, task_types
 from taskmill.models import Task, TaskCreate
 from taskmill.states import ScheduleKind
@@ -25,16 +26,6 @@ router = APIRouter()
 AT_GRACE = timedelta(seconds=60)
 MAX_BULK = 10_000
 NO_NUL = r"^[^\x00]*$"
-
-
-def _key(request: Request) -> str:
-    key: str = request.app.state.settings.secret_key
-    return key
-
-
-def _pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.app.state.pool
-    return pool
 
 
 TaskId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -68,13 +59,13 @@ async def create_many(
         first.setdefault(task.name, i)
     if problems:
         raise RequestValidationError(problems)
-    async with _pool(request).acquire() as conn, conn.transaction():
+    async with pool(request).acquire() as conn, conn.transaction():
         taken = await conn.fetch("SELECT name FROM tasks WHERE name = ANY($1::text[])", list(first))
         if taken:
             names = sorted(r["name"] for r in taken)
             raise HTTPException(409, f"{len(names)} names exist already: {', '.join(map(repr, names[:20]))}")
         try:
-            created = await create_tasks(conn, body, created_by=who.subject, secret_key=_key(request))
+            created = await create_tasks(conn, body, created_by=who.subject, secret_key=secret_key(request))
         except asyncpg.UniqueViolationError:
             raise HTTPException(409, "a name was taken meanwhile; nothing was created") from None
     return BulkCreated(created=len(created), tasks=[BulkItem(id=i, name=n) for i, n in created])
@@ -83,9 +74,9 @@ async def create_many(
 @router.post("/tasks", status_code=201, response_model=TaskPublic)
 async def create(body: TaskCreate, request: Request, who: Writer) -> TaskPublic:
     _check_at(body)
-    async with _pool(request).acquire() as conn:
+    async with pool(request).acquire() as conn:
         try:
-            task = await create_task(conn, body, created_by=who.subject, secret_key=_key(request))
+            task = await create_task(conn, body, created_by=who.subject, secret_key=secret_key(request))
         except asyncpg.UniqueViolationError:
             raise HTTPException(409, f"a task named {body.name!r} exists") from None
     return TaskPublic.of(task)
@@ -135,7 +126,7 @@ async def list_tasks(
              AND ($4::text IS NULL OR ({column}, id) {"<" if descending else ">"} ($4::{SORTS[column]}, $5::bigint))
            ORDER BY {column} {"DESC" if descending else "ASC"}, id {"DESC" if descending else "ASC"} LIMIT $6"""
     try:
-        rows = await _pool(request).fetch(
+        rows = await pool(request).fetch(
             sql, type, active, name_prefix, after[0] if after else None, after[1] if after else 0, limit + 1
         )
     except (
@@ -161,7 +152,7 @@ async def get(
     request: Request,
     _: Annotated[Principal, Depends(require(READ))],
 ) -> TaskPublic:
-    row = await _pool(request).fetchrow("SELECT * FROM tasks WHERE id = $1 AND deleted_at IS NULL", task_id)
+    row = await pool(request).fetchrow("SELECT * FROM tasks WHERE id = $1 AND deleted_at IS NULL", task_id)
     if row is None:
         raise HTTPException(404, f"no task {task_id}")
     return TaskPublic.of(Task.from_record(row))
@@ -171,9 +162,9 @@ async def get(
 async def replace(task_id: TaskId, body: TaskCreate, request: Request, _: Writer) -> TaskPublic:
     """Replaces the definition; future scheduled runs are dropped and materialized again, history stays."""
     _check_at(body)
-    async with _pool(request).acquire() as conn:
+    async with pool(request).acquire() as conn:
         try:
-            task = await update_task(conn, task_id, body, secret_key=_key(request))
+            task = await update_task(conn, task_id, body, secret_key=secret_key(request))
         except asyncpg.UniqueViolationError:
             raise HTTPException(409, f"a task named {body.name!r} exists") from None
     if task is None:
@@ -192,7 +183,7 @@ async def activate(task_id: TaskId, request: Request, _: Writer) -> TaskPublic:
 
 
 async def _set_active(request: Request, task_id: int, active: bool) -> TaskPublic:
-    async with _pool(request).acquire() as conn:
+    async with pool(request).acquire() as conn:
         if not await set_active(conn, task_id, active):
             raise HTTPException(404, f"no task {task_id}")
         row = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
@@ -203,7 +194,7 @@ async def _set_active(request: Request, task_id: int, active: bool) -> TaskPubli
 @router.delete("/tasks/{task_id}", status_code=204)
 async def delete(task_id: TaskId, request: Request, _: Writer) -> None:
     """Cancels the runs not yet handed out; the task's history stays (its name is freed)."""
-    async with _pool(request).acquire() as conn:
+    async with pool(request).acquire() as conn:
         if not await delete_task(conn, task_id):
             raise HTTPException(404, f"no task {task_id}")
 
@@ -211,7 +202,7 @@ async def delete(task_id: TaskId, request: Request, _: Writer) -> None:
 @router.post("/tasks/{task_id}/invoke", status_code=201, response_model=RunPublic)
 async def invoke(task_id: TaskId, request: Request, who: Writer) -> RunPublic:
     """One run now, whatever the task's schedule."""
-    async with _pool(request).acquire() as conn:
+    async with pool(request).acquire() as conn:
         if await conn.fetchval("SELECT 1 FROM tasks WHERE id = $1 AND deleted_at IS NULL", task_id) is None:
             raise HTTPException(404, f"no task {task_id}")
         run_id = await add_run(conn, task_id, None, created_by=who.subject)

@@ -24,6 +24,27 @@ RETURNING id
 """
 
 
+def _definition(spec: TaskCreate) -> tuple[object, ...]:
+    """The definition columns, in the order INSERT_TASK and UPDATE_TASK take them."""
+    s = spec.schedule
+    return (
+        spec.name,
+        spec.type,
+        spec.payload,
+        s.kind.value,
+        s.cron,
+        s.every_seconds,
+        s.at,
+        s.timezone,
+        spec.active,
+        spec.max_retries,
+        spec.retry_delay_seconds,
+        spec.backoff,
+        spec.timeout_seconds,
+        spec.estimated_ms,
+    )
+
+
 async def create_task(
     conn: Connection, spec: TaskCreate, *, created_by: str | None = None, secret_key: str = ""
 ) -> Task:
@@ -33,20 +54,7 @@ async def create_task(
     async with conn.transaction():
         record = await conn.fetchrow(
             INSERT_TASK,
-            spec.name,
-            spec.type,
-            spec.payload,
-            s.kind.value,
-            s.cron,
-            s.every_seconds,
-            s.at,
-            s.timezone,
-            spec.active,
-            spec.max_retries,
-            spec.retry_delay_seconds,
-            spec.backoff,
-            spec.timeout_seconds,
-            spec.estimated_ms,
+            *_definition(spec),
             created_by,
             seal(secret_key, spec.secret_values()),
             sorted(spec.secrets),
@@ -122,20 +130,7 @@ async def update_task(conn: Connection, task_id: int, spec: TaskCreate, *, secre
         record = await conn.fetchrow(
             UPDATE_TASK,
             task_id,
-            spec.name,
-            spec.type,
-            spec.payload,
-            s.kind.value,
-            s.cron,
-            s.every_seconds,
-            s.at,
-            s.timezone,
-            spec.active,
-            spec.max_retries,
-            spec.retry_delay_seconds,
-            spec.backoff,
-            spec.timeout_seconds,
-            spec.estimated_ms,
+            *_definition(spec),
             replace_secrets,
             sealed,
             sorted(spec.secrets),

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 
+import api.service
 from api.app import create_app
 from taskmill.settings import Settings
 from taskmill.tokens import mint
+from tests.helpers import running, wait_until
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 
@@ -28,3 +32,27 @@ async def client(api_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 def bearer(scope: str = "tasks:read tasks:write", sub: str = "alice", secret: str = SECRET) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint(secret, sub, scope)}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@asynccontextmanager
+async def served_api(settings: Settings) -> AsyncIterator[tuple[str, Settings]]:
+    """The API on a real socket (uvicorn on a free port) for the body of the block: its base URL and settings."""
+    served = settings.model_copy(update={"api_port": free_port()})
+    base = f"http://127.0.0.1:{served.api_port}"
+    async with running(api.service.run, served), httpx.AsyncClient(base_url=base) as client:
+
+        async def up() -> bool:
+            try:
+                return (await client.get("/health")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await wait_until(up, 10, what="the API to listen")
+        yield base, served

@@ -7,33 +7,18 @@ import asyncio
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
-import api.service
 from taskmill.settings import Settings
 from taskmill.tokens import mint
-from tests.api.conftest import SECRET
-from tests.api.test_inspect_cli import free_port
-from tests.helpers import running, wait_until
+from tests.api.conftest import SECRET, served_api
 
 ST = str(Path(sys.executable).with_name("st"))
 
 
 @pytest.mark.slow
 async def test_no_generated_request_makes_the_api_answer_500(api_settings: Settings) -> None:
-    port = free_port()
-    served = api_settings.model_copy(update={"api_port": port})
-    base = f"http://127.0.0.1:{port}"
-    async with running(api.service.run, served), httpx.AsyncClient(base_url=base) as client:
-
-        async def up() -> bool:
-            try:
-                return (await client.get("/health")).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        await wait_until(up, 10, what="the API to listen")
+    async with served_api(api_settings) as (base, _):
         proc = await asyncio.create_subprocess_exec(
             ST,
             "run",

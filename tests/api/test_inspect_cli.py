@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 
 import httpx
 
-import api.service
 import distributor.service
 import processor.service
 from taskmill.settings import Settings
 from taskmill.tokens import mint
-from tests.api.conftest import SECRET
-from tests.helpers import running, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.api.conftest import SECRET, served_api
 
 
 async def taskmill(*args: str) -> tuple[int, str, str]:
@@ -34,19 +24,8 @@ async def taskmill(*args: str) -> tuple[int, str, str]:
 
 
 async def test_logs_and_audit_show_a_tasks_output_and_history(api_settings: Settings) -> None:
-    port = free_port()
-    served = api_settings.model_copy(update={"api_port": port})
-    base = f"http://127.0.0.1:{port}"
     token = mint(SECRET, "alice", "tasks:read tasks:write")
-    async with running(api.service.run, served), httpx.AsyncClient(base_url=base) as client:
-
-        async def up() -> bool:
-            try:
-                return (await client.get("/health")).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        await wait_until(up, 10, what="the API to listen")
+    async with served_api(api_settings) as (base, served), httpx.AsyncClient(base_url=base) as client:
         body = {"name": "greeter", "type": "command", "payload": {"argv": ["sh", "-c", "echo hello; echo oops >&2"]}}
         headers = {"Authorization": f"Bearer {token}"}
         assert (await client.post("/tasks", json=body, headers=headers)).status_code == 201

@@ -96,7 +96,7 @@ async def test_a_run_is_published_its_lead_time_before_it_falls_due_not_sooner(
         late_s = await db.fetchval(
             "SELECT extract(epoch FROM queued_at - scheduled_time) FROM task_schedule WHERE id = $1", run_id
         )
-    assert -0.5 <= late_s < -0.2
+    assert -0.55 <= late_s < -0.1  # due in 1.5 s, lead 0.5 s: handed out about 0.5 s early, never sooner
 
 
 async def test_a_new_due_run_wakes_an_idle_distributor(
@@ -173,4 +173,4 @@ async def test_a_run_published_ahead_starts_at_its_time_not_before(
     )
     assert row is not None
     assert row["queued"] < -0.5  # handed out ahead of time
-    assert 0 <= row["started"] < 0.3  # but started on time
+    assert 0 <= row["started"] < 0.5  # but started on time
