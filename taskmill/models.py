@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from taskmill.cron import ScheduleError, validate_cron, zone
-from taskmill.states import RunState, ScheduleKind
+from taskmill.states import ScheduleKind
 from taskmill.tasktypes import BUILTIN
 
 MAX_TIMEOUT_S = 30.0
@@ -151,24 +151,4 @@ class Task:
     def from_record(cls, r: asyncpg.Record) -> Task:
         values = {name: r[name] for name in cls.__slots__}
         values["schedule_kind"] = ScheduleKind(values["schedule_kind"])
-        return cls(**values)
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    id: int
-    task_id: int
-    scheduled_time: datetime
-    status: RunState
-    attempt: int
-    queued_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    worker: str | None
-    error: str | None
-
-    @classmethod
-    def from_record(cls, r: asyncpg.Record) -> Run:
-        values = {name: r[name] for name in cls.__slots__}
-        values["status"] = RunState(values["status"])
         return cls(**values)

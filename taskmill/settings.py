@@ -63,8 +63,6 @@ class Settings(BaseSettings):
 
     # processor
     concurrency: int = Field(10, ge=1, le=10_000)
-    task_types: str = Field("", description="comma-separated task types to serve; empty serves every type")
-    default_timeout_s: float = Field(30.0, gt=0)
     max_timeout_s: float = Field(30.0, gt=0)
     output_cap_bytes: int = Field(64 * 1024, ge=256)
 
@@ -85,9 +83,6 @@ class Settings(BaseSettings):
     jwt_public_key: str = Field("", validation_alias=AliasChoices("JWT_PUBLIC_KEY", "TASKMILL_JWT_PUBLIC_KEY"))
     jwt_issuer: str = Field("", validation_alias=AliasChoices("JWT_ISSUER", "TASKMILL_JWT_ISSUER"))
     jwt_audience: str = Field("", validation_alias=AliasChoices("JWT_AUDIENCE", "TASKMILL_JWT_AUDIENCE"))
-
-    def served_types(self) -> frozenset[str]:
-        return frozenset(t.strip() for t in self.task_types.split(",") if t.strip())
 
 
 def format_settings_error(exc: ValidationError) -> str:

@@ -17,11 +17,6 @@ class RunState(StrEnum):
     SKIPPED = "skipped"
 
 
-TERMINAL = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.DEAD, RunState.CANCELLED, RunState.SKIPPED})
-# States from which a delivery may start the run (the compare-and-set in the processor).
-STARTABLE = (RunState.SCHEDULED, RunState.QUEUED, RunState.RETRYING)
-
-
 class ScheduleKind(StrEnum):
     IMMEDIATE = "immediate"
     ONCE = "once"
