@@ -187,23 +187,12 @@ async def create_tasks(
     conn: Connection, specs: list[TaskCreate], *, created_by: str | None = None, secret_key: str = ""
 ) -> list[tuple[int, str]]:
     """Inserts every task or none (one statement); returns (id, name) in order."""
-    s = [spec.schedule for spec in specs]
+    # The definition columns of every task, transposed into one array per column (payloads as JSON text).
+    columns = [list(column) for column in zip(*(_definition(t) for t in specs), strict=True)]
+    columns[2] = [jsonb(payload) for payload in columns[2]]
     rows = await conn.fetch(
         INSERT_TASKS,
-        [t.name for t in specs],
-        [t.type for t in specs],
-        [jsonb(t.payload) for t in specs],
-        [x.kind.value for x in s],
-        [x.cron for x in s],
-        [x.every_seconds for x in s],
-        [x.at for x in s],
-        [x.timezone for x in s],
-        [t.active for t in specs],
-        [t.max_retries for t in specs],
-        [t.retry_delay_seconds for t in specs],
-        [t.backoff for t in specs],
-        [t.timeout_seconds for t in specs],
-        [t.estimated_ms for t in specs],
+        *columns,
         created_by,
         [seal(secret_key, t.secret_values()) for t in specs],
         [jsonb(sorted(t.secrets)) for t in specs],
