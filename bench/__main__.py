@@ -3,6 +3,7 @@
 burst  N noop runs due now: end-to-end throughput (every state change in PostgreSQL, every message
        persistent and confirmed).
 at     N noop runs due at one instant a few seconds ahead: start lateness (started_at - scheduled_time).
+capacity  the capacity forecast over a million scheduled runs (bench/capacity.py); needs no roles.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ from typing import Any
 import aio_pika
 import asyncpg
 
+from bench import capacity
 from taskmill import topology
 from taskmill.db import connect
 from taskmill.migrate import migrate
 
+WORKLOADS = ("burst", "at", "capacity")
 DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/taskmill_bench")
 AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -178,7 +181,7 @@ async def at(conn: asyncpg.Connection, roles: Roles, n: int, ahead_s: float) -> 
 async def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     # No `choices` here: argparse checks an empty list against them and refuses it (CPython issue 9625).
-    parser.add_argument("workloads", nargs="*", help="burst, at (default: both)")
+    parser.add_argument("workloads", nargs="*", help="burst, at, capacity (default: all)")
     parser.add_argument("--runs", type=int, default=20_000, help="runs in the burst workload")
     parser.add_argument("--at-runs", type=int, default=5_000)
     parser.add_argument("--at-ahead", type=float, default=15.0, help="seconds ahead the `at` runs fall due")
@@ -186,32 +189,41 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--distributors", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=2500, help="per processor (noop runs are cheap)")
     parser.add_argument("--queue-type", default="quorum", choices=["quorum", "classic"])
+    parser.add_argument("--capacity-runs", type=int, default=1_000_000, help="scheduled runs the forecast reads")
+    parser.add_argument("--capacity-results", type=int, default=200_000, help="finished attempts of history")
+    parser.add_argument("--capacity-lagging", type=int, default=1000, help="recurring tasks not materialized")
     args = parser.parse_args(argv)
-    args.workloads = args.workloads or ["burst", "at"]
-    if unknown := set(args.workloads) - {"burst", "at"}:
-        parser.error(f"unknown workload {', '.join(sorted(unknown))}; known: burst, at")
+    args.workloads = args.workloads or list(WORKLOADS)
+    if unknown := set(args.workloads) - set(WORKLOADS):
+        parser.error(f"unknown workload {', '.join(sorted(unknown))}; known: {', '.join(WORKLOADS)}")
 
     await fresh_database(DSN)
     roles = Roles(f"bench-{uuid.uuid4().hex[:8]}", args)
     conn = await connect(DSN)
-    await roles.start()
+    pipeline = {"burst", "at"} & set(args.workloads)
+    if pipeline:
+        await roles.start()
     try:
         for workload in args.workloads:
-            if workload == "burst":
-                result = await burst(conn, roles, args.runs)
+            if workload == "capacity":
+                result = await capacity.run(conn, DSN, args.capacity_runs, args.capacity_results, args.capacity_lagging)
             else:
-                result = await at(conn, roles, args.at_runs, args.at_ahead)
-            result["setup"] = {
-                "processors": args.processors,
-                "concurrency": args.concurrency,
-                "distributors": args.distributors,
-                "queue_type": args.queue_type,
-            }
+                if workload == "burst":
+                    result = await burst(conn, roles, args.runs)
+                else:
+                    result = await at(conn, roles, args.at_runs, args.at_ahead)
+                result["setup"] = {
+                    "processors": args.processors,
+                    "concurrency": args.concurrency,
+                    "distributors": args.distributors,
+                    "queue_type": args.queue_type,
+                }
             print(json.dumps(result), flush=True)
     finally:
-        await roles.stop()
         await conn.close()
-        await delete_broker_objects(roles.prefix)
+        if pipeline:
+            await roles.stop()
+            await delete_broker_objects(roles.prefix)
 
 
 async def delete_broker_objects(prefix: str) -> None:

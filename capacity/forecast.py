@@ -5,6 +5,7 @@ required_instances = ceil(total_required_ms / (capacity_ms_per_instance * (1 - b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,9 +16,38 @@ IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True, slots=True)
+class Runs:
+    """Runs as parallel arrays: when each entry falls (seconds from the window's start), how many runs it stands
+    for (a projected cron firing stands for every task sharing the expression) and the compute they need together."""
+
+    offsets_s: FloatArray
+    ms: FloatArray
+    count: FloatArray
+
+    @classmethod
+    def each(cls, offsets_s: FloatArray, ms: FloatArray) -> Runs:
+        return cls(offsets_s, ms, np.ones(len(offsets_s)))
+
+    @classmethod
+    def empty(cls) -> Runs:
+        return cls(np.empty(0), np.empty(0), np.empty(0))
+
+    @classmethod
+    def concat(cls, parts: Sequence[Runs]) -> Runs:
+        if not parts:
+            return cls.empty()
+        return cls(
+            np.concatenate([p.offsets_s for p in parts]),
+            np.concatenate([p.ms for p in parts]),
+            np.concatenate([p.count for p in parts]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Forecast:
     bucket_s: int
-    runs: IntArray  # per bucket
+    runs: IntArray  # per bucket, scheduled and projected
+    projected_runs: IntArray  # per bucket, the part not yet materialized
     required_ms: FloatArray  # per bucket
     instances: IntArray  # per bucket
 
@@ -26,13 +56,32 @@ def required_instances(total_ms: FloatArray, capacity_ms: float, buffer: float) 
     return np.ceil(total_ms / (capacity_ms * (1.0 - buffer))).astype(np.int64)
 
 
+def _per_bucket(runs: Runs, weights: FloatArray, horizon_s: float, bucket_s: int, buckets: int) -> FloatArray:
+    inside = (runs.offsets_s >= 0) & (runs.offsets_s < horizon_s)
+    index = (runs.offsets_s[inside] // bucket_s).astype(np.int64)
+    return np.bincount(index, weights=weights[inside], minlength=buckets)[:buckets].astype(np.float64)
+
+
 def forecast(
-    offsets_s: FloatArray, run_ms: FloatArray, *, horizon_s: float, bucket_s: int, capacity_ms: float, buffer: float
+    scheduled: Runs,
+    projected: Runs | None = None,
+    *,
+    horizon_s: float,
+    bucket_s: int,
+    capacity_ms: float,
+    buffer: float,
 ) -> Forecast:
-    """Buckets runs `offsets_s` seconds from now (each needing `run_ms`) into [0, horizon) by `bucket_s`."""
+    """Buckets runs in [0, horizon) by `bucket_s` seconds; each bucket's compute sets the instances it needs."""
     buckets = int(np.ceil(horizon_s / bucket_s))
-    inside = (offsets_s >= 0) & (offsets_s < horizon_s)
-    index = (offsets_s[inside] // bucket_s).astype(np.int64)
-    runs = np.bincount(index, minlength=buckets).astype(np.int64)
-    required = np.bincount(index, weights=run_ms[inside], minlength=buckets).astype(np.float64)
-    return Forecast(bucket_s, runs, required, required_instances(required, capacity_ms, buffer))
+    projected = projected if projected is not None else Runs.empty()
+    runs = _per_bucket(scheduled, scheduled.count, horizon_s, bucket_s, buckets)
+    extra = _per_bucket(projected, projected.count, horizon_s, bucket_s, buckets)
+    required = _per_bucket(scheduled, scheduled.ms, horizon_s, bucket_s, buckets)
+    required += _per_bucket(projected, projected.ms, horizon_s, bucket_s, buckets)
+    return Forecast(
+        bucket_s,
+        np.rint(runs + extra).astype(np.int64),
+        np.rint(extra).astype(np.int64),
+        required,
+        required_instances(required, capacity_ms, buffer),
+    )

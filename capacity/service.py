@@ -1,67 +1,79 @@
-"""The capacity role: every interval, forecasts the next hours and exports the processors they need."""
+"""The capacity role: every interval, forecasts the next hours, exports the processors they need, and asks the
+provisioning hook (when one is set) for that many."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
-import asyncpg
-import numpy as np
 from prometheus_client import Gauge
 
-from capacity.forecast import Forecast, forecast
-from taskmill.db import create_pool
+from capacity.plan import History, Options, Plan, make_plan
+from capacity.provision import Hook, HookFailed, Scaler, hook_from
+from taskmill.db import CONNECTION_ERRORS, create_pool
 from taskmill.loops import wait_or_stop
 from taskmill.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Each scheduled run weighs its type's mean elapsed time over the past year, or its task's own estimate.
-UPCOMING_RUNS = """
-WITH history AS (
-    SELECT t.type, avg(r.duration_ms) AS mean_ms
-    FROM task_results r JOIN task_schedule s ON s.id = r.run_id JOIN tasks t ON t.id = s.task_id
-    WHERE r.finished_at > now() - interval '1 year' AND r.duration_ms IS NOT NULL
-    GROUP BY t.type
+REQUIRED = Gauge(
+    "taskmill_required_instances",
+    "Processors the forecast needs: in the current bucket (now) and the most of any bucket ahead (peak)",
+    ["window"],
 )
-SELECT array_agg(extract(epoch FROM s.scheduled_time - now())::float8) AS offsets,
-       array_agg(coalesce(h.mean_ms, t.estimated_ms)::float8) AS ms
-FROM task_schedule s JOIN tasks t ON t.id = s.task_id LEFT JOIN history h ON h.type = t.type
-WHERE s.status = 'scheduled' AND s.scheduled_time >= now() AND s.scheduled_time < now() + make_interval(secs => $1)
-"""
+DESIRED = Gauge("taskmill_desired_instances", "Processors asked of the provisioning hook, within min and max")
+HOOK_FAILURES = Gauge("taskmill_provisioning_hook_failing", "1 while the last call of the provisioning hook failed")
 
-REQUIRED = Gauge("taskmill_required_instances", "Processors needed", ["window"])
+_DB_ERRORS = CONNECTION_ERRORS
 
 
-async def compute(pool: asyncpg.Pool, settings: Settings) -> Forecast:
-    horizon_s = settings.capacity_horizon_hours * 3600
-    row = await pool.fetchrow(UPCOMING_RUNS, horizon_s)
-    offsets = np.asarray((row and row["offsets"]) or [], dtype=np.float64)
-    ms = np.asarray((row and row["ms"]) or [], dtype=np.float64)
-    return forecast(
-        offsets,
-        ms,
-        horizon_s=horizon_s,
+def options_from(settings: Settings) -> Options:
+    return Options(
+        horizon_s=settings.capacity_horizon_hours * 3600,
         bucket_s=settings.capacity_bucket_s,
         capacity_ms=settings.capacity_ms_per_instance,
         buffer=settings.capacity_buffer,
     )
 
 
+async def provision(plan: Plan, scaler: Scaler, hook: Hook | None, scale_ahead_s: float, now: float) -> None:
+    """Asks the hook for the peak of the next `scale_ahead_s`, if the scaler says it is time to change."""
+    wanted = plan.peak(scale_ahead_s)
+    DESIRED.set(scaler.clamp(wanted))
+    count = scaler.decide(wanted, now)
+    if hook is None or count is None:
+        return
+    details = {"now": plan.now, "peak": plan.peak(), "wanted": wanted, "generated_at": plan.generated_at.isoformat()}
+    try:
+        await hook(count, details)
+    except HookFailed as exc:
+        HOOK_FAILURES.set(1)
+        log.warning("provisioning hook failed, will retry: %s", exc, extra={"action": "provision"})
+        return
+    HOOK_FAILURES.set(0)
+    scaler.applied(count, now)
+    log.info("asked for %d processors (forecast peak %d)", count, wanted, extra={"action": "provision"})
+
+
 async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_idle: bool = False) -> None:
     stop = stop or asyncio.Event()
+    hook = hook_from(settings)
+    scaler = Scaler(settings.capacity_min_instances, settings.capacity_max_instances, settings.capacity_cooldown_s)
+    options = options_from(settings)
+    history = History(settings.capacity_history_ttl_s)
     pool = await create_pool(settings.database_url, max_size=1)
     try:
         while True:
             try:
-                result = await compute(pool, settings)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                plan = await make_plan(pool, history, options)
+            except _DB_ERRORS as exc:
                 log.warning("forecast failed, will retry: %s", exc, extra={"action": "forecast"})
             else:
-                now, peak = int(result.instances[0]), int(result.instances.max(initial=0))
-                REQUIRED.labels("now").set(now)
-                REQUIRED.labels("peak").set(peak)
-                log.info("required instances: now %d, peak %d", now, peak, extra={"action": "forecast"})
+                REQUIRED.labels("now").set(plan.now)
+                REQUIRED.labels("peak").set(plan.peak())
+                log.info("required instances: now %d, peak %d", plan.now, plan.peak(), extra={"action": "forecast"})
+                await provision(plan, scaler, hook, settings.capacity_scale_ahead_s, time.monotonic())
             if until_idle or await wait_or_stop(stop, settings.capacity_interval_s):
                 return
     finally:

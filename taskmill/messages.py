@@ -7,36 +7,46 @@ run out again if it has not started), secrets (Fernet ciphertext or null). The A
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any, Literal
 
 import aio_pika
 from aiormq import spec
-from pydantic import BaseModel, ConfigDict
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 VERSION = 1
 CONTENT_TYPE = "application/json"
+# The ranges of the database columns (bigint ids, integer counts): a value outside them is a poison message,
+# dead-lettered when read, not a query that fails each time the processor tries to start the run.
+_BIGINT = 2**63 - 1
+_INTEGER = 2**31 - 1
+# The longest wait between two attempts: a day, the most a task may ask as its first delay.
+MAX_RETRY_DELAY_S = 86_400.0
 
 
 class RunMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
     v: Literal[1]
-    run_id: int
-    task_id: int
+    run_id: int = Field(ge=1, le=_BIGINT)
+    task_id: int = Field(ge=1, le=_BIGINT)
     type: str
     payload: dict[str, Any]
-    attempt: int
-    scheduled_time: datetime
-    timeout_s: float
-    max_retries: int
-    retry_delay_s: float
-    backoff: float
-    deadline: datetime | None = None
+    attempt: int = Field(ge=1, le=_INTEGER)
+    scheduled_time: AwareDatetime
+    timeout_s: float = Field(gt=0)
+    max_retries: int = Field(ge=0, le=_INTEGER)
+    retry_delay_s: float = Field(ge=0)
+    backoff: float = Field(ge=1)
+    deadline: AwareDatetime | None = None
     secrets: str | None = None  # Fernet ciphertext of the task's secrets (taskmill/secrets.py)
 
     def retry_delay_ms(self) -> int:
-        """The wait before the next attempt: retry_delay * backoff^(attempt - 1)."""
-        return max(1, round(1000 * self.retry_delay_s * self.backoff ** (self.attempt - 1)))
+        """The wait before the next attempt: retry_delay * backoff^(attempt - 1), at most MAX_RETRY_DELAY_S (an
+        exponential backoff soon asks for more than the broker takes as a queue TTL, or than a float holds)."""
+        try:
+            seconds = min(MAX_RETRY_DELAY_S, self.retry_delay_s * self.backoff ** (self.attempt - 1))
+        except OverflowError:
+            seconds = MAX_RETRY_DELAY_S
+        return max(1, round(1000 * seconds))
 
     def next_attempt(self) -> bytes:
         return self.model_copy(update={"attempt": self.attempt + 1, "deadline": None}).model_dump_json().encode()

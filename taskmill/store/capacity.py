@@ -1,0 +1,128 @@
+"""What the capacity forecast reads: elapsed time per task type, the scheduled runs ahead, and the recurring tasks
+whose runs are not all materialized yet. Read in one snapshot, so a run is counted once: either it is a row of
+task_schedule, or it lies past its task's watermark and is projected."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+import numpy as np
+import numpy.typing as npt
+
+from taskmill.db import Connection
+
+Conn = Connection | asyncpg.Pool
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+
+# The view (0003_capacity.sql): attempts finished in the past year, per type.
+TYPE_SUMMARY = """
+SELECT type, runs, failures, mean_ms, p50_ms, p95_ms FROM average_elapsed_time_per_task_type ORDER BY type
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class TypeSummary:
+    type: str
+    runs: int
+    failures: int
+    mean_ms: float
+    p50_ms: float
+    p95_ms: float
+
+
+async def type_summaries(conn: Conn) -> list[TypeSummary]:
+    return [TypeSummary(**dict(r)) for r in await conn.fetch(TYPE_SUMMARY)]
+
+
+# The scheduled runs, as COPY's binary rows straight into numpy: a million runs are one scan and one buffer,
+# with no per-row work on either side (no join, no conversion; a run already due is clipped to now in numpy).
+# (asyncpg's copy_from_query wraps the SELECT in `COPY (...) TO STDOUT` itself.)
+SCHEDULED_RUNS = """
+SELECT task_id, scheduled_time FROM task_schedule WHERE status = 'scheduled' AND scheduled_time < $1
+"""
+# COPY binary: an 11-byte signature, 4 bytes of flags and a 4-byte extension length, then per row a field count
+# (int16) and each field's length (int32) and value, big-endian; timestamptz is int64 microseconds since
+# 2000-01-01 UTC. Then a trailer of -1 (int16). Neither column can be NULL, so every row has this one shape.
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_HEADER, _TRAILER = 19, 2
+_ROW = np.dtype([("fields", ">i2"), ("id_len", ">i4"), ("task_id", ">i8"), ("t_len", ">i4"), ("t_us", ">i8")])
+_PG_EPOCH_S = 946_684_800
+
+# Per task with runs ahead: the compute one run needs. Its type's mean elapsed time ($2/$3), or the task's own
+# estimate when the type has no history.
+RUN_COSTS = """
+SELECT coalesce(array_agg(t.id ORDER BY t.id), '{}') AS ids,
+       coalesce(array_agg(coalesce(c.ms, t.estimated_ms)::float8 ORDER BY t.id), '{}') AS ms
+FROM tasks t LEFT JOIN unnest($2::text[], $3::float8[]) AS c(type, ms) ON c.type = t.type
+WHERE t.id = ANY($1::bigint[])
+"""
+
+
+def parse_runs(data: bytes) -> tuple[IntArray, FloatArray]:
+    """(task ids, epoch seconds) of COPY's binary output of (task_id, scheduled_time)."""
+    if not data.startswith(_SIGNATURE):
+        raise ValueError("not COPY binary output")
+    rows = np.frombuffer(data, dtype=_ROW, offset=_HEADER, count=(len(data) - _HEADER - _TRAILER) // _ROW.itemsize)
+    if not ((rows["fields"] == 2) & (rows["id_len"] == 8) & (rows["t_len"] == 8)).all():
+        raise ValueError("unexpected row shape in COPY output")
+    return rows["task_id"].astype(np.int64), rows["t_us"].astype(np.float64) / 1e6 + _PG_EPOCH_S
+
+
+# Active recurring tasks whose watermark lags the horizon: their runs past the watermark are not rows yet.
+LAGGING_TASKS = """
+SELECT t.id, t.schedule_kind::text AS kind, t.cron, t.every_seconds, t.timezone, t.schedule_from,
+       t.materialized_until, coalesce(c.ms, t.estimated_ms)::float8 AS ms
+FROM tasks t
+LEFT JOIN unnest($2::text[], $3::float8[]) AS c(type, ms) ON c.type = t.type
+WHERE t.active AND t.deleted_at IS NULL AND t.schedule_kind IN ('cron', 'interval')
+  AND (t.materialized_until IS NULL OR t.materialized_until < $1)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LaggingTask:
+    id: int
+    kind: str
+    cron: str | None
+    every_seconds: int | None
+    timezone: str
+    schedule_from: datetime
+    materialized_until: datetime | None
+    ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Upcoming:
+    now: datetime  # the database's clock
+    run_task_ids: IntArray  # the scheduled runs before the horizon: their tasks...
+    run_times_s: FloatArray  # ...and times, in epoch seconds
+    cost_ids: list[int]  # sorted ids of the tasks with runs ahead...
+    cost_ms: list[float]  # ...and the compute a run of each needs
+    lagging: list[LaggingTask]
+
+
+def _parse_with_tasks(data: bytes) -> tuple[IntArray, FloatArray, list[int]]:
+    ids, times = parse_runs(data)
+    return ids, times, np.unique(ids).tolist()
+
+
+async def upcoming(conn: Connection, horizon_s: float, means: Mapping[str, float]) -> Upcoming:
+    """The scheduled runs up to `horizon_s` from now and the tasks to project, in one repeatable-read snapshot."""
+    types, ms = list(means), list(means.values())
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        now: datetime = await conn.fetchval("SELECT now()")
+        horizon = await conn.fetchval("SELECT $1::timestamptz + make_interval(secs => $2)", now, horizon_s)
+        buffer = io.BytesIO()
+        await conn.copy_from_query(SCHEDULED_RUNS, horizon, output=buffer, format="binary")
+        # A million rows: parsed and sorted off the event loop.
+        ids, times, tasks = await asyncio.to_thread(_parse_with_tasks, buffer.getvalue())
+        costs = await conn.fetchrow(RUN_COSTS, tasks, types, ms)
+        lagging = await conn.fetch(LAGGING_TASKS, horizon, types, ms)
+    assert costs is not None
+    return Upcoming(now, ids, times, costs["ids"], costs["ms"], [LaggingTask(**dict(r)) for r in lagging])

@@ -1,0 +1,153 @@
+"""The plan from a real database: history over the past year, estimates for types without one, and every run
+counted once whether the scheduler has materialized it or not."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from capacity.plan import History, Options, Plan, make_plan
+from scheduler.materialize import materialize
+from taskmill.db import create_pool
+from taskmill.models import Schedule
+from taskmill.settings import Settings
+from taskmill.states import RunState
+from taskmill.store.capacity import type_summaries
+from taskmill.store.runs import Outcome, Start, StartRequest, finish_runs, start_runs
+from tests.helpers import new_task
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(settings.database_url, max_size=2)
+    yield p
+    await p.close()
+
+
+async def add_result(
+    db: asyncpg.Connection, task_id: int, ms: float, days_ago: float, status: str = "succeeded"
+) -> None:
+    run = await db.fetchval(
+        "INSERT INTO task_schedule (task_id, scheduled_time, status) "
+        "VALUES ($1, now() - make_interval(secs => $2), $3) RETURNING id",
+        task_id,
+        days_ago * 86400 + ms,
+        status,
+    )
+    await db.execute(
+        "INSERT INTO task_results (run_id, attempt, status, finished_at, duration_ms) "
+        "VALUES ($1, 1, $2, now() - make_interval(secs => $3), $4)",
+        run,
+        status,
+        days_ago * 86400,
+        ms,
+    )
+
+
+async def test_the_average_covers_the_past_year_of_finished_attempts_per_type(db: asyncpg.Connection) -> None:
+    noop = (await new_task(db, "n", "noop")).id
+    sleep = (await new_task(db, "s", "sleep", {"ms": 1})).id
+    for ms, days in ((100.0, 1), (300.0, 200), (500.0, 364), (10_000.0, 366), (99_999.0, 800)):
+        await add_result(db, noop, ms, days)
+    await add_result(db, sleep, 40.0, 3, "failed")
+    await add_result(db, sleep, 20.0, 3)
+    # A processor lost mid-run leaves an attempt without a duration: it says nothing about elapsed time.
+    lost = await db.fetchval(
+        "INSERT INTO task_schedule (task_id, scheduled_time) VALUES ($1, now()) RETURNING id", sleep
+    )
+    await db.execute(
+        "INSERT INTO task_results (run_id, attempt, status, finished_at) VALUES ($1, 1, 'failed', now())", lost
+    )
+    summaries = {s.type: s for s in await type_summaries(db)}
+    assert set(summaries) == {"noop", "sleep"}
+    n = summaries["noop"]
+    assert (n.runs, n.failures, n.mean_ms, n.p50_ms) == (3, 0, 300.0, 300.0)
+    assert n.p95_ms == pytest.approx(480.0)  # 300 + 0.9 * (500 - 300), linear interpolation
+    s = summaries["sleep"]
+    assert (s.runs, s.failures, s.mean_ms) == (2, 1, 30.0)
+
+
+async def plan_twice(pool: asyncpg.Pool, options: Options, between: object) -> tuple[Plan, Plan]:
+    """Two plans in the same first bucket, with `between()` awaited in between (tried again across a boundary)."""
+    for _ in range(3):
+        first = await make_plan(pool, History(), options)
+        await between()  # type: ignore[operator]
+        second = await make_plan(pool, History(), options)
+        if first.start == second.start:
+            return first, second
+    raise AssertionError("three bucket boundaries in a row: the machine is far too slow")
+
+
+async def test_every_run_is_counted_once_before_and_after_the_scheduler_materializes_it(
+    settings: Settings, db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    await new_task(db, "every-minute", schedule=Schedule(kind="cron", cron="* * * * *"), estimated_ms=5000)
+    await new_task(db, "paris", schedule=Schedule(kind="cron", cron="*/10 * * * *", timezone="Europe/Paris"))
+    await new_task(db, "interval", schedule=Schedule(kind="interval", every_seconds=420), estimated_ms=2000)
+    options = Options(horizon_s=3 * 3600, bucket_s=600)
+
+    async def scheduler_runs() -> None:
+        await materialize(pool, settings, datetime.now().astimezone())
+
+    before, after = await plan_twice(pool, options, scheduler_runs)
+    # every minute, every 10 min and every 7 min for 3 h and a part of a bucket: about 180 + 18 + 25
+    assert 215 < before.forecast.runs.sum() < 235
+    assert before.forecast.projected_runs.tolist() == before.forecast.runs.tolist()  # nothing was a row yet
+    assert after.forecast.projected_runs.sum() == 0  # now everything is
+    assert after.forecast.runs.tolist() == before.forecast.runs.tolist()
+    assert after.forecast.required_ms.tolist() == before.forecast.required_ms.tolist()
+
+
+async def test_runs_weigh_their_types_history_or_their_tasks_estimate(
+    db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    # Inactive: no run of their own, only the rows inserted here.
+    noop = (await new_task(db, "n", "noop", estimated_ms=7000, active=False)).id
+    sleep = (await new_task(db, "s", "sleep", {"ms": 1}, estimated_ms=4000, active=False)).id
+    for ms in (2000.0, 4000.0):  # noop's history: 3,000 ms on average
+        await add_result(db, noop, ms, 1)
+    ahead = [(noop, 10), (noop, 20), (sleep, 30), (sleep, 2 * 3600)]
+    await db.executemany(
+        "INSERT INTO task_schedule (task_id, scheduled_time) VALUES ($1, now() + make_interval(secs => $2))", ahead
+    )
+    plan = await make_plan(pool, History(), Options(horizon_s=3 * 3600, bucket_s=3 * 3600))
+    assert plan.forecast.runs.sum() == 4
+    assert plan.forecast.required_ms.sum() == 3000 + 3000 + 4000 + 4000
+    # The history is read once and kept for the TTL: a fresh History sees new results, a warm one not yet.
+    history = History(ttl_s=3600)
+    assert (await make_plan(pool, history, Options())).forecast.required_ms.sum() == 14_000
+    await add_result(db, sleep, 1.0, 1)
+    assert (await make_plan(pool, history, Options())).forecast.required_ms.sum() == 14_000
+    assert (await make_plan(pool, History(), Options())).forecast.required_ms.sum() == 3000 * 2 + 1 * 2
+
+
+async def test_runs_no_longer_scheduled_or_of_inactive_tasks_are_not_counted(
+    db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    task = (await new_task(db, "n", "noop")).id  # immediate: its run is due now and waiting
+    await db.execute(
+        "INSERT INTO task_schedule (task_id, scheduled_time, status) VALUES "
+        "($1, now() + interval '1 minute', 'scheduled'), ($1, now() - interval '1 minute', 'queued'), "
+        "($1, now() + interval '2 minutes', 'cancelled'), ($1, now() - interval '1 hour', 'succeeded')",
+        task,
+    )
+    await new_task(db, "paused", schedule=Schedule(kind="cron", cron="* * * * *"), active=False)
+    plan = await make_plan(pool, History(), Options())
+    assert plan.forecast.runs.sum() == 2
+    assert plan.forecast.runs[0] >= 1  # the waiting run counts now
+
+
+async def test_an_attempt_counts_under_the_type_it_ran_as_even_after_its_task_changes_type(
+    db: asyncpg.Connection,
+) -> None:
+    task = await new_task(db, "changes", "noop")
+    [run] = [r[0] for r in await db.fetch("SELECT id FROM task_schedule WHERE task_id = $1", task.id)]
+    assert await start_runs(db, "w", [StartRequest(run, 1, 30.0)]) == [Start.WON]
+    done = Outcome(run, 1, RunState.SUCCEEDED, None, None, datetime.now(UTC), 12.0, type="noop")
+    assert await finish_runs(db, [done]) == [True]
+    assert await db.fetchval("SELECT type FROM task_results WHERE run_id = $1", run) == "noop"
+    await db.execute("UPDATE tasks SET type = 'sleep', payload = '{\"ms\": 1}' WHERE id = $1", task.id)
+    assert [(s.type, s.runs, s.mean_ms) for s in await type_summaries(db)] == [("noop", 1, 12.0)]

@@ -1,0 +1,49 @@
+"""The run message's retry arithmetic: exponential, capped, never an overflow."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import aio_pika
+
+from taskmill.messages import MAX_RETRY_DELAY_S, RunMessage
+from taskmill.settings import Settings
+from taskmill.topology import Names, declare_delay_queue
+
+
+def message(attempt: int, delay_s: float, backoff: float) -> RunMessage:
+    return RunMessage(
+        v=1,
+        run_id=1,
+        task_id=1,
+        type="noop",
+        payload={},
+        attempt=attempt,
+        scheduled_time=datetime.now(UTC),
+        timeout_s=30,
+        max_retries=100,
+        retry_delay_s=delay_s,
+        backoff=backoff,
+    )
+
+
+def test_the_wait_grows_by_the_backoff_with_each_attempt() -> None:
+    assert [message(n, 1.5, 2).retry_delay_ms() for n in (1, 2, 3, 4)] == [1500, 3000, 6000, 12_000]
+    assert message(1, 0, 1).retry_delay_ms() == 1  # never zero: a TTL of 0 would skip the delay queue's wait
+
+
+def test_the_wait_is_capped_at_a_day_however_large_the_backoff_grows() -> None:
+    cap_ms = round(MAX_RETRY_DELAY_S * 1000)
+    assert message(50, 10, 10).retry_delay_ms() == cap_ms
+    assert message(2**31 - 1, 86_400, 1e300).retry_delay_ms() == cap_ms  # 1e300 ** huge overflows a float
+
+
+async def test_the_broker_takes_the_longest_wait_as_a_delay_queue_ttl(settings: Settings) -> None:
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        channel = await connection.channel()
+        names = Names(settings.broker_prefix)
+        queue = await declare_delay_queue(channel, names, message(100, 10, 10).retry_delay_ms(), "noop")
+        await channel.queue_delete(queue)
+    finally:
+        await connection.close()
