@@ -10,9 +10,10 @@ So a DST change neither skips a daily run nor doubles one, and `*/15 * * * *` st
 
 from __future__ import annotations
 
+import functools
 import math
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
@@ -24,10 +25,18 @@ class ScheduleError(ValueError):
     """A schedule that cannot be expanded: the message says why."""
 
 
+@functools.cache
+def _iana_names() -> frozenset[str]:
+    # ZoneInfo opens any TZif file under the zone path, and a path too: `localtime` (the host's own clock),
+    # `posix/...`, `right/...`. Only the names of the time zone database are accepted, so a task means the same
+    # zone on every host and a name never reaches the filesystem unchecked.
+    return frozenset(available_timezones() - {"localtime"})
+
+
 def zone(name: str) -> ZoneInfo:
+    if name not in _iana_names():
+        raise ScheduleError(f"unknown timezone {name[:64]!r}: give an IANA name such as UTC or Europe/Paris")
     try:
-        if not name or "\x00" in name:
-            raise ValueError
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
         raise ScheduleError(f"unknown timezone {name!r}") from exc
@@ -45,10 +54,48 @@ def _iterator(expr: str, start: datetime) -> croniter:
         raise ScheduleError(f"invalid cron expression: {exc}") from exc
 
 
+# (name, lowest, highest) of each field; a 6-field expression starts with seconds.
+_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
+_SECONDS = ("second", 0, 59)
+
+
+def _check_text(expr: str) -> None:
+    for i, char in enumerate(expr):
+        if not " " <= char <= "~":
+            hint = (
+                ", digits are 0-9" if char.isdigit() else ", fields are separated by spaces" if char.isspace() else ""
+            )
+            raise ScheduleError(f"{char!r} at position {i} is not allowed: a cron expression is printable ASCII{hint}")
+    if expr.strip(" ") and expr != expr.strip(" "):
+        raise ScheduleError("a cron expression cannot start or end with spaces")
+
+
+def _check_field(value: str, name: str, low: int, high: int) -> None:
+    """The faults croniter reports without naming the field: numbers out of range, zero steps, random values."""
+    for item in value.split(","):
+        if item[:1] in ("H", "h", "R", "r"):
+            # croniter's hashed (H) and random (R) values differ between processes: replicas would disagree.
+            raise ScheduleError(f"invalid cron expression: {name}: hashed (H) and random (R) values are not supported")
+        base, slash, step = item.partition("/")
+        if slash and (not step.isdigit() or int(step) == 0):
+            raise ScheduleError(
+                f"invalid cron expression: {name}: the step {step!r} is not a whole number of at least 1"
+            )
+        for bound in base.split("-"):
+            if bound.isdigit() and not low <= int(bound) <= high:
+                raise ScheduleError(f"invalid cron expression: {name}: {bound} is out of range {low}-{high}")
+
+
 def validate_cron(expr: str) -> None:
     """Raises ScheduleError unless `expr` parses and fires at least once in the next five years."""
     if len(expr) > 256:
         raise ScheduleError("a cron expression is at most 256 characters")
+    _check_text(expr)
+    fields = expr.split()
+    if len(fields) in (5, 6):
+        names = (_SECONDS, *_FIELDS) if len(fields) == 6 else _FIELDS
+        for value, (name, low, high) in zip(fields, names, strict=True):
+            _check_field(value, name, low, high)
     it = _iterator(expr, datetime(2026, 1, 1))
     try:
         it.get_next(datetime)

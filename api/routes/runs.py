@@ -1,21 +1,79 @@
-"""Runs: a task's past and upcoming runs, one run with its attempts and status changes, cancelling."""
+"""Runs: recent runs across all tasks, a task's past and upcoming runs, one run with its attempts and status
+changes, cancelling."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 
 from api.auth import READ, WRITE, Principal, require
 from api.deps import pool
 from api.schemas import AttemptPublic, RunDetail, RunPublic, TransitionPublic
+from taskmill.models import Instant
 from taskmill.states import RunState
-from taskmill.store.history import cancel_run, run_detail, task_runs
+from taskmill.store.history import cancel_run, recent_runs, run_detail, task_runs
 
 router = APIRouter()
 
 Id = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+class RecentRun(RunPublic):
+    task_name: str
+
+
+class RunPage(BaseModel):
+    items: list[RecentRun]
+    next_cursor: str | None  # pass as `before` for the next (older) page
+
+
+def _cursor(scheduled_time: datetime, run_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps([scheduled_time.isoformat(), run_id]).encode()).decode()
+
+
+def _uncursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        at, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not isinstance(at, str) or not isinstance(run_id, int) or not 0 <= run_id < 2**63:
+            raise ValueError
+        when = datetime.fromisoformat(at)
+        if when.tzinfo is None:
+            raise ValueError
+    except (ValueError, TypeError, binascii.Error):
+        raise RequestValidationError(
+            [{"loc": ("query", "before"), "msg": "is not a cursor this API returned", "type": "value_error"}]
+        ) from None
+    return when, run_id
+
+
+@router.get("/runs", response_model=RunPage)
+async def list_runs(
+    request: Request,
+    _: Annotated[Principal, Depends(require(READ))],
+    status: RunState | None = None,
+    task_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+    before: Annotated[str | None, Query(max_length=200, description="next_cursor of the page before")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> RunPage:
+    """Recent runs across all tasks, newest scheduled first, with the task's name. The first page starts now (runs
+    materialized ahead are left out: a task's upcoming runs are at /tasks/{id}/runs)."""
+    rows = await recent_runs(
+        pool(request),
+        status=status.value if status else None,
+        task_id=task_id,
+        before=_uncursor(before) if before else None,
+        limit=limit + 1,
+    )
+    items = [RecentRun.model_validate(dict(r)) for r in rows[:limit]]
+    last = items[-1] if len(rows) > limit else None
+    return RunPage(items=items, next_cursor=_cursor(last.scheduled_time, last.id) if last else None)
 
 
 @router.get("/tasks/{task_id}/runs", response_model=list[RunPublic])
@@ -24,9 +82,9 @@ async def runs_of_task(
     request: Request,
     _: Annotated[Principal, Depends(require(READ))],
     status: RunState | None = None,
-    since: Annotated[datetime | None, Query(description="scheduled at or after")] = None,
-    until: Annotated[datetime | None, Query(description="scheduled before")] = None,
-    before: Annotated[datetime | None, Query(description="cursor: the scheduled_time of the last run seen")] = None,
+    since: Annotated[Instant | None, Query(description="scheduled at or after")] = None,
+    until: Annotated[Instant | None, Query(description="scheduled before")] = None,
+    before: Annotated[Instant | None, Query(description="cursor: the scheduled_time of the last run seen")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[RunPublic]:
     """Newest first, upcoming runs included."""

@@ -94,7 +94,7 @@ def _cursor(value: Any, task_id: int) -> str:
 def _uncursor(cursor: str) -> tuple[str, int]:
     try:
         value, task_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if not isinstance(value, str) or not isinstance(task_id, int) or not 0 <= task_id < 2**63:
+        if not isinstance(value, str) or "\x00" in value or not isinstance(task_id, int) or not 0 <= task_id < 2**63:
             raise ValueError
     except (ValueError, TypeError, binascii.Error):
         raise RequestValidationError(

@@ -64,3 +64,46 @@ async def run_detail(
 
 async def cancel_run(conn: Conn, run_id: int) -> bool:
     return await conn.fetchval(CANCEL_RUN, run_id) is not None
+
+
+# Recent runs across all tasks, newest first. Each filter adds a fixed condition, so every combination is one
+# statement the planner sees with its real shape (an `$n IS NULL OR` form would defeat the indexes under a generic
+# plan). Without a cursor the list starts now: runs materialized ahead of time are not "recent".
+_RECENT_FILTERS = {
+    "status": "s.status = ${n}::run_status",
+    "task_id": "s.task_id = ${n}::bigint",
+}
+_RECENT_FIRST = "s.scheduled_time <= now()"
+_RECENT_AFTER = "(s.scheduled_time, s.id) < (${n}::timestamptz, ${m}::bigint)"
+
+
+def recent_runs_sql(*, status: bool, task_id: bool, cursor: bool) -> str:
+    conditions = []
+    n = 0
+    for name, used in (("status", status), ("task_id", task_id)):
+        if used:
+            n += 1
+            conditions.append(_RECENT_FILTERS[name].format(n=n))
+    conditions.append(_RECENT_AFTER.format(n=n + 1, m=n + 2) if cursor else _RECENT_FIRST)
+    limit = n + (3 if cursor else 1)
+    return f"""
+SELECT {RUN_COLUMNS}, t.name AS task_name FROM task_schedule s JOIN tasks t ON t.id = s.task_id
+WHERE {" AND ".join(conditions)}
+ORDER BY s.scheduled_time DESC, s.id DESC LIMIT ${limit}
+"""
+
+
+async def recent_runs(
+    conn: Conn,
+    *,
+    status: str | None = None,
+    task_id: int | None = None,
+    before: tuple[datetime, int] | None = None,
+    limit: int = 50,
+) -> list[asyncpg.Record]:
+    """Runs scheduled up to now (or before the cursor `(scheduled_time, id)`), newest first, with the task name."""
+    sql = recent_runs_sql(status=status is not None, task_id=task_id is not None, cursor=before is not None)
+    args: list[object] = [v for v in (status, task_id) if v is not None]
+    if before is not None:
+        args.extend(before)
+    return await conn.fetch(sql, *args, limit)

@@ -1,0 +1,150 @@
+// The dashboard: asks for a token once (kept in localStorage), then loads the task grid, the runs, the metrics
+// and the three-hour forecast, which it polls every 15 s.
+
+import { onUnauthorized, setToken, token, api } from "./api.js";
+import { drawChart } from "./chart.js";
+import { $, clockTime, h, ms, toast } from "./dom.js";
+import { RecentRuns } from "./runs.js";
+import { TaskForm } from "./taskform.js";
+import { TaskGrid } from "./tasks.js";
+
+// `?poll=SECONDS` overrides the period (at least 1 s): the browser test watches a refresh without waiting 15 s.
+const POLL_MS = Math.max(1, Number(new URLSearchParams(window.location.search).get("poll")) || 15) * 1000;
+const METRICS_EVERY = 4; // polls: the year-long averages move slowly
+
+const runs = new RecentRuns();
+const form = new TaskForm({
+  onSaved: (task, { created }) => {
+    // A new task has the highest id: newest first shows it on top, whatever page the grid was on.
+    if (created) grid.showNewest(task.id);
+    else grid.load(task.id);
+    runs.refresh();
+    refreshCapacity();
+  },
+});
+const grid = new TaskGrid({ onEdit: (id) => form.openEdit(id), onShowRuns: (task) => runs.forTask(task) });
+
+function askToken(reason) {
+  const dialog = $("#token-dialog");
+  $("#token-reason").textContent = reason || "";
+  $("#token-reason").hidden = !reason;
+  $("#api-state").textContent = "No valid token";
+  if (!dialog.open) {
+    $("#token-input").value = "";
+    dialog.showModal();
+  }
+  $("#token-input").focus();
+}
+
+onUnauthorized(askToken);
+
+$("#token-form").addEventListener("submit", (event) => {
+  const value = $("#token-input").value.trim();
+  if (!value) {
+    event.preventDefault();
+    askToken("The token is empty.");
+    return;
+  }
+  setToken(value);
+  start();
+});
+$("#change-token").addEventListener("click", () => askToken(""));
+$("#new-task").addEventListener("click", () => form.openNew());
+
+async function refreshCapacity() {
+  const error = $("#capacity-error");
+  let summary;
+  try {
+    summary = await api("GET", "/scheduled-tasks-summary", { query: { hours: 3, bucket: 60 } });
+  } catch (err) {
+    error.textContent = `The forecast could not be loaded: ${err.message}`;
+    error.hidden = false;
+    return;
+  }
+  error.hidden = true;
+  const times = summary.buckets.map((b) => new Date(b.start));
+  const compute = summary.buckets.map((b) => b.required_ms);
+  const instances = summary.buckets.map((b) => b.required_instances);
+  const chart = $("#capacity-chart");
+  drawChart(chart, {
+    times,
+    series: [
+      { key: "compute", label: "Required compute (ms)", values: compute, axis: "left" },
+      { key: "instances", label: "Required instances", values: instances, axis: "right", integer: true },
+    ],
+    axes: { left: `Compute (ms per ${summary.bucket_seconds} s)`, right: "Instances" },
+    formatTime: (d) => d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }),
+  });
+  chart.classList.toggle("empty", summary.total_runs === 0);
+  chart.dataset.generatedAt = summary.generated_at; // which forecast is drawn (the browser test reads it)
+  const peakMs = Math.max(0, ...compute);
+  $("#capacity-chart-desc").textContent = summary.total_runs
+    ? `${summary.total_runs} runs; compute peaks at ${ms(peakMs)} per bucket; at most ${summary.peak_instances} instances.`
+    : "No runs are scheduled in the next 3 hours.";
+  $("#capacity-summary").textContent = summary.total_runs
+    ? `${summary.total_runs} runs scheduled · peak ${summary.peak_instances} instance${summary.peak_instances === 1 ? "" : "s"} · updated ${clockTime(new Date())}`
+    : `Nothing scheduled in the next 3 hours · updated ${clockTime(new Date())}`;
+  const busy = summary.buckets.filter((b) => b.runs || b.projected_runs);
+  $("#capacity-table").replaceChildren(busy.length
+    ? h("table", { class: "grid compact" },
+      h("thead", {}, h("tr", {}, ["From", "Runs", "Projected", "Compute", "Instances"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, busy.map((b) => h("tr", {},
+        h("td", {}, clockTime(new Date(b.start))), h("td", { class: "num" }, b.runs), h("td", { class: "num" }, b.projected_runs),
+        h("td", { class: "num" }, ms(b.required_ms)), h("td", { class: "num" }, b.required_instances)))))
+    : h("p", { class: "muted" }, "No runs in the next 3 hours."));
+}
+
+async function refreshMetrics() {
+  const box = $("#metrics");
+  let summary;
+  try {
+    summary = await api("GET", "/task-summary");
+  } catch (err) {
+    box.replaceChildren(h("p", { class: "error" }, `Metrics could not be loaded: ${err.message}`));
+    return;
+  }
+  $("#metrics-since").textContent = `Finished runs since ${new Date(summary.since).toLocaleDateString()}`;
+  if (!summary.types.length) {
+    box.replaceChildren(h("p", { class: "muted" }, "No run has finished yet: averages show once some have."));
+    return;
+  }
+  box.replaceChildren(h("table", { class: "grid", id: "metrics-table" },
+    h("thead", {}, h("tr", {},
+      ["Type", "Mean", "p50", "p95", "Runs", "Failures"].map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, summary.types.map((t) => h("tr", {},
+      h("th", { scope: "row" }, t.type),
+      h("td", { class: "num" }, ms(t.mean_ms)), h("td", { class: "num" }, ms(t.p50_ms)), h("td", { class: "num" }, ms(t.p95_ms)),
+      h("td", { class: "num" }, t.runs.toLocaleString()),
+      h("td", { class: `num${t.failures ? " bad" : ""}` }, t.failures.toLocaleString()))))));
+}
+
+let polls = 0;
+let timer = null;
+
+async function poll() {
+  if (document.hidden) return;
+  polls += 1;
+  await Promise.allSettled([refreshCapacity(), runs.refresh(), polls % METRICS_EVERY === 0 ? refreshMetrics() : null]);
+}
+
+async function start() {
+  if (!token()) {
+    askToken("");
+    return;
+  }
+  try {
+    const types = await api("GET", "/task-types");
+    grid.setTypes(types);
+    form.setTypes(types);
+    $("#api-state").textContent = "Connected";
+  } catch (err) {
+    if (err.status !== 401) toast(`The API answered: ${err.message}`, "error");
+    return;
+  }
+  await Promise.allSettled([grid.load(), runs.load(), refreshCapacity(), refreshMetrics()]);
+  clearInterval(timer);
+  timer = setInterval(poll, POLL_MS);
+}
+
+document.addEventListener("visibilitychange", () => { if (!document.hidden) poll(); });
+start();

@@ -1,0 +1,228 @@
+// Create and edit a task in a dialog. A cron, interval or one-off schedule is previewed as the user types
+// (POST /schedule-preview); the server's 422s are shown beside the field they name.
+
+import { ApiError, api } from "./api.js";
+import { $, debounce, h, toast } from "./dom.js";
+
+const FIELDS = ["name", "type", "payload", "schedule", "at", "cron", "timezone", "every_seconds", "max_retries",
+  "timeout_seconds"];
+// Where a field the API names is shown: "schedule.cron" beside the cron input, "payload.url" beside the payload.
+function fieldOf(name) {
+  const parts = name.split(".");
+  const key = parts[0] === "schedule" && parts.length > 1 ? parts[1] : parts[0];
+  return FIELDS.includes(key) ? key : null;
+}
+
+function pad(n) { return String(n).padStart(2, "0"); }
+
+/** An ISO instant as the value of a datetime-local input, in the browser's zone. */
+function localInput(iso) {
+  const d = new Date(iso);
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+}
+
+export class TaskForm {
+  constructor({ onSaved }) {
+    this.onSaved = onSaved;
+    this.dialog = $("#task-dialog");
+    this.form = $("#task-form");
+    this.types = [];
+    this.editing = null; // the task being edited, or null for a new one
+    this.previewSeq = 0;
+    $("#local-zone").textContent = `your time, ${Intl.DateTimeFormat().resolvedOptions().timeZone}`;
+    const zones = typeof Intl.supportedValuesOf === "function" ? Intl.supportedValuesOf("timeZone") : [];
+    $("#zones").replaceChildren(...["UTC", ...zones].map((z) => h("option", { value: z })));
+    for (const radio of this.form.elements.kind) radio.addEventListener("change", () => this.kindChanged());
+    const preview = debounce(() => this.preview(), 250);
+    for (const id of ["#f-cron", "#f-timezone", "#f-every", "#f-at"]) $(id).addEventListener("input", preview);
+    $("#f-type").addEventListener("change", () => this.typeChanged());
+    $("#task-cancel").addEventListener("click", () => this.dialog.close());
+    this.form.addEventListener("submit", (e) => { e.preventDefault(); this.submit(); });
+  }
+
+  setTypes(types) {
+    this.types = types;
+    $("#f-type").replaceChildren(...types.map((t) => h("option", { value: t.name }, t.name)));
+  }
+
+  kind() { return this.form.elements.kind.value; }
+
+  kindChanged() {
+    for (const el of this.form.querySelectorAll("[data-kind]")) el.hidden = el.dataset.kind !== this.kind();
+    this.preview();
+  }
+
+  typeChanged() {
+    const type = this.types.find((t) => t.name === $("#f-type").value);
+    $("#h-type").textContent = type ? type.description : "";
+    const props = Object.keys(type?.payload_schema?.properties || {});
+    const required = new Set(type?.payload_schema?.required || []);
+    $("#h-payload").textContent = props.length
+      ? `Fields: ${props.map((p) => (required.has(p) ? `${p} (required)` : p)).join(", ")}`
+      : "Any JSON object.";
+  }
+
+  openNew() {
+    this.editing = null;
+    this.form.reset();
+    $("#f-payload").value = "{}";
+    $("#f-timezone").value = "UTC";
+    $("#task-form-title").textContent = "New task";
+    $("#task-submit").textContent = "Create task";
+    $("#f-secrets").hidden = true;
+    this.open();
+  }
+
+  async openEdit(taskId) {
+    let task;
+    try {
+      task = await api("GET", `/tasks/${taskId}`);
+    } catch (error) {
+      toast(`Task ${taskId} could not be loaded: ${error.message}`, "error");
+      return;
+    }
+    this.editing = task;
+    this.form.reset();
+    $("#task-form-title").textContent = `Edit ${task.name}`;
+    $("#task-submit").textContent = "Save changes";
+    $("#f-name").value = task.name;
+    $("#f-type").value = task.type;
+    $("#f-payload").value = JSON.stringify(task.payload, null, 2);
+    this.form.elements.kind.value = task.schedule.kind;
+    $("#f-cron").value = task.schedule.cron || "";
+    $("#f-timezone").value = task.schedule.timezone || "UTC";
+    $("#f-every").value = task.schedule.every_seconds ?? "";
+    $("#f-at").value = task.schedule.at ? localInput(task.schedule.at) : "";
+    $("#f-retries").value = task.max_retries;
+    $("#f-timeout").value = task.timeout_seconds;
+    const secrets = $("#f-secrets");
+    secrets.hidden = !task.secrets.length;
+    secrets.textContent = `Secrets ${task.secrets.join(", ")} are kept as they are.`;
+    this.open();
+  }
+
+  open() {
+    this.clearErrors();
+    this.typeChanged();
+    this.kindChanged();
+    this.dialog.showModal();
+    $("#f-name").focus();
+  }
+
+  clearErrors() {
+    $("#form-error").hidden = true;
+    for (const key of FIELDS) this.fieldError(key, "");
+  }
+
+  fieldError(key, message) {
+    const el = $(`#e-${key}`);
+    el.textContent = message;
+    const input = document.querySelector(`[aria-describedby~="e-${key}"]`);
+    if (input) {
+      if (message) input.setAttribute("aria-invalid", "true");
+      else input.removeAttribute("aria-invalid");
+    }
+  }
+
+  schedule() {
+    const kind = this.kind();
+    const schedule = { kind };
+    if (kind === "cron") Object.assign(schedule, { cron: $("#f-cron").value.trim(), timezone: $("#f-timezone").value.trim() || "UTC" });
+    if (kind === "interval") schedule.every_seconds = $("#f-every").value === "" ? null : Number($("#f-every").value);
+    if (kind === "once") schedule.at = $("#f-at").value ? new Date($("#f-at").value).toISOString() : null;
+    return schedule;
+  }
+
+  async preview() {
+    const box = $("#preview");
+    const schedule = this.schedule();
+    for (const key of ["schedule", "at", "cron", "timezone", "every_seconds"]) this.fieldError(key, "");
+    const incomplete = (schedule.kind === "cron" && !schedule.cron) || (schedule.kind === "interval" && !schedule.every_seconds)
+      || (schedule.kind === "once" && !schedule.at);
+    if (schedule.kind === "immediate" || incomplete) {
+      box.hidden = true;
+      return;
+    }
+    const seq = ++this.previewSeq;
+    try {
+      const result = await api("POST", "/schedule-preview", { body: schedule, query: { count: 5 } });
+      if (seq !== this.previewSeq) return; // the user typed on: a newer preview is on its way
+      const zone = schedule.kind === "cron" ? schedule.timezone : undefined;
+      const inZone = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium", timeZone: zone });
+      $("#preview-description").textContent = result.description;
+      $("#preview-runs").replaceChildren(...result.next_runs.map((iso) =>
+        h("li", {}, h("time", { datetime: iso }, inZone.format(new Date(iso))), zone ? ` ${zone}` : "",
+          h("span", { class: "muted" }, ` · ${iso}`))));
+      box.hidden = false;
+      box.classList.remove("invalid");
+    } catch (error) {
+      if (seq !== this.previewSeq) return;
+      box.hidden = true;
+      if (error instanceof ApiError && error.status === 422) this.showErrors(error, "schedule.");
+    }
+  }
+
+  showErrors(error, prefix = "") {
+    const loose = [];
+    for (const [field, reason] of Object.entries(error.fields)) {
+      const path = field === "(body)" ? prefix.replace(/\.$/, "") : prefix + field;
+      const key = path ? fieldOf(path) : null;
+      if (key) this.fieldError(key, reason);
+      else loose.push(`${field}: ${reason}`);
+    }
+    if (!Object.keys(error.fields).length || loose.length) {
+      const box = $("#form-error");
+      box.textContent = loose.length ? loose.join("; ") : error.message;
+      box.hidden = false;
+    }
+  }
+
+  async submit() {
+    this.clearErrors();
+    let payload;
+    try {
+      payload = JSON.parse($("#f-payload").value || "{}");
+      if (payload === null || typeof payload !== "object" || Array.isArray(payload)) throw new Error("not an object");
+    } catch {
+      this.fieldError("payload", "is not a JSON object, e.g. {\"ms\": 100}");
+      $("#f-payload").focus();
+      return;
+    }
+    const number = (id) => ($(id).value === "" ? undefined : Number($(id).value));
+    const body = {
+      name: $("#f-name").value,
+      type: $("#f-type").value,
+      payload,
+      schedule: this.schedule(),
+      max_retries: number("#f-retries"),
+      timeout_seconds: number("#f-timeout"),
+    };
+    if (this.editing) {
+      // PUT replaces the definition: what this form does not show keeps its value (secrets are kept when absent).
+      const t = this.editing;
+      Object.assign(body, { active: t.active, retry_delay_seconds: t.retry_delay_seconds, backoff: t.backoff,
+        estimated_ms: t.estimated_ms });
+    }
+    const submit = $("#task-submit");
+    submit.disabled = true;
+    try {
+      const saved = this.editing
+        ? await api("PUT", `/tasks/${this.editing.id}`, { body })
+        : await api("POST", "/tasks", { body });
+      this.dialog.close();
+      toast(`${saved.name} ${this.editing ? "saved" : "created"}.`);
+      this.onSaved(saved, { created: !this.editing });
+    } catch (error) {
+      if (error.status === 409) this.fieldError("name", error.message);
+      else if (error.status === 422) this.showErrors(error);
+      else {
+        $("#form-error").textContent = error.status === 401 ? "The token was refused: paste a new one, then save again." : error.message;
+        $("#form-error").hidden = false;
+      }
+      const first = this.form.querySelector("[aria-invalid=true]");
+      if (first) first.focus();
+    } finally {
+      submit.disabled = false;
+    }
+  }
+}

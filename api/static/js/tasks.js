@@ -1,0 +1,126 @@
+// The task grid: sort by a column either way, filter by type, state and name prefix, keyset pages, an active
+// switch per row.
+
+import { api } from "./api.js";
+import { $, debounce, h, toast, when } from "./dom.js";
+
+export function scheduleText(schedule) {
+  switch (schedule.kind) {
+    case "cron": return `cron ${schedule.cron}${schedule.timezone !== "UTC" ? ` (${schedule.timezone})` : ""}`;
+    case "interval": return `every ${schedule.every_seconds} s`;
+    case "once": return h("span", {}, "once at ", when(schedule.at));
+    default: return "immediately";
+  }
+}
+
+export class TaskGrid {
+  constructor({ onEdit, onShowRuns }) {
+    this.onEdit = onEdit;
+    this.onShowRuns = onShowRuns;
+    this.sort = "id";
+    this.cursors = [null]; // the cursor of each page seen so far: Previous goes back one
+    this.next = null;
+    this.body = $("#task-grid tbody");
+    this.status = $("#tasks-status");
+    for (const th of document.querySelectorAll("#task-grid th[data-sort]")) {
+      th.querySelector("button").addEventListener("click", () => this.sortBy(th.dataset.sort));
+    }
+    const refilter = () => { this.cursors = [null]; this.load(); };
+    $("#filter-name").addEventListener("input", debounce(refilter, 300));
+    $("#filter-type").addEventListener("change", refilter);
+    $("#filter-active").addEventListener("change", refilter);
+    $("#task-filters").addEventListener("submit", (e) => { e.preventDefault(); refilter(); });
+    $("#tasks-next").addEventListener("click", () => { this.cursors.push(this.next); this.load(); });
+    $("#tasks-prev").addEventListener("click", () => { this.cursors.pop(); this.load(); });
+  }
+
+  setTypes(types) {
+    const select = $("#filter-type");
+    select.replaceChildren(h("option", { value: "" }, "All types"), ...types.map((t) => h("option", { value: t.name }, t.name)));
+  }
+
+  sortBy(column) {
+    this.setSort(this.sort === column ? `-${column}` : column);
+    this.load();
+  }
+
+  setSort(sort) {
+    this.sort = sort;
+    for (const th of document.querySelectorAll("#task-grid th[data-sort]")) {
+      const key = th.dataset.sort;
+      th.setAttribute("aria-sort", sort === key ? "ascending" : sort === `-${key}` ? "descending" : "none");
+    }
+    this.cursors = [null];
+  }
+
+  /** Newest first, no filters, first page: where a task just created is. */
+  showNewest(taskId) {
+    $("#task-filters").reset();
+    this.setSort("-id");
+    this.load(taskId);
+  }
+
+  /** Loads the current page; the row of `highlight` (a task id), if on it, is marked as just saved. */
+  async load(highlight = null) {
+    const query = {
+      sort: this.sort,
+      limit: 20,
+      name_prefix: $("#filter-name").value,
+      type: $("#filter-type").value,
+      active: $("#filter-active").value,
+      cursor: this.cursors[this.cursors.length - 1],
+    };
+    this.status.textContent = "Loading tasks…";
+    let page;
+    try {
+      page = await api("GET", "/tasks", { query });
+    } catch (error) {
+      this.status.textContent = `Tasks could not be loaded: ${error.message}`;
+      this.status.classList.add("error");
+      return;
+    }
+    this.status.classList.remove("error");
+    this.next = page.next_cursor;
+    this.body.replaceChildren(...page.items.map((task) => this.row(task, task.id === highlight)));
+    const filtered = query.name_prefix || query.type || query.active;
+    this.status.textContent = page.items.length
+      ? `${page.items.length} task${page.items.length === 1 ? "" : "s"} on this page`
+      : filtered ? "No task matches these filters." : "No tasks yet: create one with New task.";
+    $("#tasks-page").textContent = `Page ${this.cursors.length}`;
+    $("#tasks-prev").disabled = this.cursors.length < 2;
+    $("#tasks-next").disabled = !this.next;
+  }
+
+  row(task, fresh = false) {
+    const toggle = h("input", {
+      type: "checkbox", role: "switch", checked: task.active, "aria-label": `Active: ${task.name}`,
+      on: { change: () => this.setActive(task, toggle) },
+    });
+    return h("tr", { "data-task-id": task.id, class: fresh ? "fresh" : null },
+      h("td", { class: "num" }, task.id),
+      h("th", { scope: "row", class: "name" }, task.name),
+      h("td", {}, task.type),
+      h("td", { class: "schedule" }, scheduleText(task.schedule)),
+      h("td", { class: "active" }, h("label", { class: "switch" }, toggle, h("span", { "aria-hidden": "true" }, task.active ? "active" : "inactive"))),
+      h("td", {}, when(task.created_at)),
+      h("td", { class: "actions" },
+        h("button", { type: "button", class: "secondary small", "aria-label": `Edit ${task.name}`, on: { click: () => this.onEdit(task.id) } }, "Edit"),
+        h("button", { type: "button", class: "secondary small", "aria-label": `Runs of ${task.name}`, on: { click: () => this.onShowRuns(task) } }, "Runs")));
+  }
+
+  async setActive(task, toggle) {
+    const wanted = toggle.checked;
+    toggle.disabled = true;
+    try {
+      const updated = await api("PUT", `/tasks/${task.id}/${wanted ? "active" : "inactive"}`);
+      const row = this.row(updated);
+      toggle.closest("tr").replaceWith(row);
+      row.querySelector("input[role=switch]").focus();
+      toast(`${updated.name} is ${updated.active ? "active" : "inactive"} now.`);
+    } catch (error) {
+      toggle.checked = !wanted;
+      toggle.disabled = false;
+      toast(`Could not change ${task.name}: ${error.message}`, "error");
+    }
+  }
+}

@@ -1,0 +1,301 @@
+"""The dashboard in a real headless Chromium (Debian's, driven by Playwright) against the real API, database and
+broker: paste a token, create a cron task through the form, see it in the grid, the forecast drawn from data,
+edit the task, deactivate it, read a run's logs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, Response, async_playwright, expect
+
+from taskmill.models import Schedule, TaskCreate
+from taskmill.settings import Settings
+from taskmill.store.tasks import create_tasks
+from tests.api.conftest import SECRET, bearer, served_api
+from tests.helpers import new_task
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Playwright's own browser downloads are not to be had here: Debian's chromium, headless, nothing phoning home.
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# A name that would run script if the page ever rendered data as HTML.
+NAME = '<img src=x onerror="window.__pwned=1">nightly'
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (.ci/run installs it)")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        expect.set_options(timeout=15_000)  # two cores shared with the database, the broker and other suites
+        yield launched
+        await launched.close()
+
+
+async def once_runs(db: asyncpg.Connection, prefix: str, at: datetime, count: int, estimated_ms: int) -> None:
+    """`count` one-off tasks due at `at`, each estimated at `estimated_ms` (no history yet: the estimate counts)."""
+    for i in range(count):
+        await new_task(db, f"{prefix}-{i}", schedule=Schedule(kind="once", at=at), estimated_ms=estimated_ms)
+
+
+# What the chart shows, read in one go (a poll may redraw it between two separate reads).
+SNAPSHOT = """() => {
+    const svg = document.querySelector("#capacity-chart");
+    const points = (key) => svg.querySelector(`polyline[data-series=${key}]`).getAttribute("points");
+    return {
+        generated_at: svg.dataset.generatedAt,
+        baseline: svg.querySelector(".axis.bottom > line").getAttribute("y1"),
+        compute: points("compute"),
+        instances: points("instances"),
+    };
+}"""
+
+
+class Forecasts:
+    """Every forecast the page fetched, by its generated_at: the chart names the one it drew."""
+
+    def __init__(self, page: Page) -> None:
+        self.seen: dict[str, dict[str, Any]] = {}
+        page.on("response", self._record)
+
+    async def _record(self, response: Response) -> None:
+        if "/scheduled-tasks-summary" in response.url and response.ok:
+            body = await response.json()
+            self.seen[body["generated_at"]] = body
+
+    async def drawn(self, page: Page) -> dict[str, Any]:
+        """Checks each series has a point per bucket of the forecast drawn, at heights proportional to the bucket's
+        value (the scale's top is the chart's business), and returns that forecast."""
+        # A function, not a bare expression: Playwright would eval the string, which the page's CSP refuses.
+        await page.wait_for_function("() => document.querySelector('#capacity-chart').dataset.generatedAt")
+        shown = await page.evaluate(SNAPSHOT)
+        for _ in range(50):  # the response event may trail the drawing by a moment
+            if shown["generated_at"] in self.seen:
+                break
+            await page.wait_for_timeout(50)
+        summary = self.seen[shown["generated_at"]]
+        baseline = float(shown["baseline"])
+        for series, key in (("compute", "required_ms"), ("instances", "required_instances")):
+            points = [tuple(map(float, p.split(","))) for p in shown[series].split()]
+            values = [float(b[key]) for b in summary["buckets"]]
+            assert len(points) == len(values) > 0
+            xs = [x for x, _ in points]
+            assert xs == sorted(xs) and len(set(xs)) == len(xs)
+            heights = [baseline - y for _, y in points]
+            top, tallest = max(values), max(heights)
+            assert top > 0 and tallest > 0, f"{series} is flat"
+            for value, height in zip(values, heights, strict=True):
+                assert height / tallest == pytest.approx(value / top, abs=0.01)
+        return summary
+
+
+async def test_the_dashboard_creates_shows_edits_and_deactivates_a_cron_task(
+    browser: Browser, settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    api_settings = settings.model_copy(update={"jwt_secret": SECRET})
+    soon = (datetime.now(UTC) + timedelta(minutes=20)).replace(second=0, microsecond=0)
+    await once_runs(db, "soon", soon, 3, 4000)  # one bucket: 12,000 ms, so ceil(12000 / 9000) = 2 instances
+    yearly = Schedule(kind="cron", cron="0 0 1 1 *")  # nothing in the next three hours (bar New Year's Eve)
+    await create_tasks(db, [TaskCreate(name=f"bulk-{i:02}", type="noop", schedule=yearly) for i in range(20)])
+    page = await browser.new_page(viewport={"width": 1366, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    forecasts = Forecasts(page)
+    try:
+        async with served_api(api_settings) as (base, _), httpx.AsyncClient(base_url=base, headers=bearer()) as api:
+            await exercise(page, forecasts, base, api, db)
+    except BaseException:
+        await page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
+        print(f"screenshot: {tmp_path / 'dashboard.png'}; page errors: {errors}")
+        raise
+    assert errors == []
+    assert await page.evaluate("window.__pwned") is None
+
+
+async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.AsyncClient, db: asyncpg.Connection) -> None:
+    # --- The token: asked for at once; a bad one is refused with the reason and asked for again.
+    await page.goto(f"{base}/?poll=1")
+    dialog = page.get_by_role("dialog", name="API token")
+    await expect(dialog).to_be_visible()
+    await page.get_by_label("Token", exact=True).fill("not-a-token")
+    await page.get_by_role("button", name="Use this token").click()
+    await expect(page.locator("#token-reason")).to_contain_text("The API refused the token: invalid token")
+    await expect(dialog).to_be_visible()
+    token = api.headers["Authorization"].removeprefix("Bearer ")
+    await page.get_by_label("Token", exact=True).fill(token)
+    await page.get_by_role("button", name="Use this token").click()
+    await expect(dialog).to_be_hidden()
+    assert await page.evaluate("localStorage.getItem('taskmill.token')") == token
+
+    # --- The grid: 23 tasks, 20 a page; sorted by a column header either way; filtered by name prefix.
+    rows = page.locator("#task-grid tbody tr")
+    names = page.locator("#task-grid tbody th")
+    await expect(rows).to_have_count(20)
+    await expect(page.locator("#tasks-page")).to_have_text("Page 1")
+    await page.get_by_role("button", name="Next page").click()
+    await expect(names).to_have_text(["bulk-17", "bulk-18", "bulk-19"])  # by id: the three "soon" ones came first
+    await expect(page.get_by_role("button", name="Next page")).to_be_disabled()
+    await page.get_by_role("button", name="Previous page").click()
+    await expect(rows).to_have_count(20)
+    await expect(names.first).to_have_text("soon-0")
+    name_header = page.locator("#task-grid th[data-sort=name]")
+    await name_header.get_by_role("button").click()
+    await expect(name_header).to_have_attribute("aria-sort", "ascending")
+    await expect(names.first).to_have_text("bulk-00")
+    await name_header.get_by_role("button").click()
+    await expect(name_header).to_have_attribute("aria-sort", "descending")
+    await expect(names.first).to_have_text("soon-2")
+    await page.get_by_label("Name starts with").fill("soon-1")
+    await expect(names).to_have_text(["soon-1"])
+    await page.get_by_label("Name starts with").fill("")
+    await page.locator("#task-grid th[data-sort=id]").get_by_role("button").click()
+    await expect(names.first).to_have_text("soon-0")
+
+    # --- The forecast: the runs inserted above, drawn.
+    summary = await forecasts.drawn(page)
+    assert summary["peak_instances"] >= 2 and summary["total_runs"] >= 3
+    assert max(b["required_ms"] for b in summary["buckets"]) >= 12_000
+    await expect(page.locator("#capacity-summary")).to_contain_text(f"{summary['total_runs']} runs scheduled")
+    await expect(page.locator("#capacity-chart .axis.left .axis-title")).to_have_text("Compute (ms per 60 s)")
+    await expect(page.locator("#capacity-chart .axis.right .axis-title")).to_have_text("Instances")
+
+    # --- Create a cron task through the form: the preview follows the typing; a bad field is named beside it.
+    await page.get_by_role("button", name="New task").click()
+    form = page.get_by_role("dialog", name="New task")
+    await expect(form).to_be_visible()
+    await form.get_by_label("Name").fill(NAME)
+    await form.get_by_label("Type", exact=True).select_option("noop")
+    await form.get_by_label("Cron", exact=True).check()
+    await form.get_by_label("Cron expression").fill("61 * * * *")
+    await expect(page.locator("#e-cron")).to_contain_text("61 is out of range")
+    await expect(form.get_by_label("Cron expression")).to_have_attribute("aria-invalid", "true")
+    await form.get_by_label("Cron expression").fill("0 2 * * *")
+    await form.get_by_label("Time zone").fill("Europe/Paris")
+    await expect(page.locator("#preview-description")).to_have_text("At 02:00 AM (Europe/Paris time)")
+    await expect(page.locator("#e-cron")).to_be_empty()
+    await expect(page.locator("#preview-runs li")).to_have_count(5)
+    await expect(page.locator("#preview-runs li").first).to_contain_text("Europe/Paris")
+    await form.get_by_label("Timeout (seconds, at most 30)").fill("99")  # the server says no, beside the field
+    await form.get_by_role("button", name="Create task").click()
+    await expect(page.locator("#e-timeout_seconds")).to_contain_text("less than or equal to 30")
+    await expect(form).to_be_visible()
+    await form.get_by_label("Timeout (seconds, at most 30)").fill("10")
+    await form.get_by_label("Retries").fill("2")
+    await form.get_by_role("button", name="Create task").click()
+    await expect(form).to_be_hidden()
+
+    # --- In the grid, as text.
+    row = page.locator("#task-grid tbody tr", has=page.get_by_role("rowheader", name=NAME, exact=True))
+    await expect(row).to_have_count(1)
+    await expect(names.first).to_have_text(NAME)  # newest first: a task just created is on top
+    await expect(page.locator("#task-grid th[data-sort=id]")).to_have_attribute("aria-sort", "descending")
+    await expect(row.locator("td.schedule")).to_have_text("cron 0 2 * * * (Europe/Paris)")
+    assert await row.locator("img").count() == 0
+    created = (await api.get("/tasks", params={"name_prefix": "<img"})).json()["items"]
+    assert len(created) == 1
+    task = created[0]
+    assert (task["name"], task["type"], task["max_retries"], task["timeout_seconds"]) == (NAME, "noop", 2, 10.0)
+    assert task["schedule"] | {"at": None} == {
+        "kind": "cron",
+        "cron": "0 2 * * *",
+        "timezone": "Europe/Paris",
+        "every_seconds": None,
+        "at": None,
+    }
+
+    # --- Live: more runs ahead show on the next poll, with no reload.
+    later = (datetime.now(UTC) + timedelta(minutes=100)).replace(second=0, microsecond=0)
+    await once_runs(db, "later", later, 2, 9000)
+    wanted = summary["total_runs"] + 2
+    await page.wait_for_function(
+        "n => parseInt(document.querySelector('#capacity-summary').textContent) >= n", arg=wanted, timeout=15_000
+    )
+    newer = await forecasts.drawn(page)
+    assert newer["total_runs"] >= wanted
+    assert max(b["required_ms"] for b in newer["buckets"]) >= 18_000
+
+    # --- Edit: the form comes back filled in; the preview and the grid follow the change.
+    await row.get_by_role("button", name=f"Edit {NAME}").click()
+    edit = page.get_by_role("dialog", name=f"Edit {NAME}")
+    await expect(edit).to_be_visible()
+    await expect(edit.get_by_label("Cron expression")).to_have_value("0 2 * * *")
+    await expect(edit.get_by_label("Time zone")).to_have_value("Europe/Paris")
+    await expect(edit.get_by_label("Timeout (seconds, at most 30)")).to_have_value("10")
+    await edit.get_by_label("Cron expression").fill("30 3 * * 1-5")
+    await expect(page.locator("#preview-description")).to_have_text(
+        "At 03:30 AM, Monday through Friday (Europe/Paris time)"
+    )
+    await edit.get_by_role("button", name="Save changes").click()
+    await expect(edit).to_be_hidden()
+    await expect(row.locator("td.schedule")).to_have_text("cron 30 3 * * 1-5 (Europe/Paris)")
+    edited = (await api.get(f"/tasks/{task['id']}")).json()
+    assert edited["schedule"]["cron"] == "30 3 * * 1-5"
+    assert (edited["name"], edited["max_retries"], edited["timeout_seconds"], edited["active"]) == (NAME, 2, 10.0, True)
+
+    # --- Deactivate with the row's switch: the grid and the API agree.
+    switch = row.get_by_role("switch", name=f"Active: {NAME}")
+    await expect(switch).to_be_checked()
+    await switch.click()
+    await expect(row.get_by_role("switch", name=f"Active: {NAME}")).not_to_be_checked()
+    await expect(row.locator("td.active")).to_have_text("inactive")
+    assert (await api.get(f"/tasks/{task['id']}")).json()["active"] is False
+    await page.get_by_label("State").select_option("false")
+    await expect(page.locator("#task-grid tbody tr")).to_have_count(1)
+    await expect(page.get_by_role("rowheader", name=NAME, exact=True)).to_be_visible()
+
+    # --- A run's logs: attempts with their output and status changes, output shown as text.
+    run_id = await finished_run(db, task["id"])
+    await page.get_by_label("Status", exact=True).select_option("failed")
+    await page.get_by_role("button", name=f"Logs of run {run_id}").click()
+    logs = page.get_by_role("dialog", name=re.compile(f"Run #{run_id}"))
+    await expect(logs).to_be_visible()
+    await expect(logs.locator(".attempt")).to_have_count(1)
+    await expect(logs.locator(".facts").first).to_contain_text(f"{NAME} (#{task['id']})")
+    await expect(logs).not_to_contain_text("null")
+    await expect(logs.locator(".attempt .log pre").nth(0)).to_have_text("exit code 3")
+    await expect(logs.locator(".attempt .log pre").nth(1)).to_have_text("<script>window.__pwned=1</script>")
+    await expect(logs.locator(".attempt .log pre").nth(2)).to_have_text("oops")
+    await expect(logs.locator("table tbody tr")).to_have_count(3)  # scheduled, running, failed
+    await logs.get_by_role("button", name="Close").click()
+    await expect(logs).to_be_hidden()
+
+
+async def finished_run(db: asyncpg.Connection, task_id: int) -> int:
+    """A run of the task that ran and failed a minute ago, its output holding markup."""
+    run_id: int = await db.fetchval(
+        "INSERT INTO task_schedule (task_id, scheduled_time) VALUES ($1, now() - interval '1 minute') RETURNING id",
+        task_id,
+    )
+    await db.execute(
+        "UPDATE task_schedule SET status = 'running', attempt = 1, started_at = now() WHERE id = $1", run_id
+    )
+    await db.execute(
+        "UPDATE task_schedule SET status = 'failed', finished_at = now(), error = 'exit code 3' WHERE id = $1", run_id
+    )
+    result = {"exit_code": 3, "stdout": "<script>window.__pwned=1</script>", "stderr": "oops"}
+    await db.execute(
+        """INSERT INTO task_results (run_id, attempt, status, started_at, finished_at, duration_ms, worker, result,
+                                     error)
+           VALUES ($1, 1, 'failed', now(), now(), 12.5, 'w1', $2::jsonb, 'exit code 3')""",
+        run_id,
+        result,
+    )
+    return run_id
