@@ -3,15 +3,23 @@ audience checked when configured; scopes from the standard space-separated `scop
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import jwt
 from fastapi import HTTPException, Request
+from jwt.algorithms import RSAAlgorithm
 
 from taskmill.settings import ConfigError, Settings
 
 READ, WRITE, ADMIN = "tasks:read", "tasks:write", "admin"
+
+# Far above any real token (an RS256 token with a dozen claims is under 1 KB); a longer one is refused unread.
+MAX_TOKEN_CHARS = 8192
+# The subject is stored as the creator of what the token creates: text PostgreSQL holds, of a sane length.
+MAX_SUBJECT_CHARS = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +31,11 @@ class Principal:
 class Authenticator:
     def __init__(self, settings: Settings) -> None:
         if settings.jwt_public_key:
+            try:
+                RSAAlgorithm(RSAAlgorithm.SHA256).prepare_key(settings.jwt_public_key)
+            except (jwt.InvalidKeyError, ValueError, TypeError):
+                # Else every request would be refused as if its token were bad.
+                raise ConfigError("JWT_PUBLIC_KEY is not an RSA public key in PEM form") from None
             self._key, self._algorithm = settings.jwt_public_key, "RS256"
         elif settings.jwt_secret:
             self._key, self._algorithm = settings.jwt_secret, "HS256"
@@ -32,6 +45,8 @@ class Authenticator:
         self._audience = settings.jwt_audience or None
 
     def verify(self, token: str) -> Principal:
+        if len(token) > MAX_TOKEN_CHARS:
+            raise _unauthorized(f"invalid token: longer than {MAX_TOKEN_CHARS} characters")
         try:
             # Only the configured algorithm: a token signed `none`, or HS256 with an RS256 public key, is refused.
             claims = jwt.decode(
@@ -42,16 +57,42 @@ class Authenticator:
                 audience=self._audience,
                 options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
             )
+        except jwt.InvalidAlgorithmError:
+            alg = jwt.get_unverified_header(token).get("alg")
+            raise _unauthorized(
+                f"invalid token: signed with {alg!r}; this API accepts {self._algorithm} only"
+            ) from None
         except jwt.PyJWTError as exc:
             raise _unauthorized(f"invalid token: {exc}") from None
-        scope = claims.get("scope", "")
-        if not isinstance(scope, str) or not isinstance(claims["sub"], str):
-            raise _unauthorized("invalid token: `sub` and `scope` are strings")
-        return Principal(claims["sub"], frozenset(scope.split()))
+        subject, scope = claims["sub"], claims.get("scope", "")
+        if not isinstance(scope, str):
+            raise _unauthorized("invalid token: `scope` is a string of space-separated scopes")
+        if problem := _subject_problem(subject):
+            raise _unauthorized(f"invalid token: `sub` {problem}")
+        return Principal(subject, frozenset(scope.split()))
 
 
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+def _subject_problem(subject: object) -> str | None:
+    if not isinstance(subject, str):
+        return "is a string"
+    if not 0 < len(subject) <= MAX_SUBJECT_CHARS:
+        return f"has 1 to {MAX_SUBJECT_CHARS} characters"
+    if _CONTROL.search(subject):
+        return "cannot hold control characters"
+    try:
+        subject.encode()
+    except UnicodeEncodeError:
+        return "cannot hold an unpaired surrogate"
+    return None
+
+
+# RFC 6750: no error code when no token came; invalid_token or insufficient_scope otherwise.
+_CHALLENGE = 'Bearer realm="taskmill"'
+
+
+def _unauthorized(detail: str, *, token_given: bool = True) -> HTTPException:
+    challenge = f'{_CHALLENGE}, error="invalid_token"' if token_given else _CHALLENGE
+    return HTTPException(401, detail, headers={"WWW-Authenticate": challenge})
 
 
 def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
@@ -60,12 +101,13 @@ def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
     async def dependency(request: Request) -> Principal:
         header = request.headers.get("authorization", "")
         kind, _, token = header.partition(" ")
-        if kind.lower() != "bearer" or not token:
-            raise _unauthorized("a bearer token is required")
+        if kind.lower() != "bearer" or not token.strip():
+            raise _unauthorized("a bearer token is required", token_given=False)
         principal = request.app.state.auth.verify(token.strip())
         assert isinstance(principal, Principal)
         if scope not in principal.scopes and ADMIN not in principal.scopes:
-            raise HTTPException(403, f"the token lacks the scope {scope!r}")
+            challenge = f'{_CHALLENGE}, error="insufficient_scope", scope="{scope}"'
+            raise HTTPException(403, f"the token lacks the scope {scope!r}", headers={"WWW-Authenticate": challenge})
         return principal
 
     return dependency

@@ -41,7 +41,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        response = problem(exc.status_code, _TITLES.get(exc.status_code, "Error"), str(exc.detail))
+        detail = _unreadable_body(exc.__cause__) if exc.status_code == 400 else None
+        response = problem(exc.status_code, _TITLES.get(exc.status_code, "Error"), detail or str(exc.detail))
         for name, value in (exc.headers or {}).items():
             response.headers[name] = value
         return response
@@ -59,6 +60,15 @@ def install(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(500, "Internal error", "the server failed to answer; the error is logged")
+
+
+def _unreadable_body(cause: BaseException | None) -> str | None:
+    """Why FastAPI's "There was an error parsing the body" happened, for the JSON the parser gives up on."""
+    if isinstance(cause, RecursionError):
+        return "the JSON body is nested too deeply to be read"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "the JSON body holds a number of more than 4300 digits"
+    return None
 
 
 _TITLES = {

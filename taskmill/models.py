@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -25,10 +27,46 @@ from taskmill.tasktypes import BUILTIN
 MAX_TIMEOUT_S = 30.0
 
 
+def _in_range(value: datetime) -> datetime:
+    # An offset can carry a wall time of year 9999 past the end of the calendar in UTC, where it cannot be stored.
+    try:
+        value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("is out of range: in UTC it falls outside the years 1 to 9999") from None
+    return value
+
+
+# A point in time the database can hold (a request's datetime fields and query parameters).
+Instant = Annotated[datetime, AfterValidator(_in_range)]
+
+
+def json_fault(value: Any, path: str = "") -> str | None:
+    """Why PostgreSQL's jsonb would refuse `value` (NUL, an unpaired surrogate, NaN or Infinity), or None."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return f"{path or '(value)'}: a string cannot contain NUL (\\u0000)"
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return f"{path or '(value)'}: a string cannot contain an unpaired surrogate"
+    elif isinstance(value, float) and not math.isfinite(value):
+        return f"{path or '(value)'}: NaN and Infinity are not JSON numbers"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if fault := json_fault(key, where + " (key)") or json_fault(item, where):
+                return fault
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if fault := json_fault(item, f"{path}[{i}]"):
+                return fault
+    return None
+
+
 class Schedule(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kind: ScheduleKind = ScheduleKind.IMMEDIATE
-    at: datetime | None = None
+    at: Instant | None = None
     cron: str | None = Field(None, max_length=256)
     every_seconds: int | None = Field(None, ge=1, le=366 * 86400)
     timezone: str = Field("UTC", max_length=64)
@@ -108,6 +146,13 @@ class TaskCreate(BaseModel):
     def _known_type(cls, value: str) -> str:
         if value not in BUILTIN:
             raise ValueError(f"unknown task type {value!r}; known: {', '.join(sorted(BUILTIN))}")
+        return value
+
+    @field_validator("payload")
+    @classmethod
+    def _storable_payload(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if fault := json_fault(value):
+            raise ValueError(f"cannot be stored: {fault}")
         return value
 
     @field_validator("payload")

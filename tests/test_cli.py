@@ -39,8 +39,11 @@ def test_an_unknown_command_is_refused_with_usage() -> None:
 async def test_migrate_creates_the_database_and_is_idempotent() -> None:
     name = f"tmtest_migrate_{uuid.uuid4().hex[:8]}"
     try:
-        assert await migrate(_dsn(name)) == ["0001_schema.sql", "0002_task_secrets.sql"]
-        assert [file for file, _ in migration_files()] == ["0001_schema.sql", "0002_task_secrets.sql"]
+        files = [file for file, _ in migration_files()]
+        # Numbered from 0001 without a gap, applied in that order.
+        assert [int(file[:4]) for file in files] == list(range(1, len(files) + 1))
+        assert files[:2] == ["0001_schema.sql", "0002_task_secrets.sql"]
+        assert await migrate(_dsn(name)) == files
         assert await migrate(_dsn(name)) == []
         conn = await asyncpg.connect(_dsn(name))
         try:

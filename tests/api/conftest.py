@@ -23,7 +23,14 @@ def api_settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def client(api_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(api_settings)
+    async with app_client(api_settings) as c:
+        yield c
+
+
+@asynccontextmanager
+async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The API in this process (ASGI, no socket) with its lifespan open: also for module-scoped fixtures."""
+    app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://taskmill.test") as c:
