@@ -13,12 +13,15 @@ JsonObject = dict[str, Any]
 
 
 class TaskFailed(Exception):
-    """The task ran and did not succeed; `result` keeps what it produced (exit code, output, status)."""
+    """The task ran and did not succeed; `result` keeps what it produced (exit code, output, status).
 
-    def __init__(self, reason: str, result: JsonObject | None = None) -> None:
+    `permanent`: another attempt cannot do better (a refused host), so no retry is scheduled."""
+
+    def __init__(self, reason: str, result: JsonObject | None = None, *, permanent: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.result = result
+        self.permanent = permanent
 
 
 @dataclass(slots=True)
@@ -30,6 +33,8 @@ class RunContext:
     output_cap: int
     http: httpx.AsyncClient
     secrets: dict[str, str] = field(default_factory=dict)
+    # Bytes of an http response read at most; the rest is never read (the connection is closed).
+    max_response_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,8 @@
-"""`command`: runs an executable (argv, no shell) in its own process group, output captured up to a cap."""
+"""`command`: runs an executable (argv, no shell) in its own process group, output captured up to a cap.
+
+Optional `limits` are set with setrlimit in the child before exec, so they bind the command and whatever it starts
+(each process on its own: RLIMIT_CPU and RLIMIT_AS count per process).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,11 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import re
+import resource
 import shutil
 import signal
+from functools import partial
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -16,8 +23,39 @@ from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskType
 _PR_SET_PDEATHSIG = 1
 # How long output may keep flowing after the command exits, from processes it left behind.
 _DRAIN_S = 0.5
+# A command times out this much before its run does (at most a tenth of the timeout), so that its output so far
+# is recorded with the timeout instead of lost with the run's cancellation.
+_REPORT_S = 0.05
 # What a command inherits from the processor; everything else it gets from its payload's env.
 _INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+
+
+class CommandLimits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Address space (RLIMIT_AS): an allocation past it fails. Below 16 MB not even the guard shell starts.
+    memory_mb: int | None = Field(None, ge=16, le=1024 * 1024)
+    # CPU time (RLIMIT_CPU): SIGXCPU at the limit, SIGKILL one second later if that is ignored.
+    cpu_seconds: int | None = Field(None, ge=1, le=86_400)
+    # Largest file it may write (RLIMIT_FSIZE): SIGXFSZ past it. 0 forbids writing to files at all.
+    file_mb: int | None = Field(None, ge=0, le=1024 * 1024)
+
+    def rlimits(self) -> list[tuple[int, int, int]]:
+        """(resource, soft, hard) for each limit set, never above the processor's own hard limit (which the child
+        could not raise: setrlimit would fail in the child, with no clear reason)."""
+        mb = 1024 * 1024
+        wanted = [
+            (resource.RLIMIT_AS, None if self.memory_mb is None else self.memory_mb * mb, 0),
+            (resource.RLIMIT_CPU, self.cpu_seconds, 1),
+            (resource.RLIMIT_FSIZE, None if self.file_mb is None else self.file_mb * mb, 0),
+        ]
+        out = []
+        for which, soft, slack in wanted:
+            if soft is None:
+                continue
+            _, ceiling = resource.getrlimit(which)
+            hard = soft + slack if ceiling == resource.RLIM_INFINITY else min(soft + slack, ceiling)
+            out.append((which, min(soft, hard), hard))
+        return out
 
 
 class CommandPayload(BaseModel):
@@ -26,6 +64,7 @@ class CommandPayload(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
     expected_exit_codes: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    limits: CommandLimits | None = None
 
 
 # The command runs under a small shell that leads its process group. When the processor dies, even by SIGKILL,
@@ -34,9 +73,42 @@ class CommandPayload(BaseModel):
 _GUARD = 'trap "kill -KILL 0" TERM HUP; "$@" & wait $!'
 
 
-def _die_with_parent() -> None:
+def _prepare_child(rlimits: list[tuple[int, int, int]]) -> None:
+    """In the child, before exec: die with the processor, then take the task's limits."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    for which, soft, hard in rlimits:
+        resource.setrlimit(which, (soft, hard))
+
+
+# What a limit's breach looks like: a signal named for it, or (memory) an allocation failure the program reports.
+_LIMIT_SIGNALS = {signal.SIGXCPU: "cpu_seconds", signal.SIGXFSZ: "file_mb"}
+_OUT_OF_MEMORY = re.compile(r"MemoryError|Cannot allocate memory|out of memory|bad_alloc|memory exhausted", re.I)
+
+
+def failure_reason(code: int, stderr: str, limits: CommandLimits | None) -> str:
+    """Why a command failed, in words: the exit code, or the signal that killed it and the limit behind it.
+
+    The guard shell reports a command killed by signal N as exit code 128 + N, as every shell does.
+    """
+    try:
+        sig = signal.Signals(-code if code < 0 else code - 128)
+    except ValueError:
+        reason = f"exit code {code}"
+        if limits and limits.memory_mb is not None and _OUT_OF_MEMORY.search(stderr):
+            reason += f": out of memory under the memory_mb limit {limits.memory_mb}"
+        return reason
+    reason = f"killed by {sig.name}"
+    if limits is None:
+        return reason
+    which = _LIMIT_SIGNALS.get(sig)
+    if which and (value := getattr(limits, which)) is not None:
+        return f"{reason}: {which} limit {value} reached"
+    if sig is signal.SIGKILL and limits.cpu_seconds is not None:
+        return f"{reason}: SIGXCPU ignored past the cpu_seconds limit {limits.cpu_seconds}, or killed from outside"
+    if sig in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS) and limits.memory_mb is not None:
+        return f"{reason}: likely out of memory under the memory_mb limit {limits.memory_mb}"
+    return reason
 
 
 def _check_executable(program: str, env: dict[str, str], cwd: str | None) -> None:
@@ -70,6 +142,7 @@ async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
     env = {k: v for k in _INHERITED_ENV if (v := os.environ.get(k)) is not None}
     env.update(payload.env)
     env.update(ctx.secrets)
+    env["TASKMILL_RUN_ID"] = str(ctx.run_id)  # documented: the run's id, its idempotency key as for http tasks
     _check_executable(payload.argv[0], env, payload.cwd)
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -84,14 +157,22 @@ async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
             cwd=payload.cwd,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=partial(_prepare_child, payload.limits.rlimits() if payload.limits else []),
         )
     except OSError as exc:
         raise TaskFailed(f"cannot start {payload.argv[0]!r}: {exc.strerror or exc}") from exc
     assert proc.stdout is not None and proc.stderr is not None
     readers = asyncio.gather(_read_capped(proc.stdout, ctx.output_cap), _read_capped(proc.stderr, ctx.output_cap))
+    timed_out = False
     try:
-        code = await proc.wait()
+        try:
+            async with asyncio.timeout(ctx.timeout_s - min(_REPORT_S, ctx.timeout_s / 10)):
+                code = await proc.wait()
+        except TimeoutError:
+            # Our own deadline, just ahead of the run's: the group goes, and what it printed is kept.
+            timed_out = True
+            _kill_group(proc.pid)
+            code = await proc.wait()
         try:
             async with asyncio.timeout(_DRAIN_S):
                 (out, out_total), (err, err_total) = await asyncio.shield(readers)
@@ -120,8 +201,10 @@ async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
         "stderr_bytes": err_total,
         "truncated": out_total > ctx.output_cap or err_total > ctx.output_cap,
     }
+    if timed_out:
+        raise TaskFailed(f"timed out after {ctx.timeout_s:g} s", result)
     if code not in payload.expected_exit_codes:
-        raise TaskFailed(f"exit code {code}", result)
+        raise TaskFailed(failure_reason(code, stderr, payload.limits), result)
     return result
 
 

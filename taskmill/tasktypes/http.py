@@ -1,14 +1,20 @@
-"""`http`: one HTTP request; the run succeeds when the status is one of the expected ones."""
+"""`http`: one HTTP request; the run succeeds when the status is one of the expected ones.
+
+The response is streamed: the result keeps its first `output_cap` bytes, and reading stops at
+`max_response_bytes`, so a huge or endless body costs neither memory nor more than the run's timeout.
+"""
 
 from __future__ import annotations
 
 import re
 from typing import Any, Literal
 
+import httpcore
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskType, cap_text
+from taskmill.tasktypes.hostguard import GuardedBackend, HostGuard, HostRefused
 
 _SECRET_REF = re.compile(r"\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
@@ -29,6 +35,49 @@ class HttpPayload(BaseModel):
         return self
 
 
+class _GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx's own transport over a connection pool whose every connection goes through the host guard.
+
+    httpx has no public way to hand its pool a network backend, so the pool is replaced after construction.
+    """
+
+    def __init__(self, guard: HostGuard) -> None:
+        super().__init__(trust_env=False)
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx's defaults
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=GuardedBackend(guard),
+        )
+
+
+def http_client(allow_hosts: str = "", deny_hosts: str = "") -> httpx.AsyncClient:
+    """The processor's client for http tasks: guarded when an allow or deny list is set (TASKMILL_HTTP_*_HOSTS).
+
+    A guarded client ignores proxy variables from the environment: through a proxy the guard would check the
+    proxy, not the target.
+    """
+    guard = HostGuard.from_lists(allow_hosts, deny_hosts)
+    if not guard:
+        return httpx.AsyncClient(follow_redirects=False)
+    return httpx.AsyncClient(follow_redirects=False, trust_env=False, transport=_GuardedTransport(guard))
+
+
+async def _read_capped(response: httpx.Response, keep: int, limit: int) -> tuple[bytes, int, bool]:
+    """The first `keep` bytes of the (decoded) body, the bytes read, and whether the body ended before `limit`."""
+    kept = bytearray()
+    total = 0
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if len(kept) < keep:
+            kept += chunk[: keep - len(kept)]
+        if total >= limit:
+            return bytes(kept), total, False
+    return bytes(kept), total, True
+
+
 async def run(payload: HttpPayload, ctx: RunContext) -> JsonObject:
     # The run id as idempotency key lets the target drop a repeat of a run it has already served.
     # `{{secrets.NAME}}` in a header value is the task's secret NAME, filled in only here, at run time.
@@ -36,18 +85,28 @@ async def run(payload: HttpPayload, ctx: RunContext) -> JsonObject:
     for name, value in payload.headers.items():
         headers[name] = _SECRET_REF.sub(lambda m: ctx.secrets.get(m.group(1), m.group(0)), value)
     try:
-        response = await ctx.http.request(
+        async with ctx.http.stream(
             payload.method,
             payload.url,
             headers=headers,
             json=payload.json_body,
             content=payload.body,
             timeout=ctx.timeout_s,
-        )
+        ) as response:
+            # Leaving the block unread closes the connection: an endless body is not drained.
+            data, read, complete = await _read_capped(response, ctx.output_cap, ctx.max_response_bytes)
+    except HostRefused as exc:
+        raise TaskFailed(str(exc), permanent=True) from exc
     except httpx.HTTPError as exc:
         raise TaskFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
-    body, truncated = cap_text(response.content, ctx.output_cap)
-    result: JsonObject = {"status": response.status_code, "body": body, "truncated": truncated}
+    body, _ = cap_text(data, ctx.output_cap)
+    result: JsonObject = {
+        "status": response.status_code,
+        "body": body,
+        "body_bytes": read,
+        "complete": complete,
+        "truncated": not complete or read > len(data),
+    }
     if response.status_code not in payload.expected_statuses:
         raise TaskFailed(f"unexpected HTTP status {response.status_code}", result)
     return result

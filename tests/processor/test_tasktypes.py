@@ -129,7 +129,13 @@ async def test_http_succeeds_on_200_with_status_and_body_in_the_result(
     task = await new_task(db, "hook", "http", {"url": target.url})
     await run_pipeline(settings, db, {"succeeded": 1})
     row = await only_result(db, task.id)
-    assert row["result"] == {"status": 200, "body": "hello from the target", "truncated": False}
+    assert row["result"] == {
+        "status": 200,
+        "body": "hello from the target",
+        "body_bytes": 21,
+        "complete": True,
+        "truncated": False,
+    }
     assert [r["request"] for r in target.requests] == ["GET /hook HTTP/1.1"]
 
 
@@ -152,7 +158,7 @@ async def test_http_fails_on_500_and_keeps_the_status(
     await run_pipeline(settings, db, {"failed": 1})
     row = await only_result(db, task.id)
     assert row["error"] == "unexpected HTTP status 500"
-    assert row["result"] == {"status": 500, "body": "boom", "truncated": False}
+    assert row["result"] == {"status": 500, "body": "boom", "body_bytes": 4, "complete": True, "truncated": False}
 
 
 async def test_http_fails_cleanly_when_the_connection_is_refused(

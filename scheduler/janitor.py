@@ -1,0 +1,79 @@
+"""The janitor: purges terminal runs, results and audit rows older than the retention (R2), a batch at a time.
+
+It runs in every scheduler replica; the purge statements skip rows another janitor holds, so replicas share the
+work with no leader (see taskmill/store/retention.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from taskmill.db import CONNECTION_ERRORS, Connection
+from taskmill.loops import wait_or_stop
+from taskmill.settings import Settings
+from taskmill.store.retention import Purged, purge_audit, purge_results, purge_runs
+
+log = logging.getLogger(__name__)
+
+Step = Callable[[Connection, int, int], Awaitable[Purged]]
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeReport:
+    """What one pass of the janitor deleted, and in how many statements."""
+
+    runs: int = 0
+    results: int = 0
+    audit: int = 0
+    batches: int = 0
+
+    def plus(self, purged: Purged) -> PurgeReport:
+        return PurgeReport(
+            self.runs + purged.runs, self.results + purged.results, self.audit + purged.audit, self.batches + 1
+        )
+
+
+async def purge(pool: asyncpg.Pool, days: int, batch: int, stop: asyncio.Event | None = None) -> PurgeReport:
+    """Purges everything older than `days`, kind by kind, one batch per statement (each its own transaction),
+    until a batch comes back short: then nothing is left that another janitor is not already deleting."""
+    done = PurgeReport()
+    steps: list[tuple[Step, Callable[[Purged], int]]] = [
+        (purge_runs, lambda p: p.runs),  # first: its results and audit rows go with it
+        (purge_results, lambda p: p.results),
+        (purge_audit, lambda p: p.audit),
+    ]
+    for step, counted in steps:
+        while stop is None or not stop.is_set():
+            async with pool.acquire() as conn:
+                purged = await step(conn, days, batch)
+            done = done.plus(purged)
+            if counted(purged) < batch:
+                break
+    return done
+
+
+async def janitor_loop(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event) -> None:
+    """A pass every `retention_interval_s` until `stop`; a failed pass is logged and tried again next time."""
+    while not stop.is_set():
+        try:
+            done = await purge(pool, settings.retention_days, settings.retention_batch, stop)
+        except CONNECTION_ERRORS as exc:
+            log.warning("retention purge failed, will retry: %s", exc, extra={"action": "purge"})
+        else:
+            if done.runs or done.results or done.audit:
+                log.info(
+                    "purged %d runs, %d results, %d audit rows older than %d days in %d batches",
+                    done.runs,
+                    done.results,
+                    done.audit,
+                    settings.retention_days,
+                    done.batches,
+                    extra={"action": "purge"},
+                )
+        if await wait_or_stop(stop, settings.retention_interval_s):
+            return

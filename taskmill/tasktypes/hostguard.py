@@ -1,0 +1,200 @@
+"""Which hosts http tasks may call: optional allow and deny lists of names, `*.domain` wildcards and CIDR blocks.
+
+The check happens where the connection is made (a network backend under httpx), not on the URL alone: a name is
+resolved once, every address it resolves to is checked, and the connection goes to a checked address. So a name
+that resolves to a denied address is refused, and DNS cannot answer differently between the check and the connect.
+
+- deny wins: a host is refused when its name matches a deny entry or any of its addresses is in a denied block;
+- with an allow list, a host must match it: by name, or with every address in an allowed block;
+- no lists (the default): everything is allowed and nothing extra is resolved (calling internal services is the
+  point of http tasks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Annotated
+
+import httpcore
+from pydantic import AfterValidator
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class HostRefused(Exception):
+    """The host guard refused a connection; the message says which host, which address and which rule."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostRules:
+    """One list (allow or deny): exact names, `*.domain` suffixes (subdomains only) and address blocks."""
+
+    setting: str
+    names: frozenset[str] = frozenset()
+    suffixes: tuple[str, ...] = ()
+    networks: tuple[Network, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.names or self.suffixes or self.networks)
+
+    def name_match(self, host: str) -> str | None:
+        """The entry `host` matches by name, or None."""
+        if host in self.names:
+            return host
+        for suffix in self.suffixes:
+            if host.endswith(suffix):
+                return "*" + suffix
+        return None
+
+    def address_match(self, address: Address) -> Network | None:
+        """The block `address` falls in, or None (an IPv4-mapped IPv6 address is checked as its IPv4 address)."""
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        for network in self.networks:
+            if address.version == network.version and address in network:
+                return network
+        return None
+
+
+def _normalize(host: str) -> str:
+    return host.strip().rstrip(".").lower()
+
+
+def parse_rules(setting: str, text: str) -> HostRules:
+    """Parses a comma-separated list; ValueError naming the entry that is neither a name, a wildcard nor a block."""
+    names: set[str] = set()
+    suffixes: list[str] = []
+    networks: list[Network] = []
+    for raw in text.split(","):
+        entry = _normalize(raw)
+        if not entry:
+            continue
+        if entry.startswith("*."):
+            if not _is_hostname(entry[2:]):
+                raise ValueError(f"{raw.strip()!r} is not a valid wildcard (use *.example.com)")
+            suffixes.append(entry[1:])
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+            continue
+        except ValueError:
+            pass
+        if "/" in entry or not _is_hostname(entry):
+            raise ValueError(f"{raw.strip()!r} is neither a host name, a *.domain wildcard nor an address block")
+        names.add(entry)
+    return HostRules(setting, frozenset(names), tuple(suffixes), tuple(networks))
+
+
+def _is_hostname(name: str) -> bool:
+    labels = name.split(".")
+    return len(name) <= 253 and all(
+        0 < len(label) <= 63 and label.replace("-", "").replace("_", "").isalnum() and label.isascii()
+        for label in labels
+    )
+
+
+def _check_list(value: str) -> str:
+    parse_rules("", value)
+    return value
+
+
+# A settings field holding such a list: a bad entry stops the process with one line naming it.
+HostList = Annotated[str, AfterValidator(_check_list)]
+
+
+@dataclass(frozen=True, slots=True)
+class HostGuard:
+    allow: HostRules
+    deny: HostRules
+
+    @classmethod
+    def from_lists(cls, allow: str, deny: str) -> HostGuard:
+        return cls(parse_rules("TASKMILL_HTTP_ALLOW_HOSTS", allow), parse_rules("TASKMILL_HTTP_DENY_HOSTS", deny))
+
+    def __bool__(self) -> bool:
+        return bool(self.allow or self.deny)
+
+    def check_name(self, host: str) -> None:
+        """Refuses a host denied by name; the addresses are checked once known (`check_addresses`)."""
+        if entry := self.deny.name_match(host):
+            raise HostRefused(f"host {host} is refused by {self.deny.setting} ({entry})")
+
+    def check_addresses(self, host: str, addresses: Sequence[Address]) -> None:
+        """Refuses when any address is denied, or (with an allow list) when the host is not allowed."""
+        for address in addresses:
+            if block := self.deny.address_match(address):
+                shown = "" if str(address) == host else f" resolves to {address}, which"
+                raise HostRefused(f"host {host}{shown} is refused by {self.deny.setting} ({block})")
+        if not self.allow or self.allow.name_match(host):
+            return
+        outside = [a for a in addresses if self.allow.address_match(a) is None]
+        if outside:
+            shown = "" if str(outside[0]) == host else f" (address {outside[0]})"
+            raise HostRefused(f"host {host}{shown} is not in {self.allow.setting}")
+
+
+def literal_address(host: str) -> Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+async def resolve(host: str, port: int) -> list[Address]:
+    """The addresses of `host`, in the resolver's order (getaddrinfo runs in a thread: the loop never blocks)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    seen: dict[Address, None] = {}
+    for *_, sockaddr in infos:
+        seen[ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])] = None
+    return list(seen)
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend with the guard in front: resolve, check, then connect to a checked address.
+
+    TLS still verifies and sends the URL's host name (httpcore passes it to `start_tls`, not the address).
+    """
+
+    def __init__(self, guard: HostGuard, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self._guard = guard
+        self._inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        name = _normalize(host)
+        self._guard.check_name(name)
+        literal = literal_address(name)
+        try:
+            addresses = [literal] if literal is not None else await resolve(name, port)
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        self._guard.check_addresses(name, addresses)
+        error: Exception = httpcore.ConnectError(f"{host} has no address")
+        for address in addresses:  # the first that answers, like a connect by name would
+            try:
+                return await self._inner.connect_tcp(str(address), port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        raise error
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise HostRefused(f"unix socket {path} is refused: the host guard is on")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)

@@ -1,0 +1,169 @@
+"""The janitor, against back-dated rows: what is older than the retention goes, in batches; nothing else does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from pydantic import ValidationError
+
+import scheduler.service
+from scheduler.janitor import purge
+from taskmill.db import create_pool
+from taskmill.settings import Settings, format_settings_error
+from taskmill.store.retention import purge_runs
+from tests.helpers import new_task, running, wait_until
+
+TERMINAL = ("succeeded", "failed", "dead", "cancelled", "skipped")
+IN_FLIGHT = ("scheduled", "queued", "running", "retrying")
+
+
+async def add_runs(db: asyncpg.Connection, task_id: int, status: str, age_days: float, count: int = 1) -> list[int]:
+    """`count` runs in `status`, scheduled and (when terminal) finished `age_days` ago, each with one result and
+    its audit rows (the insert's, plus one more) back-dated to the same age."""
+    ids: list[int] = [
+        r["id"]
+        for r in await db.fetch(
+            """INSERT INTO task_schedule (task_id, scheduled_time, status, attempt, started_at, finished_at)
+               SELECT $1, now() - make_interval(days => $3) - g * interval '1 ms', $2::run_status, 1,
+                      now() - make_interval(days => $3),
+                      CASE WHEN $2::text = ANY($5::text[]) THEN now() - make_interval(days => $3) END
+               FROM generate_series(1, $4) g
+               RETURNING id""",
+            task_id,
+            status,
+            age_days,
+            count,
+            list(TERMINAL),
+        )
+    ]
+    await db.execute(
+        """INSERT INTO task_results (run_id, attempt, status, finished_at, duration_ms, result)
+           SELECT id, 1, 'failed', now() - make_interval(days => $2), 5, '{"kept": true}'
+           FROM unnest($1::bigint[]) id""",
+        ids,
+        age_days,
+    )
+    await db.execute(
+        """INSERT INTO run_audit (run_id, task_id, from_status, to_status, attempt)
+           SELECT id, $2, 'queued', 'running', 1 FROM unnest($1::bigint[]) id""",
+        ids,
+        task_id,
+    )
+    await db.execute(
+        "UPDATE run_audit SET at = now() - make_interval(days => $2) WHERE run_id = ANY($1::bigint[])", ids, age_days
+    )
+    return ids
+
+
+async def counts(db: asyncpg.Connection, ids: list[int]) -> tuple[int, int, int]:
+    """Runs, results and audit rows left of the runs `ids`."""
+    row = await db.fetchrow(
+        """SELECT (SELECT count(*) FROM task_schedule WHERE id = ANY($1::bigint[])),
+                  (SELECT count(*) FROM task_results WHERE run_id = ANY($1::bigint[])),
+                  (SELECT count(*) FROM run_audit WHERE run_id = ANY($1::bigint[]))""",
+        ids,
+    )
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(settings.database_url, max_size=2)
+    yield p
+    await p.close()
+
+
+async def test_old_terminal_runs_go_with_their_results_and_audit_and_nothing_recent_or_unfinished_does(
+    db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    task = await new_task(db, "history", "noop")
+    created = await db.fetchval("SELECT id FROM task_schedule WHERE task_id = $1", task.id)  # the immediate run
+    old_terminal = {s: await add_runs(db, task.id, s, 91) for s in TERMINAL}
+    recent_terminal = {s: await add_runs(db, task.id, s, 89) for s in TERMINAL}
+    old_in_flight = {s: await add_runs(db, task.id, s, 400) for s in IN_FLIGHT}
+
+    done = await purge(pool, 90, 1000)
+
+    for status, ids in old_terminal.items():
+        assert await counts(db, ids) == (0, 0, 0), status
+    for status, ids in recent_terminal.items():
+        assert await counts(db, ids) == (1, 1, 2), status
+    for status, ids in old_in_flight.items():
+        # The run stays whatever its age; its own rows past the retention (an attempt's result, the audit of its
+        # status changes back then) age out like any other.
+        assert await counts(db, ids) == (1, 0, 0), status
+    assert await counts(db, [created]) == (1, 0, 1)
+    assert (done.runs, done.results, done.audit) == (5, 4, 5 * 2 + 4 * 2)
+    assert await purge(pool, 90, 1000) == type(done)(batches=3)  # nothing left: one short batch per kind
+
+
+async def test_a_purge_larger_than_one_batch_takes_several_statements_of_at_most_a_batch_each(
+    db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    task = await new_task(db, "busy", "noop")
+    ids = await add_runs(db, task.id, "succeeded", 120, count=25)
+
+    async with pool.acquire() as conn:
+        first = await purge_runs(conn, 90, 10)
+    assert (first.runs, first.audit) == (10, 20)
+    assert (await counts(db, ids))[0] == 15
+
+    done = await purge(pool, 90, 10)
+    assert (done.runs, done.audit) == (15, 30)
+    assert done.batches == 2 + 1 + 1  # runs: 10, then 5 (short: done); then one short batch each of the others
+    assert await counts(db, ids) == (0, 0, 0)
+
+
+async def test_two_janitors_at_once_delete_each_row_once_and_neither_fails(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    task = await new_task(db, "crowded", "noop")
+    ids = await add_runs(db, task.id, "succeeded", 200, count=20_000)
+    await db.execute("ANALYZE")
+    pools = [await create_pool(settings.database_url, max_size=1) for _ in range(2)]
+    try:
+        one, two = await asyncio.gather(*(purge(p, 90, 500) for p in pools))
+    finally:
+        await asyncio.gather(*(p.close() for p in pools))
+    assert one.runs + two.runs == 20_000
+    assert one.audit + two.audit == 40_000
+    assert one.runs > 0 and two.runs > 0, (one, two)  # both took a share
+    assert await counts(db, ids) == (0, 0, 0)
+
+
+async def test_the_scheduler_role_runs_the_janitor_beside_materialization(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    task = await new_task(db, "ancient", "noop")
+    old = await add_runs(db, task.id, "succeeded", 95, count=3)
+    kept = await add_runs(db, task.id, "succeeded", 5)
+    short = settings.model_copy(update={"retention_days": 30, "retention_interval_s": 0.2})
+
+    async def purged() -> bool:
+        return await counts(db, old) == (0, 0, 0)
+
+    async with running(scheduler.service.run, short):
+        await wait_until(purged, timeout=10, what="the janitor to purge the old runs")
+        # A run that ages past the retention while the role runs goes on a later pass.
+        await db.execute(
+            "UPDATE task_schedule SET finished_at = finished_at - interval '30 days' WHERE id = ANY($1::bigint[])", kept
+        )
+        await wait_until(lambda: _gone(db, kept), timeout=10, what="the next pass to purge the newly old run")
+
+
+async def _gone(db: asyncpg.Connection, ids: list[int]) -> bool:
+    return (await counts(db, ids))[0] == 0
+
+
+def test_the_retention_is_read_from_the_environment_and_a_bad_one_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKMILL_RETENTION_DAYS", "30")
+    assert Settings().retention_days == 30
+    assert Settings.model_fields["retention_days"].default == 90
+    monkeypatch.setenv("TASKMILL_RETENTION_DAYS", "0")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    assert format_settings_error(caught.value).startswith("bad setting: TASKMILL_RETENTION_DAYS: ")
