@@ -9,9 +9,10 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api import errors
+from api import errors, limits
 from api.auth import Authenticator
-from api.routes import metrics, runs, tasks
+from api.routes import dashboard, metrics, preview, runs, summaries, tasks
+from capacity.plan import History
 from taskmill.broker import connect
 from taskmill.db import create_pool
 from taskmill.settings import Settings
@@ -31,10 +32,15 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="taskmill", lifespan=lifespan)
     app.state.auth = Authenticator(settings)
     app.state.settings = settings
+    app.state.history = History(settings.capacity_history_ttl_s)
     errors.install(app)
+    app.add_middleware(limits.BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(tasks.router)
     app.include_router(runs.router)
     app.include_router(metrics.router)
+    app.include_router(summaries.router)
+    app.include_router(preview.router)
+    dashboard.install(app)
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:

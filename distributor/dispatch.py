@@ -7,6 +7,7 @@ import logging
 import asyncpg
 
 from taskmill.broker import Publisher
+from taskmill.crash import NO_CRASH, Crash, CrashPoint
 from taskmill.store.runs import Outbound, revert_to_scheduled
 
 log = logging.getLogger(__name__)
@@ -16,9 +17,16 @@ REVERT_BACKOFF_S = 2.0
 
 
 async def publish_or_revert(
-    pool: asyncpg.Pool, publisher: Publisher, runs: list[Outbound], backoff_s: float = REVERT_BACKOFF_S
+    pool: asyncpg.Pool,
+    publisher: Publisher,
+    runs: list[Outbound],
+    backoff_s: float = REVERT_BACKOFF_S,
+    crash: Crash = NO_CRASH,
 ) -> None:
+    """Publishes runs already marked queued (the claim committed); reverts those the broker refused."""
+    crash.at(CrashPoint.AFTER_QUEUED)
     confirmed = await publisher.publish_runs(runs)
+    crash.at(CrashPoint.AFTER_PUBLISH)
     failed = [run.run_id for run, ok in zip(runs, confirmed, strict=True) if not ok]
     if failed:
         # If the revert fails too, the rescuer republishes these when their lease runs out.

@@ -11,10 +11,11 @@ import asyncpg
 from distributor.dispatch import publish_or_revert
 from distributor.rescue import rescue
 from taskmill.broker import Publisher, connect
-from taskmill.db import create_pool
-from taskmill.loops import run_loops, wait_or_stop
+from taskmill.crash import Crash
+from taskmill.db import CONNECTION_ERRORS, create_pool
+from taskmill.loops import Backoff, run_loops, wait_or_stop
 from taskmill.settings import Settings
-from taskmill.store.runs import claim_due, next_due_in
+from taskmill.store.runs import Outbound, claim_due, next_due_in
 from taskmill.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ log = logging.getLogger(__name__)
 # Publishing one batch while claiming the next keeps both the database and the broker busy.
 _BATCHES_IN_FLIGHT = 2
 _BUSY_RETRY_S = 0.2
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_DB_ERRORS = CONNECTION_ERRORS
 
 
 async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_idle: bool = False) -> None:
@@ -57,6 +58,8 @@ async def _dispatch_loop(
 ) -> None:
     in_flight: set[asyncio.Task[None]] = set()
     slots = asyncio.Semaphore(_BATCHES_IN_FLIGHT)
+    crash = Crash(settings.crash_at)
+    backoff = Backoff(settings.db_retry_max_s)
     missed = False  # the last claim found nothing although a run was overdue
     try:
         while not stop.is_set():
@@ -66,11 +69,13 @@ async def _dispatch_loop(
                 due_in = None if runs else await next_due_in(pool, settings.dispatch_lead_s)
             except _DB_ERRORS as exc:
                 slots.release()
-                log.warning("claim failed, will retry: %s", exc, extra={"action": "claim"})
-                await wait_or_stop(stop, 1.0)
+                pause = backoff.next()
+                log.warning("claim failed, will retry in %.1f s: %s", pause, exc, extra={"action": "claim"})
+                await wait_or_stop(stop, pause)
                 continue
+            backoff.reset()
             if runs:
-                task = asyncio.create_task(publish_or_revert(pool, publisher, runs))
+                task = asyncio.create_task(_publish(pool, publisher, runs, crash))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
                 task.add_done_callback(lambda _: slots.release())
@@ -95,6 +100,15 @@ async def _dispatch_loop(
     finally:
         if in_flight:
             await asyncio.gather(*in_flight, return_exceptions=True)
+
+
+async def _publish(pool: asyncpg.Pool, publisher: Publisher, runs: list[Outbound], crash: Crash) -> None:
+    try:
+        await publish_or_revert(pool, publisher, runs, crash=crash)
+    except _DB_ERRORS as exc:
+        # The database went away between the claim and the revert: the runs stay queued, and the rescuer
+        # publishes them again when their lease ends.
+        log.warning("could not revert %d runs (the rescuer will): %s", len(runs), exc, extra={"action": "revert"})
 
 
 async def _sleep(wakeup: Wakeup, stop: asyncio.Event, timeout: float) -> None:

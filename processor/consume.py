@@ -19,6 +19,8 @@ from processor.execute import Attempt, execute
 from processor.gate import DueGate
 from taskmill.batcher import Batcher
 from taskmill.broker import Publisher
+from taskmill.crash import Crash, CrashPoint
+from taskmill.db import CONNECTION_ERRORS
 from taskmill.messages import RunMessage
 from taskmill.metrics import DUPLICATES, RUN_SECONDS, RUNS_FINISHED, START_LATENESS
 from taskmill.secrets import SecretsError, open_sealed
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 
 _EARLY_RETRY_S = 0.01
 _DB_RETRY_S = 0.2
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, RuntimeError)
+_DB_ERRORS = (*CONNECTION_ERRORS, RuntimeError)
 
 
 def decide(message: RunMessage, attempt: Attempt) -> RunState:
@@ -62,6 +64,7 @@ class Consumer:
         self._acker = Acker()
         self._stopping = False
         self._gate = DueGate()
+        self._crash = Crash(settings.crash_at)
 
     def start(self) -> None:
         self._starter.start()
@@ -93,7 +96,7 @@ class Consumer:
         try:
             message = RunMessage.model_validate_json(delivery.body)
         except ValidationError as exc:
-            await self._dead_letter_unreadable(delivery, f"unreadable run message: {exc}"[:1000])
+            await self._dead_letter(delivery, f"unreadable run message: {exc}"[:1000])
             return
         if self._stopping:
             await self._requeue(delivery)
@@ -103,6 +106,11 @@ class Consumer:
         start = await self._start_when_due(message, request)
         if start is None:  # stopping: another processor takes it
             await self._requeue(delivery)
+            return
+        if start is Start.UNKNOWN:
+            # Well-formed but of no run of ours (a forged message, another installation's, a dropped database):
+            # acked as a duplicate it would vanish, so it goes where an operator looks.
+            await self._dead_letter(delivery, f"unknown run id {message.run_id}", message.run_id)
             return
         if start is not Start.WON:
             # Already started elsewhere, finished, or a stale attempt: the database holds the truth.
@@ -114,7 +122,8 @@ class Consumer:
         try:
             secrets = open_sealed(self._settings.secret_key, message.secrets) if message.secrets else {}
         except SecretsError as exc:
-            await self._record(message, Attempt(False, None, str(exc), 0.0, permanent=True))
+            # No attempt on this processor can read it: the run is dead and its message dead-lettered, retries or not.
+            await self._record(message, Attempt(False, None, str(exc), 0.0, permanent=True), RunState.DEAD)
             self._acker.done(delivery)
             return
         ctx = RunContext(
@@ -125,8 +134,10 @@ class Consumer:
             self._settings.output_cap_bytes,
             self._http,
             secrets,
+            max_response_bytes=self._settings.http_max_response_bytes,
         )
         attempt = await execute(message, ctx)
+        self._crash.at(CrashPoint.AFTER_SIDE_EFFECT)
         await self._record(message, attempt)
         self._acker.done(delivery)
 
@@ -149,9 +160,10 @@ class Consumer:
             await asyncio.sleep(_EARLY_RETRY_S)
         return None
 
-    async def _dead_letter_unreadable(self, delivery: AbstractIncomingMessage, reason: str) -> None:
+    async def _dead_letter(self, delivery: AbstractIncomingMessage, reason: str, run_id: int | None = None) -> None:
+        """A message no run can come of: to the dead-letter queue as it came, with the reason; then acked."""
         try:
-            await self._publisher.publish_dead(delivery.body, None, reason)
+            await self._publisher.publish_dead(delivery.body, run_id, reason, kind="poison")
         except Exception as exc:
             # The work queue dead-letters what is rejected: the message still ends in the dead queue.
             log.warning("dead-letter publish failed (%s); rejecting instead", exc, extra={"action": "poison"})
@@ -159,14 +171,14 @@ class Consumer:
             self._acker.settled(delivery)
         else:
             self._acker.done(delivery)
-        log.error("dead-lettered an unreadable message", extra={"action": "poison"})
+        log.error("dead-lettered a message: %s", reason[:200], extra={"action": "poison"})
 
     async def _requeue(self, delivery: AbstractIncomingMessage) -> None:
         await delivery.nack(requeue=True)
         self._acker.settled(delivery)  # only now: until the nack is out, no multiple ack may reach over it
 
-    async def _record(self, message: RunMessage, attempt: Attempt) -> None:
-        status = decide(message, attempt)
+    async def _record(self, message: RunMessage, attempt: Attempt, status: RunState | None = None) -> None:
+        status = status or decide(message, attempt)
         RUNS_FINISHED.labels(message.type, status.value).inc()
         RUN_SECONDS.labels(message.type).observe(attempt.duration_ms / 1000)
         delay_ms = message.retry_delay_ms()
@@ -179,6 +191,7 @@ class Consumer:
             finished_at=datetime.now(UTC),
             duration_ms=attempt.duration_ms,
             retry_lease_s=delay_ms / 1000 + self._settings.queued_lease_s,
+            type=message.type,
         )
         recorded = await self._record_until_done(outcome)
         log.info(
@@ -190,6 +203,7 @@ class Consumer:
         )
         if not recorded:
             return  # the rescuer gave this run to someone else meanwhile
+        self._crash.at(CrashPoint.AFTER_RECORD)
         try:
             if status is RunState.RETRYING:
                 await self._publisher.publish_delayed(message.next_attempt(), message.run_id, message.type, delay_ms)
@@ -197,8 +211,12 @@ class Consumer:
                 await self._publisher.publish_dead(
                     message.model_dump_json().encode(), message.run_id, attempt.error or "failed"
                 )
+            else:
+                return
         except Exception as exc:  # the row's lease brings a lost retry back through the rescuer
             log.warning("publish after run %s failed: %s", message.run_id, exc, extra={"run_id": message.run_id})
+            return
+        self._crash.at(CrashPoint.AFTER_PUBLISH)
 
     async def _record_until_done(self, outcome: Outcome) -> bool:
         delay = 0.2

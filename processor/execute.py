@@ -46,7 +46,7 @@ async def execute(message: RunMessage, ctx: RunContext) -> Attempt:
     except TimeoutError:
         return Attempt(False, None, f"timed out after {ctx.timeout_s:g} s", elapsed())
     except TaskFailed as exc:
-        return Attempt(False, exc.result, exc.reason, elapsed())
+        return Attempt(False, exc.result, exc.reason, elapsed(), permanent=exc.permanent)
     except Exception as exc:  # a task type's own bug fails the run, never the processor
         return Attempt(False, None, f"{type(exc).__name__}: {exc}", elapsed())
     return Attempt(True, result, None, elapsed())

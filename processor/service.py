@@ -6,14 +6,15 @@ import asyncio
 import os
 import socket
 
-import httpx
 from aio_pika.abc import AbstractChannel
 
 from processor.consume import Consumer
+from processor.watchdog import Subscription, watch
 from taskmill.broker import Publisher, connect
 from taskmill.db import create_pool
+from taskmill.loops import run_loops
 from taskmill.settings import Settings
-from taskmill.topology import declare
+from taskmill.tasktypes.http import http_client
 
 
 def worker_name() -> str:
@@ -24,21 +25,27 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
     stop = stop or asyncio.Event()
     pool = await create_pool(settings.database_url, max_size=4)
     connection = await connect(settings, "taskmill-processor")
-    http = httpx.AsyncClient(follow_redirects=False)
+    http = http_client(settings.http_allow_hosts, settings.http_deny_hosts)
     try:
         publisher = await Publisher.open(connection, settings)
-        channel = await connection.channel()
-        await channel.set_qos(prefetch_count=settings.concurrency)
-        queue = (await declare(channel, settings)).work
         consumer = Consumer(settings, pool, publisher, http, worker_name())
         consumer.start()
-        tag = await queue.consume(consumer.on_message)
-        if until_idle:
-            await _wait_idle(channel, queue.name, consumer, stop)
-        else:
-            await stop.wait()
-        await queue.cancel(tag)  # stop taking work; what we hold is finished or handed back
-        await consumer.drain()
+        subscription = Subscription(connection, settings, consumer.on_message)
+        await subscription.subscribe()
+        try:
+            if until_idle:
+                await _wait_idle(subscription.channel, subscription.queue.name, consumer, stop)
+            else:
+
+                def room() -> bool:
+                    return consumer.in_flight < settings.concurrency
+
+                await run_loops(stop, watchdog=watch(subscription, room, settings, stop))
+        finally:
+            # Stop taking work; what we hold is finished and recorded, or handed back (also when the watchdog
+            # gave up, before the error stops the process).
+            await subscription.cancel()
+            await consumer.drain()
     finally:
         await http.aclose()
         await connection.close()

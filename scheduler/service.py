@@ -1,4 +1,5 @@
-"""The scheduler role: materializes runs every interval, and at once when a task changes."""
+"""The scheduler role: materializes runs every interval and at once when a task changes; beside it, the janitor
+purges what is older than the retention."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from datetime import UTC, datetime
 
 import asyncpg
 
+from scheduler.janitor import janitor_loop, purge
 from scheduler.materialize import materialize
-from taskmill.db import create_pool
+from taskmill.db import CONNECTION_ERRORS, create_pool
+from taskmill.loops import Backoff, run_loops
 from taskmill.settings import Settings
 from taskmill.wakeup import Wakeup
 
@@ -18,22 +21,42 @@ log = logging.getLogger(__name__)
 
 async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_idle: bool = False) -> None:
     stop = stop or asyncio.Event()
-    pool = await create_pool(settings.database_url, max_size=2)
+    pool = await create_pool(settings.database_url, max_size=3)
     try:
+        if until_idle:
+            await _materialize_once(pool, settings)
+            await purge(pool, settings.retention_days, settings.retention_batch)
+            return
         async with Wakeup(settings.database_url, "taskmill_tasks") as wakeup:
-            while not stop.is_set():
-                try:
-                    inserted = await materialize(pool, settings, datetime.now(UTC))
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("materialization failed, will retry: %s", exc, extra={"action": "materialize"})
-                    inserted = 0
-                if inserted:
-                    log.info("materialized %d runs", inserted, extra={"action": "materialize"})
-                if until_idle:
-                    return
-                await _wait(wakeup, stop, settings.scheduler_interval_s)
+            await run_loops(
+                stop,
+                materialize=_materialize_loop(pool, settings, wakeup, stop),
+                janitor=janitor_loop(pool, settings, stop),
+            )
     finally:
         await pool.close()
+
+
+async def _materialize_loop(pool: asyncpg.Pool, settings: Settings, wakeup: Wakeup, stop: asyncio.Event) -> None:
+    backoff = Backoff(settings.db_retry_max_s)
+    while not stop.is_set():
+        if await _materialize_once(pool, settings):
+            backoff.reset()
+            await _wait(wakeup, stop, settings.scheduler_interval_s)
+        else:  # the database went away: try again soon, not a whole interval later
+            await _wait(wakeup, stop, min(backoff.next(), settings.scheduler_interval_s))
+
+
+async def _materialize_once(pool: asyncpg.Pool, settings: Settings) -> bool:
+    """One pass; False when the database could not be reached (logged)."""
+    try:
+        inserted = await materialize(pool, settings, datetime.now(UTC))
+    except CONNECTION_ERRORS as exc:
+        log.warning("materialization failed, will retry: %s", exc, extra={"action": "materialize"})
+        return False
+    if inserted:
+        log.info("materialized %d runs", inserted, extra={"action": "materialize"})
+    return True
 
 
 async def _wait(wakeup: Wakeup, stop: asyncio.Event, timeout: float) -> None:

@@ -17,14 +17,26 @@ from taskmill.metrics import DEAD_LETTERED, PUBLISH_FAILED, PUBLISHED
 from taskmill.settings import Settings
 from taskmill.states import RunState
 from taskmill.store.runs import Outbound
-from taskmill.topology import Topology, declare, declare_delay_queue
+from taskmill.topology import Topology, declare, delay_queue_arguments
 
 log = logging.getLogger(__name__)
 
 
 async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
-    """A connection that reconnects by itself and restores its channels, queues and consumers."""
-    return await aio_pika.connect_robust(settings.amqp_url, client_properties={"connection_name": name})
+    """A connection that reconnects by itself and restores its channels, QoS, queues and consumers.
+
+    Heartbeats are what reveal a broker that vanished without closing the TCP connection (a dead host, a
+    silent network): without them a blackholed connection is noticed only by the kernel, after many minutes.
+    aio-pika tries a lost connection again every `amqp_reconnect_s` (a fixed pause, not a growing one: a
+    connection attempt is cheap for the broker, and a fixed pause brings the roles back soon after it is).
+    `amqp_heartbeat_s` overrides a `heartbeat` in AMQP_URL.
+    """
+    return await aio_pika.connect_robust(
+        settings.amqp_url,
+        client_properties={"connection_name": name},
+        heartbeat=settings.amqp_heartbeat_s,
+        reconnect_interval=settings.amqp_reconnect_s,
+    )
 
 
 async def confirmed_channel(connection: AbstractRobustConnection) -> AbstractChannel:
@@ -54,7 +66,9 @@ class Publisher:
         if not runs:
             return []
         try:
-            channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
+            # While the connection is down this waits for the reconnect: bounded, so the runs revert instead.
+            async with asyncio.timeout(self.timeout_s):
+                channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
         except Exception as exc:
             log.warning("cannot publish %d runs: %s", len(runs), exc)
             return [False] * len(runs)
@@ -83,16 +97,27 @@ class Publisher:
         PUBLISHED.inc(len(runs) - len(failed))
         PUBLISH_FAILED.inc(len(failed))
         if failed:
-            log.warning("%d of %d publishes failed: %s", len(failed), len(runs), failed[0])
+            log.warning("%d of %d publishes failed: %r", len(failed), len(runs), failed[0])
         return [not isinstance(r, BaseException) for r in results]
 
     async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int) -> None:
-        queue = await declare_delay_queue(self.channel, self.topology.names, delay_ms, task_type)
-        await self.channel.default_exchange.publish(
-            amqp_message(body, run_id), routing_key=queue, mandatory=True, timeout=self.timeout_s
-        )
+        """Into the delay queue of `delay_ms` for the type, declared first (it expires when idle). TimeoutError
+        after `publish_timeout_s`, also while the connection is down."""
+        names = self.topology.names
+        queue = names.delay_queue(delay_ms, task_type)
+        async with asyncio.timeout(self.timeout_s):
+            # Declared on the raw channel: the robust one would keep every delay queue it ever declared, and
+            # declare each of them again after every reconnect.
+            channel = await self.channel.get_underlay_channel()
+            await channel.queue_declare(
+                queue, durable=True, arguments=delay_queue_arguments(names, delay_ms, task_type)
+            )
+            await self.channel.default_exchange.publish(amqp_message(body, run_id), routing_key=queue, mandatory=True)
 
-    async def publish_dead(self, body: bytes, run_id: int | None, reason: str) -> None:
+    async def publish_dead(self, body: bytes, run_id: int | None, reason: str, *, kind: str = "gave up") -> None:
+        """To the dead-letter queue with the reason in a header; `kind` labels the metric (gave up, poison).
+        TimeoutError after `publish_timeout_s`, also while the connection is down."""
         message = amqp_message(body, run_id or 0, headers={"x-taskmill-reason": reason[:1000]})
-        DEAD_LETTERED.labels("unreadable" if run_id is None else "gave up").inc()
-        await self.topology.dead.publish(message, routing_key="", mandatory=True, timeout=self.timeout_s)
+        DEAD_LETTERED.labels(kind).inc()
+        async with asyncio.timeout(self.timeout_s):
+            await self.topology.dead.publish(message, routing_key="", mandatory=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import logging
 import os
 import secrets
 import signal
@@ -13,12 +14,16 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
+import aiormq
+import asyncpg
 import uvloop
 from pydantic import ValidationError
 
 from taskmill import logs, metrics
 from taskmill.settings import ConfigError, Settings, format_settings_error
 from taskmill.tokens import mint
+
+log = logging.getLogger(__name__)
 
 ROLES = {
     "scheduler": "scheduler.service:run",
@@ -48,7 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="serve the REST API")
     api.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     api.add_argument("--port", type=int, help="port to listen on (default 8000)")
-    sub.add_parser("capacity", help="forecast the processors needed for the next hours")
+    cap = sub.add_parser("capacity", help="forecast the processors needed for the next hours, and ask for them")
+    hook = cap.add_mutually_exclusive_group()
+    hook.add_argument(
+        "--hook-command",
+        help="run this with {instances} replaced by the count, e.g. "
+        "'kubectl scale deployment/processor --replicas={instances}' (no shell)",
+    )
+    hook.add_argument("--hook-url", help='POST the count as JSON here: {"instances": n, ...}')
+    cap.add_argument("--min-instances", type=int, help="never ask for fewer (default 1)")
+    cap.add_argument("--max-instances", type=int, help="never ask for more (default 100)")
+    cap.add_argument("--cooldown", type=float, help="seconds after a change before scaling down (default 300)")
     dev = sub.add_parser("dev", help="migrate, then run every role in one process")
     dev.add_argument("--host", help="API address (default 127.0.0.1)")
     dev.add_argument("--port", type=int, help="API port (default 8000)")
@@ -91,7 +106,16 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for arg, field in (("concurrency", "concurrency"), ("host", "api_host"), ("port", "api_port")):
+    for arg, field in (
+        ("concurrency", "concurrency"),
+        ("host", "api_host"),
+        ("port", "api_port"),
+        ("hook_command", "capacity_hook_command"),
+        ("hook_url", "capacity_hook_url"),
+        ("min_instances", "capacity_min_instances"),
+        ("max_instances", "capacity_max_instances"),
+        ("cooldown", "capacity_cooldown_s"),
+    ):
         value = getattr(args, arg, None)
         if value is not None:
             overrides[field] = value
@@ -126,6 +150,15 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
         return runner.run(coro)
 
 
+def _service_error(exc: Exception) -> str:
+    if isinstance(exc, aiormq.exceptions.AMQPError):
+        if isinstance(exc, aiormq.exceptions.ProtocolSyntaxError):
+            # aiormq drops the broker's reason when it closes the connection during the handshake.
+            return "RabbitMQ closed the connection as it opened: check the vhost and the user's rights in AMQP_URL"
+        return f"RabbitMQ: {exc}"
+    return f"PostgreSQL: {exc}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("logs", "audit"):
@@ -136,8 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"taskmill: {format_settings_error(exc)}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    if args.command not in ("migrate", "token"):
-        metrics.serve(settings.metrics_port)
+    try:
+        if args.command not in ("migrate", "token"):
+            metrics.serve(settings.metrics_port)
+    except OSError as exc:
+        print(f"taskmill {args.command}: cannot serve metrics on port {settings.metrics_port}: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.command == "token":
             if not settings.jwt_secret:
@@ -160,6 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except (OSError, ConnectionError) as exc:
         print(f"taskmill {args.command}: cannot reach a service: {exc}", file=sys.stderr)
+        return 1
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, aiormq.exceptions.AMQPError) as exc:
+        # A service that answers but refuses what the settings ask (no such database, role or vhost, an unknown
+        # connection option): one line naming it; the traceback only at DEBUG.
+        log.debug("stopped by a service error", exc_info=True)
+        print(f"taskmill {args.command}: {_service_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -11,6 +11,12 @@ from asyncpg.pool import PoolConnectionProxy
 # A connection of one's own or one borrowed from a pool: the store functions take either.
 Connection = asyncpg.Connection | PoolConnectionProxy
 
+# What a statement raises when the database went away (restarted, connection terminated, unreachable): the
+# caller tries again later, the pool reconnects. InternalClientError too: a pooled connection whose backend was
+# terminated can be handed out before asyncpg has seen the socket close, and then fails with "cannot switch to
+# state ..." (MagicStack/asyncpg#1069); the pool replaces it once the close is seen.
+CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Coroutine
 from typing import Any
 
@@ -31,3 +32,21 @@ async def run_loops(stop: asyncio.Event, **loops: Coroutine[Any, Any, None]) -> 
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+class Backoff:
+    """Pauses between attempts at something that keeps failing (a database that went away): from `first`
+    doubling up to `cap`, each shortened by a random part of up to a half so replicas do not retry in step."""
+
+    def __init__(self, cap: float, first: float = 0.2) -> None:
+        self._cap = cap
+        self._first = min(first, cap)
+        self._failures = 0
+
+    def next(self) -> float:
+        pause = min(self._cap, self._first * 2.0**self._failures)
+        self._failures = min(self._failures + 1, 30)
+        return pause * random.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        self._failures = 0

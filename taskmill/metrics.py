@@ -24,6 +24,9 @@ RESCUED = Counter("taskmill_runs_rescued_total", "Runs handed out again after th
 DUPLICATES = Counter("taskmill_deliveries_dropped_total", "Deliveries of runs already started, finished or stale")
 DEAD_LETTERED = Counter("taskmill_dead_letters_total", "Messages sent to the dead-letter queue", ["reason"])
 MATERIALIZED = Counter("taskmill_runs_materialized_total", "Runs the scheduler inserted")
+CONSUMER_RESUBSCRIBED = Counter(
+    "taskmill_consumer_resubscribed_total", "Times the processor found its consumer stopped and subscribed again"
+)
 
 
 def serve(port: int) -> None:

@@ -6,23 +6,37 @@ Nothing here is read at import time: each entry point builds `Settings()` in its
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, ValidationError
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from taskmill import crash
+from taskmill.tasktypes.hostguard import HostList
 
 
 class ConfigError(ValueError):
     """Settings that parse but cannot work together (the message says what to set)."""
 
 
+def _parsable(url: str) -> str:
+    # A bracket or a port the drivers cannot read stops the process here, naming the variable, not in a traceback.
+    parts = urlsplit(url)
+    if "," not in parts.netloc:  # PostgreSQL takes several hosts, each with its port
+        _ = parts.port
+    return url
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TASKMILL_", extra="ignore", frozen=True)
 
-    database_url: str = Field(
+    database_url: Annotated[str, AfterValidator(_parsable)] = Field(
         "postgresql://postgres@127.0.0.1:5432/taskmill",
         validation_alias=AliasChoices("DATABASE_URL", "TASKMILL_DATABASE_URL"),
         pattern=r"^postgres(ql)?://",
     )
-    amqp_url: str = Field(
+    amqp_url: Annotated[str, AfterValidator(_parsable)] = Field(
         "amqp://guest:guest@127.0.0.1:5672/",
         validation_alias=AliasChoices("AMQP_URL", "TASKMILL_AMQP_URL"),
         pattern=r"^amqps?://",
@@ -66,16 +80,56 @@ class Settings(BaseSettings):
     max_timeout_s: float = Field(30.0, gt=0)
     output_cap_bytes: int = Field(64 * 1024, ge=256)
 
+    # Recovering from the broker and the database going away (every role; README "Guarantees").
+    # Heartbeats (sent every half of this) reveal a dead broker or a silent network within about three times it,
+    # even while the TCP connection looks open; the broker likewise drops a client it has not heard from.
+    amqp_heartbeat_s: int = Field(15, ge=1, le=600)
+    # A lost broker connection is tried again this often until it is back; its channels, QoS, queues and
+    # consumers are then restored. Publishes meanwhile fail within publish_timeout_s and their runs revert.
+    amqp_reconnect_s: float = Field(2.0, gt=0, le=300)
+    # Processor: how often it checks that its consumer is still registered and fed; one found stopped twice
+    # running is subscribed again (processor/watchdog.py).
+    consumer_check_s: float = Field(15.0, gt=0, le=3600)
+    # A database statement that failed for want of a connection is tried again after a pause that doubles from
+    # a fifth of a second up to this.
+    db_retry_max_s: float = Field(5.0, gt=0, le=300)
+
+    # retention (the scheduler's janitor) and guards on what tasks may do (processor)
+    # Terminal runs, results and audit rows older than this are purged, `retention_batch` rows per statement.
+    retention_days: int = Field(90, ge=1, le=36_500)
+    retention_batch: int = Field(5000, ge=1, le=100_000)
+    retention_interval_s: float = Field(600.0, gt=0)
+    # Comma-separated host names, `*.example.com` wildcards and CIDR blocks; empty allows all; deny wins.
+    http_allow_hosts: HostList = ""
+    http_deny_hosts: HostList = ""
+    # Bytes of an http response read at most (the stored body is capped at output_cap_bytes).
+    http_max_response_bytes: int = Field(1024 * 1024, ge=256)
+
     # capacity
-    capacity_ms_per_instance: float = Field(10_000.0, gt=0)
-    capacity_buffer: float = Field(0.10, ge=0, lt=1)
+    capacity_ms_per_instance: float = Field(10_000.0, ge=1, le=1e12)
+    capacity_buffer: float = Field(0.10, ge=0, le=0.99)
     capacity_interval_s: float = Field(60.0, gt=0)
     capacity_bucket_s: int = Field(60, ge=1, le=3600)
     capacity_horizon_hours: float = Field(3.0, gt=0, le=48)
+    # The year-long mean per task type changes slowly and reading it scans the year's results: cached this long.
+    capacity_history_ttl_s: float = Field(300.0, ge=0)
+    # Provisioning: the hook asks for the peak of the next `scale_ahead` (time to start a processor), kept within
+    # [min, max]; it scales down only `cooldown` after its last change, so a dip between peaks does not flap.
+    capacity_scale_ahead_s: float = Field(900.0, ge=0, le=48 * 3600)
+    capacity_min_instances: int = Field(1, ge=0, le=100_000)
+    capacity_max_instances: int = Field(100, ge=1, le=100_000)
+    capacity_cooldown_s: float = Field(300.0, ge=0)
+    # A command (argv, no shell; `{instances}` is replaced) or a URL that receives a JSON POST.
+    capacity_hook_command: str = ""
+    capacity_hook_url: str = Field("", pattern=r"^(https?://.+)?$")
+    capacity_hook_timeout_s: float = Field(30.0, gt=0, le=600)
 
     # api
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
+    # Request bodies above this are refused with 413 before they are parsed. 10,000 tasks in one bulk call take
+    # 0.6 MB (noop) to 5.3 MB (http tasks with headers, JSON bodies and a secret), 7 MB pretty-printed.
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024**3)
     # JWT bearer auth: HS256 with a shared secret, or RS256 with a PEM public key (one of the two is required).
     # Fernet key for task secrets (`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key())"`).
     secret_key: str = Field("", pattern=r"^([A-Za-z0-9_-]{43}=)?$")
@@ -83,6 +137,9 @@ class Settings(BaseSettings):
     jwt_public_key: str = Field("", validation_alias=AliasChoices("JWT_PUBLIC_KEY", "TASKMILL_JWT_PUBLIC_KEY"))
     jwt_issuer: str = Field("", validation_alias=AliasChoices("JWT_ISSUER", "TASKMILL_JWT_ISSUER"))
     jwt_audience: str = Field("", validation_alias=AliasChoices("JWT_AUDIENCE", "TASKMILL_JWT_AUDIENCE"))
+
+    # Fault tests only: `<point>[:<nth>]` makes the role SIGKILL itself there (see taskmill/crash.py); empty is off.
+    crash_at: Annotated[str, AfterValidator(crash.check_spec)] = ""
 
 
 def format_settings_error(exc: ValidationError) -> str:

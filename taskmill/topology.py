@@ -79,19 +79,20 @@ async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
     return Topology(names, runs, dead, work, dead_letters)
 
 
+def delay_queue_arguments(names: Names, delay_ms: int, task_type: str) -> dict[str, Any]:
+    """A delay queue holds each message `delay_ms`, then dead-letters it back to the runs exchange under its type."""
+    return {
+        "x-message-ttl": delay_ms,
+        "x-dead-letter-exchange": names.runs_exchange,
+        "x-dead-letter-routing-key": task_type,
+        "x-expires": delay_ms + _DELAY_QUEUE_IDLE_MS,
+    }
+
+
 async def declare_delay_queue(channel: AbstractChannel, names: Names, delay_ms: int, task_type: str) -> str:
-    """A queue that holds each message `delay_ms`, then dead-letters it back to the runs exchange under its type."""
+    """Declares the delay queue of `delay_ms` for `task_type`; returns its name."""
     name = names.delay_queue(delay_ms, task_type)
-    await channel.declare_queue(
-        name,
-        durable=True,
-        arguments={
-            "x-message-ttl": delay_ms,
-            "x-dead-letter-exchange": names.runs_exchange,
-            "x-dead-letter-routing-key": task_type,
-            "x-expires": delay_ms + _DELAY_QUEUE_IDLE_MS,
-        },
-    )
+    await channel.declare_queue(name, durable=True, arguments=delay_queue_arguments(names, delay_ms, task_type))
     return name
 
 

@@ -9,11 +9,20 @@ from typing import Any
 
 import asyncpg
 
+from taskmill.db import CONNECTION_ERRORS
+
 log = logging.getLogger(__name__)
+
+# A database that does not answer (a dead host, a silent network) must not hold the role's loop for long.
+_CONNECT_TIMEOUT_S = 10.0
 
 
 class Wakeup:
-    """Listens on one channel over its own connection, reconnecting when that connection drops."""
+    """Listens on one channel over its own connection, reconnecting when that connection drops.
+
+    The connection is tried again at the next `wait` after it was lost (so at the role's own pace); once it is
+    back the role is woken at once, since notifications sent meanwhile were missed.
+    """
 
     def __init__(self, dsn: str, channel: str) -> None:
         self._dsn = dsn
@@ -23,6 +32,7 @@ class Wakeup:
 
     async def __aenter__(self) -> Wakeup:
         await self._connect()
+        self._event.clear()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -30,15 +40,19 @@ class Wakeup:
             await self._conn.close()
 
     async def _connect(self) -> None:
+        conn: asyncpg.Connection | None = None
         try:
-            conn: asyncpg.Connection = await asyncpg.connect(self._dsn)
+            conn = await asyncpg.connect(self._dsn, timeout=_CONNECT_TIMEOUT_S)
             await conn.add_listener(self._channel, self._notified)
             conn.add_termination_listener(self._lost)
-        except (OSError, asyncpg.PostgresError) as exc:
+        except CONNECTION_ERRORS as exc:
             log.warning("cannot listen on %s: %s", self._channel, exc)
+            if conn is not None:
+                conn.terminate()
             self._conn = None
             return
         self._conn = conn
+        self._event.set()  # what changed while we were not listening is not lost: the role looks again now
 
     def _notified(self, *_: Any) -> None:
         self._event.set()

@@ -11,6 +11,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import aio_pika
 import asyncpg
@@ -96,6 +97,13 @@ def _delete_test_queues() -> Iterator[None]:
 
 @pytest.fixture
 async def settings(template_db: str) -> AsyncIterator[Settings]:
+    async with isolated_settings(template_db) as s:
+        yield s
+
+
+@asynccontextmanager
+async def isolated_settings(template_db: str) -> AsyncIterator[Settings]:
+    """A database of its own and a broker prefix of its own, removed afterwards (also for module-scoped fixtures)."""
     tag = uuid.uuid4().hex[:10]
     dbname = f"tmtest_{tag}"
     admin = await asyncpg.connect(PG_ADMIN)
@@ -115,13 +123,15 @@ async def settings(template_db: str) -> AsyncIterator[Settings]:
         max_idle_s=2,
         publish_timeout_s=5,
     )
-    yield s
-    await _delete_broker_objects(s)
-    admin = await asyncpg.connect(PG_ADMIN)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        yield s
     finally:
-        await admin.close()
+        await _delete_broker_objects(s)
+        admin = await asyncpg.connect(PG_ADMIN)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        finally:
+            await admin.close()
 
 
 async def _delete_broker_objects(s: Settings) -> None:

@@ -70,8 +70,8 @@ async def next_due_in(conn: Conn, lead_s: float = 0.0) -> float | None:
     return value
 
 
-# One statement, so one `now()`: a run is either won, or not due yet, or not this message's to start.
-# (Asked in two statements, a run falling due between them looked lost and its message was dropped.)
+# One statement, so one `now()`: a run is either won, or not due yet, or not this message's to start, or no run
+# at all. (Asked in two statements, a run falling due between them looked lost and its message was dropped.)
 START = """
 WITH won AS (
     UPDATE task_schedule s
@@ -84,8 +84,13 @@ WITH won AS (
 ), early AS (
     SELECT s.id FROM task_schedule s
     WHERE s.id = ANY($1::bigint[]) AND s.status IN ('scheduled', 'queued', 'retrying') AND s.scheduled_time > now()
+), unknown AS (
+    SELECT b.id FROM unnest($1::bigint[]) AS b(id)
+    WHERE NOT EXISTS (SELECT 1 FROM task_schedule s WHERE s.id = b.id)
 )
-SELECT id, attempt, true AS won FROM won UNION ALL SELECT id, NULL, false FROM early
+SELECT id, attempt, 'won' AS kind FROM won
+UNION ALL SELECT id, NULL, 'early' FROM early
+UNION ALL SELECT DISTINCT id, NULL::int, 'unknown' FROM unknown
 """
 
 
@@ -100,6 +105,7 @@ class Start(enum.Enum):
     WON = "won"
     LOST = "lost"  # past queued, or the message is for another attempt (a stale redelivery)
     EARLY = "early"  # not due yet by the database clock: ask again in a moment
+    UNKNOWN = "unknown"  # no such run: the message is not one of ours
 
 
 async def start_runs(conn: Conn, worker: str, requests: Sequence[StartRequest]) -> list[Start]:
@@ -108,23 +114,23 @@ async def start_runs(conn: Conn, worker: str, requests: Sequence[StartRequest]) 
         START, [q.run_id for q in requests], worker, [q.attempt for q in requests], [q.lease_s for q in requests]
     )
     # Matched on (run, attempt): a stale copy in the same batch as the message that won must not think it won.
-    won = {(r["id"], r["attempt"]) for r in rows if r["won"]}
-    early = {r["id"] for r in rows if not r["won"]}
+    won = {(r["id"], r["attempt"]) for r in rows if r["kind"] == "won"}
+    other = {r["id"]: Start(r["kind"]) for r in rows if r["kind"] != "won"}
     out = []
     for q in requests:
         if (q.run_id, q.attempt) in won:
             out.append(Start.WON)
             won.discard((q.run_id, q.attempt))  # the same message twice in one batch: only the first wins
         else:
-            out.append(Start.EARLY if q.run_id in early else Start.LOST)
+            out.append(other.get(q.run_id, Start.LOST))
     return out
 
 
 FINISH = """
 WITH b AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::run_status[], $4::text[], $5::text[], $6::float8[],
-                         $7::timestamptz[], $8::float8[])
-        AS b(id, attempt, status, result, error, retry_in_s, finished_at, duration_ms)
+                         $7::timestamptz[], $8::float8[], $9::text[])
+        AS b(id, attempt, status, result, error, retry_in_s, finished_at, duration_ms, type)
 ), done AS (
     UPDATE task_schedule s
     SET status = b.status,
@@ -134,9 +140,10 @@ WITH b AS (
     FROM b WHERE s.id = ANY($1::bigint[]) AND s.id = b.id AND s.status = 'running' AND s.attempt = b.attempt
     RETURNING s.id, s.started_at, s.worker
 ), kept AS (
-    INSERT INTO task_results (run_id, attempt, status, started_at, finished_at, duration_ms, worker, result, error)
+    INSERT INTO task_results (run_id, attempt, status, started_at, finished_at, duration_ms, worker, result, error,
+                              type)
     SELECT d.id, b.attempt, CASE WHEN b.status = 'retrying' THEN 'failed'::run_status ELSE b.status END,
-           d.started_at, b.finished_at, b.duration_ms, d.worker, b.result::jsonb, b.error
+           d.started_at, b.finished_at, b.duration_ms, d.worker, b.result::jsonb, b.error, b.type
     FROM done d JOIN b ON b.id = d.id
     ON CONFLICT (run_id, attempt) DO NOTHING
 )
@@ -155,6 +162,7 @@ class Outcome:
     duration_ms: float
     # For retrying: when the rescuer may publish the retry itself if the delayed message never comes back.
     retry_lease_s: float = 0.0
+    type: str | None = None  # the task type the attempt ran as (kept with the result for the per-type statistics)
 
 
 async def finish_runs(conn: Conn, outcomes: Sequence[Outcome]) -> list[bool]:
@@ -169,6 +177,7 @@ async def finish_runs(conn: Conn, outcomes: Sequence[Outcome]) -> list[bool]:
         [o.retry_lease_s for o in outcomes],
         [o.finished_at for o in outcomes],
         [o.duration_ms for o in outcomes],
+        [o.type for o in outcomes],
     )
     done = {r["id"] for r in rows}
     return [o.run_id in done for o in outcomes]
@@ -202,10 +211,10 @@ WITH lost AS (
         queued_at = now(),
         lease_until = CASE WHEN s.attempt > t.max_retries THEN NULL ELSE now() + make_interval(secs => $2) END
     FROM lost, tasks t WHERE s.id = lost.id AND t.id = s.task_id
-    RETURNING s.id, s.task_id, s.attempt, s.scheduled_time, s.lease_until, s.status, s.started_at, s.worker
+    RETURNING s.id, s.task_id, s.attempt, s.scheduled_time, s.lease_until, s.status, s.started_at, s.worker, t.type
 ), kept AS (
-    INSERT INTO task_results (run_id, attempt, status, started_at, finished_at, worker, error)
-    SELECT r.id, r.attempt, 'failed', r.started_at, now(), r.worker, 'processor lost during the attempt'
+    INSERT INTO task_results (run_id, attempt, status, started_at, finished_at, worker, error, type)
+    SELECT r.id, r.attempt, 'failed', r.started_at, now(), r.worker, 'processor lost during the attempt', r.type
     FROM r
     ON CONFLICT (run_id, attempt) DO NOTHING
 )

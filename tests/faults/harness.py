@@ -1,0 +1,533 @@
+"""The fault-injection harness: real role processes against the test's own database and broker prefix.
+
+A scenario takes the `stack` fixture (tests/faults/conftest.py) and drives it:
+
+    async def test_a_crash_loses_nothing(stack: Stack, db: asyncpg.Connection) -> None:
+        await stack.start(distributor=2)                          # subprocesses, started at once, waited for
+        crasher = await stack.add("processor", crash="after_record")
+        task = await new_task(db, "t", "http", stack.target.payload("t"), timeout_seconds=2)
+        await crasher.died_at("after_record")                     # it SIGKILLed itself there (taskmill/crash.py)
+        await stack.add("processor")
+        await stack.quiesce()                                     # nothing in flight for two rescue periods
+        await stack.check({task.id: 1})                           # every invariant (tests/faults/invariants.py)
+
+- Processes: `start` several at once, `add` one (with extra env, or a crash point), `RoleProcess.kill` one by
+  SIGKILL. Each writes its log to `<tmp_path>/<name>.log`; `stack.logs()` (in every failure this module raises)
+  shows their tails. The stack runs with short leases (`FAST`), so the rescuer acts within seconds.
+- Side effects: `stack.target` (an HTTP target recording each call's idempotency key) and `stack.commands` (a file
+  command tasks append `<run id> <pid>` to), see tests/faults/target.py.
+- `stack.broker`: the test's own look at the broker (queue depths, unacked counts, raw publishes, deletes).
+- `close()`, the fixture's teardown, stops and reaps every process, then fails the test if a command process of
+  the scenario outlived them.
+
+Building on it: any variable given to `start`/`add` overrides the stack's (`stack.add("processor",
+AMQP_URL=proxy_url)` puts one replica behind a proxy); `stack.settings` is what the processes run with;
+`quiesce(waiting={"scheduled"})` and `check(..., waiting=...)` accept runs a scenario leaves waiting; `check()`
+stops the processors, so call it last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Collection, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiormq
+import asyncpg
+import httpx
+from cryptography.fernet import Fernet
+
+from taskmill.settings import Settings
+from taskmill.tokens import mint
+from taskmill.topology import Names, declare
+from tests.faults import invariants, procs
+from tests.faults.invariants import Expected, Report
+from tests.faults.target import MARK, CommandLog, Target
+from tests.helpers import role_env
+
+Process = asyncio.subprocess.Process
+
+# Short leases and periods, so a lost run comes back within seconds. A run's running lease is its
+# timeout_seconds + 1 s: scenarios give their tasks small timeouts.
+FAST: dict[str, Any] = {
+    "queued_lease_s": 3.0,
+    "running_grace_s": 1.0,
+    "rescue_interval_s": 0.5,
+    "scheduler_interval_s": 1.0,
+    "max_idle_s": 2.0,
+    "publish_timeout_s": 5.0,
+    "concurrency": 4,
+}
+ROLES = ("scheduler", "distributor", "processor", "api")
+
+
+def worker_of(pid: int) -> str:
+    """The name a processor gives itself in `worker` columns (processor.service.worker_name)."""
+    return f"{socket.gethostname()}:{pid}"
+
+
+@dataclass(eq=False)
+class RoleProcess:
+    role: str
+    name: str
+    proc: Process
+    log: Path
+    # Killed or crashing on purpose: its exit is not a failure of the scenario.
+    expect_exit: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def worker(self) -> str:
+        return worker_of(self.pid)
+
+    @property
+    def exited(self) -> bool:
+        return self.proc.returncode is not None
+
+    def output(self, tail: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-tail:]
+        except FileNotFoundError:
+            return ""
+
+    async def kill(self) -> None:
+        """SIGKILL, as a machine or the OOM killer would; returns once it is reaped."""
+        self.expect_exit = True
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(self.proc.wait(), 10)
+
+    async def terminate(self, timeout: float = 15) -> None:
+        """SIGTERM (a graceful stop), SIGKILL if it is not gone within `timeout`."""
+        self.expect_exit = True
+        if self.exited:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            await self.kill()
+
+    async def died_at(self, point: str, timeout: float = 20) -> None:
+        """Waits until the process killed itself at crash point `point`."""
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"{self.name} did not reach {point} in {timeout} s:\n{self.output()}") from None
+        said = f"crash point {point} reached"
+        assert code == -signal.SIGKILL and said in self.output(), f"{self.name} exited {code}:\n{self.output()}"
+
+
+class BrokerView:
+    """The test's own connection to the broker: queue depths, unacked counts, raw publishes, deletes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.names = Names(settings.broker_prefix)
+        self._conn: aio_pika.abc.AbstractConnection | None = None
+
+    async def open(self) -> None:
+        self._conn = await aio_pika.connect(self.settings.amqp_url)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+    @contextlib.asynccontextmanager
+    async def channel(self) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+        """A fresh channel (a passive declare of a missing queue closes the one it was asked on)."""
+        assert self._conn is not None
+        channel = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
+        try:
+            yield channel
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    async def depth(self, queue: str) -> tuple[int, int] | None:
+        """(ready messages, consumers) of a queue, or None when it does not exist."""
+        try:
+            async with self.channel() as channel:
+                declared = await channel.declare_queue(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
+        result = declared.declaration_result
+        return result.message_count or 0, result.consumer_count or 0
+
+    async def ready(self, queue: str) -> int:
+        return (await self.depth(queue) or (0, 0))[0]
+
+    async def unsettled(self) -> dict[str, tuple[int, int]]:
+        """(ready, unacked) of every queue of this prefix, from `rabbitmqctl` (AMQP cannot tell unacked)."""
+        proc = await asyncio.create_subprocess_exec(
+            "rabbitmqctl",
+            "list_queues",
+            "-q",
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await proc.communicate()
+        assert proc.returncode == 0, f"rabbitmqctl list_queues exited {proc.returncode}"
+        found = {}
+        for line in out.decode().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0].startswith(self.names.prefix + "."):
+                found[parts[0]] = (int(parts[1]), int(parts[2]))
+        return found
+
+    async def publish(self, body: bytes, routing_key: str, message_id: str | None = None) -> None:
+        """Onto the runs exchange, persistent and confirmed, as a distributor would (or as a forger would)."""
+        async with self.channel() as channel:
+            exchange = await channel.get_exchange(self.names.runs_exchange)
+            message = aio_pika.Message(body, message_id=message_id, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            await exchange.publish(message, routing_key=routing_key, mandatory=True)
+
+    async def take_dead(self) -> list[aio_pika.abc.AbstractIncomingMessage]:
+        """Every message in the dead-letter queue, removed from it."""
+        taken = []
+        async with self.channel() as channel:
+            queue = await channel.declare_queue(self.names.dead_queue, passive=True)
+            while (message := await queue.get(no_ack=True, fail=False)) is not None:
+                taken.append(message)
+        return taken
+
+    async def delete_queue(self, queue: str) -> None:
+        async with self.channel() as channel:
+            await channel.queue_delete(queue)
+
+    async def declare(self) -> None:
+        """The whole topology again, as a role declares it at start."""
+        async with self.channel() as channel:
+            await declare(channel, self.settings)
+
+
+@dataclass(eq=False)
+class Stack:
+    settings: Settings  # what the role processes run with (the test's database and prefix, FAST leases)
+    db: asyncpg.Connection
+    workdir: Path
+    target: Target
+    commands: CommandLog
+    broker: BrokerView
+    mark: str
+    secret_key: str = field(default_factory=lambda: Fernet.generate_key().decode())
+    jwt_secret: str = field(default_factory=lambda: uuid.uuid4().hex)
+    api_port: int = 0
+    processes: list[RoleProcess] = field(default_factory=list)
+
+    @classmethod
+    async def open(cls, settings: Settings, db: asyncpg.Connection, workdir: Path) -> Stack:
+        fast = settings.model_copy(update=FAST)
+        mark = f"{settings.broker_prefix}.{uuid.uuid4().hex[:6]}"
+        target = Target()
+        await target.start()
+        broker = BrokerView(fast)
+        await broker.open()
+        return cls(fast, db, workdir, target, CommandLog(workdir / "commands.log", mark), broker, mark)
+
+    # -- processes ----------------------------------------------------------------------------------------------
+
+    def env(self, **extra: str) -> dict[str, str]:
+        s = self.settings
+        env = {
+            "TASKMILL_SCHEDULER_INTERVAL_S": str(s.scheduler_interval_s),
+            "TASKMILL_MAX_IDLE_S": str(s.max_idle_s),
+            "TASKMILL_PUBLISH_TIMEOUT_S": str(s.publish_timeout_s),
+            "TASKMILL_CONCURRENCY": str(s.concurrency),
+            "TASKMILL_SECRET_KEY": self.secret_key,
+            "JWT_SECRET": self.jwt_secret,
+            "TASKMILL_CRASH_AT": "",
+        }
+        return role_env(s, **(env | extra))
+
+    async def _spawn(self, role: str, args: Iterable[str], env: dict[str, str], expect_exit: bool) -> RoleProcess:
+        assert role in ROLES, role
+        name = f"{role}-{sum(1 for p in self.processes if p.role == role) + 1}"
+        log = self.workdir / f"{name}.log"
+        with log.open("wb") as out:  # the child keeps its own descriptor
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "taskmill.cli",
+                role,
+                *args,
+                env=self.env(**env),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        process = RoleProcess(role, name, proc, log, expect_exit)
+        self.processes.append(process)
+        return process
+
+    async def start(
+        self, *, scheduler: int = 0, distributor: int = 0, processor: int = 0, api: bool = False, **env: str
+    ) -> list[RoleProcess]:
+        """Starts replicas of each role at once (the imports dominate; two cores share them), each with `env`
+        on top of the stack's, then waits until each is connected and working."""
+        if api and not self.api_port:
+            self.api_port = _free_port()
+        wanted = [("scheduler", scheduler), ("distributor", distributor), ("processor", processor)]
+        started = [await self._spawn(role, (), env, False) for role, n in wanted for _ in range(n)]
+        if api:
+            started.append(await self._spawn("api", ("--port", str(self.api_port)), env, False))
+        await self.wait_ready(started)
+        return started
+
+    async def add(self, role: str, *args: str, crash: str = "", ready: bool | None = None, **env: str) -> RoleProcess:
+        """One more replica, with extra environment; `crash="<point>[:<nth>]"` makes it SIGKILL itself there (it
+        is then not waited for: it may reach its point before it looks ready)."""
+        if crash:
+            env["TASKMILL_CRASH_AT"] = crash
+        process = await self._spawn(role, args, env, expect_exit=bool(crash))
+        if ready if ready is not None else not crash:
+            await self.wait_ready([process])
+        return process
+
+    def live(self, role: str | None = None) -> list[RoleProcess]:
+        return [p for p in self.processes if not p.exited and (role is None or p.role == role)]
+
+    def by_worker(self, worker: str) -> RoleProcess:
+        for p in self.processes:
+            if p.worker == worker:
+                return p
+        raise AssertionError(f"no process of the stack is worker {worker}\n{self.logs()}")
+
+    async def wait_ready(self, processes: Collection[RoleProcess], timeout: float = 30) -> None:
+        """Until each role is at work: processors consume, distributors and schedulers listen for wake-ups, the
+        API answers /health."""
+        roles = {p.role for p in processes}
+
+        async def ready() -> bool:
+            self._fail_on_unexpected_exit()
+            checks = []
+            if "processor" in roles:
+                depth = await self.broker.depth(self.broker.names.work_queue)
+                checks.append(depth is not None and depth[1] >= len(self.live("processor")))
+            for role, channel in (("distributor", "taskmill_schedule"), ("scheduler", "taskmill_tasks")):
+                if role in roles:
+                    checks.append(await self._listeners(channel) >= len(self.live(role)))
+            if "api" in roles:
+                checks.append(await self._api_healthy())
+            return all(checks)
+
+        await self._wait(ready, timeout, f"{sorted(p.name for p in processes)} to be ready")
+
+    async def _listeners(self, channel: str) -> int:
+        n: int = await self.db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = $1",
+            f'LISTEN "{channel}"',
+        )
+        return n
+
+    async def _api_healthy(self) -> bool:
+        try:
+            async with httpx.AsyncClient() as client:
+                return (await client.get(f"{self.api_url}/health", timeout=2)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def api(self, scopes: str = "tasks:read tasks:write") -> httpx.AsyncClient:
+        """A client of the stack's API with a token of `scopes`."""
+        token = mint(self.jwt_secret, "fault-tests", scopes, 600)
+        return httpx.AsyncClient(base_url=self.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+
+    def _fail_on_unexpected_exit(self) -> None:
+        died = [p for p in self.processes if p.exited and not p.expect_exit]
+        if died:
+            names = ", ".join(f"{p.name} (exit {p.proc.returncode})" for p in died)
+            raise AssertionError(f"{names} stopped unexpectedly\n{self.logs()}")
+
+    def logs(self) -> str:
+        """The tail of every process's output, for failure messages."""
+        return "\n".join(f"--- {p.name} (pid {p.pid}, exit {p.proc.returncode}):\n{p.output()}" for p in self.processes)
+
+    async def _wait(self, check: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not await check():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.logs()}")
+            await asyncio.sleep(0.1)
+
+    # -- the database ------------------------------------------------------------------------------------------
+
+    async def running_on(self, task_id: int, timeout: float = 15) -> RoleProcess:
+        """The processor running the task's run, once one is."""
+        worker: str | None = None
+
+        async def started() -> bool:
+            nonlocal worker
+            self._fail_on_unexpected_exit()
+            worker = await self.db.fetchval(
+                "SELECT worker FROM task_schedule WHERE task_id = $1 AND status = 'running'", task_id
+            )
+            return worker is not None
+
+        await self._wait(started, timeout, f"a run of task {task_id} to start")
+        assert worker is not None
+        return self.by_worker(worker)
+
+    async def run_of(self, task_id: int) -> asyncpg.Record:
+        row = await self.db.fetchrow(
+            "SELECT id, status::text AS status, attempt, worker, error FROM task_schedule WHERE task_id = $1", task_id
+        )
+        assert row is not None, f"task {task_id} has no run"
+        return row
+
+    async def wait_status(self, task_id: int, status: str, timeout: float = 20) -> asyncpg.Record:
+        async def reached() -> bool:
+            self._fail_on_unexpected_exit()
+            return bool(
+                await self.db.fetchval(
+                    "SELECT count(*) FROM task_schedule WHERE task_id = $1 AND status = $2", task_id, status
+                )
+            )
+
+        await self._wait(reached, timeout, f"the run of task {task_id} to be {status}")
+        return await self.run_of(task_id)
+
+    async def wait_ready_messages(self, queue: str, at_least: int, timeout: float = 10) -> None:
+        async def enough() -> bool:
+            return await self.broker.ready(queue) >= at_least
+
+        await self._wait(enough, timeout, f"{at_least} messages ready in {queue}")
+
+    # -- quiescence and invariants -----------------------------------------------------------------------------
+
+    async def quiesce(self, *, waiting: Collection[str] = (), timeout: float = 60) -> None:
+        """Waits until nothing moves: every run terminal (or in a status of `waiting`), no message ready in the work
+        queue nor ready or unacked in a delay queue, the same state (runs, audit rows, work and dead queue depths)
+        for two rescue periods.
+
+        Unacked messages of the work queue (a quorum queue) are not asked of the broker: it counts them on a
+        5 s tick. `check()` counts them instead, after stopping the processors, when they are back in the queue.
+        """
+        window = 2 * self.settings.rescue_interval_s
+        work, dead = self.broker.names.work_queue, self.broker.names.dead_queue
+        last: tuple[Any, ...] | None = None
+        since = time.monotonic()
+        deadline = since + timeout
+        # rabbitmqctl takes a second or more: asked when a quiet spell begins, its answer counts if the spell lasts.
+        # It answers for the delay queues (classic: their counts are current), not for quorum queues.
+        probe: asyncio.Task[dict[str, tuple[int, int]]] | None = None
+        try:
+            while True:
+                self._fail_on_unexpected_exit()
+                busy = await self.db.fetchval(
+                    "SELECT count(*) FROM task_schedule WHERE status <> ALL($1::run_status[])",
+                    [*invariants.TERMINAL, *waiting],
+                )
+                moved = await self.db.fetchval("SELECT count(*) FROM run_audit")
+                state = (busy, moved, await self.broker.depth(work), await self.broker.ready(dead))
+                quiet = busy == 0 and (state[2] or (0, 0))[0] == 0
+                if not quiet or state != last:
+                    last, since = state, time.monotonic()
+                    if probe is not None:
+                        probe.cancel()
+                    probe = asyncio.create_task(self.broker.unsettled()) if quiet else None
+                elif probe is not None and time.monotonic() - since >= window:
+                    queues = await probe
+                    delay = f"{self.broker.names.prefix}.delay."  # Names.delay_queue: <prefix>.delay.<ms>.<type>
+                    if not {q: n for q, n in queues.items() if q.startswith(delay) and (n[0] or n[1])}:
+                        return
+                    since, probe = time.monotonic(), asyncio.create_task(self.broker.unsettled())
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"no quiescence after {timeout} s: {busy} runs in flight, audit rows {moved}, "
+                        f"(ready, consumers) of the work queue {state[2]}, queues {await self.broker.unsettled()}\n"
+                        f"{await self._non_terminal()}\n{self.logs()}"
+                    )
+                await asyncio.sleep(0.2)
+        finally:
+            if probe is not None:
+                probe.cancel()
+                await asyncio.gather(probe, return_exceptions=True)
+
+    async def _non_terminal(self) -> str:
+        rows = await self.db.fetch(
+            "SELECT id, status::text, attempt, worker, lease_until FROM task_schedule "
+            "WHERE status <> ALL($1::run_status[]) ORDER BY id LIMIT 20",
+            [s.value for s in invariants.TERMINAL],
+        )
+        return "runs not finished: " + "; ".join(str(dict(r)) for r in rows)
+
+    def orphans(self) -> list[str]:
+        """Command processes of this scenario that no live role process of the stack is an ancestor of."""
+        ours = {p.pid for p in self.live()}
+        return [procs.describe(pid) for pid in procs.marked(MARK, self.mark) if not ours & set(procs.ancestors(pid))]
+
+    async def check(
+        self,
+        expected: Expected,
+        *,
+        poison: int = 0,
+        repeats_allowed: Collection[int] = (),
+        waiting: Collection[str] = (),
+    ) -> Report:
+        """Ends the scenario: stops the processors (SIGTERM, so a delivery one still held goes back to the work
+        queue, where it is counted), checks every invariant (tests/faults/invariants.py), prints the report and
+        fails listing each violation. Returns the report (its `repeats` name the runs whose side effect
+        happened more than once)."""
+        orphans = self.orphans()
+        await asyncio.gather(*(p.terminate() for p in self.live("processor")))
+        report = await invariants.check(
+            self.db,
+            expected,
+            dead_letters=await self.broker.ready(self.broker.names.dead_queue),
+            left_in_work_queue=await self.broker.ready(self.broker.names.work_queue),
+            poison=poison,
+            target=self.target,
+            commands=self.commands,
+            repeats_allowed=repeats_allowed,
+            waiting=waiting,
+            orphans=orphans,
+        )
+        print(report)
+        assert not report.violations, f"{report}\n{self.logs()}"
+        return report
+
+    # -- teardown ----------------------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stops and reaps every process (SIGTERM, then SIGKILL), then fails if a command process outlived them."""
+        self.target.release()  # a held call would keep a draining processor waiting for its timeout
+        try:
+            await asyncio.gather(*(p.terminate() for p in self.live()))
+        finally:
+            await self.broker.close()
+            await self.target.close()
+        left = [(pid, procs.describe(pid)) for pid in procs.marked(MARK, self.mark)]
+        for pid, _ in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        assert not left, f"command processes outlived the stack: {[d for _, d in left]}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -1,0 +1,563 @@
+"""Private PostgreSQL and RabbitMQ servers for the destructive fault scenarios, and a stack pointed at them.
+
+The shared servers (127.0.0.1:5432 and :5672) carry every other test run on this machine: they are never stopped,
+restarted or alarmed. A scenario that does that gets servers of its own, started once per pytest session when a
+test first asks for one (the `rabbit_node` and `pg_cluster` fixtures) and torn down at the session's end:
+
+- `RabbitNode`: a RabbitMQ node (`tmfault-<pytest pid>@localhost`, its own ports, data and logs, no plugins), run
+  as the rabbitmq user as the packaged scripts require, driven with `rabbitmqctl -n <node>`: stop and start,
+  close every connection, raise and lower the memory alarm.
+- `PgCluster`: a PostgreSQL 15 cluster (initdb'd as postgres, which refuses root; trust auth; its socket in its
+  own dir), with the migrated template made as tests/conftest.py makes the shared one; restartable at will.
+
+Ports are picked below the kernel's ephemeral range: a port in it can be handed to an outgoing connection while
+the node is down, and the node then fails to listen again. A session killed before its teardown leaves its
+servers behind; the next session stops those whose pytest process is gone (names and dirs carry its pid).
+
+`fault_stack` points a harness stack (tests/faults/harness.py) at any mix of the shared and private servers, with
+short heartbeats, reconnects and consumer checks; a role of it can be pointed elsewhere still (a proxy, see
+tests/faults/proxy.py) through `stack.add(role, AMQP_URL=..., DATABASE_URL=...)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import asyncpg
+import pytest
+
+from taskmill import topology
+from taskmill.db import connect
+from taskmill.migrate import migrate, migration_files
+from taskmill.settings import Settings
+from tests.faults import procs
+from tests.faults.harness import BrokerView, Stack
+
+_ROOT = Path("/tmp")
+_PG_BIN = Path("/usr/lib/postgresql/15/bin")
+_RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
+_RABBIT_HOME = "/var/lib/rabbitmq"  # the shared node's Erlang cookie, so rabbitmqctl reaches ours too
+
+# What the private stacks run with: failures noticed within seconds, not the production tens of seconds.
+RECOVERY_ENV = {
+    "TASKMILL_AMQP_HEARTBEAT_S": "2",  # aiormq gives up after (2 + 1) * 3 s of silence, the broker after ~2 * 2 s
+    "TASKMILL_AMQP_RECONNECT_S": "0.5",
+    "TASKMILL_CONSUMER_CHECK_S": "1",
+    "TASKMILL_DB_RETRY_MAX_S": "1",
+}
+
+
+def _session_dir() -> Path:
+    return _ROOT / f"tmfault-{os.getpid()}"
+
+
+def free_port() -> int:
+    """A free port below the ephemeral range (32768 on Linux), away from the well-known ones."""
+    for _ in range(200):
+        port = random.randrange(20_000, 32_000)
+        if port in (25_672,):  # the shared node's distribution port
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below 32000")
+
+
+def _owned_dir(path: Path, user: str) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.chown(path, user, user)
+    return path
+
+
+async def _run(*argv: str, timeout: float = 60, check: bool = True) -> str:
+    """Runs a command without blocking the event loop (the stack's HTTP target lives in it); its output. In
+    /tmp, where the users the servers run as may be; in a process group of its own, all of which a timeout
+    kills (an Erlang CLI left behind would wait forever)."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=_ROOT,
+        start_new_session=True,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        raise AssertionError(f"{' '.join(argv)} did not finish in {timeout} s") from None
+    text = out.decode(errors="replace")
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {proc.returncode}:\n{text[-2000:]}")
+    return text
+
+
+def _run_sync(argv: list[str], timeout: float = 60) -> None:
+    """`_run` for the session fixtures, which run outside any event loop."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=_ROOT,
+                            start_new_session=True)  # fmt: skip
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- RabbitMQ -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RabbitNode:
+    name: str
+    port: int
+    dist_port: int
+    base: Path
+    running: bool = False
+    alarmed: bool = False
+
+    @classmethod
+    def create(cls) -> RabbitNode:
+        base = _owned_dir(_session_dir() / "rabbit", "rabbitmq")
+        node = cls(f"tmfault-{os.getpid()}@localhost", free_port(), free_port(), base)
+        files = {
+            "rabbitmq.conf": f"listeners.tcp.default = 127.0.0.1:{node.port}\n",
+            "enabled_plugins": "[].\n",
+            "rabbitmq-env.conf": "",  # not the shared node's /etc/rabbitmq/rabbitmq-env.conf
+        }
+        for name, text in files.items():
+            (base / name).write_text(text)
+            shutil.chown(base / name, "rabbitmq", "rabbitmq")
+        return node
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @property
+    def short(self) -> str:
+        return self.name.split("@", 1)[0]
+
+    def _server_env(self) -> list[str]:
+        b = self.base
+        return [
+            f"HOME={_RABBIT_HOME}",
+            f"RABBITMQ_NODENAME={self.name}",
+            f"RABBITMQ_DIST_PORT={self.dist_port}",
+            f"RABBITMQ_CONFIG_FILE={b / 'rabbitmq'}",
+            f"RABBITMQ_CONF_ENV_FILE={b / 'rabbitmq-env.conf'}",
+            f"RABBITMQ_ENABLED_PLUGINS_FILE={b / 'enabled_plugins'}",
+            f"RABBITMQ_MNESIA_BASE={b / 'mnesia'}",
+            f"RABBITMQ_LOG_BASE={b / 'log'}",
+            f"RABBITMQ_PID_FILE={b / 'pid'}",
+            "ERL_EPMD_ADDRESS=127.0.0.1",
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}",
+        ]
+
+    def _ctl_argv(self, *args: str) -> list[str]:
+        # Not the /usr/sbin wrapper: it starts the CLI through `su`, in a session a timeout cannot reach.
+        return ["runuser", "-u", "rabbitmq", "--", "env", f"HOME={_RABBIT_HOME}", str(_RABBIT_BIN / "rabbitmqctl"),
+                "-n", self.name, "-q", *args]  # fmt: skip
+
+    async def ctl(self, *args: str, timeout: float = 60, check: bool = True) -> str:
+        return await _run(*self._ctl_argv(*args), timeout=timeout, check=check)
+
+    def _pid(self) -> int | None:
+        """The node's OS process, if it is alive."""
+        try:
+            pid = int((self.base / "pid").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if procs.alive(pid) and "beam" in procs.cmdline(pid) else None
+
+    async def start(self, timeout: float = 90) -> None:
+        """Starts the node (detached) and returns once it takes AMQP connections (a boot takes 5-20 s here)."""
+        await _run(
+            "runuser", "-u", "rabbitmq", "--", "env", *self._server_env(), str(_RABBIT_BIN / "rabbitmq-server"),
+            "-detached",
+        )  # fmt: skip
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            # await_startup answers at once (with an error) until the node has registered with epmd.
+            out = await self.ctl("await_startup", "--timeout", "30", timeout=40, check=False)
+            if "Error" not in out and await self._answers():
+                break
+            if loop.time() > deadline:
+                raise AssertionError(f"RabbitMQ node {self.name} did not start in {timeout} s:\n{out}\n{self.log()}")
+            await asyncio.sleep(0.5)
+        self.running = True
+
+    async def _answers(self) -> bool:
+        try:
+            conn = await aio_pika.connect(self.url, timeout=5)
+        except Exception:
+            return False
+        await conn.close()
+        return True
+
+    async def stop(self) -> None:
+        """`rabbitmqctl stop`: the whole node goes, as on a crash of its host or a restart; returns once its
+        process is gone."""
+        self.running = False
+        pid = self._pid()
+        await self.ctl("stop", timeout=90, check=False)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while pid is not None and _pid_alive(pid):
+            if loop.time() > deadline:
+                os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.1)
+
+    async def close_all_connections(self) -> None:
+        await self.ctl("close_all_connections", "fault test: close_all_connections")
+
+    async def memory_alarm(self, on: bool) -> None:
+        """A watermark no node stays under raises the memory alarm (publishers are blocked); the default ends it."""
+        self.alarmed = True  # until the default is surely back
+        await self.ctl("set_vm_memory_high_watermark", "0.00001" if on else "0.4")
+        self.alarmed = on
+
+    async def alarms(self) -> str:
+        return await self.ctl("eval", "rabbit_alarm:get_alarms().")
+
+    async def ensure_ready(self) -> None:
+        """Up and without an alarm, whatever the test before left."""
+        if not self.running or not await self._answers():
+            if self._pid() is not None:  # up, yet not answering
+                await self.stop()
+            await self.start()
+        if self.alarmed:
+            await self.memory_alarm(False)
+
+    async def connections(self) -> list[dict[str, str]]:
+        """name, user-given connection name, heartbeat timeout and peer port of every client connection."""
+        out = await self.ctl(
+            "list_connections", "--no-table-headers", "name", "client_properties", "timeout", "peer_port"
+        )
+        return _parse_connections(out)
+
+    def log(self, tail: int = 3000) -> str:
+        logs = sorted((self.base / "log").glob("*.log"))
+        return "".join(p.read_text(errors="replace")[-tail:] for p in logs[:1])
+
+    def destroy(self) -> None:
+        pid = self._pid()
+        _run_sync(self._ctl_argv("stop"))
+        if pid is not None and _pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.base, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.base.parent.rmdir()  # once the other server's dir is gone too
+
+
+def _parse_connections(out: str) -> list[dict[str, str]]:
+    rows = []
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) < 4:
+            continue
+        named = re.search(r'\{"connection_name",(?:longstr,)?"([^"]*)"\}', parts[1])
+        rows.append({"name": parts[0], "connection_name": named[1] if named else "", "timeout": parts[2],
+                     "peer_port": parts[3]})  # fmt: skip
+    return rows
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PgCluster:
+    port: int
+    base: Path
+    template: str = ""
+    running: bool = False
+
+    @classmethod
+    def create(cls) -> PgCluster:
+        return cls(free_port(), _owned_dir(_session_dir() / "pg", "postgres"))
+
+    @property
+    def data(self) -> Path:
+        return self.base / "data"
+
+    def url(self, dbname: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+
+    def _pg(self, tool: str, *args: str) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", str(_PG_BIN / tool), *args]
+
+    async def init(self) -> None:
+        await _run(*self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
+                             "-E", "UTF8", "--locale=C.UTF-8"))  # fmt: skip
+        # In the config file, so a restart (also `pg_ctl restart`) keeps them. fsync off: the scenarios crash
+        # the server, never the machine, so what it wrote is in the page cache and survives. synchronous_commit
+        # stays on: off, a crash loses the last commits the clients were told of (a run started twice).
+        conf = (
+            f"port = {self.port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{self.base}'\n"
+            "fsync = off\nfull_page_writes = off\nmax_connections = 200\n"
+        )
+        with (self.data / "postgresql.conf").open("a") as f:
+            f.write(conf)
+        await self.start()
+        self.template = "taskmill_template_" + uuid.uuid4().hex[:6]
+        await migrate(self.url(self.template))
+        admin = await asyncpg.connect(self.url("postgres"))
+        try:
+            await admin.execute(f'ALTER DATABASE "{self.template}" WITH IS_TEMPLATE true')
+        finally:
+            await admin.close()
+        assert migration_files(), "no migrations"
+
+    async def start(self) -> None:
+        await _run(*self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.base / "log"), "-w", "-t", "60", "start"))
+        self.running = True
+
+    async def stop(self, mode: str = "immediate") -> None:
+        """`immediate`: as if the server crashed (no checkpoint, every backend killed at once)."""
+        self.running = False
+        await _run(*self._pg("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop"))
+
+    async def restart(self, mode: str = "immediate") -> None:
+        await _run(*self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.base / "log"), "-m", mode, "-w", "restart"))
+        self.running = True
+
+    async def ensure_ready(self) -> None:
+        if not self.running:
+            await self.start()
+
+    @asynccontextmanager
+    async def database(self) -> AsyncIterator[str]:
+        """A database of the test's own, cloned from the migrated template; its URL. Dropped afterwards."""
+        name = f"tmfault_{uuid.uuid4().hex[:10]}"
+        admin = await asyncpg.connect(self.url("postgres"))
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        finally:
+            await admin.close()
+        try:
+            yield self.url(name)
+        finally:
+            await self.ensure_ready()
+            admin = await asyncpg.connect(self.url("postgres"))
+            try:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                await admin.close()
+
+    def log(self, tail: int = 3000) -> str:
+        try:
+            return (self.base / "log").read_text(errors="replace")[-tail:]
+        except FileNotFoundError:
+            return ""
+
+    def destroy(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            _run_sync(self._pg("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop"))
+        shutil.rmtree(self.base, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.base.parent.rmdir()
+
+
+async def terminate_backends(db: asyncpg.Connection) -> int:
+    """pg_terminate_backend on every other connection to db's database (the roles'); how many it ended."""
+    ended: int = await db.fetchval(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t"
+    )
+    return ended
+
+
+# -- leftovers of killed sessions -----------------------------------------------------------------------------
+
+
+def _reap_leftovers() -> None:
+    """Stops the servers of earlier sessions whose pytest process is gone, and removes their dirs."""
+    for path in _ROOT.glob("tmfault-*"):
+        pid = path.name.removeprefix("tmfault-")
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        node = RabbitNode(f"tmfault-{pid}@localhost", 0, 0, path / "rabbit")
+        for cli in procs.pids():  # an Erlang CLI of that session still waiting on its node
+            if f"-n {node.name} " in procs.cmdline(cli) and "rabbitmqctl" in procs.cmdline(cli):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(cli, signal.SIGKILL)
+        node.destroy()
+        PgCluster(0, path / "pg").destroy()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# -- fixtures -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def rabbit_node() -> Iterator[RabbitNode]:
+    _reap_leftovers()
+    node = RabbitNode.create()
+    try:
+        asyncio.run(node.start())
+        yield node
+    finally:
+        node.destroy()
+
+
+@pytest.fixture
+async def rabbit(rabbit_node: RabbitNode) -> RabbitNode:
+    """The private RabbitMQ node, up and without an alarm, whatever the test before did to it."""
+    await rabbit_node.ensure_ready()
+    return rabbit_node
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    _reap_leftovers()
+    cluster = PgCluster.create()
+    try:
+        asyncio.run(cluster.init())
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+async def pg(pg_cluster: PgCluster) -> PgCluster:
+    """The private PostgreSQL cluster, up, whatever the test before did to it."""
+    await pg_cluster.ensure_ready()
+    return pg_cluster
+
+
+# -- a stack on them ------------------------------------------------------------------------------------------
+
+
+class NodeBrokerView(BrokerView):
+    """The harness's look at the broker, for a private node: `rabbitmqctl -n`, and its own connection opened
+    again after the node went away."""
+
+    def __init__(self, settings: Settings, node: RabbitNode | None) -> None:
+        super().__init__(settings)
+        self.node = node
+
+    @asynccontextmanager
+    async def channel(self) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+        transport = self._conn.transport if self._conn is not None else None
+        if self._conn is None or self._conn.is_closed or transport is None or transport.connection.is_closed:
+            with contextlib.suppress(Exception):
+                await self.close()
+            await self.open()
+        async with super().channel() as channel:
+            yield channel
+
+    async def unsettled(self) -> dict[str, tuple[int, int]]:
+        if self.node is None:
+            return await super().unsettled()
+        out = await self.node.ctl(
+            "list_queues", "--no-table-headers", "name", "messages_ready", "messages_unacknowledged"
+        )
+        found = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0].startswith(self.names.prefix + "."):
+                found[parts[0]] = (int(parts[1]), int(parts[2]))
+        return found
+
+
+@dataclass(eq=False)
+class FaultStack(Stack):
+    """A harness stack whose processes also get `extra_env` (RECOVERY_ENV and the private servers' URLs)."""
+
+    extra_env: dict[str, str] = field(default_factory=dict)
+    pg: PgCluster | None = None
+    rabbit: RabbitNode | None = None
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return super().env(**(self.extra_env | extra))
+
+    async def reconnect_db(self, timeout: float = 30) -> None:
+        """The test's own connection again, after the database restarted under it."""
+        with contextlib.suppress(Exception):
+            await self.db.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                self.db = await connect(self.settings.database_url)
+                return
+            except (OSError, asyncpg.PostgresError):
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+
+@asynccontextmanager
+async def fault_stack(
+    settings: Settings,
+    workdir: Path,
+    *,
+    db: asyncpg.Connection | None = None,
+    rabbit: RabbitNode | None = None,
+    pg: PgCluster | None = None,
+    **env: str,
+) -> AsyncIterator[FaultStack]:
+    """A stack on the test's database and prefix (`settings`), on the private node and cluster when given
+    (then a database of its own in the cluster), with RECOVERY_ENV and `env` for every process."""
+    async with contextlib.AsyncExitStack() as resources:
+        updates: dict[str, Any] = {}
+        if rabbit is not None:
+            updates["amqp_url"] = rabbit.url
+        if pg is not None:
+            updates["database_url"] = await resources.enter_async_context(pg.database())
+        settings = settings.model_copy(update=updates)
+        if db is None or pg is not None:
+            db = await connect(settings.database_url)
+        base = await Stack.open(settings, db, workdir)
+        stack = FaultStack(**{f: getattr(base, f) for f in Stack.__dataclass_fields__}, pg=pg, rabbit=rabbit)
+        stack.extra_env = RECOVERY_ENV | env
+        await stack.broker.close()
+        stack.broker = NodeBrokerView(stack.settings, rabbit)
+        await stack.broker.open()
+        try:
+            yield stack
+        finally:
+            if rabbit is not None:  # the processes stop gracefully only with a broker to hand their work back to
+                await rabbit.ensure_ready()
+            if pg is not None:
+                await pg.ensure_ready()
+            await stack.close()
+            if rabbit is not None:  # the node lives on for the next scenario
+                with contextlib.suppress(Exception):
+                    conn = await aio_pika.connect(rabbit.url)
+                    async with conn:
+                        await topology.delete(await conn.channel(), topology.Names(settings.broker_prefix))
+            if pg is not None:
+                with contextlib.suppress(Exception):
+                    await stack.db.close()

@@ -1,0 +1,64 @@
+"""The broker goes away with runs in flight and comes back (`rabbitmqctl stop`, then a fresh start of the node):
+publishes meanwhile fail and their runs revert to scheduled, every role reconnects by itself (no process
+restarts), the consumers come back, and no run is lost or run twice. On the private node (tests/faults/servers.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from taskmill.settings import Settings
+from tests.faults.servers import RabbitNode, fault_stack
+from tests.helpers import new_task, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+async def _count(db: asyncpg.Connection, status: str) -> int:
+    n: int = await db.fetchval("SELECT count(*) FROM task_schedule WHERE status = $1::run_status", status)
+    return n
+
+
+async def test_a_broker_stopped_and_started_with_200_runs_in_flight_loses_none_and_the_roles_reconnect_alone(
+    settings: Settings, db: asyncpg.Connection, rabbit: RabbitNode, tmp_path: Path
+) -> None:
+    async with fault_stack(settings, tmp_path, db=db, rabbit=rabbit) as stack:
+        await stack.start(distributor=2, processor=2)
+        tasks = [
+            await new_task(db, f"t{i}", "http", stack.target.payload(f"t{i}", delay_ms=100), timeout_seconds=5)
+            for i in range(200)
+        ]
+
+        async def flowing() -> bool:
+            return await _count(db, "succeeded") >= 20
+
+        await wait_until(flowing, 30, what="the first runs to succeed")
+        in_flight = 200 - await _count(db, "succeeded")
+        await rabbit.stop()
+
+        # Runs that fall due while the broker is away: their publishes fail and they go back to scheduled.
+        during = [await new_task(db, f"during-{i}", "http", stack.target.payload(f"during-{i}")) for i in range(10)]
+        ids = [(await stack.run_of(t.id))["id"] for t in during]
+
+        async def reverted() -> bool:
+            n: int = await db.fetchval(
+                "SELECT count(DISTINCT run_id) FROM run_audit WHERE run_id = ANY($1::bigint[]) "
+                "AND from_status = 'queued' AND to_status = 'scheduled'",
+                ids,
+            )
+            return n == len(ids)
+
+        await wait_until(reverted, 30, interval=0.2, what="every publish during the outage to revert its run")
+        assert not {c.key for c in stack.target.calls} & {str(i) for i in ids}  # none of them ran meanwhile
+
+        await rabbit.start()
+        await stack.wait_ready(stack.live("processor"), timeout=60)  # both consume again, on their own
+        await stack.quiesce(timeout=120)
+        assert [p for p in stack.processes if p.exited] == []  # nobody restarted, nobody died
+        report = await stack.check({t.id: 1 for t in (*tasks, *during)})
+        print(f"runs in flight when the broker stopped: {in_flight}")
+        assert report.statuses == {"succeeded": len(tasks) + len(during)}
+        assert report.repeats == {}
