@@ -16,7 +16,7 @@ import shutil
 import signal
 from functools import partial
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskType, cap_text
 
@@ -65,6 +65,24 @@ class CommandPayload(BaseModel):
     cwd: str | None = None
     expected_exit_codes: list[int] = Field(default_factory=lambda: [0], min_length=1)
     limits: CommandLimits | None = None
+
+    @field_validator("argv")
+    @classmethod
+    def _argv_without_nul(cls, argv: list[str]) -> list[str]:
+        if any("\0" in arg for arg in argv):
+            raise ValueError("an argument cannot contain a NUL character")
+        return argv
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        # exec() would take "A=B" as the name A with a value starting B=..., and a NUL ends the string early.
+        for name, value in env.items():
+            if not name or "=" in name or "\0" in name:
+                raise ValueError(f"environment variable name {name!r} must be non-empty, without '=' or NUL")
+            if "\0" in value:
+                raise ValueError(f"environment variable {name!r} cannot contain a NUL character")
+        return env
 
 
 # The command runs under a small shell that leads its process group. When the processor dies, even by SIGKILL,

@@ -11,11 +11,12 @@ from typing import Any, Literal
 
 import httpcore
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskType, cap_text
 from taskmill.tasktypes.hostguard import GuardedBackend, HostGuard, HostRefused
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
 _SECRET_REF = re.compile(r"\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 
@@ -27,6 +28,17 @@ class HttpPayload(BaseModel):
     json_body: Any = Field(default=None, alias="json")
     body: str | None = None
     expected_statuses: list[int] = Field(default_factory=lambda: list(range(200, 300)), min_length=1)
+
+    @field_validator("headers")
+    @classmethod
+    def _header_syntax(cls, headers: dict[str, str]) -> dict[str, str]:
+        # Caught at creation rather than at every run: a CR or LF would otherwise smuggle a header in.
+        for name, value in headers.items():
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"header name {name!r} is not an HTTP token")
+            if any(c in value for c in "\r\n\0"):
+                raise ValueError(f"header {name!r} cannot contain CR, LF or NUL")
+        return headers
 
     @model_validator(mode="after")
     def _one_body(self) -> HttpPayload:

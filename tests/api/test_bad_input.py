@@ -225,6 +225,29 @@ async def test_a_payload_postgresql_cannot_hold_is_422_naming_payload(
     await assert_refused(api, endpoint, body, "payload", reason)
 
 
+SMUGGLING_PAYLOADS = [
+    ("command", {"argv": ["env"], "env": {"A=B": "x"}}, "payload", "env: Value error, environment variable name 'A=B'"),
+    ("command", {"argv": ["env"], "env": {"": "x"}}, "payload", "must be non-empty, without '=' or NUL"),
+    (
+        "http",
+        {"url": "http://h/", "headers": {"X-A": "1\r\nX-Injected: 1"}},
+        "payload",
+        "headers: Value error, header 'X-A' cannot contain CR, LF or NUL",
+    ),
+    ("http", {"url": "http://h/", "headers": {"X A": "1"}}, "payload", "'X A' is not an HTTP token"),
+    ("http", {"url": "http://h/", "headers": {"X-A:": "1"}}, "payload", "is not an HTTP token"),
+]
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+@pytest.mark.parametrize(("kind", "payload", "field", "reason"), SMUGGLING_PAYLOADS)
+async def test_env_names_and_headers_that_would_smuggle_are_422_at_creation(
+    api: Api, endpoint: str, kind: str, payload: dict[str, object], field: str, reason: str
+) -> None:
+    body = json.dumps({"name": "s", "type": kind, "payload": payload}).encode()
+    await assert_refused(api, endpoint, body, field, reason)
+
+
 async def test_an_escaped_backslash_u0000_is_text_and_is_stored_byte_exact(api: Api) -> None:
     body = b'{"name": "backslash", "type": "noop", "active": false, "payload": {"x": "\\\\u0000"}}'
     response = await api.client.post("/tasks", content=body, headers={**WRITE, "content-type": "application/json"})
