@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Runs the whole test suite against the local PostgreSQL and RabbitMQ.
+## Runs the whole test suite against the local PostgreSQL and RabbitMQ, two tests at a time: most of the wall
+## time is spent waiting on processes, brokers and timeouts, and every test has its own database and names.
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

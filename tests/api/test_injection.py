@@ -127,7 +127,8 @@ async def test_payload_keys_values_and_http_headers_are_stored_byte_exact(api: A
     payload = {
         "method": "POST",
         "url": f"http://127.0.0.1:9/{quote(text)}",
-        "headers": {"X-Probe": text, f"X-{text}": "v"},
+        # Header names must be HTTP tokens and values free of CR/LF (refused at creation, see test_bad_input.py).
+        "headers": {"X-Probe": text} if not {"\r", "\n"} & set(text) else {},
         "json": {text: [text, {"nested": text}]},
     }
     async with schema_intact(api.db, tasks_added=1):
