@@ -3,16 +3,13 @@ changes, cancelling."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
+from api import cursors
 from api.auth import READ, WRITE, Principal, require
 from api.deps import pool
 from api.schemas import AttemptPublic, RunDetail, RunPublic, TransitionPublic
@@ -34,22 +31,14 @@ class RunPage(BaseModel):
     next_cursor: str | None  # pass as `before` for the next (older) page
 
 
-def _cursor(scheduled_time: datetime, run_id: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps([scheduled_time.isoformat(), run_id]).encode()).decode()
-
-
 def _uncursor(cursor: str) -> tuple[datetime, int]:
+    at, run_id = cursors.decode(cursor, "before")
     try:
-        at, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if not isinstance(at, str) or not isinstance(run_id, int) or not 0 <= run_id < 2**63:
-            raise ValueError
         when = datetime.fromisoformat(at)
-        if when.tzinfo is None:
-            raise ValueError
-    except (ValueError, TypeError, binascii.Error):
-        raise RequestValidationError(
-            [{"loc": ("query", "before"), "msg": "is not a cursor this API returned", "type": "value_error"}]
-        ) from None
+    except ValueError:
+        raise cursors.not_a_cursor("before") from None
+    if when.tzinfo is None:
+        raise cursors.not_a_cursor("before")
     return when, run_id
 
 
@@ -73,7 +62,7 @@ async def list_runs(
     )
     items = [RecentRun.model_validate(dict(r)) for r in rows[:limit]]
     last = items[-1] if len(rows) > limit else None
-    return RunPage(items=items, next_cursor=_cursor(last.scheduled_time, last.id) if last else None)
+    return RunPage(items=items, next_cursor=cursors.encode(last.scheduled_time.isoformat(), last.id) if last else None)
 
 
 @router.get("/tasks/{task_id}/runs", response_model=list[RunPublic])

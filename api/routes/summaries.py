@@ -14,7 +14,7 @@ from api.auth import READ, Principal, require
 from api.deps import pool
 from capacity.plan import History, Options, make_plan
 from taskmill.settings import Settings
-from taskmill.store.capacity import type_summaries
+from taskmill.store.capacity import TypeSummary, type_summaries
 
 router = APIRouter()
 
@@ -22,18 +22,9 @@ Reader = Annotated[Principal, Depends(require(READ))]
 MAX_BUCKETS = 10_000
 
 
-class TypeStats(BaseModel):
-    type: str
-    runs: int
-    failures: int
-    mean_ms: float
-    p50_ms: float
-    p95_ms: float
-
-
 class TaskSummary(BaseModel):
     since: datetime
-    types: list[TypeStats]
+    types: list[TypeSummary]
 
 
 class Bucket(BaseModel):
@@ -67,7 +58,7 @@ async def task_summary(request: Request, _: Reader) -> TaskSummary:
     summaries = await type_summaries(db)
     _history(request).remember(summaries)  # the forecast weighs runs by these means: fresh ones, free
     since: datetime = await db.fetchval("SELECT now() - interval '1 year'")
-    return TaskSummary(since=since, types=[TypeStats.model_validate(s, from_attributes=True) for s in summaries])
+    return TaskSummary(since=since, types=summaries)
 
 
 @router.get("/scheduled-tasks-summary", response_model=ScheduledSummary)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -12,6 +9,7 @@ import asyncpg
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
+from api import cursors
 from api.auth import READ, WRITE, Principal, require
 from api.deps import pool, secret_key
 from api.schemas import BulkCreated, BulkItem, RunPublic, TaskPage, TaskPublic, TaskType, task_types
@@ -87,22 +85,6 @@ SORTS = {"id": "bigint", "name": "text", "created_at": "timestamptz", "type": "t
 SortKey = Literal["id", "-id", "name", "-name", "created_at", "-created_at", "type", "-type"]
 
 
-def _cursor(value: Any, task_id: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps([str(value), task_id]).encode()).decode()
-
-
-def _uncursor(cursor: str) -> tuple[str, int]:
-    try:
-        value, task_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if not isinstance(value, str) or "\x00" in value or not isinstance(task_id, int) or not 0 <= task_id < 2**63:
-            raise ValueError
-    except (ValueError, TypeError, binascii.Error):
-        raise RequestValidationError(
-            [{"loc": ("query", "cursor"), "msg": "is not a cursor this API returned", "type": "value_error"}]
-        ) from None
-    return value, task_id
-
-
 @router.get("/tasks", response_model=TaskPage)
 async def list_tasks(
     request: Request,
@@ -117,7 +99,7 @@ async def list_tasks(
     """Keyset pagination: stable under inserts, one index range per page whatever the page number."""
     column = sort.lstrip("-")
     descending = sort.startswith("-")
-    after = _uncursor(cursor) if cursor else None
+    after = cursors.decode(cursor, "cursor") if cursor else None
     if after and column == "id":
         after = (str(after[1]), after[1])
     sql = f"""SELECT * FROM tasks
@@ -135,14 +117,14 @@ async def list_tasks(
         asyncpg.DatetimeFieldOverflowError,
         asyncpg.NumericValueOutOfRangeError,
     ):
-        raise RequestValidationError(
-            [{"loc": ("query", "cursor"), "msg": f"does not belong to sort {sort!r}", "type": "value_error"}]
-        ) from None
+        raise cursors.not_a_cursor("cursor", f"does not belong to sort {sort!r}") from None
     items = [TaskPublic.of(Task.from_record(r)) for r in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
-        next_cursor = _cursor(last[column].isoformat() if column == "created_at" else last[column], last["id"])
+        next_cursor = cursors.encode(
+            str(last[column].isoformat() if column == "created_at" else last[column]), last["id"]
+        )
     return TaskPage(items=items, next_cursor=next_cursor)
 
 

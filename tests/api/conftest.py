@@ -3,14 +3,18 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
+import asyncpg
 import httpx
 import pytest
 
 import api.service
 from api.app import create_app
+from taskmill.db import connect
 from taskmill.settings import Settings
 from taskmill.tokens import mint
+from tests.conftest import isolated_settings
 from tests.helpers import running, wait_until
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
@@ -35,6 +39,29 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://taskmill.test") as c:
             yield c
+
+
+@dataclass
+class Api:
+    client: httpx.AsyncClient
+    db: asyncpg.Connection
+    existing: int  # the id of a task made at the start, for the cases that replace one
+
+
+@asynccontextmanager
+async def module_api(template_db: str) -> AsyncIterator[Api]:
+    """One API and database for a whole module of cases that only read or are refused: hundreds take seconds."""
+    async with (
+        isolated_settings(template_db) as settings,
+        app_client(settings.model_copy(update={"jwt_secret": SECRET})) as client,
+    ):
+        db = await connect(settings.database_url)
+        created = await client.post("/tasks", json={"name": "existing", "type": "noop"}, headers=bearer())
+        assert created.status_code == 201, created.text
+        try:
+            yield Api(client, db, created.json()["id"])
+        finally:
+            await db.close()
 
 
 def bearer(scope: str = "tasks:read tasks:write", sub: str = "alice", secret: str = SECRET) -> dict[str, str]:

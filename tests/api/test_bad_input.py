@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -16,9 +15,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from taskmill.db import connect
-from tests.api.conftest import SECRET, app_client, bearer
-from tests.conftest import isolated_settings
+from tests.api.conftest import Api, bearer, module_api
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -26,26 +23,10 @@ WRITE = bearer()
 GOOD = {"name": "fine", "type": "noop", "active": False}
 
 
-@dataclass
-class Api:
-    client: httpx.AsyncClient
-    db: asyncpg.Connection
-    existing: int  # the id of a task the PUT cases try to replace
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def api(template_db: str) -> AsyncIterator[Api]:
-    async with (
-        isolated_settings(template_db) as settings,
-        app_client(settings.model_copy(update={"jwt_secret": SECRET})) as client,
-    ):
-        db = await connect(settings.database_url)
-        created = await client.post("/tasks", json={"name": "existing", "type": "noop"}, headers=WRITE)
-        assert created.status_code == 201, created.text
-        try:
-            yield Api(client, db, created.json()["id"])
-        finally:
-            await db.close()
+    async with module_api(template_db) as made:
+        yield made
 
 
 ENDPOINTS = ["POST /tasks", "PUT /tasks/{id}", "POST /tasks/bulk"]

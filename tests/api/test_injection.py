@@ -7,18 +7,14 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import asyncpg
-import httpx
 import pytest
 import pytest_asyncio
 
-from taskmill.db import connect
-from tests.api.conftest import SECRET, app_client, bearer
-from tests.conftest import isolated_settings
+from tests.api.conftest import Api, bearer, module_api
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -58,23 +54,10 @@ SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 LONG = "'; DROP TABLE tasks; -- %_\\" * 4000  # 108,000 characters
 
 
-@dataclass
-class Api:
-    client: httpx.AsyncClient
-    db: asyncpg.Connection
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def api(template_db: str) -> AsyncIterator[Api]:
-    async with (
-        isolated_settings(template_db) as settings,
-        app_client(settings.model_copy(update={"jwt_secret": SECRET})) as client,
-    ):
-        db = await connect(settings.database_url)
-        try:
-            yield Api(client, db)
-        finally:
-            await db.close()
+    async with module_api(template_db) as made:
+        yield made
 
 
 async def _schema(db: asyncpg.Connection) -> tuple[list[tuple[str, str, str]], dict[str, int]]:

@@ -409,6 +409,19 @@ class Stack:
         await self._wait(reached, timeout, f"the run of task {task_id} to be {status}")
         return await self.run_of(task_id)
 
+    async def wait_reverted(self, run_ids: list[int], timeout: float, what: str) -> None:
+        """Until each of `run_ids` went from queued back to scheduled (a publish the broker did not take)."""
+
+        async def reverted() -> bool:
+            n: int = await self.db.fetchval(
+                "SELECT count(DISTINCT run_id) FROM run_audit "
+                "WHERE run_id = ANY($1::bigint[]) AND from_status = 'queued' AND to_status = 'scheduled'",
+                run_ids,
+            )
+            return n == len(run_ids)
+
+        await self._wait(reverted, timeout, what)
+
     async def wait_ready_messages(self, queue: str, at_least: int, timeout: float = 10) -> None:
         async def enough() -> bool:
             return await self.broker.ready(queue) >= at_least

@@ -42,16 +42,8 @@ async def test_a_memory_alarm_blocks_publishers_loses_nothing_and_everything_flo
         during = [await new_task(db, f"during-{i}", "http", stack.target.payload(f"during-{i}")) for i in range(20)]
         ids = [(await stack.run_of(t.id))["id"] for t in during]
 
-        async def reverted() -> bool:
-            n: int = await db.fetchval(
-                "SELECT count(DISTINCT run_id) FROM run_audit WHERE run_id = ANY($1::bigint[]) "
-                "AND from_status = 'queued' AND to_status = 'scheduled'",
-                ids,
-            )
-            return n == len(ids)
-
         # Not confirmed within the publish timeout: every one of them reverts, and none runs while the alarm lasts.
-        await wait_until(reverted, 30, interval=0.2, what="the unconfirmed publishes to revert their runs")
+        await stack.wait_reverted(ids, 30, "the unconfirmed publishes to revert their runs")
         await asyncio.sleep(1)
         assert not {c.key for c in stack.target.calls} & {str(i) for i in ids}
         assert "memory" in await rabbit.alarms()

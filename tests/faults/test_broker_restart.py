@@ -43,15 +43,7 @@ async def test_a_broker_stopped_and_started_with_200_runs_in_flight_loses_none_a
         during = [await new_task(db, f"during-{i}", "http", stack.target.payload(f"during-{i}")) for i in range(10)]
         ids = [(await stack.run_of(t.id))["id"] for t in during]
 
-        async def reverted() -> bool:
-            n: int = await db.fetchval(
-                "SELECT count(DISTINCT run_id) FROM run_audit WHERE run_id = ANY($1::bigint[]) "
-                "AND from_status = 'queued' AND to_status = 'scheduled'",
-                ids,
-            )
-            return n == len(ids)
-
-        await wait_until(reverted, 30, interval=0.2, what="every publish during the outage to revert its run")
+        await stack.wait_reverted(ids, 30, "every publish during the outage to revert its run")
         assert not {c.key for c in stack.target.calls} & {str(i) for i in ids}  # none of them ran meanwhile
 
         await rabbit.start()

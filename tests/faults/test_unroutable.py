@@ -35,15 +35,7 @@ async def test_a_work_queue_deleted_mid_run_loses_no_run_and_refused_publishes_r
     second = [await new_task(db, f"second-{i}", "http", stack.target.payload(f"second-{i}")) for i in range(3)]
     ids = [(await stack.run_of(t.id))["id"] for t in second]
 
-    async def all_reverted() -> bool:
-        reverted: int = await db.fetchval(
-            "SELECT count(DISTINCT run_id) FROM run_audit "
-            "WHERE run_id = ANY($1::bigint[]) AND from_status = 'queued' AND to_status = 'scheduled'",
-            ids,
-        )
-        return reverted == len(ids)
-
-    await wait_until(all_reverted, timeout=15, what="every refused run to revert to scheduled")
+    await stack.wait_reverted(ids, 15, "every refused run to revert to scheduled")
     assert await stack.broker.depth(work) is None  # still no queue: nothing got through
     assert stack.target.calls == []
     assert any("reverted" in p.output() for p in stack.live("distributor"))
