@@ -26,7 +26,7 @@ from taskmill.metrics import DUPLICATES, RUN_SECONDS, RUNS_FINISHED, START_LATEN
 from taskmill.secrets import SecretsError, open_sealed
 from taskmill.settings import Settings
 from taskmill.states import RunState
-from taskmill.store.runs import Outcome, Start, StartRequest, finish_runs, start_runs
+from taskmill.store.runs import Outcome, Start, StartRequest, finish_runs, finished_by, start_runs, started_by
 from taskmill.tasktypes import RunContext
 
 log = logging.getLogger(__name__)
@@ -55,12 +55,14 @@ class Consumer:
         worker: str,
     ) -> None:
         self._settings = settings
+        self._pool = pool
         self._publisher = publisher
         self._http = http
         self._worker = worker
         self._starter: Batcher[StartRequest, Start] = Batcher(partial(start_runs, pool, worker), name="start")
         self._finisher: Batcher[Outcome, bool] = Batcher(partial(_finish, pool), name="finish")
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._claimed: set[tuple[int, int]] = set()  # (run, attempt) this process is running
         self._acker = Acker()
         self._stopping = False
         self._gate = DueGate()
@@ -117,6 +119,14 @@ class Consumer:
             DUPLICATES.inc()
             self._acker.done(delivery)
             return
+        claim = (message.run_id, message.attempt)
+        self._claimed.add(claim)
+        try:
+            await self._run(delivery, message, timeout_s)
+        finally:
+            self._claimed.discard(claim)
+
+    async def _run(self, delivery: AbstractIncomingMessage, message: RunMessage, timeout_s: float) -> None:
         if message.attempt == 1:
             START_LATENESS.observe(max(0.0, (datetime.now(UTC) - message.scheduled_time).total_seconds()))
         try:
@@ -145,12 +155,16 @@ class Consumer:
         """Holds a run published ahead of its time until it is due, then claims it; None when stopping."""
         await self._gate.wait(message.scheduled_time.timestamp())
         backoff = _DB_RETRY_S
+        uncertain = False  # a claim went out and no answer came back: it may have committed
         while not self._stopping:
             try:
                 start = await self._starter.submit(request)
+                if start is Start.LOST and uncertain:
+                    start = await self._resume(request)
             except _DB_ERRORS as exc:
                 # Hold the delivery rather than requeue it: requeues count toward the broker's delivery limit.
                 log.warning("cannot start run %s yet: %s", message.run_id, exc, extra={"run_id": message.run_id})
+                uncertain = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -159,6 +173,16 @@ class Consumer:
             # Due by our clock, not yet by the database's: the database decides, so ask again shortly.
             await asyncio.sleep(_EARLY_RETRY_S)
         return None
+
+    async def _resume(self, request: StartRequest) -> Start:
+        """After a claim whose reply was lost: won if it committed and no other copy in this process runs it.
+        Otherwise the run would sit in running until its lease ran out and the rescuer spent an attempt on it."""
+        if not await started_by(self._pool, self._worker, request):
+            return Start.LOST
+        if (request.run_id, request.attempt) in self._claimed:  # checked after the await: no await until added
+            return Start.LOST
+        log.info("run %s: the claim committed though its reply was lost", request.run_id)
+        return Start.WON
 
     async def _dead_letter(self, delivery: AbstractIncomingMessage, reason: str, run_id: int | None = None) -> None:
         """A message no run can come of: to the dead-letter queue as it came, with the reason; then acked."""
@@ -220,11 +244,17 @@ class Consumer:
 
     async def _record_until_done(self, outcome: Outcome) -> bool:
         delay = 0.2
+        uncertain = False  # a record went out and no answer came back: it may have committed
         while True:
             try:
-                return await self._finisher.submit(outcome)
+                done = await self._finisher.submit(outcome)
+                if not done and uncertain:
+                    # Committed with its reply lost: still ours to follow up (the retry or the dead letter).
+                    done = await finished_by(self._pool, self._worker, outcome)
+                return done
             except _DB_ERRORS as exc:
                 log.warning("cannot record run %s yet: %s", outcome.run_id, exc, extra={"run_id": outcome.run_id})
+                uncertain = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

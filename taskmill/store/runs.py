@@ -183,6 +183,27 @@ async def finish_runs(conn: Conn, outcomes: Sequence[Outcome]) -> list[bool]:
     return [o.run_id in done for o in outcomes]
 
 
+# After a statement whose reply was lost with the connection: did it commit? Only asked by the processor that
+# sent it, so a restarted processor with the same worker name (a container's pid 1) never takes a run this way.
+STARTED_BY = """
+SELECT EXISTS (SELECT 1 FROM task_schedule WHERE id = $1 AND status = 'running' AND attempt = $2 AND worker = $3)
+"""
+# finished_at is the processor's own clock reading, so it tells this outcome from a rescuer's record of the attempt.
+FINISHED_BY = """
+SELECT EXISTS (SELECT 1 FROM task_results WHERE run_id = $1 AND attempt = $2 AND finished_at = $3 AND worker = $4)
+"""
+
+
+async def started_by(conn: Conn, worker: str, request: StartRequest) -> bool:
+    """Whether `worker`'s claim of this attempt committed (and the run is still running it)."""
+    return bool(await conn.fetchval(STARTED_BY, request.run_id, request.attempt, worker))
+
+
+async def finished_by(conn: Conn, worker: str, outcome: Outcome) -> bool:
+    """Whether `worker`'s record of this outcome committed."""
+    return bool(await conn.fetchval(FINISHED_BY, outcome.run_id, outcome.attempt, outcome.finished_at, worker))
+
+
 RESCUE_WAITING = f"""
 WITH stale AS (
     SELECT id FROM task_schedule
