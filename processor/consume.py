@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from taskmill.tasktypes import RunContext
 log = logging.getLogger(__name__)
 
 _EARLY_RETRY_S = 0.01
+_MAX_CLOCK_SKEW_S = 300.0
 _DB_RETRY_S = 0.2
 _DB_ERRORS = (*CONNECTION_ERRORS, RuntimeError)
 
@@ -102,6 +104,11 @@ class Consumer:
             return
         if self._stopping:
             await self._requeue(delivery)
+            return
+        ahead_s = message.scheduled_time.timestamp() - time.time()
+        if ahead_s > self._settings.dispatch_lead_s + _MAX_CLOCK_SKEW_S:
+            # No distributor publishes that early: held until due, it would take a prefetch slot for that long.
+            await self._dead_letter(delivery, f"scheduled {ahead_s:.0f} s ahead: not a run message a distributor sent")
             return
         timeout_s = min(message.timeout_s, self._settings.max_timeout_s)
         request = StartRequest(message.run_id, message.attempt, timeout_s + self._settings.running_grace_s)

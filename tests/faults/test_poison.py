@@ -56,6 +56,8 @@ POISON: dict[str, tuple[bytes, str]] = {
     ),
     "no version": (_json({k: v for k, v in _message().items() if k != "v"}), "unreadable run message"),
     "version 2": (_json(_message(v=2)), "unreadable run message"),
+    # Held until due it would take a prefetch slot for decades.
+    "a run due in 2100": (_json(_message(scheduled_time="2100-01-01T00:00:00Z")), "scheduled "),
 }
 
 
