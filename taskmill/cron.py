@@ -19,6 +19,10 @@ from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
 # A DST change moves wall time by at most a few hours; scanning this far past the window catches every run in it.
 _DST_MARGIN = timedelta(hours=3)
+# Windows up to this long are checked for a constant UTC offset, hour by hour (no zone changes twice within an
+# hour); then the scan needs no margin, which a per-second cron would otherwise pay for 6 hours of firings.
+_CHECKED_WINDOW = timedelta(days=2)
+_STEP = timedelta(hours=1)
 
 
 class ScheduleError(ValueError):
@@ -105,8 +109,10 @@ def validate_cron(expr: str) -> None:
 
 def cron_times(expr: str, tz: ZoneInfo, start: datetime, end: datetime) -> list[datetime]:
     """The UTC instants in [start, end) at which `expr`, read as wall time in `tz`, fires."""
-    local_start = start.astimezone(tz).replace(tzinfo=None) - _DST_MARGIN
-    local_stop = end.astimezone(tz).replace(tzinfo=None) + _DST_MARGIN
+    # croniter's next firing is strictly after its start: a second back keeps a run exactly at `start`.
+    margin = timedelta(seconds=1) if _fixed_offset(tz, start - _DST_MARGIN, end + _DST_MARGIN) else _DST_MARGIN
+    local_start = start.astimezone(tz).replace(tzinfo=None) - margin
+    local_stop = end.astimezone(tz).replace(tzinfo=None) + margin
     it = _iterator(expr, local_start)
     fields = expr.split()
     every_hour = fields[len(fields) - 4] in ("*", "*/1")
@@ -127,6 +133,19 @@ def cron_times(expr: str, tz: ZoneInfo, start: datetime, end: datetime) -> list[
     except CroniterBadDateError:
         pass  # no more firings within croniter's search window
     return sorted(found)
+
+
+def _fixed_offset(tz: ZoneInfo, start: datetime, end: datetime) -> bool:
+    """Whether `tz` keeps one UTC offset from `start` to `end` (False for windows too long to check)."""
+    if end - start > _CHECKED_WINDOW:
+        return False
+    offset = start.astimezone(tz).utcoffset()
+    at = start
+    while at < end:
+        at = min(at + _STEP, end)
+        if at.astimezone(tz).utcoffset() != offset:
+            return False
+    return True
 
 
 def interval_times(every_seconds: int, anchor: datetime, start: datetime, end: datetime) -> list[datetime]:

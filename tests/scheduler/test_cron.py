@@ -112,3 +112,35 @@ def test_bad_cron_expressions_are_refused_with_a_reason(expr: str, reason: str) 
 def test_an_unknown_timezone_is_refused() -> None:
     with pytest.raises(ScheduleError, match="unknown timezone"):
         zone("Mars/Olympus_Mons")
+
+
+# Windows on both sides of DST changes in zones with 1 h, 30 min and southern-hemisphere shifts, starting on whole
+# seconds and in between; the margin-free scan (constant offset) must agree with the scan that pads every window.
+ZONES = ["Europe/Paris", "America/New_York", "Australia/Lord_Howe", "Pacific/Auckland", "UTC", "Asia/Kolkata"]
+EXPRS = ["*/20 * * * * *", "*/7 * * * *", "30 2 * * *", "0 * * * *", "15 1-3 * * 0", "59 23 31 12 *"]
+
+
+@pytest.mark.parametrize("tz_name", ZONES)
+def test_the_margin_free_scan_agrees_with_the_padded_one(tz_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    import taskmill.cron
+
+    tz = zone(tz_name)
+    rng = random.Random(tz_name)
+    changes = [datetime(2026, 3, 8, tzinfo=UTC), datetime(2026, 3, 29, tzinfo=UTC), datetime(2026, 4, 5, tzinfo=UTC),
+               datetime(2026, 9, 27, tzinfo=UTC), datetime(2026, 10, 4, tzinfo=UTC), datetime(2026, 10, 25, tzinfo=UTC),
+               datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 31, 12, tzinfo=UTC)]  # fmt: skip
+    windows = []
+    for day in changes:
+        windows.append((day, day + timedelta(hours=1)))  # starting exactly on a firing of several
+        for _ in range(4):
+            start = day + timedelta(seconds=rng.randrange(-86400, 86400), microseconds=rng.choice([0, 500_000]))
+            windows.append((start, start + timedelta(seconds=rng.choice([1, 59, 600, 3600, 7200]))))
+    for expr in EXPRS:
+        for start, end in windows:
+            fast = cron_times(expr, tz, start, end)
+            with monkeypatch.context() as m:
+                m.setattr(taskmill.cron, "_fixed_offset", lambda *_: False)
+                padded = cron_times(expr, tz, start, end)
+            assert fast == padded, (expr, start, end)
