@@ -25,8 +25,6 @@ REQUIRED = Gauge(
 DESIRED = Gauge("taskmill_desired_instances", "Processors asked of the provisioning hook, within min and max")
 HOOK_FAILURES = Gauge("taskmill_provisioning_hook_failing", "1 while the last call of the provisioning hook failed")
 
-_DB_ERRORS = CONNECTION_ERRORS
-
 
 def options_from(settings: Settings) -> Options:
     return Options(
@@ -67,7 +65,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
         while True:
             try:
                 plan = await make_plan(pool, history, options)
-            except _DB_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 log.warning("forecast failed, will retry: %s", exc, extra={"action": "forecast"})
             else:
                 REQUIRED.labels("now").set(plan.now)

@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 # Publishing one batch while claiming the next keeps both the database and the broker busy.
 _BATCHES_IN_FLIGHT = 2
 _BUSY_RETRY_S = 0.2
-_DB_ERRORS = CONNECTION_ERRORS
 
 
 async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_idle: bool = False) -> None:
@@ -67,7 +66,7 @@ async def _dispatch_loop(
             try:
                 runs = await claim_due(pool, settings.claim_batch, settings.queued_lease_s, settings.dispatch_lead_s)
                 due_in = None if runs else await next_due_in(pool, settings.dispatch_lead_s)
-            except _DB_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:
                 slots.release()
                 pause = backoff.next()
                 log.warning("claim failed, will retry in %.1f s: %s", pause, exc, extra={"action": "claim"})
@@ -105,7 +104,7 @@ async def _dispatch_loop(
 async def _publish(pool: asyncpg.Pool, publisher: Publisher, runs: list[Outbound], crash: Crash) -> None:
     try:
         await publish_or_revert(pool, publisher, runs, crash=crash)
-    except _DB_ERRORS as exc:
+    except CONNECTION_ERRORS as exc:
         # The database went away between the claim and the revert: the runs stay queued, and the rescuer
         # publishes them again when their lease ends.
         log.warning("could not revert %d runs (the rescuer will): %s", len(runs), exc, extra={"action": "revert"})
@@ -126,5 +125,5 @@ async def _rescue_loop(pool: asyncpg.Pool, publisher: Publisher, settings: Setti
     while not await wait_or_stop(stop, settings.rescue_interval_s):
         try:
             await rescue(pool, publisher, settings)
-        except _DB_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             log.warning("rescue failed, will retry: %s", exc, extra={"action": "rescue"})

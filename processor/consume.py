@@ -22,6 +22,7 @@ from taskmill.batcher import Batcher
 from taskmill.broker import Publisher
 from taskmill.crash import Crash, CrashPoint
 from taskmill.db import CONNECTION_ERRORS
+from taskmill.loops import Backoff
 from taskmill.messages import RunMessage
 from taskmill.metrics import DUPLICATES, RUN_SECONDS, RUNS_FINISHED, START_LATENESS
 from taskmill.secrets import SecretsError, open_sealed
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 
 _EARLY_RETRY_S = 0.01
 _MAX_CLOCK_SKEW_S = 300.0
-_DB_RETRY_S = 0.2
 _DB_ERRORS = (*CONNECTION_ERRORS, RuntimeError)
 
 
@@ -161,7 +161,7 @@ class Consumer:
     async def _start_when_due(self, message: RunMessage, request: StartRequest) -> Start | None:
         """Holds a run published ahead of its time until it is due, then claims it; None when stopping."""
         await self._gate.wait(message.scheduled_time.timestamp())
-        backoff = _DB_RETRY_S
+        backoff = Backoff(self._settings.db_retry_max_s)
         uncertain = False  # a claim went out and no answer came back: it may have committed
         while not self._stopping:
             try:
@@ -172,8 +172,7 @@ class Consumer:
                 # Hold the delivery rather than requeue it: requeues count toward the broker's delivery limit.
                 log.warning("cannot start run %s yet: %s", message.run_id, exc, extra={"run_id": message.run_id})
                 uncertain = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                await asyncio.sleep(backoff.next())
                 continue
             if start is not Start.EARLY:
                 return start
@@ -250,7 +249,7 @@ class Consumer:
         self._crash.at(CrashPoint.AFTER_PUBLISH)
 
     async def _record_until_done(self, outcome: Outcome) -> bool:
-        delay = 0.2
+        backoff = Backoff(self._settings.db_retry_max_s)
         uncertain = False  # a record went out and no answer came back: it may have committed
         while True:
             try:
@@ -262,8 +261,7 @@ class Consumer:
             except _DB_ERRORS as exc:
                 log.warning("cannot record run %s yet: %s", outcome.run_id, exc, extra={"run_id": outcome.run_id})
                 uncertain = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(backoff.next())
 
 
 async def _finish(pool: asyncpg.Pool, outcomes: Sequence[Outcome]) -> list[bool]:

@@ -63,10 +63,6 @@ class Purged:
     results: int = 0
     audit: int = 0
 
-    @property
-    def rows(self) -> int:
-        return self.runs + self.results + self.audit
-
 
 async def purge_runs(conn: Connection, days: int, batch: int) -> Purged:
     """One batch of terminal runs ended more than `days` ago, with their audit rows (their results cascade)."""
