@@ -10,7 +10,9 @@ import { TaskGrid } from "./tasks.js";
 
 // `?poll=SECONDS` overrides the period (at least 1 s): the browser test watches a refresh without waiting 15 s.
 const POLL_MS = Math.max(1, Number(new URLSearchParams(window.location.search).get("poll")) || 15) * 1000;
-const METRICS_EVERY = 4; // polls: the year-long averages move slowly
+// Polls between two reads of the year-long averages: they move slowly, and reading them scans a year of results
+// (the API's forecast re-reads them every 300 s too).
+const METRICS_EVERY = Math.ceil(300_000 / POLL_MS);
 
 const runs = new RecentRuns();
 const form = new TaskForm({
@@ -120,6 +122,7 @@ async function refreshMetrics() {
 
 let polls = 0;
 let timer = null;
+let retry = null;
 
 async function poll() {
   if (document.hidden) return;
@@ -138,7 +141,12 @@ async function start() {
     form.setTypes(types);
     $("#api-state").textContent = "Connected";
   } catch (err) {
-    if (err.status !== 401) toast(`The API answered: ${err.message}`, "error");
+    if (err.status !== 401) {
+      // Not reachable yet (the API restarting, a network blip): try again rather than stay "Not connected".
+      toast(`The API answered: ${err.message}`, "error");
+      clearTimeout(retry);
+      retry = setTimeout(start, POLL_MS);
+    }
     return;
   }
   await Promise.allSettled([grid.load(), runs.load(), refreshCapacity(), refreshMetrics()]);

@@ -62,6 +62,16 @@ export function tookMs(started, finished) {
   return new Date(finished) - new Date(started);
 }
 
+/** For requests whose replies may come back out of order: each call to the returned function starts a request
+ *  and gives back a check that stays true only until the next call. */
+export function latestOnly() {
+  let last = 0;
+  return () => {
+    const mine = ++last;
+    return () => mine === last;
+  };
+}
+
 export function debounce(fn, delay) {
   let timer;
   return (...args) => {

@@ -2,7 +2,7 @@
 // error, and its status changes (GET /runs/{id}).
 
 import { api } from "./api.js";
-import { $, h, ms, toast, tookMs, when } from "./dom.js";
+import { $, h, latestOnly, ms, toast, tookMs, when } from "./dom.js";
 
 function badge(status) {
   return h("span", { class: `badge ${status}` }, status);
@@ -38,6 +38,8 @@ export class RecentRuns {
     this.task = null; // {id, name} when showing one task's runs
     this.before = null;
     this.next = null;
+    this.request = latestOnly(); // a poll's reply must not overwrite a newer filter's
+    this.shown = null; // what the table shows: left alone (and focus with it) while a poll brings nothing new
     $("#filter-status").addEventListener("change", () => this.first());
     $("#runs-older").addEventListener("click", () => { this.before = this.next; this.load(); });
     $("#runs-newest").addEventListener("click", () => this.first());
@@ -60,23 +62,27 @@ export class RecentRuns {
 
   /** Polled: only the first page follows new runs; an older page stays put while the user reads it. */
   refresh() {
-    if (!this.before) this.load();
+    return this.before ? null : this.load();
   }
 
   async load() {
+    const current = this.request();
     let page;
     try {
       page = await api("GET", "/runs", {
         query: { limit: 25, status: $("#filter-status").value, task_id: this.task?.id, before: this.before },
       });
     } catch (error) {
+      if (!current()) return;
       this.status.textContent = `Runs could not be loaded: ${error.message}`;
       this.status.classList.add("error");
       return;
     }
+    if (!current()) return;
     this.status.classList.remove("error");
     this.next = page.next_cursor;
-    this.body.replaceChildren(...page.items.map((run) => h("tr", { "data-run-id": run.id },
+    const shown = JSON.stringify(page.items);
+    if (shown !== this.shown) this.body.replaceChildren(...page.items.map((run) => h("tr", { "data-run-id": run.id },
       h("td", {}, h("button", { type: "button", class: "link", "aria-label": `Logs of run ${run.id}`,
         on: { click: () => this.open(run.id, run.task_name) } }, `#${run.id}`)),
       h("td", { class: "name" }, run.task_name),
@@ -85,6 +91,7 @@ export class RecentRuns {
       h("td", { class: "num" }, run.attempt),
       h("td", { class: "num" }, ms(tookMs(run.started_at, run.finished_at))),
       h("td", {}, run.worker || "—"))));
+    this.shown = shown;
     this.status.textContent = page.items.length ? ""
       : this.before ? "No older runs." : "No runs yet: runs show here once they are due.";
     $("#runs-older").disabled = !this.next;

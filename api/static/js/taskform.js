@@ -2,7 +2,7 @@
 // (POST /schedule-preview); the server's 422s are shown beside the field they name.
 
 import { ApiError, api } from "./api.js";
-import { $, debounce, h, toast } from "./dom.js";
+import { $, debounce, h, latestOnly, toast } from "./dom.js";
 
 const FIELDS = ["name", "type", "payload", "schedule", "at", "cron", "timezone", "every_seconds", "max_retries",
   "timeout_seconds"];
@@ -28,7 +28,7 @@ export class TaskForm {
     this.form = $("#task-form");
     this.types = [];
     this.editing = null; // the task being edited, or null for a new one
-    this.previewSeq = 0;
+    this.previewRequest = latestOnly(); // the user types on: only the newest preview is shown
     $("#local-zone").textContent = `your time, ${Intl.DateTimeFormat().resolvedOptions().timeZone}`;
     const zones = typeof Intl.supportedValuesOf === "function" ? Intl.supportedValuesOf("timeZone") : [];
     $("#zones").replaceChildren(...["UTC", ...zones].map((z) => h("option", { value: z })));
@@ -135,6 +135,7 @@ export class TaskForm {
 
   async preview() {
     const box = $("#preview");
+    const current = this.previewRequest(); // also makes any preview still on its way stale
     const schedule = this.schedule();
     for (const key of ["schedule", "at", "cron", "timezone", "every_seconds"]) this.fieldError(key, "");
     const incomplete = (schedule.kind === "cron" && !schedule.cron) || (schedule.kind === "interval" && !schedule.every_seconds)
@@ -143,10 +144,9 @@ export class TaskForm {
       box.hidden = true;
       return;
     }
-    const seq = ++this.previewSeq;
     try {
       const result = await api("POST", "/schedule-preview", { body: schedule, query: { count: 5 } });
-      if (seq !== this.previewSeq) return; // the user typed on: a newer preview is on its way
+      if (!current()) return;
       const zone = schedule.kind === "cron" ? schedule.timezone : undefined;
       const inZone = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium", timeZone: zone });
       $("#preview-description").textContent = result.description;
@@ -156,7 +156,7 @@ export class TaskForm {
       box.hidden = false;
       box.classList.remove("invalid");
     } catch (error) {
-      if (seq !== this.previewSeq) return;
+      if (!current()) return;
       box.hidden = true;
       if (error instanceof ApiError && error.status === 422) this.showErrors(error, "schedule.");
     }

@@ -2,7 +2,7 @@
 // switch per row.
 
 import { api } from "./api.js";
-import { $, debounce, h, toast, when } from "./dom.js";
+import { $, debounce, h, latestOnly, toast, when } from "./dom.js";
 
 export function scheduleText(schedule) {
   switch (schedule.kind) {
@@ -20,6 +20,7 @@ export class TaskGrid {
     this.sort = "id";
     this.cursors = [null]; // the cursor of each page seen so far: Previous goes back one
     this.next = null;
+    this.request = latestOnly(); // an older filter's reply must not overwrite a newer one's
     this.body = $("#task-grid tbody");
     this.status = $("#tasks-status");
     for (const th of document.querySelectorAll("#task-grid th[data-sort]")) {
@@ -71,14 +72,17 @@ export class TaskGrid {
       cursor: this.cursors[this.cursors.length - 1],
     };
     this.status.textContent = "Loading tasks…";
+    const current = this.request();
     let page;
     try {
       page = await api("GET", "/tasks", { query });
     } catch (error) {
+      if (!current()) return;
       this.status.textContent = `Tasks could not be loaded: ${error.message}`;
       this.status.classList.add("error");
       return;
     }
+    if (!current()) return;
     this.status.classList.remove("error");
     this.next = page.next_cursor;
     this.body.replaceChildren(...page.items.map((task) => this.row(task, task.id === highlight)));
