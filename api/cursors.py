@@ -11,13 +11,15 @@ import json
 
 from fastapi.exceptions import RequestValidationError
 
+from api.errors import invalid
+
 
 def encode(value: str, row_id: int) -> str:
     return base64.urlsafe_b64encode(json.dumps([value, row_id]).encode()).decode()
 
 
 def not_a_cursor(param: str, msg: str = "is not a cursor this API returned") -> RequestValidationError:
-    return RequestValidationError([{"loc": ("query", param), "msg": msg, "type": "value_error"}])
+    return invalid(("query", param), msg)
 
 
 def decode(cursor: str, param: str) -> tuple[str, int]:

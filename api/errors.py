@@ -24,6 +24,11 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=PROBLEM)
 
 
+def invalid(loc: tuple[str, ...], reason: str) -> RequestValidationError:
+    """A 422 naming one field, in the shape of FastAPI's own validation errors (so it renders the same)."""
+    return RequestValidationError([{"loc": loc, "msg": reason, "type": "value_error"}])
+
+
 def _field(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or "(body)"

@@ -23,6 +23,10 @@ _DST_MARGIN = timedelta(hours=3)
 # hour); then the scan needs no margin, which a per-second cron would otherwise pay for 6 hours of firings.
 _CHECKED_WINDOW = timedelta(days=2)
 _STEP = timedelta(hours=1)
+# next_times looks for the next runs in a window that starts at a minute and grows eightfold until it holds
+# enough: an every-second expression stays cheap, a yearly one is still found.
+_FIRST_WINDOW = timedelta(minutes=1)
+_LONGEST_WINDOW = timedelta(days=366 * 40)
 
 
 class ScheduleError(ValueError):
@@ -133,6 +137,33 @@ def cron_times(expr: str, tz: ZoneInfo, start: datetime, end: datetime) -> list[
     except CroniterBadDateError:
         pass  # no more firings within croniter's search window
     return sorted(found)
+
+
+def next_times(expr: str, tz: ZoneInfo, after: datetime, count: int) -> list[datetime]:
+    """The first `count` instants at or after `after` at which `expr` fires, by cron_times (its DST policy).
+
+    The scan starts near the first run rather than at `after`, so "every second of January 1st" does not walk
+    the months before it.
+    """
+    first = _first_firing(expr, tz, after)
+    start = max(after, first - _DST_MARGIN)
+    window = first - start + _FIRST_WINDOW
+    while True:
+        runs = cron_times(expr, tz, start, start + window)
+        if len(runs) >= count or window >= _LONGEST_WINDOW:
+            return runs[:count]
+        window *= 8
+
+
+def _first_firing(expr: str, tz: ZoneInfo, after: datetime) -> datetime:
+    """About when the first run at or after `after` is: croniter's next wall time read with the zone's offset
+    then (one step, cheap even for a yearly expression); a DST change moves the real run by less than the margin."""
+    local = after.astimezone(tz).replace(tzinfo=None) - _DST_MARGIN
+    try:
+        wall: datetime = _iterator(expr, local).get_next(datetime)
+    except (CroniterBadDateError, ValueError, OverflowError):
+        return after
+    return max(after, wall.replace(tzinfo=tz).astimezone(UTC))
 
 
 def _fixed_offset(tz: ZoneInfo, start: datetime, end: datetime) -> bool:

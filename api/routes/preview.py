@@ -8,28 +8,19 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
-from zoneinfo import ZoneInfo
 
 from cron_descriptor import ExpressionDescriptor, FormatException, MissingFieldException, WrongArgumentException
-from croniter import CroniterBadDateError, croniter
 from fastapi import APIRouter, Depends, Query
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
 from api.auth import READ, Principal, require
+from api.errors import invalid
 from api.routes.tasks import AT_GRACE
-from taskmill.cron import cron_times, interval_times, zone
+from taskmill.cron import interval_times, next_times, zone
 from taskmill.models import Schedule
 from taskmill.states import ScheduleKind
 
 router = APIRouter()
-
-# The window the next cron runs are looked for in starts at a minute and grows eightfold until it holds enough:
-# an every-second expression stays cheap, a yearly one is still found (validation promises a run within 5 years).
-_FIRST_WINDOW = timedelta(minutes=1)
-_LONGEST_WINDOW = timedelta(days=366 * 40)
-# More than any DST change moves a wall time by (taskmill.cron scans the same margin).
-_DST_SHIFT = timedelta(hours=3)
 
 
 class SchedulePreview(BaseModel):
@@ -45,32 +36,6 @@ def describe_cron(expr: str) -> str:
         return str(ExpressionDescriptor(text).get_description())
     except (FormatException, MissingFieldException, WrongArgumentException, ValueError, LookupError):
         return f"Cron {expr}"  # the words are a courtesy: an expression the scheduler takes is never refused here
-
-
-def _first_wall_run(expr: str, tz: ZoneInfo, now: datetime) -> datetime:
-    """About when the first run at or after `now` is: croniter's next wall time read with the zone's offset then
-    (one step, cheap even for a yearly expression). A DST change moves the real run by less than _DST_SHIFT."""
-    local = now.astimezone(tz).replace(tzinfo=None) - _DST_SHIFT
-    try:
-        wall = croniter(expr, local, second_at_beginning=len(expr.split()) == 6).get_next(datetime)
-    except (CroniterBadDateError, ValueError, OverflowError):
-        return now
-    return max(now, wall.replace(tzinfo=tz).astimezone(UTC))
-
-
-def next_cron_runs(expr: str, timezone: str, now: datetime, count: int) -> list[datetime]:
-    """The first `count` runs at or after `now`, by taskmill.cron (the scheduler's DST policy). The expansion
-    starts near the first run rather than at `now`, so "every second of January 1st" does not scan the months
-    before it, and its window grows eightfold until it holds `count` runs."""
-    tz = zone(timezone)
-    first = _first_wall_run(expr, tz, now)
-    start = max(now, first - _DST_SHIFT)
-    window = first - start + _FIRST_WINDOW
-    while True:
-        runs = cron_times(expr, tz, start, start + window)
-        if len(runs) >= count or window >= _LONGEST_WINDOW:
-            return runs[:count]
-        window *= 8
 
 
 def _every(seconds: int) -> str:
@@ -89,7 +54,7 @@ def preview(schedule: Schedule, now: datetime, count: int) -> SchedulePreview:
         if schedule.timezone != "UTC":
             words += f" ({schedule.timezone} time)"
         return SchedulePreview(
-            description=words, next_runs=next_cron_runs(schedule.cron, schedule.timezone, now, count)
+            description=words, next_runs=next_times(schedule.cron, zone(schedule.timezone), now, count)
         )
     if schedule.kind is ScheduleKind.INTERVAL:
         assert schedule.every_seconds is not None
@@ -107,10 +72,6 @@ def preview(schedule: Schedule, now: datetime, count: int) -> SchedulePreview:
 MAX_START_OFFSET = timedelta(days=3660)
 
 
-def _invalid(field: str, reason: str) -> RequestValidationError:
-    return RequestValidationError([{"loc": (field,), "msg": reason, "type": "value_error"}])
-
-
 @router.post("/schedule-preview", response_model=SchedulePreview)
 async def schedule_preview(
     body: Schedule,
@@ -122,15 +83,15 @@ async def schedule_preview(
     now = datetime.now(UTC).replace(microsecond=0)
     if start is not None:
         if start.tzinfo is None:
-            raise _invalid("start", "give a timezone offset, e.g. 2027-03-27T00:00:00Z")
+            raise invalid(("start",), "give a timezone offset, e.g. 2027-03-27T00:00:00Z")
         try:
             start = start.astimezone(UTC)
         except (OverflowError, ValueError):
-            raise _invalid("start", f"is more than {MAX_START_OFFSET.days} days from now") from None
+            raise invalid(("start",), f"is more than {MAX_START_OFFSET.days} days from now") from None
         if abs(start - now) > MAX_START_OFFSET:
-            raise _invalid("start", f"is more than {MAX_START_OFFSET.days} days from now")
+            raise invalid(("start",), f"is more than {MAX_START_OFFSET.days} days from now")
     elif body.kind is ScheduleKind.ONCE and body.at is not None and body.at < now - AT_GRACE:
         # Saving this schedule now would be refused the same way (POST /tasks).
-        raise _invalid("at", f"is more than {AT_GRACE.seconds} s in the past")
-    # Expanding a cron expression is CPU work (an every-second one scans its DST margin): off the event loop.
+        raise invalid(("at",), f"is more than {AT_GRACE.seconds} s in the past")
+    # Expanding a cron expression is CPU work (an every-second one near a DST change scans its margin): off the loop.
     return await asyncio.to_thread(preview, body, start or now, count)

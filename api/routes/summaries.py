@@ -7,11 +7,11 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 
 from api.auth import READ, Principal, require
 from api.deps import pool
+from api.errors import invalid
 from capacity.plan import History, Options, make_plan
 from taskmill.settings import Settings
 from taskmill.store.capacity import TypeSummary, type_summaries
@@ -77,7 +77,7 @@ async def scheduled_tasks_summary(
     settings: Settings = request.app.state.settings
     if hours * 3600 / bucket > MAX_BUCKETS:
         reason = f"gives more than {MAX_BUCKETS:,} buckets in {hours:g} hours: widen it"
-        raise RequestValidationError([{"loc": ("query", "bucket"), "msg": reason, "type": "value_error"}])
+        raise invalid(("query", "bucket"), reason)
     options = Options(
         horizon_s=hours * 3600,
         bucket_s=bucket,

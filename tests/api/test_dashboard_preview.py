@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from api.routes.preview import describe_cron, next_cron_runs
-from taskmill.cron import cron_times, zone
+from api.routes.preview import describe_cron
+from taskmill.cron import cron_times, next_times, zone
 from tests.api.conftest import bearer
 
 READ = bearer("tasks:read")
@@ -163,4 +163,4 @@ def test_the_next_runs_are_the_schedulers_own_from_any_start(
     start = datetime.fromisoformat(now)
     expected = cron_times(expr, zone(timezone), start, start + span)
     assert expected, "the span holds runs"
-    assert next_cron_runs(expr, timezone, start, len(expected)) == expected
+    assert next_times(expr, zone(timezone), start, len(expected)) == expected
