@@ -56,10 +56,15 @@ def required_instances(total_ms: FloatArray, capacity_ms: float, buffer: float) 
     return np.ceil(total_ms / (capacity_ms * (1.0 - buffer))).astype(np.int64)
 
 
-def _per_bucket(runs: Runs, weights: FloatArray, horizon_s: float, bucket_s: int, buckets: int) -> FloatArray:
+def _per_bucket(runs: Runs, horizon_s: float, bucket_s: int, buckets: int) -> tuple[FloatArray, FloatArray]:
+    """(runs, compute ms) per bucket; each run's bucket is found once for both sums."""
     inside = (runs.offsets_s >= 0) & (runs.offsets_s < horizon_s)
     index = (runs.offsets_s[inside] // bucket_s).astype(np.int64)
-    return np.bincount(index, weights=weights[inside], minlength=buckets)[:buckets].astype(np.float64)
+
+    def total(weights: FloatArray) -> FloatArray:
+        return np.bincount(index, weights=weights[inside], minlength=buckets)[:buckets].astype(np.float64)
+
+    return total(runs.count), total(runs.ms)
 
 
 def forecast(
@@ -73,11 +78,9 @@ def forecast(
 ) -> Forecast:
     """Buckets runs in [0, horizon) by `bucket_s` seconds; each bucket's compute sets the instances it needs."""
     buckets = int(np.ceil(horizon_s / bucket_s))
-    projected = projected if projected is not None else Runs.empty()
-    runs = _per_bucket(scheduled, scheduled.count, horizon_s, bucket_s, buckets)
-    extra = _per_bucket(projected, projected.count, horizon_s, bucket_s, buckets)
-    required = _per_bucket(scheduled, scheduled.ms, horizon_s, bucket_s, buckets)
-    required += _per_bucket(projected, projected.ms, horizon_s, bucket_s, buckets)
+    runs, required = _per_bucket(scheduled, horizon_s, bucket_s, buckets)
+    extra, extra_ms = _per_bucket(projected or Runs.empty(), horizon_s, bucket_s, buckets)
+    required += extra_ms
     return Forecast(
         bucket_s,
         np.rint(runs + extra).astype(np.int64),
