@@ -149,3 +149,13 @@ async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     conn = await connect(settings.database_url)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """A small pool on the test's database, for code that takes one (the forecast, the janitor)."""
+    from taskmill.db import create_pool
+
+    p = await create_pool(settings.database_url, max_size=2)
+    yield p
+    await p.close()

@@ -51,7 +51,7 @@ async def test_every_file_the_page_and_its_modules_load_is_served_with_its_type(
 
 async def test_a_missing_static_file_is_a_404_and_the_tree_cannot_be_left(client: httpx.AsyncClient) -> None:
     assert (await client.get("/static/nope.js")).status_code == 404
-    assert (await client.get("/static/../app.py")).status_code == 404
+    # ("/static/../app.py" would be normalized by the client to "/app.py" before it left: encoded, it reaches them.)
     assert (await client.get("/static/%2e%2e/app.py")).status_code == 404
 
 

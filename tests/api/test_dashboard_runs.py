@@ -36,10 +36,13 @@ async def history(db: asyncpg.Connection) -> dict[str, Any]:
     """Two tasks whose runs interleave; two of them share a scheduled time; one run is still to come."""
     a = await new_task(db, "alpha <script>alert(1)</script>", schedule=YEARLY)
     b = await new_task(db, "beta", schedule=YEARLY)
-    a_runs = await add_runs(
-        db, a.id, [("-50 minutes", "succeeded"), ("-30 minutes", "failed"), ("-10 minutes", "succeeded")]
-    )
-    b_runs = await add_runs(db, b.id, [("-40 minutes", "dead"), ("-10 minutes", "succeeded"), ("+1 hour", "scheduled")])
+    async with db.transaction():  # one now(): the two runs 10 minutes ago share their time exactly
+        a_runs = await add_runs(
+            db, a.id, [("-50 minutes", "succeeded"), ("-30 minutes", "failed"), ("-10 minutes", "succeeded")]
+        )
+        b_runs = await add_runs(
+            db, b.id, [("-40 minutes", "dead"), ("-10 minutes", "succeeded"), ("+1 hour", "scheduled")]
+        )
     return {"a": a, "b": b, "a_runs": a_runs, "b_runs": b_runs}
 
 
@@ -57,6 +60,8 @@ async def test_runs_come_newest_first_with_their_task_name_and_none_still_to_com
     # The two runs 10 minutes ago share their time: the higher id comes first.
     assert [r["id"] for r in page["items"]] == [b[1], a[2], a[1], b[0], a[0]]
     assert page["next_cursor"] is None
+    tied = {r["id"]: r["scheduled_time"] for r in page["items"][:2]}
+    assert tied[b[1]] == tied[a[2]]
     names = {r["id"]: r["task_name"] for r in page["items"]}
     assert names[a[0]] == "alpha <script>alert(1)</script>" and names[b[0]] == "beta"
     times = [datetime.fromisoformat(r["scheduled_time"]) for r in page["items"]]
@@ -92,7 +97,7 @@ async def test_the_cursor_pages_through_every_run_once_in_order(
     a, b = history["a_runs"], history["b_runs"]
     assert seen == [b[1], a[2], a[1], b[0], a[0]]
     assert pages == 3
-    # Filters and cursor together: the older succeeded runs after the first one.
+    # Filters and cursor together: the older succeeded runs after the first one (the cursor falls inside the tie).
     first = (await get_runs(client, status="succeeded", limit=1)).json()
     rest = (await get_runs(client, status="succeeded", before=first["next_cursor"])).json()
     assert [r["id"] for r in rest["items"]] == [a[2], a[0]]

@@ -3,7 +3,6 @@ counted once whether the scheduler has materialized it or not."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
@@ -11,20 +10,12 @@ import pytest
 
 from capacity.plan import History, Options, Plan, make_plan
 from scheduler.materialize import materialize
-from taskmill.db import create_pool
 from taskmill.models import Schedule
 from taskmill.settings import Settings
 from taskmill.states import RunState
 from taskmill.store.capacity import type_summaries
 from taskmill.store.runs import Outcome, Start, StartRequest, finish_runs, start_runs
 from tests.helpers import new_task
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    p = await create_pool(settings.database_url, max_size=2)
-    yield p
-    await p.close()
 
 
 async def add_result(

@@ -18,29 +18,30 @@ from tests.helpers import new_task
 from tests.processor.test_retries import FAIL, attempts, dead_letters, run_pipeline
 
 
-def losing_the_reply(
-    real: Callable[..., Awaitable[list[Any]]], when: Callable[[Sequence[Any]], bool]
-) -> Callable[..., Awaitable[list[Any]]]:
+class LosingTheReply:
     """`real`, whose first call with a batch matching `when` commits and then fails as a dropped connection."""
-    lost = False
 
-    async def call(conn: asyncpg.Pool, *args: Any) -> list[Any]:
-        nonlocal lost
-        answer = await real(conn, *args)
-        if not lost and when(args[-1]):
-            lost = True
+    def __init__(self, real: Callable[..., Awaitable[list[Any]]], when: Callable[[Sequence[Any]], bool]) -> None:
+        self.real = real
+        self.when = when
+        self.fired = False
+
+    async def __call__(self, conn: asyncpg.Pool, *args: Any) -> list[Any]:
+        answer = await self.real(conn, *args)
+        if not self.fired and self.when(args[-1]):
+            self.fired = True
             raise ConnectionResetError("connection reset by peer (injected after the commit)")
         return answer
-
-    return call
 
 
 async def test_a_claim_whose_reply_was_lost_still_runs_the_attempt_once(
     settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(processor.consume, "start_runs", losing_the_reply(start_runs, lambda batch: True))
+    fault = LosingTheReply(start_runs, lambda batch: True)
+    monkeypatch.setattr(processor.consume, "start_runs", fault)
     task = await new_task(db, "once", "noop", max_retries=0)
     await run_pipeline(settings, db, {"succeeded": 1})
+    assert fault.fired
 
     # Not left in running for the rescuer to fail later: executed on this first attempt, recorded once.
     assert [(r["attempt"], r["status"]) for r in await attempts(db, task.id)] == [(1, "succeeded")]
@@ -55,9 +56,11 @@ async def test_a_dead_outcome_whose_reply_was_lost_is_still_dead_lettered(
     def dead(batch: Sequence[Outcome]) -> bool:
         return any(o.status == "dead" for o in batch)
 
-    monkeypatch.setattr(processor.consume, "finish_runs", losing_the_reply(finish_runs, dead))
+    fault = LosingTheReply(finish_runs, dead)
+    monkeypatch.setattr(processor.consume, "finish_runs", fault)
     task = await new_task(db, "doomed", "command", FAIL, max_retries=1, retry_delay_seconds=0.1)
     await run_pipeline(settings, db, {"dead": 1})
+    assert fault.fired
 
     assert [(r["attempt"], r["status"]) for r in await attempts(db, task.id)] == [(1, "failed"), (2, "dead")]
     [message] = await dead_letters(settings)  # the dead-letter queue still holds one message for the dead run

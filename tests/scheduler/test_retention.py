@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -68,13 +67,6 @@ async def counts(db: asyncpg.Connection, ids: list[int]) -> tuple[int, int, int]
     )
     assert row is not None
     return row[0], row[1], row[2]
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    p = await create_pool(settings.database_url, max_size=2)
-    yield p
-    await p.close()
 
 
 async def test_old_terminal_runs_go_with_their_results_and_audit_and_nothing_recent_or_unfinished_does(
