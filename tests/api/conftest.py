@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from taskmill.db import connect
 from taskmill.settings import Settings
 from taskmill.tokens import mint
 from tests.conftest import isolated_settings
-from tests.helpers import running, wait_until
+from tests.helpers import free_port, running, wait_until
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
 
@@ -66,13 +65,6 @@ async def module_api(template_db: str) -> AsyncIterator[Api]:
 
 def bearer(scope: str = "tasks:read tasks:write", sub: str = "alice", secret: str = SECRET) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint(secret, sub, scope)}"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @asynccontextmanager

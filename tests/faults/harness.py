@@ -50,11 +50,11 @@ from cryptography.fernet import Fernet
 
 from taskmill.settings import Settings
 from taskmill.tokens import mint
-from taskmill.topology import Names, declare
+from taskmill.topology import Names
 from tests.faults import invariants, procs
 from tests.faults.invariants import Expected, Report
 from tests.faults.target import MARK, CommandLog, Target
-from tests.helpers import role_env
+from tests.helpers import free_port, role_env, wait_until
 
 Process = asyncio.subprocess.Process
 
@@ -214,11 +214,6 @@ class BrokerView:
         async with self.channel() as channel:
             await channel.queue_delete(queue)
 
-    async def declare(self) -> None:
-        """The whole topology again, as a role declares it at start."""
-        async with self.channel() as channel:
-            await declare(channel, self.settings)
-
 
 @dataclass(eq=False)
 class Stack:
@@ -285,7 +280,7 @@ class Stack:
         """Starts replicas of each role at once (the imports dominate; two cores share them), each with `env`
         on top of the stack's, then waits until each is connected and working."""
         if api and not self.api_port:
-            self.api_port = _free_port()
+            self.api_port = free_port()
         wanted = [("scheduler", scheduler), ("distributor", distributor), ("processor", processor)]
         started = [await self._spawn(role, (), env, False) for role, n in wanted for _ in range(n)]
         if api:
@@ -293,13 +288,13 @@ class Stack:
         await self.wait_ready(started)
         return started
 
-    async def add(self, role: str, *args: str, crash: str = "", ready: bool | None = None, **env: str) -> RoleProcess:
+    async def add(self, role: str, *args: str, crash: str = "", **env: str) -> RoleProcess:
         """One more replica, with extra environment; `crash="<point>[:<nth>]"` makes it SIGKILL itself there (it
         is then not waited for: it may reach its point before it looks ready)."""
         if crash:
             env["TASKMILL_CRASH_AT"] = crash
         process = await self._spawn(role, args, env, expect_exit=bool(crash))
-        if ready if ready is not None else not crash:
+        if not crash:
             await self.wait_ready([process])
         return process
 
@@ -366,11 +361,10 @@ class Stack:
         return "\n".join(f"--- {p.name} (pid {p.pid}, exit {p.proc.returncode}):\n{p.output()}" for p in self.processes)
 
     async def _wait(self, check: Any, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not await check():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.logs()}")
-            await asyncio.sleep(0.1)
+        try:
+            await wait_until(check, timeout, interval=0.1, what=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.logs()}") from None
 
     # -- the database ------------------------------------------------------------------------------------------
 
@@ -396,18 +390,6 @@ class Stack:
         )
         assert row is not None, f"task {task_id} has no run"
         return row
-
-    async def wait_status(self, task_id: int, status: str, timeout: float = 20) -> asyncpg.Record:
-        async def reached() -> bool:
-            self._fail_on_unexpected_exit()
-            return bool(
-                await self.db.fetchval(
-                    "SELECT count(*) FROM task_schedule WHERE task_id = $1 AND status = $2", task_id, status
-                )
-            )
-
-        await self._wait(reached, timeout, f"the run of task {task_id} to be {status}")
-        return await self.run_of(task_id)
 
     async def wait_reverted(self, run_ids: list[int], timeout: float, what: str) -> None:
         """Until each of `run_ids` went from queued back to scheduled (a publish the broker did not take)."""
@@ -537,10 +519,3 @@ class Stack:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         assert not left, f"command processes outlived the stack: {[d for _, d in left]}"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port

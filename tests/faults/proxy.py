@@ -75,10 +75,6 @@ class Proxy:
         netloc = f"{userinfo}@" if userinfo else ""
         return urlunsplit(parts._replace(netloc=f"{netloc}127.0.0.1:{self.port}"))
 
-    @property
-    def open_links(self) -> int:
-        return sum(1 for link in self._links if not link.dead)
-
     def blackhole(self) -> None:
         self.blackholed = True
         for link in self._links:

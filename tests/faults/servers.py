@@ -124,16 +124,6 @@ def _run_sync(argv: list[str], timeout: float = 60) -> None:
         proc.wait()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # -- RabbitMQ -------------------------------------------------------------------------------------------------
 
 
@@ -163,10 +153,6 @@ class RabbitNode:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/"
-
-    @property
-    def short(self) -> str:
-        return self.name.split("@", 1)[0]
 
     def _server_env(self) -> list[str]:
         b = self.base
@@ -234,7 +220,7 @@ class RabbitNode:
         await self.ctl("stop", timeout=90, check=False)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
-        while pid is not None and _pid_alive(pid):
+        while pid is not None and procs.alive(pid):
             if loop.time() > deadline:
                 os.kill(pid, signal.SIGKILL)
             await asyncio.sleep(0.1)
@@ -274,7 +260,7 @@ class RabbitNode:
     def destroy(self) -> None:
         pid = self._pid()
         _run_sync(self._ctl_argv("stop"))
-        if pid is not None and _pid_alive(pid):
+        if pid is not None and procs.alive(pid):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.base, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -405,7 +391,7 @@ def _reap_leftovers() -> None:
     """Stops the servers of earlier sessions whose pytest process is gone, and removes their dirs."""
     for path in _ROOT.glob("tmfault-*"):
         pid = path.name.removeprefix("tmfault-")
-        if not pid.isdigit() or _pid_alive(int(pid)):
+        if not pid.isdigit() or procs.alive(int(pid)):
             continue
         node = RabbitNode(f"tmfault-{pid}@localhost", 0, 0, path / "rabbit")
         for cli in procs.pids():  # an Erlang CLI of that session still waiting on its node
@@ -496,8 +482,6 @@ class FaultStack(Stack):
     """A harness stack whose processes also get `extra_env` (RECOVERY_ENV and the private servers' URLs)."""
 
     extra_env: dict[str, str] = field(default_factory=dict)
-    pg: PgCluster | None = None
-    rabbit: RabbitNode | None = None
 
     def env(self, **extra: str) -> dict[str, str]:
         return super().env(**(self.extra_env | extra))
@@ -540,7 +524,7 @@ async def fault_stack(
         if db is None or pg is not None:
             db = await connect(settings.database_url)
         base = await Stack.open(settings, db, workdir)
-        stack = FaultStack(**{f: getattr(base, f) for f in Stack.__dataclass_fields__}, pg=pg, rabbit=rabbit)
+        stack = FaultStack(**{f: getattr(base, f) for f in Stack.__dataclass_fields__})
         stack.extra_env = RECOVERY_ENV | env
         await stack.broker.close()
         stack.broker = NodeBrokerView(stack.settings, rabbit)

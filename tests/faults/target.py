@@ -119,14 +119,12 @@ class CommandLog:
         self.path = path
         self.mark = mark
 
-    def payload(self, *, sleep_s: float = 0, exit_code: int = 0) -> dict[str, Any]:
+    def payload(self, *, sleep_s: float = 0) -> dict[str, Any]:
         """A command task's payload. `sleep_s` holds only a run's first attempt (one line in the log so far), so
         a retry after a crash is quick."""
         script = 'echo "$TASKMILL_RUN_ID $$" >> "$TASKMILL_FAULT_LOG"'
         if sleep_s:
             script += f'; [ "$(grep -c "^$TASKMILL_RUN_ID " "$TASKMILL_FAULT_LOG")" -gt 1 ] || sleep {sleep_s:g}'
-        if exit_code:
-            script += f"; exit {exit_code}"
         return {"argv": ["sh", "-c", script], "env": {"TASKMILL_FAULT_LOG": str(self.path), MARK: self.mark}}
 
     def entries(self) -> list[tuple[int, int]]:

@@ -12,14 +12,9 @@ import pytest
 
 from taskmill.settings import Settings
 from tests.faults.servers import RabbitNode, fault_stack
-from tests.helpers import new_task, wait_until
+from tests.helpers import new_task, statuses, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-async def _count(db: asyncpg.Connection, status: str) -> int:
-    n: int = await db.fetchval("SELECT count(*) FROM task_schedule WHERE status = $1::run_status", status)
-    return n
 
 
 async def test_a_broker_stopped_and_started_with_200_runs_in_flight_loses_none_and_the_roles_reconnect_alone(
@@ -33,10 +28,10 @@ async def test_a_broker_stopped_and_started_with_200_runs_in_flight_loses_none_a
         ]
 
         async def flowing() -> bool:
-            return await _count(db, "succeeded") >= 20
+            return (await statuses(db)).get("succeeded", 0) >= 20
 
         await wait_until(flowing, 30, what="the first runs to succeed")
-        in_flight = 200 - await _count(db, "succeeded")
+        in_flight = 200 - (await statuses(db)).get("succeeded", 0)
         await rabbit.stop()
 
         # Runs that fall due while the broker is away: their publishes fail and they go back to scheduled.

@@ -26,7 +26,6 @@ class Case:
     final: str
     attempts: int
     modes: dict[str, int] = field(default_factory=dict)  # how the target answers (tests/faults/target.py)
-    max_retries: int = 1
     repeated: bool = False  # the side effect happens twice: the crash came after it, before it was recorded
 
 
@@ -67,7 +66,7 @@ async def test_a_role_killed_at_a_crash_point_loses_no_run_and_runs_it_to_one_en
         "crash",
         "http",
         stack.target.payload("crash", **case.modes),
-        max_retries=case.max_retries,
+        max_retries=1,
         retry_delay_seconds=0.5,
         timeout_seconds=2,  # a lost attempt's lease ends 2 + 1 s after it started
     )

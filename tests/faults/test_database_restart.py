@@ -10,15 +10,10 @@ from pathlib import Path
 import pytest
 
 from taskmill.settings import Settings
-from tests.faults.servers import FaultStack, PgCluster, RabbitNode, fault_stack
-from tests.helpers import new_task, wait_until
+from tests.faults.servers import PgCluster, RabbitNode, fault_stack
+from tests.helpers import new_task, statuses, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-async def _count(stack: FaultStack, status: str) -> int:
-    n: int = await stack.db.fetchval("SELECT count(*) FROM task_schedule WHERE status = $1::run_status", status)
-    return n
 
 
 async def test_a_database_restarted_at_once_mid_flow_loses_no_run_and_every_role_carries_on(
@@ -32,7 +27,7 @@ async def test_a_database_restarted_at_once_mid_flow_loses_no_run_and_every_role
         ]
 
         async def flowing() -> bool:
-            return await _count(stack, "succeeded") >= 10
+            return (await statuses(stack.db)).get("succeeded", 0) >= 10
 
         await wait_until(flowing, 30, what="the first runs to succeed")
         await pg.restart("immediate")  # every backend killed at once, crash recovery, back within a second
@@ -66,7 +61,7 @@ async def test_outcomes_that_cannot_be_recorded_are_held_unacked_and_recorded_on
         ]
 
         async def all_running() -> bool:
-            return await _count(stack, "running") == len(tasks)
+            return (await statuses(stack.db)).get("running", 0) == len(tasks)
 
         await wait_until(all_running, 20, what="every run to start")
         started = {r["id"]: r["worker"] for r in await stack.db.fetch("SELECT id, worker FROM task_schedule")}
@@ -84,7 +79,7 @@ async def test_outcomes_that_cannot_be_recorded_are_held_unacked_and_recorded_on
         await stack.reconnect_db()
 
         async def recorded() -> bool:
-            return await _count(stack, "succeeded") == len(tasks)
+            return (await statuses(stack.db)).get("succeeded", 0) == len(tasks)
 
         await wait_until(recorded, 20, what="the held outcomes to be recorded")
         rows = await stack.db.fetch("SELECT id, worker, attempt FROM task_schedule")
