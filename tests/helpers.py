@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -104,3 +105,14 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def taskmill(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`taskmill ARGS` as a process, with only PATH and `env` in its environment (no settings leak in)."""
+    return subprocess.run(
+        [sys.executable, "-m", "taskmill.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "TASKMILL_LOG_FORMAT": "text", **env},
+    )

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 
 import asyncpg
@@ -9,12 +7,7 @@ import pytest
 
 from taskmill.migrate import migrate, migration_files
 from tests.conftest import PG_ADMIN, _dsn
-
-
-def taskmill(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "taskmill.cli", *args], capture_output=True, text=True, timeout=30, env=env
-    )
+from tests.helpers import taskmill
 
 
 @pytest.mark.parametrize(
@@ -22,7 +15,7 @@ def taskmill(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     [("TASKMILL_CONCURRENCY", "lots"), ("DATABASE_URL", "mysql://db/x"), ("TASKMILL_QUEUE_TYPE", "stream")],
 )
 def test_a_bad_setting_stops_the_process_with_one_line_naming_it(variable: str, value: str) -> None:
-    result = taskmill("processor", env={"PATH": "/usr/bin:/bin", variable: value})
+    result = taskmill("processor", **{variable: value})
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1

@@ -6,25 +6,15 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
 from taskmill.settings import Settings
 from tests.conftest import _dsn
+from tests.helpers import taskmill
 
 NO_DATABASE = _dsn("tmtest_no_such_database")
-
-
-def taskmill(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "taskmill.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PATH": "/usr/bin:/bin", "TASKMILL_LOG_FORMAT": "text", **env},
-    )
 
 
 def assert_one_line(result: subprocess.CompletedProcess[str], code: int, line: str) -> None:

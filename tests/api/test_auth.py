@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -11,6 +9,7 @@ import pytest
 
 from taskmill.settings import Settings
 from tests.api.conftest import SECRET, bearer, served_api
+from tests.helpers import taskmill
 
 BAD_TOKEN = 'Bearer realm="taskmill", error="invalid_token"'
 
@@ -64,52 +63,24 @@ async def test_an_oversized_token_on_a_real_socket_is_refused_and_the_server_kee
 
 
 def test_an_unusable_public_key_stops_the_api_at_start_with_one_line() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "taskmill.cli", "api"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "JWT_PUBLIC_KEY": "-----BEGIN PUBLIC KEY-----\ngarbage\n-----END PUBLIC KEY-----",
-        },
-    )
+    result = taskmill("api", JWT_PUBLIC_KEY="-----BEGIN PUBLIC KEY-----\ngarbage\n-----END PUBLIC KEY-----")
     assert result.returncode == 2
     assert result.stderr.strip() == "taskmill api: JWT_PUBLIC_KEY is not an RSA public key in PEM form"
 
 
 def test_taskmill_token_prints_a_token_the_api_accepts_and_nothing_else() -> None:
-    env = {"PATH": "/usr/bin:/bin", "JWT_SECRET": SECRET}
-    result = subprocess.run(
-        [sys.executable, "-m", "taskmill.cli", "token", "--sub", "ci", "--scope", "tasks:read"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-    )
+    result = taskmill("token", "--sub", "ci", "--scope", "tasks:read", JWT_SECRET=SECRET)
     assert result.returncode == 0, result.stderr
     (line,) = result.stdout.splitlines()
     decoded = jwt.decode(line, SECRET, algorithms=["HS256"])
     assert (decoded["sub"], decoded["scope"]) == ("ci", "tasks:read")
     assert decoded["exp"] > time.time()
-    missing = subprocess.run(
-        [sys.executable, "-m", "taskmill.cli", "token", "--sub", "ci"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PATH": "/usr/bin:/bin"},
-    )
+    missing = taskmill("token", "--sub", "ci")
     assert missing.returncode == 2 and "JWT_SECRET" in missing.stderr
 
 
 def test_the_api_refuses_to_start_without_a_key() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "taskmill.cli", "api"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PATH": "/usr/bin:/bin"},
-    )
+    result = taskmill("api")
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "taskmill api: set JWT_SECRET (HS256) or JWT_PUBLIC_KEY (RS256): the API does not run without auth"
