@@ -16,18 +16,16 @@ from typing import Any
 
 import aio_pika
 import asyncpg
-import httpx
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from cryptography.fernet import Fernet
 
 import distributor.service
 import processor.service
-from api.app import create_app
 from taskmill import topology
 from taskmill.settings import Settings
 from taskmill.topology import Names
-from tests.api.conftest import SECRET, bearer
+from tests.api.conftest import SECRET, app_client, bearer
 from tests.helpers import running, wait_until
 from tests.processor.http_targets import Target, serving
 
@@ -149,11 +147,7 @@ async def test_a_canary_secret_reaches_the_command_and_the_http_target_and_nowhe
         },
     ]
     responses: list[str] = []
-    app = create_app(keyed)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as api,
-    ):
+    async with app_client(keyed) as api:
         task_ids = []
         for body in bodies:
             created = await api.post("/tasks", json={**body, "secrets": {"API_KEY": CANARY}}, headers=ADMIN)

@@ -8,19 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import httpx
 import pytest
 from pydantic import ValidationError
 
-from api.app import create_app
 from taskmill.models import TaskCreate
 from taskmill.settings import Settings
 from taskmill.tasktypes.command import CommandLimits, failure_reason
-from taskmill.tokens import mint
+from tests.api.conftest import SECRET, app_client, bearer
 from tests.helpers import new_task
 from tests.processor.test_tasktypes import only_result, run_pipeline
-
-SECRET = "test-secret-that-is-long-enough-for-hs256"
 
 
 def command(argv: list[str], **limits: int) -> dict[str, Any]:
@@ -44,14 +40,9 @@ def test_a_bad_limit_is_refused_at_creation_naming_it(limits: dict[str, Any], pr
 
 
 async def test_the_api_answers_a_bad_limit_with_422_naming_the_field(settings: Settings) -> None:
-    app = create_app(settings.model_copy(update={"jwt_secret": SECRET}))
-    headers = {"Authorization": f"Bearer {mint(SECRET, 'alice', 'tasks:read tasks:write')}"}
     body = {"name": "limited", "type": "command", "payload": command(["true"], memory_mb=1)}
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://taskmill.test") as client,
-    ):
-        response = await client.post("/tasks", json=body, headers=headers)
+    async with app_client(settings.model_copy(update={"jwt_secret": SECRET})) as client:
+        response = await client.post("/tasks", json=body, headers=bearer())
     assert response.status_code == 422, response.text
     assert "limits.memory_mb" in response.text
     assert "greater than or equal to 16" in response.text
