@@ -10,14 +10,13 @@ import asyncpg
 import httpx
 
 from tests.api.conftest import bearer
+from tests.helpers import new_task
 
 
 async def test_task_summary_gives_runs_failures_and_elapsed_time_per_type(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
-    task = await db.fetchval(
-        "INSERT INTO tasks (name, type, schedule_kind, active) VALUES ('h', 'http', 'immediate', false) RETURNING id"
-    )
+    task = (await new_task(db, "h", "http", {"url": "http://127.0.0.1:9/"}, active=False)).id
     for i, (ms, status) in enumerate(((10.0, "succeeded"), (20.0, "failed"), (60.0, "succeeded"))):
         run = await db.fetchval(
             "INSERT INTO task_schedule (task_id, scheduled_time, status) "
@@ -47,10 +46,7 @@ async def test_task_summary_gives_runs_failures_and_elapsed_time_per_type(
 async def test_scheduled_tasks_summary_buckets_compute_and_instances(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
-    task = await db.fetchval(
-        "INSERT INTO tasks (name, type, schedule_kind, active, estimated_ms) "
-        "VALUES ('s', 'sleep', 'immediate', false, 4000) RETURNING id"
-    )
+    task = (await new_task(db, "s", "sleep", {"ms": 1}, estimated_ms=4_000, active=False)).id
     offsets = [30, 31, 32, 90, 2 * 3600]  # seconds from now
     times = [
         await db.fetchval(
@@ -88,10 +84,7 @@ async def test_scheduled_tasks_summary_buckets_compute_and_instances(
 async def test_the_horizon_bucket_capacity_and_buffer_are_query_parameters(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
-    task = await db.fetchval(
-        "INSERT INTO tasks (name, type, schedule_kind, active, estimated_ms) "
-        "VALUES ('s', 'sleep', 'immediate', false, 3000) RETURNING id"
-    )
+    task = (await new_task(db, "s", "sleep", {"ms": 1}, estimated_ms=3_000, active=False)).id
     await db.execute(
         "INSERT INTO task_schedule (task_id, scheduled_time) "
         "SELECT $1, now() + make_interval(secs => i) FROM generate_series(1, 10) i",
@@ -156,10 +149,7 @@ async def test_summaries_need_a_token_with_read_scope(client: httpx.AsyncClient)
 async def test_the_extremes_of_the_parameters_give_finite_counts(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
-    task = await db.fetchval(
-        "INSERT INTO tasks (name, type, schedule_kind, active, estimated_ms) "
-        "VALUES ('s', 'sleep', 'immediate', false, 86400000) RETURNING id"
-    )
+    task = (await new_task(db, "s", "sleep", {"ms": 1}, estimated_ms=86_400_000, active=False)).id
     await db.execute(
         "INSERT INTO task_schedule (task_id, scheduled_time) VALUES ($1, now() + interval '1 minute')", task
     )

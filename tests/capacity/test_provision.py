@@ -18,6 +18,7 @@ from capacity.provision import CommandHook, HookFailed, Scaler, UrlHook, hook_fr
 from capacity.service import DESIRED, REQUIRED
 from capacity.service import run as capacity_run
 from taskmill.settings import ConfigError, Settings
+from tests.helpers import new_task
 
 
 def test_the_count_stays_within_the_minimum_and_the_maximum() -> None:
@@ -120,10 +121,7 @@ async def test_the_url_hook_posts_the_count_as_json_and_a_non_2xx_fails(webhook:
 async def test_the_capacity_role_asks_the_hook_for_the_forecast_peak(
     settings: Settings, db: asyncpg.Connection, webhook: Webhook
 ) -> None:
-    task = await db.fetchval(
-        "INSERT INTO tasks (name, type, schedule_kind, active, estimated_ms) "
-        "VALUES ('s', 'sleep', 'immediate', false, 9000) RETURNING id"
-    )
+    task = (await new_task(db, "s", "sleep", {"ms": 1}, estimated_ms=9_000, active=False)).id
     # 5 runs of 9,000 ms in one minute ten minutes from now: 5 instances, within the 15 minutes looked ahead.
     await db.execute(
         "INSERT INTO task_schedule (task_id, scheduled_time) "
