@@ -17,7 +17,7 @@ from taskmill.metrics import DEAD_LETTERED, PUBLISH_FAILED, PUBLISHED
 from taskmill.settings import Settings
 from taskmill.states import RunState
 from taskmill.store.runs import Outbound
-from taskmill.topology import Topology, declare, delay_queue_arguments
+from taskmill.topology import Topology, declare, declare_delay_queue
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +103,9 @@ class Publisher:
     async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int) -> None:
         """Into the delay queue of `delay_ms` for the type, declared first (it expires when idle). TimeoutError
         after `publish_timeout_s`, also while the connection is down."""
-        names = self.topology.names
-        queue = names.delay_queue(delay_ms, task_type)
         async with asyncio.timeout(self.timeout_s):
-            # Declared on the raw channel: the robust one would keep every delay queue it ever declared, and
-            # declare each of them again after every reconnect.
             channel = await self.channel.get_underlay_channel()
-            await channel.queue_declare(
-                queue, durable=True, arguments=delay_queue_arguments(names, delay_ms, task_type)
-            )
+            queue = await declare_delay_queue(channel, self.topology.names, delay_ms, task_type)
             await self.channel.default_exchange.publish(amqp_message(body, run_id), routing_key=queue, mandatory=True)
 
     async def publish_dead(self, body: bytes, run_id: int | None, reason: str, *, kind: str = "gave up") -> None:

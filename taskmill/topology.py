@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import aiormq.abc
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
 from taskmill.settings import Settings
@@ -79,20 +80,20 @@ async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
     return Topology(names, runs, dead, work, dead_letters)
 
 
-def delay_queue_arguments(names: Names, delay_ms: int, task_type: str) -> dict[str, Any]:
-    """A delay queue holds each message `delay_ms`, then dead-letters it back to the runs exchange under its type."""
-    return {
+async def declare_delay_queue(channel: aiormq.abc.AbstractChannel, names: Names, delay_ms: int, task_type: str) -> str:
+    """Declares the queue that holds each message `delay_ms`, then dead-letters it back to the runs exchange under
+    its type, and that removes itself when idle; returns its name.
+
+    On a raw channel: a robust one would keep every delay queue it ever declared and declare each of them again
+    after every reconnect."""
+    name = names.delay_queue(delay_ms, task_type)
+    arguments: dict[str, Any] = {
         "x-message-ttl": delay_ms,
         "x-dead-letter-exchange": names.runs_exchange,
         "x-dead-letter-routing-key": task_type,
         "x-expires": delay_ms + _DELAY_QUEUE_IDLE_MS,
     }
-
-
-async def declare_delay_queue(channel: AbstractChannel, names: Names, delay_ms: int, task_type: str) -> str:
-    """Declares the delay queue of `delay_ms` for `task_type`; returns its name."""
-    name = names.delay_queue(delay_ms, task_type)
-    await channel.declare_queue(name, durable=True, arguments=delay_queue_arguments(names, delay_ms, task_type))
+    await channel.queue_declare(name, durable=True, arguments=arguments)
     return name
 
 

@@ -43,7 +43,8 @@ async def test_the_broker_takes_the_longest_wait_as_a_delay_queue_ttl(settings: 
     try:
         channel = await connection.channel()
         names = Names(settings.broker_prefix)
-        queue = await declare_delay_queue(channel, names, message(100, 10, 10).retry_delay_ms(), "noop")
+        delay_ms = message(100, 10, 10).retry_delay_ms()
+        queue = await declare_delay_queue(await channel.get_underlay_channel(), names, delay_ms, "noop")
         await channel.queue_delete(queue)
     finally:
         await connection.close()

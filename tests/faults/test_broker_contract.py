@@ -84,7 +84,8 @@ async def test_every_queue_and_exchange_is_durable_with_the_arguments_that_keep_
     settings: Settings, publisher: Publisher
 ) -> None:
     names = Names(settings.broker_prefix)
-    await declare_delay_queue(publisher.channel, names, 30_000, "command")
+    # As the processor declares it before publishing a retry (Publisher.publish_delayed).
+    await declare_delay_queue(await publisher.channel.get_underlay_channel(), names, 30_000, "command")
     queues = {
         q["name"]: (q["durable"], q["type"], {a[0]: a[2] for a in q["arguments"]})
         for q in await _rabbitmqctl("list_queues", "name", "durable", "type", "arguments")
