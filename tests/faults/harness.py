@@ -37,10 +37,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aio_pika
 import aiormq
@@ -48,13 +48,14 @@ import asyncpg
 import httpx
 from cryptography.fernet import Fernet
 
+from taskmill.models import Task
 from taskmill.settings import Settings
 from taskmill.tokens import mint
 from taskmill.topology import Names
 from tests.faults import invariants, procs
 from tests.faults.invariants import Expected, Report
 from tests.faults.target import MARK, CommandLog, Target
-from tests.helpers import free_port, role_env, wait_until
+from tests.helpers import free_port, new_task, role_env, wait_until
 
 Process = asyncio.subprocess.Process
 
@@ -230,14 +231,23 @@ class Stack:
     processes: list[RoleProcess] = field(default_factory=list)
 
     @classmethod
-    async def open(cls, settings: Settings, db: asyncpg.Connection, workdir: Path) -> Stack:
+    async def open(
+        cls,
+        settings: Settings,
+        db: asyncpg.Connection,
+        workdir: Path,
+        *,
+        broker_view: Callable[[Settings], BrokerView] = BrokerView,
+        **fields: Any,
+    ) -> Self:
+        """`broker_view` makes the test's look at the broker; `fields` are a subclass's own."""
         fast = settings.model_copy(update=FAST)
         mark = f"{settings.broker_prefix}.{uuid.uuid4().hex[:6]}"
         target = Target()
         await target.start()
-        broker = BrokerView(fast)
+        broker = broker_view(fast)
         await broker.open()
-        return cls(fast, db, workdir, target, CommandLog(workdir / "commands.log", mark), broker, mark)
+        return cls(fast, db, workdir, target, CommandLog(workdir / "commands.log", mark), broker, mark, **fields)
 
     # -- processes ----------------------------------------------------------------------------------------------
 
@@ -391,18 +401,33 @@ class Stack:
         assert row is not None, f"task {task_id} has no run"
         return row
 
-    async def wait_reverted(self, run_ids: list[int], timeout: float, what: str) -> None:
-        """Until each of `run_ids` went from queued back to scheduled (a publish the broker did not take)."""
+    async def refused_meanwhile(
+        self, n: int, what: str, timeout: float = 30, hold_s: float = 0
+    ) -> tuple[list[Task], list[int]]:
+        """`n` http tasks made while the broker takes no publish: waits until each run went from queued back to
+        scheduled, then (after `hold_s` more) checks that none of them reached the target meanwhile. The tasks and
+        their runs' ids."""
+        made = [await new_task(self.db, f"during-{i}", "http", self.target.payload(f"during-{i}")) for i in range(n)]
+        ids: list[int] = [
+            r["id"]
+            for r in await self.db.fetch(
+                "SELECT id FROM task_schedule WHERE task_id = ANY($1::bigint[])", [t.id for t in made]
+            )
+        ]
+        assert len(ids) == n
 
         async def reverted() -> bool:
-            n: int = await self.db.fetchval(
+            count: int = await self.db.fetchval(
                 "SELECT count(DISTINCT run_id) FROM run_audit "
                 "WHERE run_id = ANY($1::bigint[]) AND from_status = 'queued' AND to_status = 'scheduled'",
-                run_ids,
+                ids,
             )
-            return n == len(run_ids)
+            return count == n
 
         await self._wait(reverted, timeout, what)
+        await asyncio.sleep(hold_s)
+        assert not {c.key for c in self.target.calls} & {str(i) for i in ids}, "a refused run ran meanwhile"
+        return made, ids
 
     async def wait_ready_messages(self, queue: str, at_least: int, timeout: float = 10) -> None:
         async def enough() -> bool:

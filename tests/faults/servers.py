@@ -521,14 +521,13 @@ async def fault_stack(
         if pg is not None:
             updates["database_url"] = await resources.enter_async_context(pg.database())
         settings = settings.model_copy(update=updates)
-        if db is None or pg is not None:
+        opened = db is None or pg is not None
+        if opened:
             db = await connect(settings.database_url)
-        base = await Stack.open(settings, db, workdir)
-        stack = FaultStack(**{f: getattr(base, f) for f in Stack.__dataclass_fields__})
-        stack.extra_env = RECOVERY_ENV | env
-        await stack.broker.close()
-        stack.broker = NodeBrokerView(stack.settings, rabbit)
-        await stack.broker.open()
+        assert db is not None
+        stack = await FaultStack.open(
+            settings, db, workdir, broker_view=lambda s: NodeBrokerView(s, rabbit), extra_env=RECOVERY_ENV | env
+        )
         try:
             yield stack
         finally:
@@ -542,6 +541,6 @@ async def fault_stack(
                     conn = await aio_pika.connect(rabbit.url)
                     async with conn:
                         await topology.delete(await conn.channel(), topology.Names(settings.broker_prefix))
-            if pg is not None:
+            if opened:
                 with contextlib.suppress(Exception):
                     await stack.db.close()

@@ -32,10 +32,7 @@ async def test_a_work_queue_deleted_mid_run_loses_no_run_and_refused_publishes_r
     for processor in stack.live("processor"):
         await processor.terminate()
     await stack.broker.delete_queue(work)
-    second = [await new_task(db, f"second-{i}", "http", stack.target.payload(f"second-{i}")) for i in range(3)]
-    ids = [(await stack.run_of(t.id))["id"] for t in second]
-
-    await stack.wait_reverted(ids, 15, "every refused run to revert to scheduled")
+    second, ids = await stack.refused_meanwhile(3, "every refused run to revert to scheduled", timeout=15)
     assert await stack.broker.depth(work) is None  # still no queue: nothing got through
     assert stack.target.calls == []
     assert any("reverted" in p.output() for p in stack.live("distributor"))
