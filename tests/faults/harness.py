@@ -134,6 +134,30 @@ class RoleProcess:
         assert code == -signal.SIGKILL and said in self.output(), f"{self.name} exited {code}:\n{self.output()}"
 
 
+async def run_command(*argv: str, timeout: float = 60, check: bool = True, cwd: Path | None = None) -> str:
+    """Runs a command without blocking the event loop (the stack's HTTP target lives in it); its output. In a
+    process group of its own, all of which a timeout kills (an Erlang CLI left behind would wait forever)."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        raise AssertionError(f"{' '.join(argv)} did not finish in {timeout} s") from None
+    text = out.decode(errors="replace")
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)} exited {proc.returncode}:\n{text[-2000:]}")
+    return text
+
+
 class BrokerView:
     """The test's own connection to the broker: queue depths, unacked counts, raw publishes, deletes."""
 
@@ -175,25 +199,18 @@ class BrokerView:
 
     async def unsettled(self) -> dict[str, tuple[int, int]]:
         """(ready, unacked) of every queue of this prefix, from `rabbitmqctl` (AMQP cannot tell unacked)."""
-        proc = await asyncio.create_subprocess_exec(
-            "rabbitmqctl",
-            "list_queues",
-            "-q",
-            "--no-table-headers",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
+        out = await self._rabbitmqctl(
+            "list_queues", "--no-table-headers", "name", "messages_ready", "messages_unacknowledged"
         )
-        out, _ = await proc.communicate()
-        assert proc.returncode == 0, f"rabbitmqctl list_queues exited {proc.returncode}"
         found = {}
-        for line in out.decode().splitlines():
+        for line in out.splitlines():
             parts = line.split()
             if len(parts) == 3 and parts[0].startswith(self.names.prefix + "."):
                 found[parts[0]] = (int(parts[1]), int(parts[2]))
         return found
+
+    async def _rabbitmqctl(self, *args: str) -> str:
+        return await run_command("rabbitmqctl", "-q", *args, timeout=30)
 
     async def publish(self, body: bytes, routing_key: str, message_id: str | None = None) -> None:
         """Onto the runs exchange, persistent and confirmed, as a distributor would (or as a forger would)."""

@@ -46,7 +46,7 @@ from taskmill.db import connect
 from taskmill.migrate import migrate, migration_files
 from taskmill.settings import Settings
 from tests.faults import procs
-from tests.faults.harness import BrokerView, Stack
+from tests.faults.harness import BrokerView, Stack, run_command
 
 _ROOT = Path("/tmp")
 _PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -88,28 +88,8 @@ def _owned_dir(path: Path, user: str) -> Path:
 
 
 async def _run(*argv: str, timeout: float = 60, check: bool = True) -> str:
-    """Runs a command without blocking the event loop (the stack's HTTP target lives in it); its output. In
-    /tmp, where the users the servers run as may be; in a process group of its own, all of which a timeout
-    kills (an Erlang CLI left behind would wait forever)."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=_ROOT,
-        start_new_session=True,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        raise AssertionError(f"{' '.join(argv)} did not finish in {timeout} s") from None
-    text = out.decode(errors="replace")
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)} exited {proc.returncode}:\n{text[-2000:]}")
-    return text
+    """`run_command` in /tmp, where the users the servers run as may be."""
+    return await run_command(*argv, timeout=timeout, check=check, cwd=_ROOT)
 
 
 def _run_sync(argv: list[str], timeout: float = 60) -> None:
@@ -463,18 +443,8 @@ class NodeBrokerView(BrokerView):
         async with super().channel() as channel:
             yield channel
 
-    async def unsettled(self) -> dict[str, tuple[int, int]]:
-        if self.node is None:
-            return await super().unsettled()
-        out = await self.node.ctl(
-            "list_queues", "--no-table-headers", "name", "messages_ready", "messages_unacknowledged"
-        )
-        found = {}
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[0].startswith(self.names.prefix + "."):
-                found[parts[0]] = (int(parts[1]), int(parts[2]))
-        return found
+    async def _rabbitmqctl(self, *args: str) -> str:
+        return await (self.node.ctl(*args) if self.node is not None else super()._rabbitmqctl(*args))
 
 
 @dataclass(eq=False)
