@@ -20,6 +20,7 @@ import pytest
 from taskmill import topology
 from taskmill.migrate import migrate, migration_files
 from taskmill.settings import Settings
+from tests.processor.http_targets import Target, serving
 
 PG_ADMIN = os.environ.get("TASKMILL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP = os.environ.get("TASKMILL_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
@@ -159,3 +160,10 @@ async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     p = await create_pool(settings.database_url, max_size=2)
     yield p
     await p.close()
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[Target]:
+    """The test's own HTTP server for http tasks (tests/processor/http_targets.py)."""
+    async with serving() as t:
+        yield t

@@ -27,17 +27,11 @@ from taskmill.settings import Settings
 from taskmill.topology import Names
 from tests.api.conftest import SECRET, app_client, bearer
 from tests.helpers import running, wait_until
-from tests.processor.http_targets import Target, serving
+from tests.processor.http_targets import Target
 
 CANARY = f"canary-{uuid.uuid4().hex}-do-not-leak"
 ADMIN = bearer("admin")  # signed with SECRET
 RETRY_DELAY_S = 1.0  # long enough to find the retry in its delay queue
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[Target]:
-    async with serving() as t:
-        yield t
 
 
 @dataclass

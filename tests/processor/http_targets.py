@@ -1,6 +1,6 @@
 """An HTTP server on 127.0.0.1 for http task tests, misbehaving on request, by path:
 
-- `/ok`: 200 with a short body;
+- any other path (`/ok`): `status` with `body` (200 and a short body unless the test sets them);
 - `/big?bytes=N`: 200 with N bytes (with a Content-Length);
 - `/endless`: 200 with a chunked body that never ends (until the caller leaves);
 - `/hang`: reads the request and never answers (until the caller leaves).
@@ -21,6 +21,8 @@ _CHUNK = b"x" * 65536
 
 @dataclass(slots=True)
 class Target:
+    status: int = 200
+    body: bytes = b"hello from the target"
     port: int = 0
     host: str = "127.0.0.1"
     requests: list[dict[str, str]] = field(default_factory=list)
@@ -47,8 +49,10 @@ class Target:
                 await self._endless(writer)
             else:
                 size = int(parse_qs(target.query).get("bytes", ["0"])[0])
-                body = b"x" * size if target.path == "/big" else b"hello from the target"
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+                status, body = (200, b"x" * size) if target.path == "/big" else (self.status, self.body)
+                writer.write(
+                    b"HTTP/1.1 %d Whatever\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (status, len(body))
+                )
                 writer.write(body)
                 await writer.drain()
                 self.sent += len(body)

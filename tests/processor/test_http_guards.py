@@ -4,7 +4,7 @@ much of a response is read."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import asyncpg
 import pytest
@@ -16,14 +16,8 @@ from taskmill.tasktypes.base import RunContext
 from taskmill.tasktypes.hostguard import HostGuard, HostRefused
 from taskmill.tasktypes.http import HTTP, http_client
 from tests.helpers import new_task
-from tests.processor.http_targets import Target, serving
+from tests.processor.http_targets import Target
 from tests.processor.test_tasktypes import only_result, run_pipeline
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[Target]:
-    async with serving() as t:
-        yield t
 
 
 def ip(text: str) -> hostguard.Address:

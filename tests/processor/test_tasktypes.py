@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from taskmill.models import TaskCreate
 from taskmill.settings import Settings
 from taskmill.store.tasks import create_task
 from tests.helpers import new_task, running, wait_for_statuses, wait_until
+from tests.processor.http_targets import Target
 
 
 async def run_pipeline(settings: Settings, db: asyncpg.Connection, expected: dict[str, int]) -> None:
@@ -40,42 +39,6 @@ async def only_result(db: asyncpg.Connection, task_id: int) -> asyncpg.Record:
     )
     assert len(rows) == 1, rows
     return rows[0]
-
-
-@dataclass(slots=True)
-class Target:
-    """An HTTP server on 127.0.0.1 that answers every request with `status` and keeps each request's headers."""
-
-    status: int = 200
-    body: bytes = b"hello from the target"
-    port: int = 0
-    requests: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        request_line, *lines = head.split("\r\n")
-        headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
-        self.requests.append({"request": request_line, **headers})
-        writer.write(
-            f"HTTP/1.1 {self.status} Whatever\r\nContent-Length: {len(self.body)}\r\nConnection: close\r\n\r\n".encode()
-            + self.body
-        )
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[Target]:
-    t = Target()
-    server = await asyncio.start_server(t.serve, "127.0.0.1", 0)
-    t.port = server.sockets[0].getsockname()[1]
-    async with server:
-        yield t
 
 
 @pytest.fixture
@@ -126,7 +89,7 @@ async def test_a_sleep_longer_than_its_timeout_fails_with_a_timeout(settings: Se
 async def test_http_succeeds_on_200_with_status_and_body_in_the_result(
     settings: Settings, db: asyncpg.Connection, target: Target
 ) -> None:
-    task = await new_task(db, "hook", "http", {"url": target.url})
+    task = await new_task(db, "hook", "http", {"url": target.url("/hook")})
     await run_pipeline(settings, db, {"succeeded": 1})
     row = await only_result(db, task.id)
     assert row["result"] == {
@@ -142,7 +105,7 @@ async def test_http_succeeds_on_200_with_status_and_body_in_the_result(
 async def test_http_sends_the_run_id_as_idempotency_key(
     settings: Settings, db: asyncpg.Connection, target: Target
 ) -> None:
-    task = await new_task(db, "hook", "http", {"url": target.url, "method": "POST", "json": {"a": 1}})
+    task = await new_task(db, "hook", "http", {"url": target.url("/hook"), "method": "POST", "json": {"a": 1}})
     await run_pipeline(settings, db, {"succeeded": 1})
     run_id = await db.fetchval("SELECT id FROM task_schedule WHERE task_id = $1", task.id)
     assert len(target.requests) == 1
@@ -154,7 +117,7 @@ async def test_http_fails_on_500_and_keeps_the_status(
     settings: Settings, db: asyncpg.Connection, target: Target
 ) -> None:
     target.status, target.body = 500, b"boom"
-    task = await new_task(db, "hook", "http", {"url": target.url})
+    task = await new_task(db, "hook", "http", {"url": target.url("/hook")})
     await run_pipeline(settings, db, {"failed": 1})
     row = await only_result(db, task.id)
     assert row["error"] == "unexpected HTTP status 500"
@@ -256,7 +219,10 @@ async def test_http_headers_get_the_tasks_secrets_filled_in_at_run_time(
         name="authorized",
         type="http",
         secrets={"TOKEN": SecretStr("s3cr3t")},
-        payload={"url": target.url, "headers": {"Authorization": "Bearer {{secrets.TOKEN}}", "X-Other": "{{x}}"}},
+        payload={
+            "url": target.url("/hook"),
+            "headers": {"Authorization": "Bearer {{secrets.TOKEN}}", "X-Other": "{{x}}"},
+        },
     )
     await create_task(db, spec, secret_key=keyed.secret_key)
     assert "s3cr3t" not in repr(spec)
