@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from api.auth import READ, Principal, require
 from api.errors import invalid
-from api.routes.tasks import AT_GRACE
+from api.routes.tasks import late_at
 from taskmill.cron import interval_times, next_times, zone
 from taskmill.models import Schedule
 from taskmill.states import ScheduleKind
@@ -90,8 +90,8 @@ async def schedule_preview(
             raise invalid(("start",), f"is more than {MAX_START_OFFSET.days} days from now") from None
         if abs(start - now) > MAX_START_OFFSET:
             raise invalid(("start",), f"is more than {MAX_START_OFFSET.days} days from now")
-    elif body.kind is ScheduleKind.ONCE and body.at is not None and body.at < now - AT_GRACE:
+    elif reason := late_at(body, now):
         # Saving this schedule now would be refused the same way (POST /tasks).
-        raise invalid(("at",), f"is more than {AT_GRACE.seconds} s in the past")
+        raise invalid(("at",), reason)
     # Expanding a cron expression is CPU work (an every-second one near a DST change scans its margin): off the loop.
     return await asyncio.to_thread(preview, body, start or now, count)

@@ -13,7 +13,7 @@ from api import cursors
 from api.auth import READ, WRITE, Principal, require
 from api.deps import pool, secret_key
 from api.schemas import BulkCreated, BulkItem, RunPublic, TaskPage, TaskPublic, TaskType, task_types
-from taskmill.models import Task, TaskCreate
+from taskmill.models import Schedule, Task, TaskCreate
 from taskmill.states import ScheduleKind
 from taskmill.store.history import run_detail
 from taskmill.store.tasks import add_run, create_task, create_tasks, delete_task, set_active, update_task
@@ -35,10 +35,15 @@ def _check_at(body: TaskCreate, *where: int) -> None:
         raise RequestValidationError([problem])
 
 
+def late_at(schedule: Schedule, now: datetime) -> str | None:
+    """Why a one-off time cannot be saved at `now` (it is past by more than the grace), or None."""
+    if schedule.kind is ScheduleKind.ONCE and schedule.at is not None and schedule.at < now - AT_GRACE:
+        return f"is more than {AT_GRACE.seconds} s in the past"
+    return None
+
+
 def _late_at(body: TaskCreate, where: tuple[int, ...]) -> dict[str, Any] | None:
-    s = body.schedule
-    if s.kind is ScheduleKind.ONCE and s.at is not None and s.at < datetime.now(UTC) - AT_GRACE:
-        reason = f"is more than {AT_GRACE.seconds} s in the past"
+    if reason := late_at(body.schedule, datetime.now(UTC)):
         return {"loc": ("body", *where, "schedule", "at"), "msg": reason, "type": "value_error"}
     return None
 
