@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install test lint dev bench migrate clean
+.PHONY: install tools test lint dev bench migrate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## What the tests drive besides Python: Debian's chromium for the dashboard's browser test (Playwright's own
+## browser download is not used). Installed with apt-get when this runs as root; otherwise it says what to run.
+tools:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make tools: installing chromium"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; \
+	  else \
+	    echo "make test: chromium is missing: run \`sudo apt-get install chromium\`" >&2; exit 1; \
+	  fi; \
+	fi
+
 ## Runs the whole test suite against the local PostgreSQL and RabbitMQ, two tests at a time: most of the wall
 ## time is spent waiting on processes, brokers and timeouts, and every test has its own database and names.
-test: $(STAMP)
+## tests/conftest.py stops at once, naming the install command, if another program the tests drive is missing.
+test: $(STAMP) tools
 	$(BIN)/pytest -n 2
 
 lint: $(STAMP)

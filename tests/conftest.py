@@ -21,6 +21,7 @@ from taskmill import topology
 from taskmill.migrate import migrate, migration_files
 from taskmill.settings import Settings
 from tests.processor.http_targets import Target, serving
+from tests.tools import missing_tools
 
 PG_ADMIN = os.environ.get("TASKMILL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 AMQP = os.environ.get("TASKMILL_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
@@ -37,6 +38,11 @@ def _template_name() -> str:
     return f"taskmill_template_{digest}"
 
 
+# Every pytest process (xdist workers, or two sessions at once) takes this lock before looking for the template,
+# so one builds it and the others wait, then find it.
+_TEMPLATE_LOCK = 0x7A5C_7E57
+
+
 async def _ensure_template() -> str:
     name = _template_name()
     try:
@@ -44,19 +50,27 @@ async def _ensure_template() -> str:
     except (OSError, asyncpg.PostgresError) as exc:
         pytest.exit(f"PostgreSQL is not reachable at {PG_ADMIN}: {exc}", returncode=3)
     try:
-        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
-        if not exists:
-            await migrate(_dsn(name))
-            await admin.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true')
-            # Templates of earlier migrations are of no more use.
-            for old in await admin.fetch(
-                "SELECT datname FROM pg_database WHERE datname LIKE 'taskmill\\_template\\_%' AND datname <> $1", name
-            ):
-                await admin.execute(f'ALTER DATABASE "{old[0]}" WITH IS_TEMPLATE false')
-                await admin.execute(f'DROP DATABASE IF EXISTS "{old[0]}" WITH (FORCE)')
+        await admin.execute("SELECT pg_advisory_lock($1)", _TEMPLATE_LOCK)
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await _build_template(admin, name)
     finally:
-        await admin.close()
+        await admin.close()  # the lock goes with the session
     return name
+
+
+async def _build_template(admin: asyncpg.Connection, name: str) -> None:
+    """Migrates a database under a name of its own, then renames it: a run killed halfway leaves a `_build_`
+    leftover (dropped by the next build), never a half-migrated template."""
+    building = f"{name}_build_{os.getpid()}"
+    await migrate(_dsn(building))
+    await admin.execute(f'ALTER DATABASE "{building}" RENAME TO "{name}"')
+    await admin.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true')
+    # Templates of earlier migrations, and builds that never finished, are of no more use.
+    for old in await admin.fetch(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'taskmill\\_template\\_%' AND datname <> $1", name
+    ):
+        await admin.execute(f'ALTER DATABASE "{old[0]}" WITH IS_TEMPLATE false')
+        await admin.execute(f'DROP DATABASE IF EXISTS "{old[0]}" WITH (FORCE)')
 
 
 async def _check_broker() -> None:
@@ -65,6 +79,12 @@ async def _check_broker() -> None:
     except Exception as exc:
         pytest.exit(f"RabbitMQ is not reachable at {AMQP}: {exc}", returncode=3)
     await conn.close()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stops the run at once when a program the tests drive is missing (in the controller, before any worker)."""
+    if not hasattr(session.config, "workerinput") and (problem := missing_tools()):
+        pytest.exit(problem, returncode=3)
 
 
 @pytest.fixture(scope="session")

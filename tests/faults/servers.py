@@ -7,8 +7,9 @@ test first asks for one (the `rabbit_node` and `pg_cluster` fixtures) and torn d
 - `RabbitNode`: a RabbitMQ node (`tmfault-<pytest pid>@localhost`, its own ports, data and logs, no plugins), run
   as the rabbitmq user as the packaged scripts require, driven with `rabbitmqctl -n <node>`: stop and start,
   close every connection, raise and lower the memory alarm.
-- `PgCluster`: a PostgreSQL 15 cluster (initdb'd as postgres, which refuses root; trust auth; its socket in its
-  own dir), with the migrated template made as tests/conftest.py makes the shared one; restartable at will.
+- `PgCluster`: a cluster of the newest PostgreSQL server installed (initdb'd as postgres, which refuses root; trust
+  auth; its socket in its own dir), with the migrated template made as tests/conftest.py makes the shared one;
+  restartable at will.
 
 Ports are picked below the kernel's ephemeral range: a port in it can be handed to an outgoing connection while
 the node is down, and the node then fails to listen again. A session killed before its teardown leaves its
@@ -47,10 +48,11 @@ from taskmill.migrate import migrate, migration_files
 from taskmill.settings import Settings
 from tests.faults import procs
 from tests.faults.harness import BrokerView, Stack, run_command
+from tests.tools import RABBIT_BIN, pg_bin
 
 _ROOT = Path("/tmp")
-_PG_BIN = Path("/usr/lib/postgresql/15/bin")
-_RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
+_PG_BIN = pg_bin()
+_RABBIT_BIN = RABBIT_BIN
 _RABBIT_HOME = "/var/lib/rabbitmq"  # the shared node's Erlang cookie, so rabbitmqctl reaches ours too
 
 # What the private stacks run with: failures noticed within seconds, not the production tens of seconds.
