@@ -5,23 +5,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import asyncpg
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from api import errors, limits
 from api.auth import Authenticator
-from api.routes import dashboard, metrics, preview, runs, summaries, tasks
-from capacity.plan import History
+from api.routes import dashboard, health, metrics, preview, runs, summaries, tasks
 from taskmill.broker import connect
-from taskmill.db import create_pool
+from taskmill.db import role_pool
+from taskmill.planning.plan import History
 from taskmill.settings import Settings
 
 
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = await create_pool(settings.database_url, max_size=settings.db_pool_size)
+        app.state.pool = await role_pool(settings.database_url, max_size=settings.db_pool_size)
         app.state.broker = await connect(settings, "taskmill-api")
         try:
             yield
@@ -42,20 +40,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(preview.router)
     dashboard.install(app)
 
-    @app.get("/health")
-    async def health(request: Request) -> JSONResponse:
-        checks = {
-            "database": await _database_ok(request.app.state.pool),
-            "broker": not request.app.state.broker.is_closed and request.app.state.broker.connected.is_set(),
-        }
-        ok = all(checks.values())
-        return JSONResponse({"status": "ok" if ok else "down", "checks": checks}, status_code=200 if ok else 503)
-
+    app.include_router(health.router)
     return app
-
-
-async def _database_ok(pool: asyncpg.Pool) -> bool:
-    try:
-        return bool(await pool.fetchval("SELECT true", timeout=2))
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-        return False

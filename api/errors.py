@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from taskmill.db import is_transient
 from taskmill.secrets import SecretsError
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if is_transient(exc):
+            # The database went away (a restart, a failover): asking again soon may work.
+            log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+            response = problem(503, "Unavailable", "the database did not answer; try again in a moment")
+            response.headers["Retry-After"] = "1"
+            return response
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem(500, "Internal error", "the server failed to answer; the error is logged")
 

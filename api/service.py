@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ import uvicorn
 
 from api.app import create_app
 from taskmill.settings import ConfigError, Settings
+
+log = logging.getLogger(__name__)
 
 
 class _Server(uvicorn.Server):
@@ -37,6 +40,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
         async with app.router.lifespan_context(app):
             server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
             serving = asyncio.create_task(server.serve(sockets=[listener]))
+            log.info("api ready on %s:%d", settings.api_host, settings.api_port, extra={"action": "ready"})
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
             server.should_exit = True

@@ -14,8 +14,8 @@ from typing import Any
 
 import asyncpg
 
-from capacity.plan import History, Options, make_plan
 from taskmill.db import create_pool
+from taskmill.planning.plan import History, Options, make_plan
 
 FILL = """
 WITH t AS (

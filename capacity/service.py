@@ -9,10 +9,10 @@ import time
 
 from prometheus_client import Gauge
 
-from capacity.plan import History, Options, Plan, make_plan
 from capacity.provision import Hook, HookFailed, Scaler, hook_from
-from taskmill.db import CONNECTION_ERRORS, create_pool
+from taskmill.db import is_transient, role_pool
 from taskmill.loops import wait_or_stop
+from taskmill.planning.plan import History, Options, Plan, make_plan
 from taskmill.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -24,15 +24,6 @@ REQUIRED = Gauge(
 )
 DESIRED = Gauge("taskmill_desired_instances", "Processors asked of the provisioning hook, within min and max")
 HOOK_FAILURES = Gauge("taskmill_provisioning_hook_failing", "1 while the last call of the provisioning hook failed")
-
-
-def options_from(settings: Settings) -> Options:
-    return Options(
-        horizon_s=settings.capacity_horizon_hours * 3600,
-        bucket_s=settings.capacity_bucket_s,
-        capacity_ms=settings.capacity_ms_per_instance,
-        buffer=settings.capacity_buffer,
-    )
 
 
 async def provision(plan: Plan, scaler: Scaler, hook: Hook | None, scale_ahead_s: float, now: float) -> None:
@@ -58,14 +49,17 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
     stop = stop or asyncio.Event()
     hook = hook_from(settings)
     scaler = Scaler(settings.capacity_min_instances, settings.capacity_max_instances, settings.capacity_cooldown_s)
-    options = options_from(settings)
+    options = Options.of(settings)
     history = History(settings.capacity_history_ttl_s)
-    pool = await create_pool(settings.database_url, max_size=1)
+    pool = await role_pool(settings.database_url, max_size=1)
+    log.info("capacity ready", extra={"action": "ready"})
     try:
         while True:
             try:
                 plan = await make_plan(pool, history, options)
-            except CONNECTION_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 log.warning("forecast failed, will retry: %s", exc, extra={"action": "forecast"})
             else:
                 REQUIRED.labels("now").set(plan.now)

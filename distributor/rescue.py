@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
 
 import asyncpg
 
 from taskmill.broker import Publisher
 from taskmill.metrics import RESCUED
 from taskmill.settings import Settings
-from taskmill.store.runs import rescue_lost, rescue_waiting
+from taskmill.store.runs import Outbound, rescue_lost, rescue_waiting
 
 log = logging.getLogger(__name__)
 
 
 async def rescue(pool: asyncpg.Pool, publisher: Publisher, settings: Settings, limit: int = 1000) -> int:
     """Republishes every run whose lease has run out; returns how many it handled."""
+    lease_s = settings.queued_lease_s
+    finders: dict[str, Callable[[], Awaitable[list[Outbound]]]] = {
+        "waiting": partial(rescue_waiting, pool, limit, lease_s),
+        "lost": partial(rescue_lost, pool, limit, lease_s, settings.lost_limit),
+    }
     handled = 0
-    for find in (rescue_waiting, rescue_lost):
-        while runs := await find(pool, limit, settings.queued_lease_s):
+    for kind, find in finders.items():
+        while runs := await find():
             # A run that fails to publish keeps its new lease and comes round again when it expires.
             await publisher.publish_runs(runs)
             handled += len(runs)
-            RESCUED.labels(find.__name__.removeprefix("rescue_")).inc(len(runs))
-            log.info("rescued %d runs (%s)", len(runs), find.__name__, extra={"action": "rescue"})
+            RESCUED.labels(kind).inc(len(runs))
+            log.info("rescued %d runs (%s)", len(runs), kind, extra={"action": "rescue"})
             if len(runs) < limit:
                 break
     return handled

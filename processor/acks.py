@@ -10,9 +10,13 @@ import asyncio
 import logging
 
 import aiormq.abc
+import aiormq.exceptions
 from aio_pika.abc import AbstractIncomingMessage
 
 log = logging.getLogger(__name__)
+
+# What settling a delivery raises when its channel or connection has gone: the broker hands the message out again.
+CHANNEL_GONE = (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError)
 
 
 _RECEIVED, _DONE, _SETTLED = range(3)
@@ -56,21 +60,30 @@ class Acker:
         self._sending: set[asyncio.Task[None]] = set()
 
     def received(self, delivery: AbstractIncomingMessage) -> None:
-        self._acks(delivery).state[delivery.delivery_tag or 0] = _RECEIVED
+        self._mark(delivery, _RECEIVED)
 
     def done(self, delivery: AbstractIncomingMessage) -> None:
         """Marks a delivery finished; its ack goes out with the others finished in this loop iteration."""
-        self._acks(delivery).state[delivery.delivery_tag or 0] = _DONE
-        if not self._scheduled:
+        if self._mark(delivery, _DONE) and not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
     def settled(self, delivery: AbstractIncomingMessage) -> None:
         """A delivery settled another way (nack): it no longer holds back the acks after it."""
-        self._acks(delivery).state[delivery.delivery_tag or 0] = _SETTLED
+        self._mark(delivery, _SETTLED)
 
-    def _acks(self, delivery: AbstractIncomingMessage) -> _ChannelAcks:
-        channel = delivery.channel
+    def _mark(self, delivery: AbstractIncomingMessage, state: int) -> bool:
+        """False when the delivery's channel has closed: the broker hands its messages out again, and a copy whose
+        run is recorded is dropped by the compare-and-set, so there is nothing left to ack."""
+        try:
+            channel = delivery.channel
+        except aiormq.exceptions.ChannelInvalidStateError:
+            log.debug("delivery %s: its channel closed before it was settled", delivery.delivery_tag)
+            return False
+        self._acks(channel).state[delivery.delivery_tag or 0] = state
+        return True
+
+    def _acks(self, channel: aiormq.abc.AbstractChannel) -> _ChannelAcks:
         acks = self._channels.get(id(channel))
         if acks is None or acks.channel is not channel:
             # A channel reopened after a reconnect numbers its tags afresh; the old one's deliveries come again.

@@ -8,9 +8,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from pydantic import ValidationError
 
 from taskmill.messages import RunMessage
+from taskmill.secrets import open_sealed
+from taskmill.settings import Settings
 from taskmill.tasktypes import BUILTIN, RunContext, TaskFailed
 
 
@@ -27,6 +30,21 @@ class Attempt:
         return None if self.result is None else json.dumps(self.result, default=str)
 
 
+def context(message: RunMessage, settings: Settings, http: httpx.AsyncClient) -> RunContext:
+    """What the attempt runs with: its timeout (at most this processor's), limits and decrypted secrets. Raises
+    SecretsError when this processor cannot read the secrets."""
+    return RunContext(
+        message.run_id,
+        message.task_id,
+        message.attempt,
+        min(message.timeout_seconds, settings.max_timeout_s),
+        settings.output_cap_bytes,
+        http,
+        open_sealed(settings.secret_key, message.secrets) if message.secrets else {},
+        max_response_bytes=settings.http_max_response_bytes,
+    )
+
+
 async def execute(message: RunMessage, ctx: RunContext) -> Attempt:
     started = time.perf_counter()
 
@@ -41,10 +59,10 @@ async def execute(message: RunMessage, ctx: RunContext) -> Attempt:
     except ValidationError as exc:
         return Attempt(False, None, f"payload does not fit type {message.type}: {exc}", elapsed(), permanent=True)
     try:
-        async with asyncio.timeout(ctx.timeout_s):
+        async with asyncio.timeout(ctx.timeout_seconds):
             result = await tasktype.run(payload, ctx)
     except TimeoutError:
-        return Attempt(False, None, f"timed out after {ctx.timeout_s:g} s", elapsed())
+        return Attempt(False, None, f"timed out after {ctx.timeout_seconds:g} s", elapsed())
     except TaskFailed as exc:
         return Attempt(False, exc.result, exc.reason, elapsed(), permanent=exc.permanent)
     except Exception as exc:  # a task type's own bug fails the run, never the processor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 
@@ -11,10 +12,12 @@ from aio_pika.abc import AbstractChannel
 from processor.consume import Consumer
 from processor.watchdog import Subscription, watch
 from taskmill.broker import Publisher, connect
-from taskmill.db import create_pool
-from taskmill.loops import run_loops
+from taskmill.db import role_pool
+from taskmill.loops import run_loops, unless_stopped
 from taskmill.settings import Settings
 from taskmill.tasktypes.http import http_client
+
+log = logging.getLogger(__name__)
 
 
 def worker_name() -> str:
@@ -23,7 +26,7 @@ def worker_name() -> str:
 
 async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_idle: bool = False) -> None:
     stop = stop or asyncio.Event()
-    pool = await create_pool(settings.database_url, max_size=4)
+    pool = await role_pool(settings.database_url, max_size=4)
     connection = await connect(settings, "taskmill-processor")
     http = http_client(settings.http_allow_hosts, settings.http_deny_hosts)
     try:
@@ -32,6 +35,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
         consumer.start()
         subscription = Subscription(connection, settings, consumer.on_message)
         await subscription.subscribe()
+        log.info("processor ready: %d runs at once", settings.concurrency, extra={"action": "ready"})
         try:
             if until_idle:
                 await _wait_idle(subscription.channel, subscription.queue.name, consumer, stop)
@@ -40,7 +44,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
                 def room() -> bool:
                     return consumer.in_flight < settings.concurrency
 
-                await run_loops(stop, watchdog=watch(subscription, room, settings, stop))
+                await run_loops(
+                    stop,
+                    watchdog=watch(subscription, room, settings, stop),
+                    failure=unless_stopped(stop, consumer.failed()),
+                )
         finally:
             # Stop taking work; what we hold is finished and recorded, or handed back (also when the watchdog
             # gave up, before the error stops the process).
@@ -61,3 +69,4 @@ async def _wait_idle(channel: AbstractChannel, queue: str, consumer: Consumer, s
         underlay = await channel.get_underlay_channel()
         ready = (await underlay.queue_declare(queue, passive=True)).message_count
         quiet = quiet + 1 if ready == 0 and consumer.in_flight == 0 else 0
+        consumer.raise_failure()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from taskmill.db import CONNECTION_ERRORS, Connection
+from taskmill.db import Connection, is_transient
 from taskmill.loops import wait_or_stop
 from taskmill.settings import Settings
 from taskmill.store.retention import Purged, purge_audit, purge_results, purge_runs
@@ -58,11 +58,14 @@ async def purge(pool: asyncpg.Pool, days: int, batch: int, stop: asyncio.Event |
 
 
 async def janitor_loop(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Event) -> None:
-    """A pass every `retention_interval_s` until `stop`; a failed pass is logged and tried again next time."""
+    """A pass every `retention_interval_s` until `stop`; a pass the database's absence cut short is logged and tried
+    again next time, any other error raised."""
     while not stop.is_set():
         try:
             done = await purge(pool, settings.retention_days, settings.retention_batch, stop)
-        except CONNECTION_ERRORS as exc:
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             log.warning("retention purge failed, will retry: %s", exc, extra={"action": "purge"})
         else:
             if done.runs or done.results or done.audit:

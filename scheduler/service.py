@@ -11,8 +11,8 @@ import asyncpg
 
 from scheduler.janitor import janitor_loop, purge
 from scheduler.materialize import materialize
-from taskmill.db import CONNECTION_ERRORS, create_pool
-from taskmill.loops import Backoff, run_loops
+from taskmill.db import is_transient, role_pool
+from taskmill.loops import Backoff, run_loops, unless_stopped
 from taskmill.settings import Settings
 from taskmill.wakeup import Wakeup
 
@@ -21,13 +21,14 @@ log = logging.getLogger(__name__)
 
 async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_idle: bool = False) -> None:
     stop = stop or asyncio.Event()
-    pool = await create_pool(settings.database_url, max_size=3)
+    pool = await role_pool(settings.database_url, max_size=3)
     try:
         if until_idle:
             await _materialize_once(pool, settings)
             await purge(pool, settings.retention_days, settings.retention_batch)
             return
         async with Wakeup(settings.database_url, "taskmill_tasks") as wakeup:
+            log.info("scheduler ready", extra={"action": "ready"})
             await run_loops(
                 stop,
                 materialize=_materialize_loop(pool, settings, wakeup, stop),
@@ -42,26 +43,20 @@ async def _materialize_loop(pool: asyncpg.Pool, settings: Settings, wakeup: Wake
     while not stop.is_set():
         if await _materialize_once(pool, settings):
             backoff.reset()
-            await _wait(wakeup, stop, settings.scheduler_interval_s)
+            await unless_stopped(stop, wakeup.wait(settings.scheduler_interval_s))
         else:  # the database went away: try again soon, not a whole interval later
-            await _wait(wakeup, stop, min(backoff.next(), settings.scheduler_interval_s))
+            await unless_stopped(stop, wakeup.wait(min(backoff.next(), settings.scheduler_interval_s)))
 
 
 async def _materialize_once(pool: asyncpg.Pool, settings: Settings) -> bool:
-    """One pass; False when the database could not be reached (logged)."""
+    """One pass; False when the database could not be reached (logged). Any other error is raised."""
     try:
         inserted = await materialize(pool, settings, datetime.now(UTC))
-    except CONNECTION_ERRORS as exc:
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
         log.warning("materialization failed, will retry: %s", exc, extra={"action": "materialize"})
         return False
     if inserted:
         log.info("materialized %d runs", inserted, extra={"action": "materialize"})
     return True
-
-
-async def _wait(wakeup: Wakeup, stop: asyncio.Event, timeout: float) -> None:
-    stopped = asyncio.ensure_future(stop.wait())
-    woken = asyncio.ensure_future(wakeup.wait(timeout))
-    await asyncio.wait({stopped, woken}, return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    woken.cancel()

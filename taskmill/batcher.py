@@ -17,6 +17,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class BatcherClosed(Exception):
+    """The batcher was closed while this request waited: it was never sent (nothing to retry, nothing committed)."""
+
+
 class Batcher(Generic[T, R]):
     def __init__(
         self,
@@ -31,21 +35,25 @@ class Batcher(Generic[T, R]):
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self._name)
 
     async def close(self) -> None:
-        """Stops after the batch in flight; requests still waiting fail."""
+        """Stops after the batch in flight; requests still waiting, and any submitted later, fail with BatcherClosed."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         for _, fut in self._pending:
             if not fut.done():
-                fut.set_exception(RuntimeError(f"{self._name} closed"))
+                fut.set_exception(BatcherClosed(f"{self._name} closed before this request was sent"))
         self._pending.clear()
 
     async def submit(self, item: T) -> R:
+        if self._closed:
+            raise BatcherClosed(f"{self._name} is closed")
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, fut))
         self._ready.set()

@@ -206,6 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # Not a service refusing, not a setting: a bug. The role stops and says so, for its supervisor to restart it
+        # and its operator to read (the traceback goes to the log).
+        log.error("stopped by an unexpected error", exc_info=True, extra={"action": "stop"})
+        print(f"taskmill {args.command}: stopped by {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

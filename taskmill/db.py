@@ -8,14 +8,41 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from taskmill.migrate import check_migrated
+
 # A connection of one's own or one borrowed from a pool: the store functions take either.
 Connection = asyncpg.Connection | PoolConnectionProxy
 
-# What a statement raises when the database went away (restarted, connection terminated, unreachable): the
-# caller tries again later, the pool reconnects. InternalClientError too: a pooled connection whose backend was
-# terminated can be handed out before asyncpg has seen the socket close, and then fails with "cannot switch to
-# state ..." (MagicStack/asyncpg#1069); the pool replaces it once the close is seen.
-CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+# What is worth trying again: the database went away or is coming back (a restart, a failover, a terminated
+# backend, an unreachable host, a statement cut off by a timeout), had no connection slot free, or rolled back a
+# transaction to settle a conflict (a serialization failure, a deadlock). The caller pauses and tries again; the
+# pool reconnects. Anything else (a missing table or column, an SQL bug, a refused constraint) fails the same way
+# every time: the role stops and names it, for its supervisor and its operator, instead of retrying for ever.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable, a name that does not resolve
+    TimeoutError,  # a connection attempt or a statement past command_timeout
+    asyncpg.PostgresConnectionError,  # class 08: the connection failed or is gone
+    asyncpg.AdminShutdownError,  # 57P01: pg_terminate_backend, a fast shutdown
+    asyncpg.CrashShutdownError,  # 57P02: another backend crashed, every session is reset
+    asyncpg.CannotConnectNowError,  # 57P03: starting up, shutting down, in recovery
+    asyncpg.TooManyConnectionsError,  # 53300
+    asyncpg.SerializationError,  # 40001
+    asyncpg.DeadlockDetectedError,  # 40P01
+    # A pooled connection whose backend was terminated can be handed out before asyncpg has seen the socket close,
+    # and then fails with "cannot switch to state ..." (MagicStack/asyncpg#1069); the pool replaces it once the
+    # close is seen. Its sibling OutdatedSchemaCacheError (a migration changed a type under a cached statement)
+    # clears on the next try too.
+    asyncpg.InternalClientError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database call that raised `exc` may succeed if tried again later (see TRANSIENT_ERRORS)."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    # asyncpg says "connection is closed" or "the underlying connection is closed" with a bare InterfaceError;
+    # its other InterfaceErrors ("another operation is in progress", a closed pool) are the program's own doing.
+    return isinstance(exc, asyncpg.InterfaceError) and "connection is closed" in str(exc)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -46,6 +73,26 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     )
     assert pool is not None
     return pool
+
+
+async def role_pool(dsn: str, *, max_size: int) -> asyncpg.Pool:
+    """A role's pool, on a database migrated for this build (else NotMigrated, naming `taskmill migrate`)."""
+    pool = await create_pool(dsn, max_size=max_size)
+    try:
+        await check_migrated(pool)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
+
+
+async def answers(pool: asyncpg.Pool, timeout: float = 2.0) -> bool:
+    """Whether the database answers a trivial query within `timeout` seconds (a health probe: whatever the reason
+    it does not, it does not)."""
+    try:
+        return bool(await pool.fetchval("SELECT true", timeout=timeout))
+    except Exception:
+        return False
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

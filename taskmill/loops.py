@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 async def wait_or_stop(stop: asyncio.Event, timeout: float) -> bool:
@@ -20,18 +22,44 @@ async def wait_or_stop(stop: asyncio.Event, timeout: float) -> bool:
     return stop.is_set()
 
 
+async def unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T | None:
+    """Awaits `work` unless `stop` is set first; then `work` is cancelled and None returned. Raises what `work`
+    raises."""
+    job = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({job, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not job.done():
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
+    return job.result() if not job.cancelled() else None
+
+
 async def run_loops(stop: asyncio.Event, **loops: Coroutine[Any, Any, None]) -> None:
-    """Runs named loops until `stop` is set and they return; a loop that raises stops the others and re-raises."""
+    """Runs named loops until `stop` is set and they return; a loop that raises stops the others and re-raises
+    (the first error out of a loop's own task group, not the group)."""
     tasks = [asyncio.create_task(coro, name=name) for name, coro in loops.items()]
     try:
         for finished in asyncio.as_completed(tasks):
             await finished
-    except BaseException:
+    except BaseException as exc:
         stop.set()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if isinstance(exc, BaseExceptionGroup):
+            raise first_error(exc) from exc
         raise
+
+
+def first_error(error: BaseException) -> BaseException:
+    """The first exception that is not a group, depth first."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 class Backoff:

@@ -2,7 +2,12 @@
 
 Version 1 fields: v, run_id, task_id, type, payload (object), attempt (1 for the first try), scheduled_time
 (ISO 8601), timeout_s, max_retries, retry_delay_s, backoff, deadline (ISO 8601: when the rescuer may hand the
-run out again if it has not started), secrets (Fernet ciphertext or null). The AMQP message id is the run id.
+run out again if it has not started), secrets (Fernet ciphertext or null), lost (earlier attempts of the run whose
+processor was lost; 0 when absent). The AMQP message id is the run id.
+
+The keys are the wire format, kept as first published so that messages already queued (a retry can wait a day in
+a delay queue) and processors written elsewhere keep working. In Python the fields carry the names a task's own
+fields have everywhere else (`timeout_seconds`, `retry_delay_seconds`); the two short keys are their aliases.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ MAX_RETRY_DELAY_S = 86_400.0
 
 
 class RunMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, allow_inf_nan=False, validate_by_name=True, serialize_by_alias=True
+    )
     v: Literal[1]
     run_id: int = Field(ge=1, le=_BIGINT)
     task_id: int = Field(ge=1, le=_BIGINT)
@@ -32,24 +39,29 @@ class RunMessage(BaseModel):
     payload: dict[str, Any]
     attempt: int = Field(ge=1, le=_INTEGER)
     scheduled_time: AwareDatetime
-    timeout_s: float = Field(gt=0)
+    timeout_seconds: float = Field(gt=0, alias="timeout_s")
     max_retries: int = Field(ge=0, le=_INTEGER)
-    retry_delay_s: float = Field(ge=0)
+    retry_delay_seconds: float = Field(ge=0, alias="retry_delay_s")
     backoff: float = Field(ge=1)
     deadline: AwareDatetime | None = None
     secrets: str | None = None  # Fernet ciphertext of the task's secrets (taskmill/secrets.py)
+    lost: int = Field(0, ge=0, le=_INTEGER)
 
     def retry_delay_ms(self) -> int:
         """The wait before the next attempt: retry_delay * backoff^(attempt - 1), at most MAX_RETRY_DELAY_S (an
         exponential backoff soon asks for more than the broker takes as a queue TTL, or than a float holds)."""
         try:
-            seconds = min(MAX_RETRY_DELAY_S, self.retry_delay_s * self.backoff ** (self.attempt - 1))
+            seconds = min(MAX_RETRY_DELAY_S, self.retry_delay_seconds * self.backoff ** (self.attempt - 1))
         except OverflowError:
             seconds = MAX_RETRY_DELAY_S
         return max(1, round(1000 * seconds))
 
     def next_attempt(self) -> bytes:
-        return self.model_copy(update={"attempt": self.attempt + 1, "deadline": None}).model_dump_json().encode()
+        return self.model_copy(update={"attempt": self.attempt + 1, "deadline": None}).wire()
+
+    def wire(self) -> bytes:
+        """The message as it goes on the broker (the version 1 keys)."""
+        return self.model_dump_json().encode()
 
 
 def properties(run_id: int, headers: dict[str, Any] | None = None) -> spec.Basic.Properties:

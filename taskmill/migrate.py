@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+from taskmill.settings import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +69,40 @@ async def migrate(dsn: str) -> list[str]:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
         await conn.close()
     return applied
+
+
+def schema_tables() -> list[str]:
+    """The tables of the current schema (taskmill/schema.sql)."""
+    text = (resources.files("taskmill") / "schema.sql").read_text()
+    return re.findall(r"^CREATE TABLE (\w+)", text, flags=re.MULTILINE)
+
+
+class NotMigrated(ConfigError):
+    """The database lacks migrations this build ships: a role started on it would fail at its first statement."""
+
+
+async def check_migrated(conn: asyncpg.Connection | asyncpg.Pool) -> None:
+    """Raises NotMigrated, naming what to do, unless every migration this build ships is applied and every table
+    of the schema is there. A migration applied by a newer build is only logged: migrations add, so this build
+    still finds what it uses."""
+    database = await conn.fetchval("SELECT current_database()")
+    if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+        raise NotMigrated(f"database {database!r} was never migrated: run `taskmill migrate`")
+    applied = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+    shipped = [name for name, _ in migration_files()]
+    if missing := [name for name in shipped if name not in applied]:
+        raise NotMigrated(
+            f"database {database!r} lacks {len(missing)} migration(s) this build needs ({', '.join(missing)}): "
+            "run `taskmill migrate`"
+        )
+    gone = await conn.fetchval(
+        "SELECT coalesce(array_agg(t ORDER BY t), '{}') FROM unnest($1::text[]) t WHERE to_regclass(t) IS NULL",
+        schema_tables(),
+    )
+    if gone:
+        raise NotMigrated(
+            f"database {database!r} lacks table(s) its migrations made ({', '.join(gone)}): it was changed by "
+            "hand; restore it, or point DATABASE_URL at another database and run `taskmill migrate`"
+        )
+    if newer := sorted(applied - set(shipped)):
+        log.warning("database %r has migrations newer than this build: %s", database, ", ".join(newer))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import asyncpg
@@ -24,7 +24,12 @@ from taskmill.cron import ScheduleError, validate_cron, zone
 from taskmill.states import ScheduleKind
 from taskmill.tasktypes import BUILTIN
 
-MAX_TIMEOUT_S = 30.0
+# A run's timeout when its task names none, and the most any setting may allow (a run longer than RabbitMQ's
+# consumer_timeout, 30 min by default, needs that raised too).
+DEFAULT_TIMEOUT_S = 30.0
+MAX_TIMEOUT_CAP_S = 86_400.0
+# How far in the past a one-off `at` may be and still be accepted (it then runs at once).
+AT_GRACE = timedelta(seconds=60)
 
 
 def _in_range(value: datetime) -> datetime:
@@ -97,6 +102,12 @@ class Schedule(BaseModel):
                 raise ValueError(str(exc)) from None
         return value
 
+    def late(self, now: datetime) -> str | None:
+        """Why this schedule cannot be saved at `now` (a one-off time past by more than the grace), or None."""
+        if self.kind is ScheduleKind.ONCE and self.at is not None and self.at < now - AT_GRACE:
+            return f"is more than {AT_GRACE.seconds} s in the past"
+        return None
+
     @model_validator(mode="after")
     def _fields_match_kind(self) -> Schedule:
         needed = {ScheduleKind.ONCE: "at", ScheduleKind.CRON: "cron", ScheduleKind.INTERVAL: "every_seconds"}
@@ -116,7 +127,9 @@ class TaskCreate(BaseModel):
     max_retries: int = Field(0, ge=0, le=100)
     retry_delay_seconds: float = Field(10.0, ge=0, le=86400)
     backoff: float = Field(1.0, ge=1, le=10)
-    timeout_seconds: float = Field(MAX_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_S)
+    # The API holds it to TASKMILL_MAX_TIMEOUT_S (and gives a task that names none the smaller of 30 s and that);
+    # a processor cuts every run at its own setting.
+    timeout_seconds: float = Field(DEFAULT_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_CAP_S)
     estimated_ms: int = Field(1000, ge=0, le=86_400_000)
     # Values are write-only: stored encrypted, shown by name only, masked in every repr and log line.
     secrets: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], SecretStr] = Field(
@@ -183,9 +196,9 @@ class Task:
     timezone: str
     active: bool
     max_retries: int
-    retry_delay_s: float
+    retry_delay_seconds: float
     backoff: float
-    timeout_s: float
+    timeout_seconds: float
     estimated_ms: int
     created_by: str | None
     created_at: datetime

@@ -71,13 +71,18 @@ class Settings(BaseSettings):
     queued_lease_s: float = Field(300.0, gt=0)
     # A running row is handed to another processor this long after its timeout has passed.
     running_grace_s: float = Field(15.0, ge=0)
+    # A run whose processor was lost goes to another one without spending the task's retries, this many times; the
+    # next loss makes it dead (a run that kills every processor it touches must not loop for ever).
+    lost_limit: int = Field(3, ge=0, le=1000)
     rescue_interval_s: float = Field(10.0, gt=0)
     publish_timeout_s: float = Field(10.0, gt=0)
     max_idle_s: float = Field(30.0, gt=0)
 
     # processor
     concurrency: int = Field(10, ge=1, le=10_000)
-    max_timeout_s: float = Field(30.0, gt=0)
+    # The longest a run may take: the API refuses a task asking more (422), a task naming none gets the smaller of
+    # 30 s and this, and a processor cuts every run at its own. Past 25 min raise RabbitMQ's consumer_timeout too.
+    max_timeout_s: float = Field(30.0, gt=0, le=86_400)
     output_cap_bytes: int = Field(64 * 1024, ge=256)
 
     # Recovering from the broker and the database going away (every role; README "Guarantees").

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from taskmill.db import CONNECTION_ERRORS
+from taskmill.db import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,9 @@ class Wakeup:
             conn = await asyncpg.connect(self._dsn, timeout=_CONNECT_TIMEOUT_S)
             await conn.add_listener(self._channel, self._notified)
             conn.add_termination_listener(self._lost)
-        except CONNECTION_ERRORS as exc:
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             log.warning("cannot listen on %s: %s", self._channel, exc)
             if conn is not None:
                 conn.terminate()

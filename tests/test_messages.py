@@ -20,9 +20,9 @@ def message(attempt: int, delay_s: float, backoff: float) -> RunMessage:
         payload={},
         attempt=attempt,
         scheduled_time=datetime.now(UTC),
-        timeout_s=30,
+        timeout_seconds=30,
         max_retries=100,
-        retry_delay_s=delay_s,
+        retry_delay_seconds=delay_s,
         backoff=backoff,
     )
 

@@ -10,12 +10,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from cron_descriptor import ExpressionDescriptor, FormatException, MissingFieldException, WrongArgumentException
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from api.auth import READ, Principal, require
+from api.deps import Reader
 from api.errors import invalid
-from api.routes.tasks import late_at
 from taskmill.cron import interval_times, next_times, zone
 from taskmill.models import Schedule
 from taskmill.states import ScheduleKind
@@ -75,7 +74,7 @@ MAX_START_OFFSET = timedelta(days=3660)
 @router.post("/schedule-preview", response_model=SchedulePreview)
 async def schedule_preview(
     body: Schedule,
-    _: Annotated[Principal, Depends(require(READ))],
+    _: Reader,
     count: Annotated[int, Query(ge=1, le=50, description="how many next runs")] = 5,
     start: Annotated[datetime | None, Query(description="preview from this instant instead of now")] = None,
 ) -> SchedulePreview:
@@ -90,7 +89,7 @@ async def schedule_preview(
             raise invalid(("start",), f"is more than {MAX_START_OFFSET.days} days from now") from None
         if abs(start - now) > MAX_START_OFFSET:
             raise invalid(("start",), f"is more than {MAX_START_OFFSET.days} days from now")
-    elif reason := late_at(body, now):
+    elif reason := body.late(now):
         # Saving this schedule now would be refused the same way (POST /tasks).
         raise invalid(("at",), reason)
     # Expanding a cron expression is CPU work (an every-second one near a DST change scans its margin): off the loop.

@@ -6,16 +6,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query
 from pydantic import BaseModel
 
 from api import cursors
-from api.auth import READ, WRITE, Principal, require
-from api.deps import pool
+from api.deps import Pool, Reader, Writer
 from api.schemas import AttemptPublic, RunDetail, RunPublic, TransitionPublic
 from taskmill.models import Instant
 from taskmill.states import RunState
-from taskmill.store.history import cancel_run, recent_runs, run_detail, task_runs
+from taskmill.store.history import recent_runs, run_detail, task_runs
+from taskmill.store.runs import cancel_run
+from taskmill.store.tasks import task_ever_existed
 
 router = APIRouter()
 
@@ -44,8 +45,8 @@ def _uncursor(cursor: str) -> tuple[datetime, int]:
 
 @router.get("/runs", response_model=RunPage)
 async def list_runs(
-    request: Request,
-    _: Annotated[Principal, Depends(require(READ))],
+    db: Pool,
+    _: Reader,
     status: RunState | None = None,
     task_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     before: Annotated[str | None, Query(max_length=200, description="next_cursor of the page before")] = None,
@@ -54,7 +55,7 @@ async def list_runs(
     """Recent runs across all tasks, newest scheduled first, with the task's name. The first page starts now (runs
     materialized ahead are left out: a task's upcoming runs are at /tasks/{id}/runs)."""
     rows = await recent_runs(
-        pool(request),
+        db,
         status=status.value if status else None,
         task_id=task_id,
         before=_uncursor(before) if before else None,
@@ -68,8 +69,8 @@ async def list_runs(
 @router.get("/tasks/{task_id}/runs", response_model=list[RunPublic])
 async def runs_of_task(
     task_id: Id,
-    request: Request,
-    _: Annotated[Principal, Depends(require(READ))],
+    db: Pool,
+    _: Reader,
     status: RunState | None = None,
     since: Annotated[Instant | None, Query(description="scheduled at or after")] = None,
     until: Annotated[Instant | None, Query(description="scheduled before")] = None,
@@ -77,16 +78,15 @@ async def runs_of_task(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[RunPublic]:
     """Newest first, upcoming runs included."""
-    db = pool(request)
-    if await db.fetchval("SELECT 1 FROM tasks WHERE id = $1", task_id) is None:
+    if not await task_ever_existed(db, task_id):
         raise HTTPException(404, f"no task {task_id}")
     rows = await task_runs(db, task_id, status.value if status else None, since, until, before, limit)
     return [RunPublic.model_validate(dict(r)) for r in rows]
 
 
 @router.get("/runs/{run_id}", response_model=RunDetail)
-async def get_run(run_id: Id, request: Request, _: Annotated[Principal, Depends(require(READ))]) -> RunDetail:
-    detail = await run_detail(pool(request), run_id)
+async def get_run(run_id: Id, db: Pool, _: Reader) -> RunDetail:
+    detail = await run_detail(db, run_id)
     if detail is None:
         raise HTTPException(404, f"no run {run_id}")
     run, attempts, transitions = detail
@@ -98,8 +98,7 @@ async def get_run(run_id: Id, request: Request, _: Annotated[Principal, Depends(
 
 
 @router.post("/runs/{run_id}/cancel", response_model=RunPublic)
-async def cancel(run_id: Id, request: Request, _: Annotated[Principal, Depends(require(WRITE))]) -> RunPublic:
-    db = pool(request)
+async def cancel(run_id: Id, db: Pool, _: Writer) -> RunPublic:
     cancelled = await cancel_run(db, run_id)
     detail = await run_detail(db, run_id)
     if detail is None:

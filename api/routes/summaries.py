@@ -3,22 +3,20 @@ hours need."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from api.auth import READ, Principal, require
-from api.deps import pool
+from api.deps import AppSettings, Pool, Reader, TypeHistory
 from api.errors import invalid
-from capacity.plan import History, Options, make_plan
-from taskmill.settings import Settings
-from taskmill.store.capacity import TypeSummary, type_summaries
+from taskmill.planning.plan import Options, make_plan
+from taskmill.store.capacity import TypeSummary, summaries_since, type_summaries
 
 router = APIRouter()
 
-Reader = Annotated[Principal, Depends(require(READ))]
 MAX_BUCKETS = 10_000
 
 
@@ -46,24 +44,19 @@ class ScheduledSummary(BaseModel):
     buckets: list[Bucket]
 
 
-def _history(request: Request) -> History:
-    history: History = request.app.state.history
-    return history
-
-
 @router.get("/task-summary", response_model=TaskSummary)
-async def task_summary(request: Request, _: Reader) -> TaskSummary:
+async def task_summary(db: Pool, history: TypeHistory, _: Reader) -> TaskSummary:
     """Attempts finished in the past year per task type: how many, how many failed, mean, median and p95 ms."""
-    db = pool(request)
     summaries = await type_summaries(db)
-    _history(request).remember(summaries)  # the forecast weighs runs by these means: fresh ones, free
-    since: datetime = await db.fetchval("SELECT now() - interval '1 year'")
-    return TaskSummary(since=since, types=summaries)
+    history.remember(summaries)  # the forecast weighs runs by these means: fresh ones, free
+    return TaskSummary(since=await summaries_since(db), types=summaries)
 
 
 @router.get("/scheduled-tasks-summary", response_model=ScheduledSummary)
 async def scheduled_tasks_summary(
-    request: Request,
+    db: Pool,
+    settings: AppSettings,
+    history: TypeHistory,
     _: Reader,
     hours: Annotated[float, Query(gt=0, le=48, description="how far ahead")] = 3.0,
     bucket: Annotated[int, Query(ge=1, le=3600, description="bucket width in seconds")] = 60,
@@ -74,17 +67,15 @@ async def scheduled_tasks_summary(
     """Per bucket from now to the horizon: runs (materialized, plus recurring runs projected past the scheduler's
     watermark), compute (each run weighted by its type's mean over the past year, or its task's estimate), and
     `required_instances = ceil(required_ms / (capacity_ms * (1 - buffer)))`."""
-    settings: Settings = request.app.state.settings
     if hours * 3600 / bucket > MAX_BUCKETS:
         reason = f"gives more than {MAX_BUCKETS:,} buckets in {hours:g} hours: widen it"
         raise invalid(("query", "bucket"), reason)
-    options = Options(
-        horizon_s=hours * 3600,
-        bucket_s=bucket,
-        capacity_ms=capacity_ms if capacity_ms is not None else settings.capacity_ms_per_instance,
-        buffer=buffer if buffer is not None else settings.capacity_buffer,
-    )
-    plan = await make_plan(pool(request), _history(request), options)
+    options = replace(Options.of(settings), horizon_s=hours * 3600, bucket_s=bucket)
+    if capacity_ms is not None:
+        options = replace(options, capacity_ms=capacity_ms)
+    if buffer is not None:
+        options = replace(options, buffer=buffer)
+    plan = await make_plan(db, history, options)
     f = plan.forecast
     buckets = [
         Bucket(

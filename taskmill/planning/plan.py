@@ -11,9 +11,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import numpy as np
 
-from capacity.forecast import Forecast, Runs, forecast
-from capacity.projection import project
 from taskmill.db import Connection
+from taskmill.planning.forecast import Forecast, Runs, forecast
+from taskmill.planning.projection import project
+from taskmill.settings import Settings
 from taskmill.store.capacity import TypeSummary, Upcoming, type_summaries, upcoming
 
 
@@ -23,6 +24,16 @@ class Options:
     bucket_s: int = 60
     capacity_ms: float = 10_000.0
     buffer: float = 0.10
+
+    @classmethod
+    def of(cls, settings: Settings) -> Options:
+        """The installation's forecast (TASKMILL_CAPACITY_*)."""
+        return cls(
+            horizon_s=settings.capacity_horizon_hours * 3600,
+            bucket_s=settings.capacity_bucket_s,
+            capacity_ms=settings.capacity_ms_per_instance,
+            buffer=settings.capacity_buffer,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from capacity.forecast import FloatArray, Runs
 from taskmill.cron import ScheduleError, cron_times, zone
+from taskmill.planning.forecast import FloatArray, Runs
 from taskmill.store.capacity import LaggingTask
 
 log = logging.getLogger(__name__)

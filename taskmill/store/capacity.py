@@ -36,6 +36,12 @@ class TypeSummary:
     p95_ms: float
 
 
+async def summaries_since(conn: Conn) -> datetime:
+    """Where the per-type view's year begins, by the database's clock."""
+    since: datetime = await conn.fetchval("SELECT now() - interval '1 year'")
+    return since
+
+
 async def type_summaries(conn: Conn) -> list[TypeSummary]:
     if isinstance(conn, asyncpg.Pool):
         async with conn.acquire() as acquired:

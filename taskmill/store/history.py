@@ -1,4 +1,5 @@
-"""Reading runs back: a task's runs, one run with its attempts (result versions) and its status changes."""
+"""Reading runs back: a task's runs, recent runs across tasks, one run with its attempts (result versions) and its
+status changes. Nothing here writes (every change of state is in taskmill/store/runs.py)."""
 
 from __future__ import annotations
 
@@ -33,13 +34,6 @@ SELECT from_status::text AS from_status, to_status::text AS to_status, attempt, 
 FROM run_audit WHERE run_id = $1 ORDER BY at
 """
 
-# Only runs not yet started can be cancelled; a running one finishes its attempt.
-CANCEL_RUN = """
-UPDATE task_schedule SET status = 'cancelled', finished_at = now(), lease_until = NULL
-WHERE id = $1 AND status IN ('scheduled', 'queued', 'retrying')
-RETURNING id
-"""
-
 
 async def task_runs(
     conn: Conn,
@@ -60,10 +54,6 @@ async def run_detail(
     if run is None:
         return None
     return run, await conn.fetch(ATTEMPTS, run_id), await conn.fetch(TRANSITIONS, run_id)
-
-
-async def cancel_run(conn: Conn, run_id: int) -> bool:
-    return await conn.fetchval(CANCEL_RUN, run_id) is not None
 
 
 # Recent runs across all tasks, newest first. Each filter adds a fixed condition, so every combination is one

@@ -18,7 +18,7 @@ from taskmill.states import RunState
 Conn = Connection | asyncpg.Pool
 
 # The run message, built by PostgreSQL (the function run_message in 0001_schema.sql).
-_MESSAGE = "run_message(r.id, r.task_id, r.attempt, r.scheduled_time, r.lease_until, t)"
+_MESSAGE = "run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, t)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,11 +213,14 @@ WITH stale AS (
 ), r AS (
     UPDATE task_schedule s SET lease_until = now() + make_interval(secs => $2)
     FROM stale WHERE s.id = stale.id
-    RETURNING s.id, s.task_id, s.attempt, s.scheduled_time, s.lease_until, s.status
+    RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status
 )
 SELECT r.id, t.type, r.status, {_MESSAGE} AS body FROM r JOIN tasks t ON t.id = r.task_id
 """
 
+# A processor that died mid-run is not the task failing: the run goes to another processor as its next attempt, the
+# task's retries untouched (its message counts the loss, see RunMessage.lost). A run that has lost more processors
+# than the limit ($3) is dead: it may be what kills them.
 RESCUE_LOST = f"""
 WITH lost AS (
     SELECT s.id FROM task_schedule s
@@ -226,21 +229,49 @@ WITH lost AS (
     FOR UPDATE SKIP LOCKED
 ), r AS (
     UPDATE task_schedule s
-    SET status = CASE WHEN s.attempt > t.max_retries THEN 'dead'::run_status ELSE 'queued'::run_status END,
-        error = 'processor lost during attempt ' || s.attempt,
-        finished_at = CASE WHEN s.attempt > t.max_retries THEN now() END,
+    SET status = CASE WHEN s.lost >= $3 THEN 'dead'::run_status ELSE 'queued'::run_status END,
+        lost = s.lost + 1,
+        error = 'processor lost during attempt ' || s.attempt || CASE WHEN s.lost >= $3
+            THEN ': it has lost ' || s.lost + 1 || ' processors, more than TASKMILL_LOST_LIMIT (' || $3
+                 || ') allows; the run may be what kills them'
+            ELSE '' END,
+        finished_at = CASE WHEN s.lost >= $3 THEN now() END,
         queued_at = now(),
-        lease_until = CASE WHEN s.attempt > t.max_retries THEN NULL ELSE now() + make_interval(secs => $2) END
-    FROM lost, tasks t WHERE s.id = lost.id AND t.id = s.task_id
-    RETURNING s.id, s.task_id, s.attempt, s.scheduled_time, s.lease_until, s.status, s.started_at, s.worker, t.type
+        lease_until = CASE WHEN s.lost >= $3 THEN NULL ELSE now() + make_interval(secs => $2) END
+    FROM lost WHERE s.id = lost.id
+    RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status, s.started_at,
+              s.worker, s.error
 ), kept AS (
     INSERT INTO task_results (run_id, attempt, status, started_at, finished_at, worker, error, type)
-    SELECT r.id, r.attempt, 'failed', r.started_at, now(), r.worker, 'processor lost during the attempt', r.type
-    FROM r
+    SELECT r.id, r.attempt, 'failed', r.started_at, now(), r.worker, r.error, t.type
+    FROM r JOIN tasks t ON t.id = r.task_id
     ON CONFLICT (run_id, attempt) DO NOTHING
 )
 SELECT r.id, t.type, r.status, {_MESSAGE} AS body FROM r JOIN tasks t ON t.id = r.task_id
 """
+
+
+# Only runs not yet started can be cancelled; a running one finishes its attempt.
+CANCEL_RUN = """
+UPDATE task_schedule SET status = 'cancelled', finished_at = now(), lease_until = NULL
+WHERE id = $1 AND status IN ('scheduled', 'queued', 'retrying')
+RETURNING id
+"""
+
+# A deleted task's runs not handed to the broker yet; those already out still run.
+CANCEL_UNPUBLISHED_RUNS = """
+UPDATE task_schedule SET status = 'cancelled', finished_at = now(), lease_until = NULL
+WHERE task_id = $1 AND status = 'scheduled'
+"""
+
+
+async def cancel_run(conn: Conn, run_id: int) -> bool:
+    """False when the run has started, ended or does not exist."""
+    return await conn.fetchval(CANCEL_RUN, run_id) is not None
+
+
+async def cancel_unpublished_runs(conn: Conn, task_id: int) -> None:
+    await conn.execute(CANCEL_UNPUBLISHED_RUNS, task_id)
 
 
 async def rescue_waiting(conn: Conn, limit: int, lease_s: float) -> list[Outbound]:
@@ -248,6 +279,6 @@ async def rescue_waiting(conn: Conn, limit: int, lease_s: float) -> list[Outboun
     return _outbound(await conn.fetch(RESCUE_WAITING, limit, lease_s))
 
 
-async def rescue_lost(conn: Conn, limit: int, lease_s: float) -> list[Outbound]:
-    """Running runs whose processor died: re-queued (or dead when out of attempts), to be published."""
-    return _outbound(await conn.fetch(RESCUE_LOST, limit, lease_s))
+async def rescue_lost(conn: Conn, limit: int, lease_s: float, lost_limit: int) -> list[Outbound]:
+    """Running runs whose processor died: re-queued (dead past `lost_limit` losses), to be published."""
+    return _outbound(await conn.fetch(RESCUE_LOST, limit, lease_s, lost_limit))

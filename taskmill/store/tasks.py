@@ -1,17 +1,25 @@
-"""Task definitions: creation (with the single run of a one-off task, in the same transaction)."""
+"""Task definitions: creating (with the single run of a one-off task, in the same transaction), reading, listing,
+editing, pausing and deleting them."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, Literal
+
+import asyncpg
 
 from taskmill.db import Connection, jsonb
 from taskmill.models import Task, TaskCreate
 from taskmill.secrets import seal
 from taskmill.states import ScheduleKind
+from taskmill.store.runs import cancel_unpublished_runs
 
-INSERT_TASK = """
-INSERT INTO tasks (name, type, payload, schedule_kind, cron, every_seconds, run_at, timezone, active,
-                   max_retries, retry_delay_s, backoff, timeout_s, estimated_ms, created_by, secrets, secret_names)
+# The columns a definition sets, in the order _definition gives them, then who created it and its secrets.
+_COLUMNS = """name, type, payload, schedule_kind, cron, every_seconds, run_at, timezone, active, max_retries,
+    retry_delay_seconds, backoff, timeout_seconds, estimated_ms, created_by, secrets, secret_names"""
+
+INSERT_TASK = f"""
+INSERT INTO tasks ({_COLUMNS})
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
 RETURNING *
 """
@@ -82,33 +90,26 @@ DELETE FROM task_schedule WHERE task_id = $1 AND status = 'scheduled' AND schedu
 """
 RESTART_SCHEDULE = """
 UPDATE tasks SET materialized_until = NULL, schedule_from = now(), updated_at = now(), active = $2 WHERE id = $1
+RETURNING *
 """
 
 
-async def _restart_schedule(conn: Connection, task_id: int, active: bool) -> bool:
+async def set_active(conn: Connection, task_id: int, active: bool) -> Task | None:
+    """Deactivating drops the future runs; activating schedules from now on (missed runs are not caught up).
+    None when there is no such task."""
     async with conn.transaction():
         if await conn.fetchval(LOCK_TASK, task_id) is None:
-            return False
+            return None
         await conn.execute(DROP_FUTURE_RUNS, task_id)
-        await conn.execute(RESTART_SCHEDULE, task_id, active)
-    return True
-
-
-async def reschedule(conn: Connection, task_id: int) -> bool:
-    """After an edit: drops the task's future scheduled runs so they are materialized again from its new
-    definition. False when there is no such task."""
-    return await _restart_schedule(conn, task_id, True)
-
-
-async def set_active(conn: Connection, task_id: int, active: bool) -> bool:
-    """Deactivating drops the future runs; activating schedules from now on (missed runs are not caught up)."""
-    return await _restart_schedule(conn, task_id, active)
+        record = await conn.fetchrow(RESTART_SCHEDULE, task_id, active)
+    assert record is not None
+    return Task.from_record(record)
 
 
 UPDATE_TASK = """
 UPDATE tasks SET name = $2, type = $3, payload = $4, schedule_kind = $5, cron = $6, every_seconds = $7,
-    run_at = $8, timezone = $9, active = $10, max_retries = $11, retry_delay_s = $12, backoff = $13,
-    timeout_s = $14, estimated_ms = $15, materialized_until = NULL, schedule_from = now(), updated_at = now(),
+    run_at = $8, timezone = $9, active = $10, max_retries = $11, retry_delay_seconds = $12, backoff = $13,
+    timeout_seconds = $14, estimated_ms = $15, materialized_until = NULL, schedule_from = now(), updated_at = now(),
     secrets = CASE WHEN $16 THEN $17 ELSE secrets END,
     secret_names = CASE WHEN $16 THEN $18 ELSE secret_names END
 WHERE id = $1
@@ -147,10 +148,6 @@ DELETE_TASK = """
 UPDATE tasks SET deleted_at = now(), active = false, updated_at = now(), name = name || ' (deleted ' || id || ')'
 WHERE id = $1
 """
-CANCEL_FUTURE_RUNS = """
-UPDATE task_schedule SET status = 'cancelled', finished_at = now(), lease_until = NULL
-WHERE task_id = $1 AND status = 'scheduled'
-"""
 
 
 async def delete_task(conn: Connection, task_id: int) -> bool:
@@ -158,16 +155,15 @@ async def delete_task(conn: Connection, task_id: int) -> bool:
     async with conn.transaction():
         if await conn.fetchval(LOCK_TASK, task_id) is None:
             return False
-        await conn.execute(CANCEL_FUTURE_RUNS, task_id)
+        await cancel_unpublished_runs(conn, task_id)
         await conn.execute(DELETE_TASK, task_id)
     return True
 
 
 # A whole batch of tasks in one statement, and the runs of its immediate and once tasks in the same one.
-INSERT_TASKS = """
+INSERT_TASKS = f"""
 WITH new AS (
-    INSERT INTO tasks (name, type, payload, schedule_kind, cron, every_seconds, run_at, timezone, active,
-                       max_retries, retry_delay_s, backoff, timeout_s, estimated_ms, created_by, secrets, secret_names)
+    INSERT INTO tasks ({_COLUMNS})
     SELECT n, ty, p::jsonb, k, c, e, a, tz, act, mr, rd, b, t, est, $15, sec,
            ARRAY(SELECT jsonb_array_elements_text(sn::jsonb))
     FROM unnest($1::text[], $2::text[], $3::text[], $4::schedule_kind[], $5::text[], $6::int[], $7::timestamptz[],
@@ -198,3 +194,58 @@ async def create_tasks(
         [jsonb(sorted(t.secrets)) for t in specs],
     )
     return [(r["id"], r["name"]) for r in rows]
+
+
+GET_TASK = "SELECT * FROM tasks WHERE id = $1 AND deleted_at IS NULL"
+# Deleted tasks keep their history: their runs can still be read.
+TASK_EVER_EXISTED = "SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1)"
+TAKEN_NAMES = "SELECT name FROM tasks WHERE name = ANY($1::text[]) ORDER BY name"
+
+
+async def get_task(conn: Connection | asyncpg.Pool, task_id: int) -> Task | None:
+    """The task, unless there is none or it was deleted."""
+    record = await conn.fetchrow(GET_TASK, task_id)
+    return None if record is None else Task.from_record(record)
+
+
+async def task_ever_existed(conn: Connection | asyncpg.Pool, task_id: int) -> bool:
+    return bool(await conn.fetchval(TASK_EVER_EXISTED, task_id))
+
+
+async def taken_names(conn: Connection, names: list[str]) -> list[str]:
+    """Which of `names` tasks already have (deleted tasks have given theirs up)."""
+    return [r["name"] for r in await conn.fetch(TAKEN_NAMES, names)]
+
+
+# Sort keys, each a column and its SQL type; a column name comes only from here, never from a request.
+SORTS: dict[str, str] = {"id": "bigint", "name": "text", "created_at": "timestamptz", "type": "text"}
+SortKey = Literal["id", "-id", "name", "-name", "created_at", "-created_at", "type", "-type"]
+
+
+def _list_sql(column: str, descending: bool) -> str:
+    order = "DESC" if descending else "ASC"
+    return f"""
+SELECT * FROM tasks
+WHERE deleted_at IS NULL AND ($1::text IS NULL OR type = $1)
+  AND ($2::boolean IS NULL OR active = $2) AND ($3::text IS NULL OR starts_with(name, $3))
+  AND ($4::{SORTS[column]} IS NULL OR ({column}, id) {"<" if descending else ">"} ($4::{SORTS[column]}, $5::bigint))
+ORDER BY {column} {order}, id {order} LIMIT $6
+"""
+
+
+async def list_tasks(
+    conn: Connection | asyncpg.Pool,
+    *,
+    type: str | None = None,
+    active: bool | None = None,
+    name_prefix: str | None = None,
+    sort: SortKey = "id",
+    after: tuple[Any, int] | None = None,
+    limit: int = 50,
+) -> list[Task]:
+    """Keyset pagination: `after` is the (sort value, id) of the last task of the page before, the value of the
+    sort column's type (an int, a str, an aware datetime). Stable under inserts, one index range a page."""
+    column = sort.lstrip("-")
+    value, last_id = after if after is not None else (None, 0)
+    rows = await conn.fetch(_list_sql(column, sort.startswith("-")), type, active, name_prefix, value, last_id, limit)
+    return [Task.from_record(r) for r in rows]

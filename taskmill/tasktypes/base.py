@@ -29,7 +29,7 @@ class RunContext:
     run_id: int
     task_id: int
     attempt: int
-    timeout_s: float
+    timeout_seconds: float
     output_cap: int
     http: httpx.AsyncClient
     secrets: dict[str, str] = field(default_factory=dict)

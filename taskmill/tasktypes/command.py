@@ -184,7 +184,7 @@ async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
     timed_out = False
     try:
         try:
-            async with asyncio.timeout(ctx.timeout_s - min(_REPORT_S, ctx.timeout_s / 10)):
+            async with asyncio.timeout(ctx.timeout_seconds - min(_REPORT_S, ctx.timeout_seconds / 10)):
                 code = await proc.wait()
         except TimeoutError:
             # Our own deadline, just ahead of the run's: the group goes, and what it printed is kept.
@@ -220,7 +220,7 @@ async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
         "truncated": out_total > ctx.output_cap or err_total > ctx.output_cap,
     }
     if timed_out:
-        raise TaskFailed(f"timed out after {ctx.timeout_s:g} s", result)
+        raise TaskFailed(f"timed out after {ctx.timeout_seconds:g} s", result)
     if code not in payload.expected_exit_codes:
         raise TaskFailed(failure_reason(code, stderr, payload.limits), result)
     return result

@@ -103,7 +103,7 @@ async def run(payload: HttpPayload, ctx: RunContext) -> JsonObject:
             headers=headers,
             json=payload.json_body,
             content=payload.body,
-            timeout=ctx.timeout_s,
+            timeout=ctx.timeout_seconds,
         ) as response:
             # Leaving the block unread closes the connection: an endless body is not drained.
             data, read, complete = await _read_capped(response, ctx.output_cap, ctx.max_response_bytes)

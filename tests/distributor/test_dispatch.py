@@ -131,28 +131,35 @@ async def test_a_queued_run_whose_lease_ran_out_is_published_again(
     assert lease_left > settings.queued_lease_s - 2
 
 
-async def test_a_run_lost_with_its_processor_is_requeued_or_dead_when_out_of_attempts(
+async def test_a_run_lost_with_its_processor_runs_again_without_spending_retries_until_the_lost_limit(
     settings: Settings, db: asyncpg.Connection, channel: AbstractChannel
 ) -> None:
-    retry, last = await insert_runs(db, "noop", [-2, -1])
-    await db.execute("UPDATE tasks SET max_retries = 1")
+    again, last = await insert_runs(db, "noop", [-2, -1])  # the task asks for no retries (max_retries 0)
     await db.execute("UPDATE task_schedule SET status = 'queued'")
-    await db.execute(
-        "UPDATE task_schedule SET status = 'running', attempt = 1, lease_until = now() - interval '1 s' WHERE id = $1",
-        retry,
-    )
-    await db.execute(
-        "UPDATE task_schedule SET status = 'running', attempt = 2, lease_until = now() - interval '1 s' WHERE id = $1",
-        last,
-    )
+    lost_before = {again: 0, last: settings.lost_limit}
+    for run_id, lost in lost_before.items():
+        await db.execute(
+            "UPDATE task_schedule SET status = 'running', attempt = 1 + $2, lost = $2, "
+            "lease_until = now() - interval '1 s' WHERE id = $1",
+            run_id,
+            lost,
+        )
     await distributor.service.run(settings, until_idle=True)
-    rows = {r[0]: r[1] for r in await db.fetch("SELECT id, status::text FROM task_schedule")}
-    assert rows == {retry: "queued", last: "dead"}
+    rows = {r["id"]: r for r in await db.fetch("SELECT id, status::text, lost, error FROM task_schedule")}
+    assert (rows[again]["status"], rows[again]["lost"]) == ("queued", 1)
+    assert rows[again]["error"] == "processor lost during attempt 1"
+    assert (rows[last]["status"], rows[last]["lost"]) == ("dead", settings.lost_limit + 1)
+    assert "more than TASKMILL_LOST_LIMIT (3) allows" in rows[last]["error"]
     names = Names(settings.broker_prefix)
-    assert await ready_messages(channel, names.work_queue) == 1
+    queue = await channel.declare_queue(names.work_queue, passive=True)
+    message = await queue.get(timeout=5)
+    assert message is not None
+    body = json.loads(message.body)
+    # The next attempt, carrying the loss: the processor does not count it against max_retries.
+    assert (body["run_id"], body["attempt"], body["lost"], body["max_retries"]) == (again, 2, 1, 0)
     assert await ready_messages(channel, names.dead_queue) == 1
     results = await db.fetch("SELECT run_id, attempt, status::text FROM task_results ORDER BY run_id")
-    assert [tuple(r) for r in results] == [(retry, 1, "failed"), (last, 2, "failed")]
+    assert [tuple(r) for r in results] == [(again, 1, "failed"), (last, 4, "failed")]
 
 
 async def test_a_run_published_ahead_starts_at_its_time_not_before(

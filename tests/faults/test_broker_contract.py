@@ -151,13 +151,14 @@ async def test_every_publish_path_sends_persistent_messages_whose_id_is_the_run_
     assert _persistent_with_run_id(delayed)[1] == run_of[waits.id]
     assert json.loads(delayed.body)["attempt"] == 2
 
-    # The rescuer: a retry whose lease ran out is published again; a lost run out of attempts goes dead.
+    # The rescuer: a retry whose lease ran out is published again; a run that lost one processor too many goes dead.
     await db.execute("UPDATE task_schedule SET lease_until = now() - interval '1 s' WHERE id = $1", run_of[waits.id])
     lost = await new_task(db, "lost", "noop")
     lost_run = await db.fetchval(
-        "UPDATE task_schedule SET status = 'running', attempt = 1, lease_until = now() - interval '1 s' "
+        "UPDATE task_schedule SET status = 'running', attempt = $2 + 1, lost = $2, lease_until = now() - interval '1 s' "
         "WHERE task_id = $1 RETURNING id",
         lost.id,
+        settings.lost_limit,
     )
     await distributor.service.run(settings, until_idle=True)
     rescued = [_persistent_with_run_id(m) for m in await _drain(spy)]

@@ -46,8 +46,10 @@ async def _pids_in(commands: CommandLog, count: int) -> list[int]:
 async def test_a_run_on_a_killed_processor_is_rescued_and_succeeds_on_its_second_attempt(
     settings: Settings, db: asyncpg.Connection, stack: Stack
 ) -> None:
-    # max_retries=1: the lost attempt counts as one, so the rescuer queues the second instead of going dead.
-    task = await new_task(db, "crash", "command", stack.commands.payload(sleep_s=3), timeout_seconds=5, max_retries=1)
+    # The task's default of no retries: losing its processor is not the task failing, so the rescuer still hands
+    # the run to another processor.
+    task = await new_task(db, "crash", "command", stack.commands.payload(sleep_s=3), timeout_seconds=5)
+    assert task.max_retries == 0
     await distributor_run(settings, until_idle=True)  # publishes the run, nothing more
     first = await stack.add("processor", "--concurrency", "4")
     await _wait_running(db, first, 1)
@@ -76,12 +78,44 @@ async def test_a_run_on_a_killed_processor_is_rescued_and_succeeds_on_its_second
         "SELECT attempt, status::text, worker, error FROM task_results WHERE run_id = $1 ORDER BY attempt", run["id"]
     )
     assert [tuple(r) for r in results] == [
-        (1, "failed", first.worker, "processor lost during the attempt"),
+        (1, "failed", first.worker, "processor lost during attempt 1"),
         (2, "succeeded", row["worker"], None),
     ]
     pids = await _pids_in(stack.commands, 2)
     assert len(pids) == 2 and pids[1] != command_pid  # the second attempt ran the command afresh
     assert not procs.alive(command_pid)
+
+
+@pytest.mark.slow
+async def test_a_run_that_kills_every_processor_it_touches_is_dead_past_the_lost_limit(
+    settings: Settings, db: asyncpg.Connection, stack: Stack
+) -> None:
+    # Every processor here SIGKILLs itself once the task has run (as one that a run drives out of memory would);
+    # with a limit of 1 the run may lose one processor and be run again once, and the second loss makes it dead.
+    limit = settings.model_copy(update={"lost_limit": 1})
+    await new_task(db, "killer", "noop", timeout_seconds=1, max_retries=5)
+    await distributor_run(limit, until_idle=True)
+    lost = []
+    for attempt in (1, 2):
+        processor = await stack.add("processor", crash="after_side_effect")
+        await asyncio.wait_for(processor.proc.wait(), 15)
+        assert processor.proc.returncode == -signal.SIGKILL
+        lost.append(processor.worker)
+        # The lease ends timeout + grace = 2 s after the start; the rescuer then hands the run on, or gives up.
+        async with running(distributor_run, limit):
+            expected = {"queued": 1} if attempt == 1 else {"dead": 1}
+            await wait_for_statuses(db, expected, timeout=15)
+    row = await db.fetchrow("SELECT attempt, lost, error FROM task_schedule")
+    assert row is not None
+    assert (row["attempt"], row["lost"]) == (2, 2)
+    assert row["error"] == (
+        "processor lost during attempt 2: it has lost 2 processors, more than TASKMILL_LOST_LIMIT (1) allows; "
+        "the run may be what kills them"
+    )
+    results = await db.fetch("SELECT attempt, worker FROM task_results ORDER BY attempt")
+    assert [(r["attempt"], r["worker"]) for r in results] == [(1, lost[0]), (2, lost[1])]
+    # Its last message went to the dead-letter queue, as every dead run's does.
+    assert await stack.broker.ready(stack.broker.names.dead_queue) == 1
 
 
 async def test_a_killed_processor_takes_its_commands_whole_process_group_with_it(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from capacity.forecast import Runs, forecast, required_instances
+from taskmill.planning.forecast import Runs, forecast, required_instances
 
 
 def test_required_instances_applies_the_ten_percent_buffer() -> None:

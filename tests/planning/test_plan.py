@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from capacity.plan import History, Options, Plan, make_plan
 from scheduler.materialize import materialize
 from taskmill.models import Schedule
+from taskmill.planning.plan import History, Options, Plan, make_plan
 from taskmill.settings import Settings
 from taskmill.states import RunState
 from taskmill.store.capacity import type_summaries

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from capacity.plan import Options, compute
-from capacity.projection import project
 from scheduler.materialize import run_times
 from taskmill.models import Task
+from taskmill.planning.plan import Options, compute
+from taskmill.planning.projection import project
 from taskmill.states import ScheduleKind
 from taskmill.store.capacity import LaggingTask, Upcoming
 
@@ -130,9 +130,9 @@ def test_projection_matches_what_the_scheduler_materializes() -> None:
             timezone=tz,
             active=True,
             max_retries=0,
-            retry_delay_s=10,
+            retry_delay_seconds=10,
             backoff=1,
-            timeout_s=30,
+            timeout_seconds=30,
             estimated_ms=1000,
             created_by=None,
             created_at=anchor,

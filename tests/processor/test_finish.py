@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from processor.consume import _finish
+from processor.record import _finish
 from taskmill.db import create_pool
 from taskmill.settings import Settings
 from taskmill.states import RunState

@@ -11,7 +11,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-import processor.consume
+import processor.claim
+import processor.record
 from taskmill.settings import Settings
 from taskmill.store.runs import Outcome, finish_runs, start_runs
 from tests.helpers import new_task
@@ -38,7 +39,7 @@ async def test_a_claim_whose_reply_was_lost_still_runs_the_attempt_once(
     settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fault = LosingTheReply(start_runs, lambda batch: True)
-    monkeypatch.setattr(processor.consume, "start_runs", fault)
+    monkeypatch.setattr(processor.claim, "start_runs", fault)
     task = await new_task(db, "once", "noop", max_retries=0)
     await run_pipeline(settings, db, {"succeeded": 1})
     assert fault.fired
@@ -57,7 +58,7 @@ async def test_a_dead_outcome_whose_reply_was_lost_is_still_dead_lettered(
         return any(o.status == "dead" for o in batch)
 
     fault = LosingTheReply(finish_runs, dead)
-    monkeypatch.setattr(processor.consume, "finish_runs", fault)
+    monkeypatch.setattr(processor.record, "finish_runs", fault)
     task = await new_task(db, "doomed", "command", FAIL, max_retries=1, retry_delay_seconds=0.1)
     await run_pipeline(settings, db, {"dead": 1})
     assert fault.fired

@@ -8,10 +8,10 @@ import asyncpg
 import scheduler.service
 from scheduler.materialize import materialize, window
 from taskmill.db import create_pool
-from taskmill.models import Schedule
+from taskmill.models import Schedule, TaskCreate
 from taskmill.settings import Settings
 from taskmill.states import ScheduleKind
-from taskmill.store.tasks import reschedule, set_active
+from taskmill.store.tasks import set_active, update_task
 from tests.helpers import new_task, running, wait_until
 
 NOON = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)
@@ -135,8 +135,7 @@ async def test_an_edit_replaces_future_runs_within_seconds_and_keeps_history(
             return len(await future_runs()) == 50
 
         await wait_until(every_5_s, 10, what="runs every 5 seconds")
-        await db.execute("UPDATE tasks SET cron = '*/7 * * * * *' WHERE id = $1", task.id)
-        await reschedule(db, task.id)
+        assert await update_task(db, task.id, TaskCreate(name="edited", type="noop", schedule=cron("*/7 * * * * *")))
 
         async def every_7_s() -> bool:
             runs = await future_runs()

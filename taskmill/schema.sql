@@ -1,0 +1,238 @@
+-- The whole schema as the migrations leave it (taskmill/migrations/, applied by `taskmill migrate`), in one place
+-- for a reader. It is not applied: tests/test_schema.py checks that the migrations produce exactly this. A change
+-- is a new migration and the same change here.
+
+-- The states of a run. taskmill/states.py holds the same values (a test keeps them equal).
+CREATE TYPE run_status AS ENUM (
+    'scheduled', 'queued', 'running', 'succeeded', 'failed', 'retrying', 'dead', 'cancelled', 'skipped'
+);
+
+CREATE TYPE schedule_kind AS ENUM ('immediate', 'once', 'cron', 'interval');
+
+-- Task definitions. A deleted task keeps its row (its runs refer to it) and gives up its name.
+CREATE TABLE tasks (
+    id                  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name                text NOT NULL UNIQUE CHECK (length(name) BETWEEN 1 AND 200),
+    type                text NOT NULL,
+    payload             jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(payload) = 'object'),
+    schedule_kind       schedule_kind NOT NULL,
+    cron                text,
+    every_seconds       integer CHECK (every_seconds > 0),
+    run_at              timestamptz,
+    timezone            text NOT NULL DEFAULT 'UTC',
+    active              boolean NOT NULL DEFAULT true,
+    max_retries         integer NOT NULL DEFAULT 0 CHECK (max_retries BETWEEN 0 AND 100),
+    retry_delay_seconds double precision NOT NULL DEFAULT 10 CONSTRAINT tasks_retry_delay_seconds_check
+                            CHECK (retry_delay_seconds >= 0),
+    backoff             double precision NOT NULL DEFAULT 1 CHECK (backoff >= 1),
+    timeout_seconds     double precision NOT NULL DEFAULT 30 CONSTRAINT tasks_timeout_seconds_check
+                            CHECK (timeout_seconds > 0),
+    -- The compute one run needs, for the capacity forecast while its type has no history.
+    estimated_ms        integer NOT NULL DEFAULT 1000 CHECK (estimated_ms >= 0),
+    -- Fernet ciphertext (TASKMILL_SECRET_KEY) of the task's secrets; their names are in secret_names.
+    secrets             bytea,
+    created_by          text,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    updated_at          timestamptz NOT NULL DEFAULT now(),
+    -- Recurring runs are materialized from here on: creation, the last edit or the last re-activation.
+    schedule_from       timestamptz NOT NULL DEFAULT now(),
+    -- The scheduler's watermark: every run before this instant is in task_schedule.
+    materialized_until  timestamptz,
+    deleted_at          timestamptz,
+    secret_names        text[] NOT NULL DEFAULT '{}',
+    CHECK (CASE schedule_kind
+        WHEN 'cron' THEN cron IS NOT NULL
+        WHEN 'interval' THEN every_seconds IS NOT NULL
+        WHEN 'once' THEN run_at IS NOT NULL
+        ELSE true END)
+);
+
+-- The scheduler's work list: active recurring tasks whose watermark lags the horizon.
+CREATE INDEX tasks_to_materialize ON tasks (materialized_until NULLS FIRST)
+    WHERE active AND deleted_at IS NULL AND schedule_kind IN ('cron', 'interval');
+
+-- One row a run: the scheduler inserts recurring runs ahead of time, the API one-off and invoked ones.
+CREATE TABLE task_schedule (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    task_id        bigint NOT NULL REFERENCES tasks (id),
+    scheduled_time timestamptz NOT NULL,
+    status         run_status NOT NULL DEFAULT 'scheduled',
+    -- Attempts started so far; a message for attempt n may only start a row whose attempt is n - 1.
+    attempt        integer NOT NULL DEFAULT 0,
+    queued_at      timestamptz,
+    started_at     timestamptz,
+    finished_at    timestamptz,
+    -- While queued, running or retrying: when the rescuer may hand the run out again. On a scheduled row: a run
+    -- the broker refused waits until then before it is claimed again.
+    lease_until    timestamptz,
+    worker         text,
+    error          text,
+    created_by     text,
+    -- Attempts whose processor was lost: run again elsewhere without spending the task's retries, up to
+    -- TASKMILL_LOST_LIMIT.
+    lost           integer NOT NULL DEFAULT 0 CHECK (lost >= 0),
+    UNIQUE (task_id, scheduled_time)
+);
+
+-- The distributor's claim: due rows in time order.
+CREATE INDEX task_schedule_due ON task_schedule (scheduled_time) WHERE status = 'scheduled';
+-- The rescuer: in-flight rows whose lease ran out.
+CREATE INDEX task_schedule_leases ON task_schedule (lease_until) WHERE status IN ('queued', 'running', 'retrying');
+-- Retention: terminal runs by the time they finished (their scheduled time if none was recorded). Partial: a run
+-- gets its one entry when it ends.
+CREATE INDEX task_schedule_ended ON task_schedule ((coalesce(finished_at, scheduled_time)))
+    WHERE status IN ('succeeded', 'failed', 'dead', 'cancelled', 'skipped');
+-- GET /runs: recent runs across all tasks, newest first, keyset on (scheduled_time, id).
+CREATE INDEX task_schedule_recent ON task_schedule (scheduled_time, id);
+
+-- One version per attempt of a run: its outcome, result and error, and the type it ran as.
+CREATE TABLE task_results (
+    run_id      bigint NOT NULL REFERENCES task_schedule (id) ON DELETE CASCADE,
+    attempt     integer NOT NULL,
+    status      run_status NOT NULL,
+    started_at  timestamptz,
+    finished_at timestamptz NOT NULL,
+    duration_ms double precision,
+    worker      text,
+    result      jsonb,
+    error       text,
+    -- Kept with the result so the per-type statistics read one table, and an attempt stays counted under the type
+    -- it ran as when its task is later edited.
+    type        text,
+    PRIMARY KEY (run_id, attempt)
+);
+
+CREATE INDEX task_results_finished ON task_results (finished_at);
+
+-- Every status change of every run, written by the database itself (the triggers below). Append-only: no key.
+CREATE TABLE run_audit (
+    run_id      bigint NOT NULL,
+    task_id     bigint NOT NULL,
+    from_status run_status,
+    to_status   run_status NOT NULL,
+    attempt     integer NOT NULL,
+    worker      text,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE INDEX run_audit_run ON run_audit (run_id);
+CREATE INDEX run_audit_at ON run_audit (at);
+
+-- The legal moves of a run. The database refuses any other, whoever writes it.
+CREATE TABLE run_transitions (
+    from_status run_status NOT NULL,
+    to_status   run_status NOT NULL,
+    PRIMARY KEY (from_status, to_status)
+);
+
+INSERT INTO run_transitions VALUES
+    ('scheduled', 'queued'), ('scheduled', 'running'), ('scheduled', 'cancelled'), ('scheduled', 'skipped'),
+    ('queued', 'scheduled'), ('queued', 'running'), ('queued', 'cancelled'), ('queued', 'dead'),
+    ('running', 'succeeded'), ('running', 'failed'), ('running', 'retrying'), ('running', 'dead'),
+    ('running', 'queued'),
+    ('retrying', 'running'), ('retrying', 'cancelled'), ('retrying', 'dead');
+
+-- One statement-level trigger per direction: a batch of a thousand moves costs one audit INSERT, not a thousand.
+CREATE FUNCTION task_schedule_audit_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO run_audit (run_id, task_id, from_status, to_status, attempt, worker)
+    SELECT id, task_id, NULL, status, attempt, worker FROM new_rows;
+    PERFORM pg_notify('taskmill_schedule', '');
+    RETURN NULL;
+END $$;
+
+-- Transition tables have no statistics: without the hint the planner joins old and new rows in a nested loop,
+-- quadratic in the batch size.
+CREATE FUNCTION task_schedule_audit_update() RETURNS trigger LANGUAGE plpgsql SET enable_nestloop = off AS $$
+DECLARE
+    bad record;
+BEGIN
+    WITH moved AS (
+        INSERT INTO run_audit (run_id, task_id, from_status, to_status, attempt, worker)
+        SELECT n.id, n.task_id, o.status, n.status, n.attempt, n.worker
+        FROM old_rows o JOIN new_rows n USING (id)
+        WHERE o.status <> n.status
+        RETURNING run_id, from_status, to_status
+    )
+    SELECT m.run_id, m.from_status, m.to_status INTO bad
+    FROM moved m
+    WHERE NOT EXISTS (SELECT 1 FROM run_transitions t
+                      WHERE t.from_status = m.from_status AND t.to_status = m.to_status)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'illegal run transition % -> % (run %)', bad.from_status, bad.to_status, bad.run_id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF EXISTS (SELECT 1 FROM new_rows WHERE status = 'scheduled') THEN
+        PERFORM pg_notify('taskmill_schedule', '');
+    END IF;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER task_schedule_audit_insert AFTER INSERT ON task_schedule
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION task_schedule_audit_insert();
+
+CREATE TRIGGER task_schedule_audit_update AFTER UPDATE ON task_schedule
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION task_schedule_audit_update();
+
+-- Any change to a task's definition wakes the schedulers.
+CREATE FUNCTION tasks_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('taskmill_tasks', '');
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER tasks_notify AFTER INSERT OR UPDATE OF payload, schedule_kind, cron, every_seconds, run_at,
+    timezone, active, deleted_at ON tasks
+    FOR EACH STATEMENT EXECUTE FUNCTION tasks_notify();
+
+-- The run message (taskmill/messages.py, version 1), built here so a claimed row goes to the broker untouched. The
+-- keys are the wire format: timeout_s and retry_delay_s as first published. Secrets travel as ciphertext.
+CREATE FUNCTION run_message(run_id bigint, task_id bigint, attempt integer, lost integer, scheduled_time timestamptz,
+                            deadline timestamptz, t tasks)
+RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT json_build_object(
+        'v', 1, 'run_id', run_id, 'task_id', task_id, 'type', t.type, 'payload', t.payload,
+        'attempt', attempt + 1, 'scheduled_time', scheduled_time, 'timeout_s', t.timeout_seconds,
+        'max_retries', t.max_retries, 'retry_delay_s', t.retry_delay_seconds, 'backoff', t.backoff,
+        'deadline', deadline, 'secrets', convert_from(t.secrets, 'UTF8'), 'lost', lost)::text
+$$;
+
+-- The distributor's claim: the oldest runs due within `lead_s`, skipping rows another replica holds, moved to
+-- queued, with their messages. Right after a bulk insert the planner's statistics say few rows are due and it
+-- would sort every due row to take the first thousand; the settings keep it on the ordered index scan.
+CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision)
+RETURNS TABLE (id bigint, type text, status run_status, body text)
+LANGUAGE sql SET enable_sort = off SET enable_bitmapscan = off AS $$
+    WITH due AS (
+        SELECT s.id FROM task_schedule s
+        WHERE s.status = 'scheduled' AND s.scheduled_time <= now() + make_interval(secs => lead_s)
+          AND (s.lease_until IS NULL OR s.lease_until <= now())
+        ORDER BY s.scheduled_time
+        LIMIT batch
+        FOR UPDATE SKIP LOCKED
+    ), r AS (
+        UPDATE task_schedule s
+        SET status = 'queued', queued_at = now(), lease_until = now() + make_interval(secs => lease_s)
+        FROM due WHERE s.id = due.id
+        RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status
+    )
+    SELECT r.id, t.type, r.status, run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, t)
+    FROM r JOIN tasks t ON t.id = r.task_id
+$$;
+
+-- Capacity planning (seed 004): how long each task type takes, from the attempts that finished in the past year.
+-- Every attempt counts, failed ones too: they used the compute the forecast is about. An attempt lost with its
+-- processor has no duration and is left out. Results recorded without a type are looked up through their run.
+CREATE VIEW average_elapsed_time_per_task_type AS
+SELECT coalesce(r.type, (SELECT t.type FROM task_schedule s JOIN tasks t ON t.id = s.task_id WHERE s.id = r.run_id))
+           AS type,
+       count(*) AS runs,
+       count(*) FILTER (WHERE r.status <> 'succeeded') AS failures,
+       avg(r.duration_ms)::float8 AS mean_ms,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY r.duration_ms)::float8 AS p50_ms,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY r.duration_ms)::float8 AS p95_ms
+FROM task_results r
+WHERE r.finished_at > now() - interval '1 year' AND r.duration_ms IS NOT NULL
+GROUP BY 1;
