@@ -18,7 +18,8 @@ R = TypeVar("R")
 
 
 class BatcherClosed(Exception):
-    """The batcher was closed while this request waited: it was never sent (nothing to retry, nothing committed)."""
+    """The batcher was closed before this request's answer came: it was never sent, or (the message says which) its
+    statement was cut off in flight and may have committed."""
 
 
 class Batcher(Generic[T, R]):
@@ -70,6 +71,11 @@ class Batcher(Generic[T, R]):
                 continue
             try:
                 results = await self._flush([item for item, _ in batch])
+            except asyncio.CancelledError:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(BatcherClosed(f"{self._name} closed while this request was in flight"))
+                raise
             except Exception as exc:  # every caller in the batch learns of the failure and decides
                 for _, fut in batch:
                     if not fut.done():

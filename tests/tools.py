@@ -37,6 +37,7 @@ def required() -> list[Tool]:
         Tool("rabbitmqctl (queue cleanup, fault tests)", RABBIT_BIN / "rabbitmqctl", rabbit),
         Tool("rabbitmq-server (the fault tests' private node)", RABBIT_BIN / "rabbitmq-server", rabbit),
         Tool("pg_ctl (the fault tests' private cluster)", pg_bin() / "pg_ctl", "sudo apt-get install postgresql"),
+        Tool("pg_dump (schema.sql against the migrations)", pg_bin() / "pg_dump", "sudo apt-get install postgresql"),
         Tool("runuser (servers run as their own users)", Path("/usr/sbin/runuser"), "sudo apt-get install util-linux"),
     ]
 
