@@ -155,8 +155,8 @@ async def test_every_publish_path_sends_persistent_messages_whose_id_is_the_run_
     await db.execute("UPDATE task_schedule SET lease_until = now() - interval '1 s' WHERE id = $1", run_of[waits.id])
     lost = await new_task(db, "lost", "noop")
     lost_run = await db.fetchval(
-        "UPDATE task_schedule SET status = 'running', attempt = $2 + 1, lost = $2, lease_until = now() - interval '1 s' "
-        "WHERE task_id = $1 RETURNING id",
+        "UPDATE task_schedule SET status = 'running', attempt = $2 + 1, lost = $2, "
+        "lease_until = now() - interval '1 s' WHERE task_id = $1 RETURNING id",
         lost.id,
         settings.lost_limit,
     )
