@@ -10,10 +10,12 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 
+from taskmill.messages import RunMessage
 from taskmill.models import Schedule, Task, TaskCreate
 from taskmill.settings import Settings
 from taskmill.store.tasks import create_task
@@ -116,3 +118,21 @@ def taskmill(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
         timeout=30,
         env={"PATH": "/usr/bin:/bin", "TASKMILL_LOG_FORMAT": "text", **env},
     )
+
+
+def run_message(**fields: Any) -> RunMessage:
+    """A run message for run 1 of task 1, a noop due now, with `fields` changed."""
+    defaults: dict[str, Any] = {
+        "v": 1,
+        "run_id": 1,
+        "task_id": 1,
+        "type": "noop",
+        "payload": {},
+        "attempt": 1,
+        "scheduled_time": datetime.now(UTC),
+        "timeout_seconds": 30,
+        "max_retries": 0,
+        "retry_delay_seconds": 1,
+        "backoff": 1,
+    }
+    return RunMessage.model_validate(defaults | fields)

@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import aio_pika
 
 from taskmill.messages import MAX_RETRY_DELAY_S, RunMessage
 from taskmill.settings import Settings
 from taskmill.topology import Names, declare_delay_queue
+from tests.helpers import run_message
 
 
 def message(attempt: int, delay_s: float, backoff: float) -> RunMessage:
-    return RunMessage(
-        v=1,
-        run_id=1,
-        task_id=1,
-        type="noop",
-        payload={},
-        attempt=attempt,
-        scheduled_time=datetime.now(UTC),
-        timeout_seconds=30,
-        max_retries=100,
-        retry_delay_seconds=delay_s,
-        backoff=backoff,
-    )
+    return run_message(attempt=attempt, max_retries=100, retry_delay_seconds=delay_s, backoff=backoff)
 
 
 def test_the_wait_grows_by_the_backoff_with_each_attempt() -> None:

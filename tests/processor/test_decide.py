@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 
 from processor.execute import Attempt
 from processor.record import decide
 from taskmill.messages import RunMessage
 from taskmill.states import RunState
+from tests.helpers import run_message
 
 OK = Attempt(True, {}, None, 1.0)
 FAILED = Attempt(False, None, "exit code 1", 1.0)
@@ -17,20 +16,7 @@ REFUSED = Attempt(False, None, "host refused", 1.0, permanent=True)
 
 
 def message(attempt: int, max_retries: int, lost: int = 0) -> RunMessage:
-    return RunMessage(
-        v=1,
-        run_id=1,
-        task_id=1,
-        type="noop",
-        payload={},
-        attempt=attempt,
-        scheduled_time=datetime.now(UTC),
-        timeout_seconds=30,
-        max_retries=max_retries,
-        retry_delay_seconds=1,
-        backoff=1,
-        lost=lost,
-    )
+    return run_message(attempt=attempt, max_retries=max_retries, lost=lost)
 
 
 @pytest.mark.parametrize(
