@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from api import errors, limits
 from api.auth import Authenticator
-from api.routes import dashboard, health, metrics, preview, runs, summaries, tasks
+from api.routes import dashboard, health, me, metrics, preview, runs, summaries, tasks
 from taskmill.broker import connect
 from taskmill.db import role_pool
 from taskmill.planning.plan import History
@@ -41,4 +41,5 @@ def create_app(settings: Settings) -> FastAPI:
     dashboard.install(app)
 
     app.include_router(health.router)
+    app.include_router(me.router)
     return app

@@ -12,8 +12,11 @@ from fastapi import HTTPException, Request
 from jwt.algorithms import RSAAlgorithm
 
 from taskmill.settings import ConfigError, Settings
+from taskmill.tokens import check_hs256_secret
 
 READ, WRITE, ADMIN = "tasks:read", "tasks:write", "admin"
+# Creating or editing a command task: it runs a program on the processors' hosts, which tasks:write alone may not.
+COMMAND = "tasks:command"
 
 # Far above any real token (an RS256 token with a dozen claims is under 1 KB); a longer one is refused unread.
 MAX_TOKEN_CHARS = 8192
@@ -27,6 +30,16 @@ class Principal:
     subject: str
     scopes: frozenset[str]
 
+    def may(self, scope: str) -> bool:
+        """Whether the token grants `scope` (admin grants every scope)."""
+        return scope in self.scopes or ADMIN in self.scopes
+
+    def require(self, scope: str, doing: str) -> None:
+        """403 naming the missing scope and what it is needed for, unless the token grants it."""
+        if not self.may(scope):
+            challenge = f'{_CHALLENGE}, error="insufficient_scope", scope="{scope}"'
+            raise HTTPException(403, f"{doing} needs the scope {scope!r}", headers={"WWW-Authenticate": challenge})
+
 
 class Authenticator:
     def __init__(self, settings: Settings) -> None:
@@ -38,6 +51,7 @@ class Authenticator:
                 raise ConfigError("JWT_PUBLIC_KEY is not an RSA public key in PEM form") from None
             self._key, self._algorithm = settings.jwt_public_key, "RS256"
         elif settings.jwt_secret:
+            check_hs256_secret(settings.jwt_secret)
             self._key, self._algorithm = settings.jwt_secret, "HS256"
         else:
             raise ConfigError("set JWT_SECRET (HS256) or JWT_PUBLIC_KEY (RS256): the API does not run without auth")
@@ -96,7 +110,8 @@ def _unauthorized(detail: str, *, token_given: bool = True) -> HTTPException:
 
 
 def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
-    """A dependency: the caller's principal, 401 without a valid token, 403 without `scope` (admin has all)."""
+    """A dependency: the caller's principal, 401 without a valid token, 403 without `scope` (admin has all; an
+    empty scope asks only for a valid token)."""
 
     async def dependency(request: Request) -> Principal:
         header = request.headers.get("authorization", "")
@@ -105,7 +120,7 @@ def require(scope: str) -> Callable[[Request], Awaitable[Principal]]:
             raise _unauthorized("a bearer token is required", token_given=False)
         principal = request.app.state.auth.verify(token.strip())
         assert isinstance(principal, Principal)
-        if scope not in principal.scopes and ADMIN not in principal.scopes:
+        if scope and not principal.may(scope):
             challenge = f'{_CHALLENGE}, error="insufficient_scope", scope="{scope}"'
             raise HTTPException(403, f"the token lacks the scope {scope!r}", headers={"WWW-Authenticate": challenge})
         return principal

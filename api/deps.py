@@ -34,3 +34,4 @@ TypeHistory = Annotated[History, Depends(_history)]
 # The caller, with the scope each needs (401 without a valid token, 403 without the scope; admin has all).
 Reader = Annotated[Principal, Depends(require(READ))]
 Writer = Annotated[Principal, Depends(require(WRITE))]
+Anyone = Annotated[Principal, Depends(require(""))]

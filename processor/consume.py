@@ -30,6 +30,7 @@ from taskmill.secrets import SecretsError
 from taskmill.settings import Settings
 from taskmill.states import RunState
 from taskmill.store.runs import Start
+from taskmill.tasktypes.jail import Jail
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,13 @@ class Consumer:
         pool: asyncpg.Pool,
         publisher: Publisher,
         http: httpx.AsyncClient,
+        jail: Jail,
         worker: str,
     ) -> None:
         self._settings = settings
         self._publisher = publisher
         self._http = http
+        self._jail = jail
         self._claimer = Claimer(pool, worker, settings.db_retry_max_s)
         self._recorder = Recorder(settings, pool, publisher, worker)
         self._acker = Acker()
@@ -139,7 +142,7 @@ class Consumer:
         if message.attempt == 1:
             START_LATENESS.observe(max(0.0, (datetime.now(UTC) - message.scheduled_time).total_seconds()))
         try:
-            ctx = context(message, self._settings, self._http)
+            ctx = context(message, self._settings, self._http, self._jail)
         except SecretsError as exc:
             # No attempt on this processor can read it: the run is dead and its message dead-lettered, retries or not.
             await self._recorder.record(message, Attempt(False, None, str(exc), 0.0, permanent=True), RunState.DEAD)

@@ -15,6 +15,7 @@ from taskmill.messages import RunMessage
 from taskmill.secrets import open_sealed
 from taskmill.settings import Settings
 from taskmill.tasktypes import BUILTIN, RunContext, TaskFailed
+from taskmill.tasktypes.jail import Jail
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +31,7 @@ class Attempt:
         return None if self.result is None else json.dumps(self.result, default=str)
 
 
-def context(message: RunMessage, settings: Settings, http: httpx.AsyncClient) -> RunContext:
+def context(message: RunMessage, settings: Settings, http: httpx.AsyncClient, jail: Jail) -> RunContext:
     """What the attempt runs with: its timeout (at most this processor's), limits and decrypted secrets. Raises
     SecretsError when this processor cannot read the secrets."""
     return RunContext(
@@ -42,6 +43,7 @@ def context(message: RunMessage, settings: Settings, http: httpx.AsyncClient) ->
         http,
         open_sealed(settings.secret_key, message.secrets) if message.secrets else {},
         max_response_bytes=settings.http_max_response_bytes,
+        jail=jail,
     )
 
 

@@ -72,10 +72,11 @@ class Recorder:
         )
         recorded = await self._record_until_done(outcome)
         log.info(
-            "run %s attempt %s %s",
+            "run %s attempt %s %s%s",
             message.run_id,
             message.attempt,
             status.value,
+            f": {outcome.error[:300]}" if outcome.error else "",
             extra={"run_id": message.run_id, "task_id": message.task_id, "action": status.value},
         )
         if not recorded:

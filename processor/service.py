@@ -7,17 +7,23 @@ import logging
 import os
 import socket
 
+import asyncpg
 from aio_pika.abc import AbstractChannel
 
 from processor.consume import Consumer
 from processor.watchdog import Subscription, watch
 from taskmill.broker import Publisher, connect
-from taskmill.db import role_pool
-from taskmill.loops import run_loops, unless_stopped
+from taskmill.db import is_transient, role_pool
+from taskmill.loops import run_loops, unless_stopped, wait_or_stop
 from taskmill.settings import Settings
+from taskmill.store.processors import leave, register, seen
 from taskmill.tasktypes.http import http_client
+from taskmill.tasktypes.jail import Jail
 
 log = logging.getLogger(__name__)
+
+# How often a processor tells the database it is alive (GET /health lists those seen within three of these).
+HEARTBEAT_S = 10.0
 
 
 def worker_name() -> str:
@@ -26,12 +32,16 @@ def worker_name() -> str:
 
 async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_idle: bool = False) -> None:
     stop = stop or asyncio.Event()
+    worker = worker_name()
+    jail = await asyncio.to_thread(Jail.detect, settings)  # tries the sandbox once, for real
+    _say_isolation(jail)
     pool = await role_pool(settings.database_url, max_size=4)
     connection = await connect(settings, "taskmill-processor")
     http = http_client(settings.http_allow_hosts, settings.http_deny_hosts)
     try:
+        await register(pool, worker, jail.describe())
         publisher = await Publisher.open(connection, settings)
-        consumer = Consumer(settings, pool, publisher, http, worker_name())
+        consumer = Consumer(settings, pool, publisher, http, jail, worker)
         consumer.start()
         subscription = Subscription(connection, settings, consumer.on_message)
         await subscription.subscribe()
@@ -48,6 +58,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
                     stop,
                     watchdog=watch(subscription, room, settings, stop),
                     failure=unless_stopped(stop, consumer.failed()),
+                    heartbeat=_heartbeat(pool, worker, stop),
                 )
         finally:
             # Stop taking work; what we hold is finished and recorded, or handed back (also when the watchdog
@@ -57,7 +68,29 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
     finally:
         await http.aclose()
         await connection.close()
+        try:
+            await leave(pool, worker)
+        except Exception as exc:  # it ages out of /health by itself
+            log.info("could not unregister %s: %s", worker, exc)
         await pool.close()
+
+
+def _say_isolation(jail: Jail) -> None:
+    """The isolation command runs get, at start: loudly when they get none, or are refused."""
+    if jail.refused or jail.isolation == "none":
+        log.warning("command isolation: %s", jail.describe(), extra={"action": "isolation"})
+    else:
+        log.info("command isolation: %s", jail.describe(), extra={"action": "isolation"})
+
+
+async def _heartbeat(pool: asyncpg.Pool, worker: str, stop: asyncio.Event) -> None:
+    while not await wait_or_stop(stop, HEARTBEAT_S):
+        try:
+            await seen(pool, worker)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("heartbeat failed, will retry: %s", exc)
 
 
 async def _wait_idle(channel: AbstractChannel, queue: str, consumer: Consumer, stop: asyncio.Event) -> None:

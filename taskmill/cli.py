@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from taskmill import logs, metrics
 from taskmill.settings import ConfigError, Settings, format_settings_error
-from taskmill.tokens import mint
+from taskmill.tokens import check_hs256_secret, mint
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", help="API address (default 127.0.0.1)")
     dev.add_argument("--port", type=int, help="API port (default 8000)")
     dev.add_argument("--concurrency", type=int, help="processor concurrency (default 10)")
+    sub.add_parser(
+        "rotate-secrets", help="encrypt every task's secrets again with the first key of TASKMILL_SECRET_KEY"
+    )
     token = sub.add_parser("token", help="print a JWT signed with JWT_SECRET, for development and scripts")
     token.add_argument("--sub", required=True, help="the subject (stored as the creator of what it creates)")
     token.add_argument("--scope", default="tasks:read tasks:write", help="space-separated scopes")
@@ -144,6 +147,35 @@ async def _dev(settings: Settings, stop: asyncio.Event) -> None:
     await run_loops(stop, **{name: load_role(name)(settings, stop=stop) for name in ROLES})
 
 
+async def _rotate(settings: Settings) -> int:
+    from taskmill.db import connect
+    from taskmill.rotation import rotate_secrets
+
+    if not settings.secret_key:
+        raise ConfigError("set TASKMILL_SECRET_KEY: the keys to rotate, the new one first")
+    conn = await connect(settings.database_url)
+    try:
+        done = await rotate_secrets(conn, settings.secret_key)
+    finally:
+        await conn.close()
+    print(
+        f"re-encrypted {done.resealed} tasks' secrets with the first key; {done.current} had it already"
+        + (
+            f"; {done.changed_meanwhile} were edited meanwhile (sealed with it by the API)"
+            if done.changed_meanwhile
+            else ""
+        )
+    )
+    if done.unreadable:
+        shown = ", ".join(map(str, done.unreadable[:20])) + (" ..." if len(done.unreadable) > 20 else "")
+        print(
+            f"taskmill rotate-secrets: no key opens the secrets of {len(done.unreadable)} tasks: {shown}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
     # uvloop: the event loop, socket writes and timers in C; roughly halves the CPU a run costs the roles.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -168,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"taskmill: {format_settings_error(exc)}", file=sys.stderr)
         return 2
+    except ConfigError as exc:  # a secret file that cannot be read, or given twice
+        print(f"taskmill: bad setting: {exc}", file=sys.stderr)
+        return 2
     logs.configure(settings.log_level, settings.log_format)
     try:
         if args.command not in ("migrate", "token"):
@@ -180,8 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not settings.jwt_secret:
                 print("taskmill token: set JWT_SECRET (the HS256 secret the API verifies with)", file=sys.stderr)
                 return 2
+            check_hs256_secret(settings.jwt_secret)
             print(mint(settings.jwt_secret, args.sub, args.scope, args.ttl, settings.jwt_issuer, settings.jwt_audience))
             return 0
+        if args.command == "rotate-secrets":
+            code: int = _run(_rotate(settings))
+            return code
         if args.command == "migrate":
             from taskmill.migrate import migrate
 

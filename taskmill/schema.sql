@@ -118,6 +118,15 @@ CREATE TABLE run_audit (
 CREATE INDEX run_audit_run ON run_audit (run_id);
 CREATE INDEX run_audit_at ON run_audit (at);
 
+-- The processors at work: each registers at start, says it is alive every few seconds and leaves when it stops.
+-- GET /health lists those seen lately with the isolation their command runs get.
+CREATE TABLE processors (
+    worker            text PRIMARY KEY,
+    started_at        timestamptz NOT NULL DEFAULT now(),
+    seen_at           timestamptz NOT NULL DEFAULT now(),
+    command_isolation text NOT NULL
+);
+
 -- The legal moves of a run. The database refuses any other, whoever writes it.
 CREATE TABLE run_transitions (
     from_status run_status NOT NULL,

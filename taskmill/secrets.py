@@ -1,16 +1,26 @@
 """Task secrets at rest and in flight: Fernet (AES-128-CBC + HMAC-SHA256, from cryptography) with the key in
 TASKMILL_SECRET_KEY. The API encrypts, the database and the broker only ever hold ciphertext, the processor
-decrypts at run time."""
+decrypts at run time.
+
+The setting may hold several keys, comma-separated (MultiFernet): the first encrypts, any of them decrypts. To
+rotate, put a new key first, restart the API and processors, run `taskmill rotate-secrets` (every stored secret is
+encrypted again with the first key), and drop the old key once no message sealed with it can still be in a queue
+(a retry waits a day at most)."""
 
 from __future__ import annotations
 
 import json
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 
 class SecretsError(ValueError):
     """Secrets that cannot be sealed or opened: no key, or the wrong one."""
+
+
+def keyring(keys: str) -> MultiFernet:
+    """The keys of TASKMILL_SECRET_KEY (comma-separated, the first encrypts)."""
+    return MultiFernet([Fernet(key.strip().encode()) for key in keys.split(",") if key.strip()])
 
 
 def seal(key: str, values: dict[str, str]) -> bytes | None:
@@ -18,14 +28,19 @@ def seal(key: str, values: dict[str, str]) -> bytes | None:
         return None
     if not key:
         raise SecretsError("the server has no TASKMILL_SECRET_KEY to encrypt secrets with")
-    return Fernet(key.encode()).encrypt(json.dumps(values).encode())
+    return keyring(key).encrypt(json.dumps(values).encode())
+
+
+def reseal(key: str, token: bytes) -> bytes:
+    """The same secrets encrypted with the first key (InvalidToken when no key opens them)."""
+    return keyring(key).rotate(token)
 
 
 def open_sealed(key: str, token: str) -> dict[str, str]:
     if not key:
         raise SecretsError("this processor has no TASKMILL_SECRET_KEY to decrypt the task's secrets")
     try:
-        values = json.loads(Fernet(key.encode()).decrypt(token.encode()))
+        values = json.loads(keyring(key).decrypt(token.encode()))
     except (InvalidToken, ValueError) as exc:
         raise SecretsError("the task's secrets cannot be decrypted with this processor's key") from exc
     if not isinstance(values, dict):

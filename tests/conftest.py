@@ -143,6 +143,10 @@ async def isolated_settings(template_db: str) -> AsyncIterator[Settings]:
         scheduler_interval_s=1,
         max_idle_s=2,
         publish_timeout_s=5,
+        # Commands run as the test runs them, unconfined, so they can write where the tests look (tmp_path); the
+        # isolation itself is tested on its own, against these defaults' opposite (tests/processor/test_jail.py).
+        command_isolation="none",
+        command_user="root" if os.geteuid() == 0 else "",
     )
     try:
         yield s

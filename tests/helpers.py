@@ -83,6 +83,8 @@ def role_env(settings: Settings, **extra: str) -> dict[str, str]:
         TASKMILL_RUNNING_GRACE_S=str(settings.running_grace_s),
         TASKMILL_RESCUE_INTERVAL_S=str(settings.rescue_interval_s),
         TASKMILL_LOG_FORMAT="text",
+        TASKMILL_COMMAND_ISOLATION=settings.command_isolation,
+        TASKMILL_COMMAND_USER=settings.command_user,
     )
     env.update(extra)
     return env

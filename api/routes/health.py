@@ -7,13 +7,26 @@ from fastapi.responses import JSONResponse
 
 from api.deps import Pool
 from taskmill.db import answers
+from taskmill.store.processors import recent
 
 router = APIRouter()
+
+# A processor is listed while it was heard from within this (three of its heartbeats).
+SEEN_WITHIN_S = 30.0
 
 
 @router.get("/health")
 async def health(request: Request, db: Pool) -> JSONResponse:
+    """Whether the database and the broker answer (200, else 503), and the processors at work with the isolation
+    their command runs get."""
     broker = request.app.state.broker
     checks = {"database": await answers(db), "broker": not broker.is_closed and broker.connected.is_set()}
     ok = all(checks.values())
-    return JSONResponse({"status": "ok" if ok else "down", "checks": checks}, status_code=200 if ok else 503)
+    processors = []
+    if checks["database"]:
+        processors = [
+            {"worker": p.worker, "seen_at": p.seen_at.isoformat(), "command_isolation": p.command_isolation}
+            for p in await recent(db, SEEN_WITHIN_S)
+        ]
+    body = {"status": "ok" if ok else "down", "checks": checks, "processors": processors}
+    return JSONResponse(body, status_code=200 if ok else 503)

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
 
 from api import cursors
+from api.auth import COMMAND, Principal
 from api.deps import AppSettings, Pool, Reader, Writer
 from api.schemas import BulkCreated, BulkItem, RunPublic, TaskPage, TaskPublic, TaskType, task_types
 from taskmill.models import DEFAULT_TIMEOUT_S, Task, TaskCreate
@@ -31,6 +32,7 @@ from taskmill.store.tasks import (
 router = APIRouter()
 
 MAX_BULK = 10_000
+COMMAND_TYPE = "command"
 NO_NUL = r"^[^\x00]*$"
 
 TaskId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -56,6 +58,12 @@ def _fitted(body: TaskCreate, settings: Settings) -> TaskCreate:
     return body.model_copy(update={"timeout_seconds": min(DEFAULT_TIMEOUT_S, settings.max_timeout_s)})
 
 
+def _may_write(who: Principal, *types: str) -> None:
+    """A command task (created, or edited into or out of one) needs tasks:command as well as tasks:write."""
+    if COMMAND_TYPE in types:
+        who.require(COMMAND, "creating or editing a command task")
+
+
 def _checked(body: TaskCreate, settings: Settings) -> TaskCreate:
     if problems := _problems(body, settings, datetime.now(UTC)):
         raise RequestValidationError(problems)
@@ -70,6 +78,7 @@ async def create_many(
     who: Writer,
 ) -> BulkCreated:
     """Up to 10,000 tasks in one transaction: all are created, or none (422 or 409 naming each bad item)."""
+    _may_write(who, *{task.type for task in body})
     now = datetime.now(UTC)
     problems = [p for i, task in enumerate(body) for p in _problems(task, settings, now, i)]
     first: dict[str, int] = {}
@@ -93,6 +102,7 @@ async def create_many(
 
 @router.post("/tasks", status_code=201, response_model=TaskPublic)
 async def create(body: TaskCreate, db: Pool, settings: AppSettings, who: Writer) -> TaskPublic:
+    _may_write(who, body.type)
     spec = _checked(body, settings)
     async with db.acquire() as conn:
         try:
@@ -155,10 +165,12 @@ async def get(task_id: TaskId, db: Pool, _: Reader) -> TaskPublic:
 
 
 @router.put("/tasks/{task_id}", response_model=TaskPublic)
-async def replace(task_id: TaskId, body: TaskCreate, db: Pool, settings: AppSettings, _: Writer) -> TaskPublic:
+async def replace(task_id: TaskId, body: TaskCreate, db: Pool, settings: AppSettings, who: Writer) -> TaskPublic:
     """Replaces the definition; future scheduled runs are dropped and materialized again, history stays."""
     spec = _checked(body, settings)
     async with db.acquire() as conn:
+        existing = await get_task(conn, task_id)
+        _may_write(who, body.type, existing.type if existing else "")
         try:
             task = await update_task(conn, task_id, spec, secret_key=settings.secret_key)
         except asyncpg.UniqueViolationError:

@@ -249,3 +249,26 @@ async def list_tasks(
     value, last_id = after if after is not None else (None, 0)
     rows = await conn.fetch(_list_sql(column, sort.startswith("-")), type, active, name_prefix, value, last_id, limit)
     return [Task.from_record(r) for r in rows]
+
+
+# Secret rotation (`taskmill rotate-secrets`): every task's sealed secrets, a batch at a time in id order; a write
+# lands only where the secrets are still the ones read, so an edit made meanwhile is never overwritten.
+SEALED = "SELECT id, secrets FROM tasks WHERE secrets IS NOT NULL AND id > $1 ORDER BY id LIMIT $2"
+RESEAL = """
+UPDATE tasks t SET secrets = b.sealed
+FROM unnest($1::bigint[], $2::bytea[], $3::bytea[]) AS b(id, was, sealed)
+WHERE t.id = b.id AND t.secrets = b.was
+"""
+
+
+async def sealed_secrets(conn: Connection, after_id: int, limit: int) -> list[tuple[int, bytes]]:
+    return [(r["id"], r["secrets"]) for r in await conn.fetch(SEALED, after_id, limit)]
+
+
+async def reseal_secrets(conn: Connection, changes: list[tuple[int, bytes, bytes]]) -> int:
+    """(task id, the secrets read, the same re-encrypted) for each; how many were written."""
+    if not changes:
+        return 0
+    ids, was, sealed = (list(column) for column in zip(*changes, strict=True))
+    status: str = await conn.execute(RESEAL, ids, was, sealed)
+    return int(status.rsplit(" ", 1)[1])

@@ -9,6 +9,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
+from taskmill.tasktypes.jail import UNCONFINED, Jail
+
 JsonObject = dict[str, Any]
 
 
@@ -35,6 +37,8 @@ class RunContext:
     secrets: dict[str, str] = field(default_factory=dict)
     # Bytes of an http response read at most; the rest is never read (the connection is closed).
     max_response_bytes: int = 1024 * 1024
+    # Where command runs are confined (taskmill/tasktypes/jail.py); a processor passes the one it detected.
+    jail: Jail = UNCONFINED
 
 
 @dataclass(frozen=True, slots=True)

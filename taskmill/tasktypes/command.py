@@ -19,6 +19,7 @@ from functools import partial
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskType, cap_text
+from taskmill.tasktypes.jail import JailRefused, RunAs
 
 _PR_SET_PDEATHSIG = 1
 # How long output may keep flowing after the command exits, from processes it left behind.
@@ -65,6 +66,10 @@ class CommandPayload(BaseModel):
     cwd: str | None = None
     expected_exit_codes: list[int] = Field(default_factory=lambda: [0], min_length=1)
     limits: CommandLimits | None = None
+    # Another user to run as than the processor's default, from its TASKMILL_COMMAND_USERS.
+    user: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    # False: no network at all (its own empty network namespace), whatever TASKMILL_COMMAND_NETWORK allows.
+    network: bool = True
 
     @field_validator("argv")
     @classmethod
@@ -91,12 +96,17 @@ class CommandPayload(BaseModel):
 _GUARD = 'trap "kill -KILL 0" TERM HUP; "$@" & wait $!'
 
 
-def _prepare_child(rlimits: list[tuple[int, int, int]]) -> None:
-    """In the child, before exec: die with the processor, then take the task's limits."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _prepare_child(rlimits: list[tuple[int, int, int]], run_as: RunAs | None) -> None:
+    """In the child, before exec: take the task's limits, become its user (a root processor with no isolation;
+    uvloop's subprocesses take no `user=`), then die with the processor (last: a change of user clears that)."""
     for which, soft, hard in rlimits:
         resource.setrlimit(which, (soft, hard))
+    if run_as is not None:
+        os.setgroups([])
+        os.setgid(run_as.gid)
+        os.setuid(run_as.uid)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 # What a limit's breach looks like: a signal named for it, or (memory) an allocation failure the program reports.
@@ -157,25 +167,33 @@ def _kill_group(pid: int) -> None:
 
 
 async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
+    jail = ctx.jail
+    try:
+        run_as = jail.user_for(payload.user)
+    except JailRefused as exc:
+        raise TaskFailed(str(exc), permanent=True) from None
     env = {k: v for k in _INHERITED_ENV if (v := os.environ.get(k)) is not None}
+    if jail.isolation != "none":
+        env["HOME"] = payload.cwd or "/tmp"  # the processor's home is hidden from it
     env.update(payload.env)
     env.update(ctx.secrets)
     env["TASKMILL_RUN_ID"] = str(ctx.run_id)  # documented: the run's id, its idempotency key as for http tasks
     _check_executable(payload.argv[0], env, payload.cwd)
+    argv = jail.argv(
+        ["/bin/sh", "-c", _GUARD, "taskmill-guard", *payload.argv], cwd=payload.cwd, network=payload.network,
+        run_as=run_as,
+    )  # fmt: skip
+    user = jail.unconfined_user(run_as)
     try:
         proc = await asyncio.create_subprocess_exec(
-            "/bin/sh",
-            "-c",
-            _GUARD,
-            "taskmill-guard",
-            *payload.argv,
+            *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            cwd=payload.cwd,
+            cwd=payload.cwd if jail.isolation == "none" else None,
             env=env,
             start_new_session=True,
-            preexec_fn=partial(_prepare_child, payload.limits.rlimits() if payload.limits else []),
+            preexec_fn=partial(_prepare_child, payload.limits.rlimits() if payload.limits else [], user),
         )
     except OSError as exc:
         raise TaskFailed(f"cannot start {payload.argv[0]!r}: {exc.strerror or exc}") from exc

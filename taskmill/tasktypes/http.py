@@ -66,14 +66,13 @@ class _GuardedTransport(httpx.AsyncHTTPTransport):
 
 
 def http_client(allow_hosts: str = "", deny_hosts: str = "") -> httpx.AsyncClient:
-    """The processor's client for http tasks: guarded when an allow or deny list is set (TASKMILL_HTTP_*_HOSTS).
+    """The processor's client for http tasks, every connection through the host guard (TASKMILL_HTTP_*_HOSTS, and
+    the link-local and metadata addresses refused by default).
 
-    A guarded client ignores proxy variables from the environment: through a proxy the guard would check the
-    proxy, not the target.
+    It ignores proxy variables from the environment: through a proxy the guard would check the proxy, not the
+    target.
     """
     guard = HostGuard.from_lists(allow_hosts, deny_hosts)
-    if not guard:
-        return httpx.AsyncClient(follow_redirects=False)
     return httpx.AsyncClient(follow_redirects=False, trust_env=False, transport=_GuardedTransport(guard))
 
 

@@ -24,7 +24,7 @@ async def taskmill(*args: str) -> tuple[int, str, str]:
 
 
 async def test_logs_and_audit_show_a_tasks_output_and_history(api_settings: Settings) -> None:
-    token = mint(SECRET, "alice", "tasks:read tasks:write")
+    token = mint(SECRET, "alice", "tasks:read tasks:write tasks:command")
     async with served_api(api_settings) as (base, served), httpx.AsyncClient(base_url=base) as client:
         body = {"name": "greeter", "type": "command", "payload": {"argv": ["sh", "-c", "echo hello; echo oops >&2"]}}
         headers = {"Authorization": f"Bearer {token}"}

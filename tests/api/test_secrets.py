@@ -18,7 +18,7 @@ from tests.api.conftest import bearer
 
 CANARY = "canary-7f3e9a1c-do-not-leak"
 DIGEST = hashlib.sha256(CANARY.encode()).hexdigest()
-WRITE = bearer()
+WRITE = bearer("tasks:read tasks:write tasks:command")
 
 
 @pytest.fixture

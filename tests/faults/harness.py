@@ -372,7 +372,7 @@ class Stack:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}"
 
-    def api(self, scopes: str = "tasks:read tasks:write") -> httpx.AsyncClient:
+    def api(self, scopes: str = "tasks:read tasks:write tasks:command") -> httpx.AsyncClient:
         """A client of the stack's API with a token of `scopes`."""
         token = mint(self.jwt_secret, "fault-tests", scopes, 600)
         return httpx.AsyncClient(base_url=self.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=10)

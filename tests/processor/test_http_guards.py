@@ -4,9 +4,12 @@ much of a response is read."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 
 import asyncpg
+import httpcore
+import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -50,11 +53,58 @@ def test_deny_wins_and_entries_match_by_name_wildcard_or_block() -> None:
         guard.check_addresses("api.example.com", [ip("10.9.0.5")])
 
 
-def test_no_lists_allow_every_host_and_check_nothing() -> None:
+def test_no_lists_allow_every_host_but_link_local_and_metadata_addresses() -> None:
     guard = HostGuard.from_lists("", " , ")
-    assert not guard
     guard.check_name("anything.example")
-    guard.check_addresses("anything.example", [ip("127.0.0.1"), ip("169.254.169.254")])
+    guard.check_addresses("anything.example", [ip("127.0.0.1"), ip("10.1.2.3"), ip("203.0.113.7")])
+
+
+PROTECTED = ["169.254.169.254", "169.254.0.1", "fe80::1", "fd00:ec2::254", "100.100.100.200", "::ffff:169.254.169.254"]
+
+
+@pytest.mark.parametrize("address", PROTECTED)
+def test_link_local_and_cloud_metadata_addresses_are_refused_by_default(address: str) -> None:
+    guard = HostGuard.from_lists("", "")
+    with pytest.raises(HostRefused, match=r"is a link-local or cloud metadata address \("):
+        guard.check_addresses(address, [ip(address)])
+    # Also behind a name that resolves there, and beside an address that is fine.
+    with pytest.raises(
+        HostRefused, match=rf"^host metadata.test resolves to {re.escape(str(ip(address)))}, which is a link-local"
+    ):
+        guard.check_addresses("metadata.test", [ip("203.0.113.7"), ip(address)])
+
+
+def test_a_protected_address_is_let_through_only_when_the_allow_list_names_it() -> None:
+    by_block = HostGuard.from_lists("169.254.169.254/32, 0.0.0.0/0", "")
+    by_block.check_addresses("169.254.169.254", [ip("169.254.169.254")])
+    with pytest.raises(HostRefused, match="refused unless TASKMILL_HTTP_ALLOW_HOSTS names it"):
+        by_block.check_addresses("169.254.0.9", [ip("169.254.0.9")])  # 0.0.0.0/0 is not naming it
+    by_name = HostGuard.from_lists("metadata.google.internal", "")
+    by_name.check_addresses("metadata.google.internal", [ip("169.254.169.254")])
+    everything = HostGuard.from_lists("0.0.0.0/0, ::/0", "")
+    for address in PROTECTED:
+        with pytest.raises(HostRefused):
+            everything.check_addresses(address, [ip(address)])
+    denied = HostGuard.from_lists("169.254.169.254/32", "169.254.0.0/16")  # deny still wins
+    with pytest.raises(HostRefused, match="refused by TASKMILL_HTTP_DENY_HOSTS"):
+        denied.check_addresses("169.254.169.254", [ip("169.254.169.254")])
+
+
+class _NoTraffic(httpcore.AsyncNetworkBackend):
+    """A network backend that fails the test if anything tries to connect: no packet may leave for these hosts."""
+
+    async def connect_tcp(self, *args: object, **kwargs: object) -> httpcore.AsyncNetworkStream:
+        raise AssertionError(f"a connection was attempted: {args}")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://169.254.169.254/latest/meta-data/", "http://[fd00:ec2::254]/", "http://[fe80::1]/"]
+)
+async def test_the_guard_refuses_a_metadata_url_before_any_connection_is_attempted(url: str) -> None:
+    backend = hostguard.GuardedBackend(HostGuard.from_lists("", ""), _NoTraffic())
+    host = httpx.URL(url).host
+    with pytest.raises(HostRefused, match="link-local or cloud metadata"):
+        await backend.connect_tcp(host, 80)
 
 
 @pytest.mark.parametrize("entry", ["10.0.0.0/33", "http://x.example", "*.", "a b", "bad_*.example.com"])
