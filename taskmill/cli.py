@@ -229,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "dev":
             _run(_until_signal(lambda stop: _dev(settings, stop)))
         else:
+            if args.command == "processor" and settings.jwt_secret:
+                # Each role holds only what it needs: with it, a task that reads this process could mint tokens.
+                log.warning("JWT_SECRET is set for a processor, which never needs it: remove it from its environment")
             role = load_role(args.command)
             _run(_until_signal(lambda stop: role(settings, stop=stop)))
     except ConfigError as exc:

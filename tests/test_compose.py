@@ -325,3 +325,18 @@ def test_dockerignore_keeps_build_inputs_and_drops_local_state() -> None:
 
     assert ignored(".venv") and ignored(".git")
     assert [name for name in needed if ignored(name)] == []
+
+
+def test_each_role_gets_only_the_secrets_it_needs() -> None:
+    services = taskmill_services(compose_services())
+    holders = {
+        var: {name for name, s in services.items() if var in s.get("environment", {})}
+        for var in ("JWT_SECRET", "TASKMILL_SECRET_KEY")
+    }
+    assert holders == {"JWT_SECRET": {"api"}, "TASKMILL_SECRET_KEY": {"api", "processor"}}
+    for name, service in services.items():  # every role still reaches the database and the broker
+        assert {"DATABASE_URL", "AMQP_URL"} <= set(service.get("environment", {})), name
+    # The processor may create the namespaces its command jail needs, and nothing more.
+    processor = services["processor"]
+    assert set(processor.get("security_opt", [])) == {"seccomp=unconfined", "apparmor=unconfined"}
+    assert "privileged" not in processor and "cap_add" not in processor
