@@ -186,3 +186,19 @@ async def test_health_answers_503_naming_what_is_down(api_settings: Settings) ->
         assert response.json() == {"status": "down", "checks": {"database": True, "broker": False}, "processors": []}
         await app.state.pool.close()
         assert (await client.get("/health")).json()["checks"] == {"database": False, "broker": False}
+
+
+async def test_health_lists_the_processors_heard_from_lately_with_their_command_isolation(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        "INSERT INTO processors (worker, seen_at, command_isolation) VALUES "
+        "('host-a:1', now(), 'namespaces (bubblewrap 0.11.0): pid, mount, ipc, uts; ...'), "
+        "('host-b:2', now() - interval '5 s', 'refusing command runs: no bubblewrap'), "
+        "('host-c:3', now() - interval '10 min', 'none: gone quiet')"
+    )
+    listed = (await client.get("/health")).json()["processors"]
+    assert [(p["worker"], p["command_isolation"].split(":")[0]) for p in listed] == [
+        ("host-a:1", "namespaces (bubblewrap 0.11.0)"),
+        ("host-b:2", "refusing command runs"),
+    ]
