@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 
 import distributor.service
 from taskmill.settings import Settings
+from taskmill.tasktypes.base import RunContext, TaskFailed
+from taskmill.tasktypes.command import COMMAND
 from taskmill.tasktypes.jail import Jail
 from tests.faults import procs
 from tests.helpers import new_task, start_role_process, wait_until
@@ -271,3 +274,22 @@ def test_a_processor_that_is_not_root_confines_commands_in_a_user_namespace_of_t
     assert ran.returncode == 0, ran.stderr
     uid, visible, tmp, etc = ran.stdout.split()
     assert (uid, tmp, etc) == ("65534", "tmp-ok", "ro") and int(visible) <= 4
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ({"argv": ["python3", "-c", "x = bytearray(200 * 2**20)"], "limits": {"memory_mb": 64}}, "out of memory"),
+        ({"argv": ["sh", "-c", "while :; do :; done"], "limits": {"cpu_seconds": 1}}, "cpu_seconds limit 1 reached"),
+        ({"argv": ["sh", "-c", "head -c 3000000 /dev/zero > big"], "limits": {"file_mb": 1}}, "file_mb limit 1"),
+    ],
+)
+async def test_limits_hold_inside_the_sandbox_and_are_named(
+    settings: Settings, payload: dict[str, Any], reason: str
+) -> None:
+    jail = Jail.detect(settings.model_copy(update={"command_isolation": "namespaces", "command_user": ""}))
+    assert jail.refused is None and jail.isolation == "namespaces"
+    async with httpx.AsyncClient() as http:
+        ctx = RunContext(1, 1, 1, 10.0, 4096, http, jail=jail)
+        with pytest.raises(TaskFailed, match=reason):
+            await COMMAND.run(COMMAND.parse(payload), ctx)
