@@ -5,7 +5,6 @@ edit the task, deactivate it, read a run's logs."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,41 +12,18 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, Response, async_playwright, expect
+from playwright.async_api import Browser, Page, Response, expect
 
 from taskmill.models import Schedule, TaskCreate
 from taskmill.settings import Settings
 from taskmill.store.tasks import create_tasks
 from tests.api.conftest import SECRET, bearer, served_api
 from tests.helpers import new_task
-from tests.tools import CHROMIUM
 
-# Playwright's own browser downloads are not to be had here: Debian's chromium, headless, nothing phoning home.
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # A name that would run script if the page ever rendered data as HTML.
 NAME = '<img src=x onerror="window.__pwned=1">nightly'
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make tools` installs it")
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        expect.set_options(timeout=15_000)  # two cores shared with the database, the broker and other suites
-        yield launched
-        await launched.close()
 
 
 async def once_runs(db: asyncpg.Connection, prefix: str, at: datetime, count: int, estimated_ms: int) -> None:

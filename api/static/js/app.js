@@ -1,6 +1,8 @@
-// The dashboard: asks for a token once (kept in localStorage), then loads the task grid, the runs, the metrics
-// and the three-hour forecast, which it polls every 15 s.
+// The dashboard: asks for a token once (kept in localStorage), asks the API what it may do (GET /me) and shows only
+// the controls it can use, then loads the task grid, the runs, the metrics and the three-hour forecast, which it
+// polls every 15 s.
 
+import { NOBODY, showIdentity, whoAmI } from "./access.js";
 import { onUnauthorized, setToken, token, api } from "./api.js";
 import { drawChart } from "./chart.js";
 import { $, clockTime, h, ms, toast } from "./dom.js";
@@ -26,6 +28,14 @@ const form = new TaskForm({
 });
 const grid = new TaskGrid({ onEdit: (id) => form.openEdit(id), onShowRuns: (task) => runs.forTask(task) });
 
+/** Shows what the token may do: its subject and scopes beside the token control, and only the controls it can use. */
+function showAccess(access) {
+  showIdentity($("#whoami"), access);
+  $("#new-task").hidden = !access.may_write;
+  grid.setAccess(access);
+  form.setAccess(access);
+}
+
 function askToken(reason) {
   const dialog = $("#token-dialog");
   $("#token-reason").textContent = reason || "";
@@ -38,7 +48,10 @@ function askToken(reason) {
   $("#token-input").focus();
 }
 
-onUnauthorized(askToken);
+onUnauthorized((reason) => {
+  $("#whoami").hidden = true; // whoever that was, the API no longer takes the token
+  askToken(reason);
+});
 
 $("#token-form").addEventListener("submit", (event) => {
   const value = $("#token-input").value.trim();
@@ -135,8 +148,16 @@ async function start() {
     askToken("");
     return;
   }
+  showAccess(NOBODY); // a new token may do less than the last one: nothing is offered until the API says
   try {
+    const access = await whoAmI();
+    if (!access.may_read) {
+      showIdentity($("#whoami"), access);
+      askToken(`The token of ${access.subject} lacks the scope 'tasks:read', which the dashboard needs.`);
+      return;
+    }
     const types = await api("GET", "/task-types");
+    showAccess(access);
     grid.setTypes(types);
     form.setTypes(types);
     $("#api-state").textContent = "Connected";

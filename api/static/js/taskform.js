@@ -1,6 +1,8 @@
 // Create and edit a task in a dialog. A cron, interval or one-off schedule is previewed as the user types
-// (POST /schedule-preview); the server's 422s are shown beside the field they name.
+// (POST /schedule-preview); the server's 422s are shown beside the field they name. Only the types the token may
+// write are offered: `command` needs tasks:command.
 
+import { COMMAND_TYPE, NOBODY, mayWriteType } from "./access.js";
 import { ApiError, api } from "./api.js";
 import { $, debounce, h, latestOnly, toast } from "./dom.js";
 
@@ -27,6 +29,7 @@ export class TaskForm {
     this.dialog = $("#task-dialog");
     this.form = $("#task-form");
     this.types = [];
+    this.access = NOBODY;
     this.editing = null; // the task being edited, or null for a new one
     this.previewRequest = latestOnly(); // the user types on: only the newest preview is shown
     $("#local-zone").textContent = `your time, ${Intl.DateTimeFormat().resolvedOptions().timeZone}`;
@@ -42,7 +45,36 @@ export class TaskForm {
 
   setTypes(types) {
     this.types = types;
-    $("#f-type").replaceChildren(...types.map((t) => h("option", { value: t.name }, t.name)));
+    this.offerTypes();
+  }
+
+  /** The type list: the types the token may write, the one chosen kept when it still is. */
+  offerTypes() {
+    const select = $("#f-type");
+    const chosen = select.value;
+    const offered = this.types.filter((t) => mayWriteType(this.access, t.name));
+    select.replaceChildren(...offered.map((t) => h("option", { value: t.name }, t.name)));
+    if (offered.some((t) => t.name === chosen)) select.value = chosen;
+  }
+
+  /** What the token may do. An open form (a token was refused while it was being filled in) stays as it is until
+   *  the API has answered for the next token; if that one may not save it, it closes, saying why. */
+  setAccess(access) {
+    if (this.dialog.open && access === NOBODY) return;
+    this.access = access;
+    if (!this.dialog.open) {
+      this.offerTypes();
+      return;
+    }
+    // Editing into or out of a command task needs tasks:command: the type it had and the type chosen both count.
+    const types = [$("#f-type").value, ...(this.editing ? [this.editing.type] : [])];
+    if (!types.every((type) => mayWriteType(access, type))) {
+      this.dialog.close();
+      toast(`This token (${access.subject}) may not ${this.editing ? `edit ${this.editing.name}` : "create this task"}.`, "error");
+      return;
+    }
+    this.offerTypes();
+    this.typeChanged();
   }
 
   kind() { return this.form.elements.kind.value; }
@@ -63,6 +95,7 @@ export class TaskForm {
   }
 
   openNew() {
+    if (!this.access.may_write) return; // (the button is hidden then)
     this.editing = null;
     this.form.reset();
     $("#f-payload").value = "{}";
@@ -79,6 +112,11 @@ export class TaskForm {
       task = await api("GET", `/tasks/${taskId}`);
     } catch (error) {
       toast(`Task ${taskId} could not be loaded: ${error.message}`, "error");
+      return;
+    }
+    if (!mayWriteType(this.access, task.type)) {
+      const scope = task.type === COMMAND_TYPE ? "tasks:command" : "tasks:write";
+      toast(`Editing ${task.name} needs the scope '${scope}', which this token lacks.`, "error");
       return;
     }
     this.editing = task;
@@ -216,6 +254,7 @@ export class TaskForm {
       if (error.status === 409) this.fieldError("name", error.message);
       else if (error.status === 422) this.showErrors(error);
       else {
+        // A 403 (a scope the token lacks, e.g. tasks:command) shows the API's reason, like any other refusal.
         $("#form-error").textContent = error.status === 401 ? "The token was refused: paste a new one, then save again." : error.message;
         $("#form-error").hidden = false;
       }

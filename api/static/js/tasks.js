@@ -1,6 +1,7 @@
 // The task grid: sort by a column either way, filter by type, state and name prefix, keyset pages, an active
-// switch per row.
+// switch and an edit button per row when the token may change the task.
 
+import { NOBODY, mayWriteType } from "./access.js";
 import { api } from "./api.js";
 import { $, debounce, h, latestOnly, toast, when } from "./dom.js";
 
@@ -20,6 +21,8 @@ export class TaskGrid {
     this.sort = "id";
     this.cursors = [null]; // the cursor of each page seen so far: Previous goes back one
     this.next = null;
+    this.access = NOBODY; // what the token may do: no switch or edit button until GET /me says so
+    this.items = []; // the tasks of the page shown, drawn again when the access changes
     this.request = latestOnly(); // an older filter's reply must not overwrite a newer one's
     this.body = $("#task-grid tbody");
     this.status = $("#tasks-status");
@@ -33,6 +36,11 @@ export class TaskGrid {
     $("#task-filters").addEventListener("submit", (e) => { e.preventDefault(); refilter(); });
     $("#tasks-next").addEventListener("click", () => { this.cursors.push(this.next); this.load(); });
     $("#tasks-prev").addEventListener("click", () => { this.cursors.pop(); this.load(); });
+  }
+
+  setAccess(access) {
+    this.access = access;
+    this.body.replaceChildren(...this.items.map((task) => this.row(task)));
   }
 
   setTypes(types) {
@@ -85,30 +93,38 @@ export class TaskGrid {
     if (!current()) return;
     this.status.classList.remove("error");
     this.next = page.next_cursor;
+    this.items = page.items;
     this.body.replaceChildren(...page.items.map((task) => this.row(task, task.id === highlight)));
     const filtered = query.name_prefix || query.type || query.active;
     this.status.textContent = page.items.length
       ? `${page.items.length} task${page.items.length === 1 ? "" : "s"} on this page`
-      : filtered ? "No task matches these filters." : "No tasks yet: create one with New task.";
+      : filtered ? "No task matches these filters."
+        : this.access.may_write ? "No tasks yet: create one with New task." : "No tasks yet.";
     $("#tasks-page").textContent = `Page ${this.cursors.length}`;
     $("#tasks-prev").disabled = this.cursors.length < 2;
     $("#tasks-next").disabled = !this.next;
   }
 
   row(task, fresh = false) {
-    const toggle = h("input", {
+    // Pausing and resuming need tasks:write; editing a command task needs tasks:command too.
+    const state = task.active ? "active" : "inactive";
+    const toggle = this.access.may_write ? h("input", {
       type: "checkbox", role: "switch", checked: task.active, "aria-label": `Active: ${task.name}`,
       on: { change: () => this.setActive(task, toggle) },
-    });
+    }) : null;
     return h("tr", { "data-task-id": task.id, class: fresh ? "fresh" : null },
       h("td", { class: "num" }, task.id),
       h("th", { scope: "row", class: "name" }, task.name),
       h("td", {}, task.type),
       h("td", { class: "schedule" }, scheduleText(task.schedule)),
-      h("td", { class: "active" }, h("label", { class: "switch" }, toggle, h("span", { "aria-hidden": "true" }, task.active ? "active" : "inactive"))),
+      h("td", { class: "active" }, toggle
+        ? h("label", { class: "switch" }, toggle, h("span", { "aria-hidden": "true" }, state))
+        : state),
       h("td", {}, when(task.created_at)),
       h("td", { class: "actions" },
-        h("button", { type: "button", class: "secondary small", "aria-label": `Edit ${task.name}`, on: { click: () => this.onEdit(task.id) } }, "Edit"),
+        mayWriteType(this.access, task.type)
+          ? h("button", { type: "button", class: "secondary small", "aria-label": `Edit ${task.name}`, on: { click: () => this.onEdit(task.id) } }, "Edit")
+          : null,
         h("button", { type: "button", class: "secondary small", "aria-label": `Runs of ${task.name}`, on: { click: () => this.onShowRuns(task) } }, "Runs")));
   }
 
@@ -117,9 +133,10 @@ export class TaskGrid {
     toggle.disabled = true;
     try {
       const updated = await api("PUT", `/tasks/${task.id}/${wanted ? "active" : "inactive"}`);
+      this.items = this.items.map((t) => (t.id === updated.id ? updated : t));
       const row = this.row(updated);
-      toggle.closest("tr").replaceWith(row);
-      row.querySelector("input[role=switch]").focus();
+      this.body.querySelector(`tr[data-task-id="${updated.id}"]`)?.replaceWith(row);
+      row.querySelector("input[role=switch]")?.focus();
       toast(`${updated.name} is ${updated.active ? "active" : "inactive"} now.`);
     } catch (error) {
       toggle.checked = !wanted;
