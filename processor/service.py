@@ -34,11 +34,11 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
     stop = stop or asyncio.Event()
     worker = worker_name()
     jail = await asyncio.to_thread(Jail.detect, settings)  # tries the sandbox once, for real
-    _say_isolation(jail)
     pool = await role_pool(settings.database_url, max_size=4)
     connection = await connect(settings, "taskmill-processor")
     http = http_client(settings.http_allow_hosts, settings.http_deny_hosts)
     try:
+        _say_isolation(jail)
         await register(pool, worker, jail.describe())
         publisher = await Publisher.open(connection, settings)
         consumer = Consumer(settings, pool, publisher, http, jail, worker)

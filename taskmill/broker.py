@@ -17,6 +17,7 @@ from taskmill.metrics import DEAD_LETTERED, PUBLISH_FAILED, PUBLISHED
 from taskmill.settings import Settings
 from taskmill.states import RunState
 from taskmill.store.runs import Outbound
+from taskmill.tls import tls_context
 from taskmill.topology import Topology, declare, declare_delay_queue
 
 log = logging.getLogger(__name__)
@@ -29,13 +30,15 @@ async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
     silent network): without them a blackholed connection is noticed only by the kernel, after many minutes.
     aio-pika tries a lost connection again every `amqp_reconnect_s` (a fixed pause, not a growing one: a
     connection attempt is cheap for the broker, and a fixed pause brings the roles back soon after it is).
-    `amqp_heartbeat_s` overrides a `heartbeat` in AMQP_URL.
+    `amqp_heartbeat_s` overrides a `heartbeat` in AMQP_URL. An amqps:// URL connects over TLS (`tls_context`); the
+    context is made once, so every reconnect verifies the broker the same way.
     """
     return await aio_pika.connect_robust(
         settings.amqp_url,
         client_properties={"connection_name": name},
         heartbeat=settings.amqp_heartbeat_s,
         reconnect_interval=settings.amqp_reconnect_s,
+        ssl_context=tls_context(settings),
     )
 
 

@@ -10,6 +10,8 @@ test first asks for one (the `rabbit_node` and `pg_cluster` fixtures) and torn d
 - `PgCluster`: a cluster of the newest PostgreSQL server installed (initdb'd as postgres, which refuses root; trust
   auth; its socket in its own dir), with the migrated template made as tests/conftest.py makes the shared one;
   restartable at will.
+- `TlsPgCluster` and `TlsRabbitNode` (`tls_pg`, `tls_rabbit`, on the certificates of `tls_files`): a cluster and a
+  node that take TLS only and require client certificates, for tests/faults/test_tls.py; in /tmp/tmtls-<pid>.
 
 Ports are picked below the kernel's ephemeral range: a port in it can be handed to an outgoing connection while
 the node is down, and the node then fails to listen again. A session killed before its teardown leaves its
@@ -24,23 +26,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import random
 import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aio_pika
 import asyncpg
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from taskmill import topology
 from taskmill.db import connect
@@ -516,3 +526,300 @@ async def fault_stack(
             if opened:
                 with contextlib.suppress(Exception):
                     await stack.db.close()
+
+
+# -- TLS ------------------------------------------------------------------------------------------------------
+#
+# A PostgreSQL cluster and a RabbitMQ node that take TLS only, on certificates of a CA made for the session
+# (tests/faults/test_tls.py). Their dirs are /tmp/tmtls-<pytest pid>, apart from the fault servers' /tmp/tmfault-*
+# (whose leftover reaper knows nothing of these): `_reap_tls_leftovers` is theirs. Not pytest's tmp_path: its
+# dirs are root's alone, and the servers, run as postgres and rabbitmq, must read their certificates.
+
+TLS_USER = "taskmill"  # the PostgreSQL user that must show a client certificate (its CN) to connect
+
+
+def _tls_dir() -> Path:
+    return _ROOT / f"tmtls-{os.getpid()}"
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())  # fmt: skip
+
+
+def _certificate(
+    cn: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
+    *,
+    usage: x509.ObjectIdentifier | None = None,
+    names: Sequence[x509.GeneralName] = (),
+) -> x509.Certificate:
+    """A CA's self-signed certificate (no `issuer`), or a leaf for `usage` (server or client auth) signed by it."""
+    now = datetime.now(UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer[0].subject if issuer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if issuer is None:
+        usages = {"key_cert_sign": True, "crl_sign": True}
+    else:
+        usages = {"key_cert_sign": False, "crl_sign": False}
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key()), critical=False
+        )
+        if usage is not None:
+            builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(list(names)), critical=False)
+    builder = builder.add_extension(
+        x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                      data_encipherment=False, key_agreement=issuer is not None, encipher_only=False,
+                      decipher_only=False, **usages),
+        critical=True,
+    )  # fmt: skip
+    return builder.sign(issuer[1] if issuer else key, hashes.SHA256())
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of the session's CA and what it signed, and of a CA that signed nothing the servers show."""
+
+    dir: Path
+    ca: Path  # signed the servers' certificate and the client's
+    server_cert: Path  # CN and DNS name localhost, IP 127.0.0.1 (not 127.0.0.2)
+    server_key: Path  # root's; each server gets a copy of its own (`server_key_for`)
+    client_cert: Path  # CN=taskmill (TLS_USER), client auth
+    client_key: Path
+    other_ca: Path  # a CA that signed neither server's certificate
+    stranger_cert: Path  # CN=taskmill too, but signed by other_ca
+    stranger_key: Path
+
+    @classmethod
+    def make(cls, where: Path) -> TlsFiles:
+        where.mkdir(parents=True, exist_ok=True)
+        where.chmod(0o755)  # the servers' users pass through to read the CA and their certificate
+
+        def write(name: str, data: bytes, mode: int = 0o644) -> Path:
+            path = where / name
+            path.write_bytes(data)
+            path.chmod(mode)
+            return path
+
+        def pem(cert: x509.Certificate) -> bytes:
+            return cert.public_bytes(serialization.Encoding.PEM)
+
+        ca_key, other_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+        ca = _certificate("taskmill test CA", ca_key)
+        other = _certificate("taskmill test CA", other_key)  # the same name: only the signature tells them apart
+        server_key, client_key, stranger_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+        server = _certificate(
+            "localhost",
+            server_key,
+            (ca, ca_key),
+            usage=ExtendedKeyUsageOID.SERVER_AUTH,
+            names=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))],
+        )
+        client = _certificate(TLS_USER, client_key, (ca, ca_key), usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+        stranger = _certificate(TLS_USER, stranger_key, (other, other_key), usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+        return cls(
+            dir=where,
+            ca=write("ca.pem", pem(ca)),
+            server_cert=write("server.pem", pem(server)),
+            server_key=write("server.key", _pem_key(server_key), 0o600),
+            client_cert=write("client.pem", pem(client)),
+            client_key=write("client.key", _pem_key(client_key), 0o600),
+            other_ca=write("other-ca.pem", pem(other)),
+            stranger_cert=write("stranger.pem", pem(stranger)),
+            stranger_key=write("stranger.key", _pem_key(stranger_key), 0o600),
+        )
+
+    def server_key_for(self, user: str, dest: Path) -> Path:
+        """A copy of the server's key that only `user` reads (PostgreSQL refuses a key others may read)."""
+        shutil.copyfile(self.server_key, dest)
+        dest.chmod(0o600)
+        shutil.chown(dest, user, user)
+        return dest
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client's context: verifies the server against the session's CA, host name included, and shows the
+        client certificate."""
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
+        context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+    def amqp_env(self) -> dict[str, str]:
+        """The TASKMILL_AMQP_* settings of a role that verifies the node and shows the client certificate."""
+        return {
+            "TASKMILL_AMQP_CA_FILE": str(self.ca),
+            "TASKMILL_AMQP_CERT_FILE": str(self.client_cert),
+            "TASKMILL_AMQP_KEY_FILE": str(self.client_key),
+        }
+
+
+@dataclass
+class TlsPgCluster(PgCluster):
+    """A PostgreSQL cluster that refuses every TCP connection without TLS (`hostnossl ... reject`) and lets
+    TLS_USER in only with a client certificate of the session's CA (`cert clientcert=verify-full`); other users
+    (postgres) over TLS without one. It listens on 127.0.0.1 and 127.0.0.2 (which its certificate does not name).
+    The tests' own administration goes through its Unix socket (`admin_url`); it has no template, and `url` is
+    plaintext (refused): URLs of it are made with `dsn` and `mutual_dsn`."""
+
+    tls: TlsFiles | None = None
+
+    @classmethod
+    def create_tls(cls, tls: TlsFiles) -> TlsPgCluster:
+        return cls(free_port(), _owned_dir(_tls_dir() / "pg", "postgres"), tls=tls)
+
+    def dsn(self, dbname: str, *, user: str = TLS_USER, host: str = "127.0.0.1", **params: str | Path) -> str:
+        """A URL of the cluster with query parameters (sslmode, sslrootcert, ...)."""
+        query = urlencode({k: str(v) for k, v in params.items()})
+        return f"postgresql://{user}@{host}:{self.port}/{dbname}" + (f"?{query}" if query else "")
+
+    def mutual_dsn(self, dbname: str) -> str:
+        """TLS_USER with verify-full and the client certificate: what the roles are given."""
+        assert self.tls is not None
+        t = self.tls
+        return self.dsn(dbname, sslmode="verify-full", sslrootcert=t.ca, sslcert=t.client_cert, sslkey=t.client_key)
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@/postgres?host={self.base}&port={self.port}"
+
+    async def init(self) -> None:
+        assert self.tls is not None
+        await _run(*self._pg("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
+                             "-E", "UTF8", "--locale=C.UTF-8"))  # fmt: skip
+        key = self.tls.server_key_for("postgres", self.base / "server.key")
+        conf = (
+            f"port = {self.port}\nlisten_addresses = '127.0.0.1,127.0.0.2'\nunix_socket_directories = '{self.base}'\n"
+            "fsync = off\nfull_page_writes = off\n"
+            f"ssl = on\nssl_cert_file = '{self.tls.server_cert}'\nssl_key_file = '{key}'\n"
+            f"ssl_ca_file = '{self.tls.ca}'\n"
+        )
+        with (self.data / "postgresql.conf").open("a") as f:
+            f.write(conf)
+        (self.data / "pg_hba.conf").write_text(
+            "local     all  all                      trust\n"
+            "hostnossl all  all          0.0.0.0/0  reject\n"
+            "hostnossl all  all          ::/0       reject\n"
+            f"hostssl   all  {TLS_USER}  127.0.0.0/8 cert clientcert=verify-full\n"
+            "hostssl   all  all          127.0.0.0/8 trust\n"
+        )
+        await self.start()
+        admin = await asyncpg.connect(self.admin_url)
+        try:
+            await admin.execute(f'CREATE ROLE "{TLS_USER}" LOGIN CREATEDB')
+        finally:
+            await admin.close()
+
+    async def drop_database(self, name: str) -> None:
+        admin = await asyncpg.connect(self.admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@dataclass
+class TlsRabbitNode(RabbitNode):
+    """A RabbitMQ node with a TLS listener only (on 127.0.0.1 and 127.0.0.2, one port), which requires a client
+    certificate of the session's CA (verify_peer, fail_if_no_peer_cert). Users log in as ever (guest)."""
+
+    tls: TlsFiles | None = None
+
+    @classmethod
+    def create_tls(cls, tls: TlsFiles) -> TlsRabbitNode:
+        base = _owned_dir(_tls_dir() / "rabbit", "rabbitmq")
+        node = cls(f"tmtls-{os.getpid()}@localhost", free_port(), free_port(), base, tls=tls)
+        key = tls.server_key_for("rabbitmq", base / "server.key")
+        files = {
+            "rabbitmq.conf": (
+                "listeners.tcp = none\n"
+                f"listeners.ssl.default = 127.0.0.1:{node.port}\n"
+                f"listeners.ssl.other = 127.0.0.2:{node.port}\n"
+                f"ssl_options.cacertfile = {tls.ca}\n"
+                f"ssl_options.certfile = {tls.server_cert}\n"
+                f"ssl_options.keyfile = {key}\n"
+                "ssl_options.verify = verify_peer\n"
+                "ssl_options.fail_if_no_peer_cert = true\n"
+            ),
+            "enabled_plugins": "[].\n",
+            "rabbitmq-env.conf": "",
+        }
+        for name, text in files.items():
+            (base / name).write_text(text)
+            shutil.chown(base / name, "rabbitmq", "rabbitmq")
+        return node
+
+    @property
+    def url(self) -> str:
+        return self.url_at("127.0.0.1")
+
+    def url_at(self, host: str, scheme: str = "amqps") -> str:
+        return f"{scheme}://guest:guest@{host}:{self.port}/"
+
+    async def _answers(self) -> bool:
+        assert self.tls is not None
+        try:
+            conn = await aio_pika.connect(self.url, ssl_context=self.tls.client_context(), timeout=5)
+        except Exception:
+            return False
+        await conn.close()
+        return True
+
+
+def _reap_tls_leftovers() -> None:
+    """Stops the TLS servers of earlier sessions whose pytest process is gone, and removes their dirs."""
+    for path in _ROOT.glob("tmtls-*"):
+        pid = path.name.removeprefix("tmtls-")
+        if not pid.isdigit() or procs.alive(int(pid)):
+            continue
+        node = TlsRabbitNode(f"tmtls-{pid}@localhost", 0, 0, path / "rabbit")
+        for cli in procs.pids():
+            if f"-n {node.name} " in procs.cmdline(cli) and "rabbitmqctl" in procs.cmdline(cli):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(cli, signal.SIGKILL)
+        node.destroy()
+        PgCluster(0, path / "pg").destroy()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tls_files() -> Iterator[TlsFiles]:
+    """The session's CA, server and client certificates (and a CA that signed none of them)."""
+    _reap_tls_leftovers()
+    try:
+        yield TlsFiles.make(_tls_dir() / "certs")
+    finally:
+        shutil.rmtree(_tls_dir(), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tls_rabbit(tls_files: TlsFiles) -> Iterator[TlsRabbitNode]:
+    """The TLS-only RabbitMQ node, started when a test first asks for it."""
+    node = TlsRabbitNode.create_tls(tls_files)
+    try:
+        asyncio.run(node.start())
+        yield node
+    finally:
+        node.destroy()
+
+
+@pytest.fixture(scope="session")
+def tls_pg(tls_files: TlsFiles) -> Iterator[TlsPgCluster]:
+    """The TLS-only PostgreSQL cluster, started when a test first asks for it."""
+    cluster = TlsPgCluster.create_tls(tls_files)
+    try:
+        asyncio.run(cluster.init())
+        yield cluster
+    finally:
+        cluster.destroy()
