@@ -72,18 +72,23 @@ async def next_due_in(conn: Conn, lead_s: float = 0.0) -> float | None:
 
 # One statement, so one `now()`: a run is either won, or not due yet, or not this message's to start, or no run
 # at all. (Asked in two statements, a run falling due between them looked lost and its message was dropped.)
+# Every row is found by its primary key: the other conditions are written so that no other index can serve them
+# (`(... ) IS TRUE`, `status::text`). A pooled connection plans each statement once, generically, and keeps the plan;
+# planned while the table was empty, a `scheduled_time <= now()` chose the (scheduled_time, id) index and every
+# batch of a burst then walked all of it: 114 M index entries read for 20,000 runs.
 START = """
 WITH won AS (
     UPDATE task_schedule s
     SET status = 'running', attempt = s.attempt + 1, started_at = now(), worker = $2, error = NULL,
         lease_until = now() + make_interval(secs => b.lease_s)
     FROM unnest($1::bigint[], $3::int[], $4::float8[]) AS b(id, attempt, lease_s)
-    WHERE s.id = ANY($1::bigint[]) AND s.id = b.id AND s.attempt = b.attempt - 1
-      AND s.status IN ('scheduled', 'queued', 'retrying') AND s.scheduled_time <= now()
+    WHERE s.id = b.id AND s.attempt = b.attempt - 1
+      AND s.status::text IN ('scheduled', 'queued', 'retrying') AND (s.scheduled_time <= now()) IS TRUE
     RETURNING s.id, s.attempt
 ), early AS (
     SELECT s.id FROM task_schedule s
-    WHERE s.id = ANY($1::bigint[]) AND s.status IN ('scheduled', 'queued', 'retrying') AND s.scheduled_time > now()
+    WHERE s.id = ANY($1::bigint[]) AND s.status::text IN ('scheduled', 'queued', 'retrying')
+      AND (s.scheduled_time > now()) IS TRUE
 ), unknown AS (
     SELECT b.id FROM unnest($1::bigint[]) AS b(id)
     WHERE NOT EXISTS (SELECT 1 FROM task_schedule s WHERE s.id = b.id)
@@ -137,7 +142,9 @@ WITH b AS (
         finished_at = CASE WHEN b.status = 'retrying' THEN NULL ELSE b.finished_at END,
         error = b.error,
         lease_until = CASE WHEN b.status = 'retrying' THEN b.finished_at + make_interval(secs => b.retry_in_s) END
-    FROM b WHERE s.id = ANY($1::bigint[]) AND s.id = b.id AND s.status = 'running' AND s.attempt = b.attempt
+    -- By primary key only (see START): `status = 'running'` would let a generic plan walk the whole partial index of
+    -- runs in flight, which holds every run of a burst (152 M entries read for 20,000 runs).
+    FROM b WHERE s.id = b.id AND s.status::text = 'running' AND s.attempt = b.attempt
     RETURNING s.id, s.started_at, s.worker
 ), kept AS (
     INSERT INTO task_results (run_id, attempt, status, started_at, finished_at, duration_ms, worker, result, error,
