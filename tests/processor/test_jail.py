@@ -141,6 +141,16 @@ async def test_a_command_cannot_read_or_signal_the_processor_and_its_output_hold
     # First: the isolation is in force. Only then may the command signal anything.
     assert isolation.startswith("namespaces (bubblewrap"), isolation
     assert "pid, mount, ipc" in isolation and "as nobody" in isolation
+    # Another run at work meanwhile, with a secret of its own in its environment.
+    victim_secret = "victim-canary-" + secrets.token_hex(16)
+    victim = await new_task(db, "victim", "command", {"argv": ["sleep", "4"], "env": {"TOKEN": victim_secret}})
+    await distributor.service.run(settings, until_idle=True)
+
+    async def victim_running() -> bool:
+        status = await db.fetchval("SELECT status::text FROM task_schedule WHERE task_id = $1", victim.id)
+        return bool(status == "running")
+
+    await wait_until(victim_running, 20, what="the other run to start")
     payload = {"argv": ["sh", "-c", ATTACK], "env": {"PROCESSOR": str(proc.pid), "KEY_FILE": str(key_file)}}
     row = await _run(db, settings, "attacker", payload)
     output = row["result"]["stdout"] + row["result"]["stderr"]
@@ -148,13 +158,20 @@ async def test_a_command_cannot_read_or_signal_the_processor_and_its_output_hold
     assert found["uid"] == 65534, output
     # It did send SIGKILL to everything it could see: its own sandbox, whose guard shell died of it.
     assert (row["status"], row["error"]) == ("failed", "killed by SIGKILL"), output
-    for canary in [*CANARIES.values(), key_file.read_text().strip(), settings.database_url]:
+    for canary in [*CANARIES.values(), victim_secret, key_file.read_text().strip(), settings.database_url]:
         assert canary not in output
     assert "DATABASE_URL" not in output and "JWT_SECRET" not in output
     assert not Path("/etc/taskmill-was-here").exists() and not Path("/usr/taskmill-was-here").exists()
     # Its own processes only: the sandbox's init, the guard shell and what it ran.
     assert found["visible"] <= 6, output
     assert proc.returncode is None, "the processor died"
+    assert await db.fetchval("SELECT status::text FROM task_schedule WHERE task_id = $1", victim.id) == "running"
+
+    async def victim_done() -> bool:
+        status = await db.fetchval("SELECT status::text FROM task_schedule WHERE task_id = $1", victim.id)
+        return bool(status == "succeeded")
+
+    await wait_until(victim_done, 20, what="the other run to finish untouched")
     # And the processor keeps serving.
     after = await _run(db, settings, "after", {"argv": ["echo", "still here"]})
     assert (after["status"], after["result"]["stdout"]) == ("succeeded", "still here\n")
