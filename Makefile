@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+BENCH_STAMP := $(VENV)/.installed-bench-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
 .PHONY: install tools test lint dev bench migrate clean
 
@@ -45,8 +46,16 @@ dev: $(STAMP)
 migrate: $(STAMP)
 	$(BIN)/taskmill migrate
 
-## Benchmarks the real roles as separate processes; prints one JSON line per workload.
-bench: $(STAMP)
+## The `bench` extra: Celery, pgqueuer and psycopg, the reference systems bench/references/ runs beside taskmill.
+## Its own stamp, after the dev install's: `rm -f .installed-*` there drops this one too when pyproject.toml changes.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	rm -f $(VENV)/.installed-bench-*
+	touch $(BENCH_STAMP)
+
+## Benchmarks the real roles as separate processes, then Celery and pgqueuer on the same workloads; prints one JSON
+## line per workload and one of ratios.
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
 clean:

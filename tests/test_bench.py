@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import uuid
+from typing import Any
 
 import asyncpg
 import pytest
 
+from bench import references
 from tests.conftest import AMQP, PG_ADMIN, _dsn
 
 
@@ -53,3 +57,66 @@ async def test_the_benchmark_runs_both_workloads_and_reports_no_lost_or_duplicat
     assert burst["runs_per_s"] > 0
     assert (at["workload"], at["runs"], at["lost"], at["duplicates"]) == ("at", 100, 0, 0)
     assert 0 <= at["lateness_ms"]["p50"] <= at["lateness_ms"]["max"]
+
+
+def _run_bench(*argv: str) -> list[dict[str, Any]]:
+    """`python -m bench ARGV` in a database of its own (the references make theirs beside it, and drop them)."""
+    dbname = f"tmtest_bench_{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, DATABASE_URL=_dsn(dbname), AMQP_URL=AMQP)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "bench", *argv], capture_output=True, text=True, timeout=90, env=env
+        )
+    finally:
+        asyncio.run(_drop_databases(dbname))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+async def _drop_databases(dbname: str) -> None:
+    admin = await asyncpg.connect(PG_ADMIN)
+    try:
+        for name in (dbname, f"{dbname}_celery", f"{dbname}_pgqueuer"):
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def _require(module: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        pytest.fail(f"{module} is missing: the references are the bench extra, in dev too: pip install -e '.[dev]'")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("system", ["celery", "pgqueuer"])
+def test_each_reference_runs_burst_and_at_and_reports_no_lost_or_duplicate_jobs(system: str) -> None:
+    _require(system)
+    lines = _run_bench(f"{system}-burst", f"{system}-at", "--runs", "50", "--at-runs", "20", "--at-ahead", "2")
+    burst, at = lines
+    keys = ("system", "workload", "runs", "lost", "duplicates")
+    assert {k: burst[k] for k in keys} == {
+        "system": system,
+        "workload": "burst",
+        "runs": 50,
+        "lost": 0,
+        "duplicates": 0,
+    }
+    assert burst["runs_per_s"] > 0 and burst["settings"]["workers"] == 2
+    assert {k: at[k] for k in keys} == {"system": system, "workload": "at", "runs": 20, "lost": 0, "duplicates": 0}
+    assert 0 <= at["lateness_ms"]["p50"] <= at["lateness_ms"]["max"]
+
+
+def test_the_ratios_line_divides_taskmills_burst_rate_by_each_references() -> None:
+    lines: list[dict[str, Any]] = [
+        {"workload": "burst", "runs_per_s": 3000},
+        {"workload": "at", "lateness_ms": {}},
+        {"system": "celery", "workload": "burst", "runs_per_s": 1000},
+        {"system": "pgqueuer", "workload": "burst", "runs_per_s": 1500},
+        {"system": "celery", "workload": "at", "lateness_ms": {}},
+    ]
+    assert references.ratios(lines) == {
+        "workload": "ratios",
+        "burst_runs_per_s": {"taskmill": 3000, "celery": 1000, "pgqueuer": 1500},
+        "taskmill_burst_over": {"celery": 3.0, "pgqueuer": 2.0},
+    }
+    assert references.ratios(lines[:2]) is None and references.ratios(lines[2:]) is None
