@@ -7,7 +7,7 @@ import logging
 
 import asyncpg
 
-from distributor.dispatch import publish_or_revert
+from distributor.dispatch import Spread, publish_or_revert
 from distributor.pacing import pace
 from distributor.rescue import rescue
 from taskmill.broker import Publisher, connect
@@ -47,8 +47,9 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
 
 async def _drain(pool: asyncpg.Pool, publisher: Publisher, settings: Settings) -> None:
     """Publishes everything due now and rescues what is stale, then returns (for tests and scripts)."""
+    spread = Spread(publisher, settings.message_runs)
     while runs := await claim_due(pool, settings.claim_batch, settings.queued_lease_s, settings.dispatch_lead_s):
-        await publish_or_revert(pool, publisher, runs)
+        await publish_or_revert(pool, publisher, runs, per_message=await spread.per_message(len(runs)))
     await rescue(pool, publisher, settings)
 
 
@@ -58,6 +59,7 @@ async def _dispatch_loop(
     """Claims and publishes until `stop`. A batch publishes in a task of its own while the next is claimed; the
     task group waits for them at the end, and stops the loop if one fails for good."""
     slots = asyncio.Semaphore(_BATCHES_IN_FLIGHT)
+    spread = Spread(publisher, settings.message_runs)
     crash = Crash(settings.crash_at)
     backoff = Backoff(settings.db_retry_max_s)
     missed = False
@@ -77,7 +79,8 @@ async def _dispatch_loop(
                 continue
             backoff.reset()
             if runs:
-                task = publishing.create_task(_publish(pool, publisher, runs, crash))
+                per_message = await spread.per_message(len(runs))
+                task = publishing.create_task(_publish(pool, publisher, runs, crash, per_message))
                 task.add_done_callback(lambda _: slots.release())
             else:
                 slots.release()
@@ -87,9 +90,11 @@ async def _dispatch_loop(
                 await unless_stopped(stop, wakeup.wait(step.wait_s))
 
 
-async def _publish(pool: asyncpg.Pool, publisher: Publisher, runs: list[Outbound], crash: Crash) -> None:
+async def _publish(
+    pool: asyncpg.Pool, publisher: Publisher, runs: list[Outbound], crash: Crash, per_message: int
+) -> None:
     try:
-        await publish_or_revert(pool, publisher, runs, crash=crash)
+        await publish_or_revert(pool, publisher, runs, crash=crash, per_message=per_message)
     except Exception as exc:
         if not is_transient(exc):
             raise

@@ -43,12 +43,15 @@ class Claimer:
     async def close(self) -> None:
         await self._starter.close()
 
+    async def until_due(self, message: RunMessage) -> None:
+        """Holds a run published ahead of its time until it is due (by this host's clock), or until stopping."""
+        await self._gate.wait(message.scheduled_time.timestamp())
+
     async def claim(self, message: RunMessage, lease_s: float) -> Start | None:
-        """Holds a run published ahead of its time until it is due, then claims it; None when stopping.
+        """Claims a run that is due; None when stopping.
 
         A database that went away is waited out (the delivery is held, not requeued: requeues count toward the
         broker's delivery limit); any other database error is raised."""
-        await self._gate.wait(message.scheduled_time.timestamp())
         request = StartRequest(message.run_id, message.attempt, lease_s)
         backoff = Backoff(self._db_retry_max_s)
         uncertain = False  # a claim went out and no answer came back: it may have committed

@@ -9,8 +9,10 @@ what it holds is never acked, so the broker hands it to another processor.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
@@ -24,7 +26,8 @@ from processor.execute import Attempt, context, execute
 from processor.record import Recorder
 from taskmill.broker import Publisher
 from taskmill.crash import Crash, CrashPoint
-from taskmill.messages import RunMessage
+from taskmill.loops import first_error
+from taskmill.messages import RunMessage, read_runs
 from taskmill.metrics import DUPLICATES, START_LATENESS
 from taskmill.secrets import SecretsError
 from taskmill.settings import Settings
@@ -36,6 +39,22 @@ log = logging.getLogger(__name__)
 
 # No distributor publishes further ahead than its lead plus any plausible clock skew between hosts.
 _MAX_CLOCK_SKEW_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Poison:
+    """A run message no run can come of, and why: it goes to the dead-letter queue."""
+
+    reason: str
+
+
+class _Handled(enum.Enum):
+    DONE = "done"  # recorded, or not this message's to run (a duplicate): ack
+    HANDED_BACK = "handed back"  # not started (stopping): requeue
+
+
+DONE, HANDED_BACK = _Handled.DONE, _Handled.HANDED_BACK
+Verdict = _Handled | Poison
 
 
 class Consumer:
@@ -55,6 +74,8 @@ class Consumer:
         self._claimer = Claimer(pool, worker, settings.db_retry_max_s)
         self._recorder = Recorder(settings, pool, publisher, worker)
         self._acker = Acker()
+        # Runs executing at once: a message may carry several (taken before each claim).
+        self._slots = asyncio.Semaphore(settings.concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._crash = Crash(settings.crash_at)
@@ -100,42 +121,68 @@ class Consumer:
         if task.cancelled() or (exc := task.exception()) is None:
             return
         if not self._failure.done():
-            self._failure.set_exception(exc)
+            self._failure.set_exception(first_error(exc))
         else:
             log.error("another delivery failed too: %s: %s", type(exc).__name__, exc)
 
     async def _handle(self, delivery: AbstractIncomingMessage) -> None:
         try:
-            message = RunMessage.model_validate_json(delivery.body)
+            runs = read_runs(delivery.body)
         except ValidationError as exc:
             await self._dead_letter(delivery, f"unreadable run message: {exc}"[:1000])
             return
         if self._stopping:
             await self._requeue(delivery)
             return
+        if len(runs) == 1:
+            verdict = await self._handle_run(runs[0])
+            if isinstance(verdict, Poison):
+                await self._dead_letter(delivery, verdict.reason, runs[0].run_id)
+            elif verdict is HANDED_BACK:
+                await self._requeue(delivery)
+            else:
+                self._acker.done(delivery)
+            return
+        async with asyncio.TaskGroup() as group:
+            handling = [group.create_task(self._handle_run(message)) for message in runs]
+        back = False
+        for message, task in zip(runs, handling, strict=True):
+            verdict = task.result()
+            if isinstance(verdict, Poison):
+                verdict = DONE if await self._dead_letter_run(message, verdict.reason) else HANDED_BACK
+            back = back or verdict is HANDED_BACK
+        if back:
+            # The whole message goes back; its runs that ended are dropped as duplicates when it comes again.
+            await self._requeue(delivery)
+        else:
+            self._acker.done(delivery)
+
+    async def _handle_run(self, message: RunMessage) -> Verdict:
+        """Claims, runs and records one run of a delivery: DONE (recorded, or not this message's to run),
+        HANDED_BACK (stopping before it started: another processor takes it), or Poison (no run can come of it)."""
         ahead_s = message.scheduled_time.timestamp() - time.time()
         if ahead_s > self._settings.dispatch_lead_s + _MAX_CLOCK_SKEW_S:
             # No distributor publishes that early: held until due, it would take a prefetch slot for that long.
-            await self._dead_letter(delivery, f"scheduled {ahead_s:.0f} s ahead: not a run message a distributor sent")
-            return
+            return Poison(f"scheduled {ahead_s:.0f} s ahead: not a run message a distributor sent")
         timeout_s = min(message.timeout_seconds, self._settings.max_timeout_s)
-        start = await self._claimer.claim(message, timeout_s + self._settings.running_grace_s)
-        if start is None:  # stopping: another processor takes it
-            await self._requeue(delivery)
-        elif start is Start.UNKNOWN:
-            # Well-formed but of no run of ours (a forged message, another installation's, a dropped database):
-            # acked as a duplicate it would vanish, so it goes where an operator looks.
-            await self._dead_letter(delivery, f"unknown run id {message.run_id}", message.run_id)
-        elif start is not Start.WON:
-            # Already started elsewhere, finished, or a stale attempt: the database holds the truth.
-            DUPLICATES.inc()
-            self._acker.done(delivery)
-        else:
+        await self._claimer.until_due(message)
+        async with self._slots:  # taken before the claim: a run that waits for a slot has not started yet
+            start = await self._claimer.claim(message, timeout_s + self._settings.running_grace_s)
+            if start is None:  # stopping: another processor takes it
+                return HANDED_BACK
+            if start is Start.UNKNOWN:
+                # Well-formed but of no run of ours (a forged message, another installation's, a dropped database):
+                # acked as a duplicate it would vanish, so it goes where an operator looks.
+                return Poison(f"unknown run id {message.run_id}")
+            if start is not Start.WON:
+                # Already started elsewhere, finished, or a stale attempt: the database holds the truth.
+                DUPLICATES.inc()
+                return DONE
             try:
                 await self._run(message)
             finally:
                 self._claimer.release(message)
-            self._acker.done(delivery)
+        return DONE
 
     async def _run(self, message: RunMessage) -> None:
         """Executes the attempt this process won and records its outcome."""
@@ -167,6 +214,17 @@ class Consumer:
         else:
             self._acker.done(delivery)
         log.error("dead-lettered a message: %s", reason[:200], extra={"action": "poison"})
+
+    async def _dead_letter_run(self, message: RunMessage, reason: str) -> bool:
+        """One run of a several-run message to the dead-letter queue, alone; False when the broker did not take it
+        (the whole message then goes back, and the run is read again)."""
+        try:
+            await self._publisher.publish_dead(message.wire(), message.run_id, reason, kind="poison")
+        except Exception as exc:
+            log.warning("dead-letter publish of run %s failed: %s", message.run_id, exc, extra={"action": "poison"})
+            return False
+        log.error("dead-lettered run %s: %s", message.run_id, reason[:200], extra={"action": "poison"})
+        return True
 
     async def _requeue(self, delivery: AbstractIncomingMessage) -> None:
         try:

@@ -12,7 +12,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from taskmill.messages import amqp_message, properties
+from taskmill.messages import amqp_message, batch_body, properties
 from taskmill.metrics import DEAD_LETTERED, PUBLISH_FAILED, PUBLISHED
 from taskmill.settings import Settings
 from taskmill.states import RunState
@@ -60,11 +60,12 @@ class Publisher:
         channel = await confirmed_channel(connection)
         return cls(channel, await declare(channel, settings), settings.publish_timeout_s)
 
-    async def publish_runs(self, runs: Sequence[Outbound]) -> list[bool]:
-        """Publishes each run (dead ones to the dead-letter exchange); True where the broker confirmed it.
+    async def publish_runs(self, runs: Sequence[Outbound], per_message: int = 1) -> list[bool]:
+        """Publishes the runs, up to `per_message` of one type in a message (dead ones alone, to the dead-letter
+        exchange); True where the broker confirmed the message that carried the run.
 
-        Goes to the raw channel: frames are queued without waiting for each write, and one aio-pika Message
-        per run is not built. Confirms (and returns, which raise) still come back per message.
+        Goes to the raw channel: frames are queued without waiting for each write, and no aio-pika Message is
+        built. Confirms (and returns, which raise) come back per message.
         """
         if not runs:
             return []
@@ -75,33 +76,50 @@ class Publisher:
         except Exception as exc:
             log.warning("cannot publish %d runs: %s", len(runs), exc)
             return [False] * len(runs)
-        runs_exchange = self.topology.names.runs_exchange
+        messages = _coalesce(runs, per_message)
         # One deadline for the batch, not a timer per message; what is not confirmed by then counts as failed.
-        publishes = [
-            asyncio.ensure_future(
-                self.publish_dead(run.body, run.run_id, "processor lost on the last attempt")
-                if run.status is RunState.DEAD
-                else channel.basic_publish(
-                    run.body,
-                    exchange=runs_exchange,
-                    routing_key=run.type,
-                    properties=properties(run.run_id),
-                    mandatory=True,
-                    wait=False,
-                )
-            )
-            for run in runs
-        ]
+        publishes = [asyncio.ensure_future(self._publish(channel, message)) for message in messages]
         await asyncio.wait(publishes, timeout=self.timeout_s)
         for publish in publishes:
             publish.cancel()  # a no-op on those that finished
         results = await asyncio.gather(*publishes, return_exceptions=True)
+        confirmed = {
+            run.run_id
+            for message, result in zip(messages, results, strict=True)
+            if not isinstance(result, BaseException)
+            for run in message
+        }
         failed = [r for r in results if isinstance(r, BaseException)]
-        PUBLISHED.inc(len(runs) - len(failed))
-        PUBLISH_FAILED.inc(len(failed))
+        PUBLISHED.inc(len(confirmed))
+        PUBLISH_FAILED.inc(len(runs) - len(confirmed))
         if failed:
-            log.warning("%d of %d publishes failed: %r", len(failed), len(runs), failed[0])
-        return [not isinstance(r, BaseException) for r in results]
+            log.warning("%d of %d publishes failed: %r", len(failed), len(messages), failed[0])
+        return [run.run_id in confirmed for run in runs]
+
+    async def _publish(self, channel: aiormq.Channel, runs: list[Outbound]) -> None:
+        first = runs[0]
+        if first.status is RunState.DEAD:
+            await self.publish_dead(first.body, first.run_id, "processor lost on the last attempt")
+            return
+        if len(runs) == 1:
+            body, headers = first.body, None
+        else:
+            body, headers = batch_body([run.body for run in runs]), {"x-taskmill-runs": len(runs)}
+        await channel.basic_publish(
+            body,
+            exchange=self.topology.names.runs_exchange,
+            routing_key=first.type,
+            properties=properties(first.run_id, headers),
+            mandatory=True,
+            wait=False,
+        )
+
+    async def consumers(self) -> int:
+        """Processors consuming the work queue now (for how many runs to put in a message)."""
+        async with asyncio.timeout(self.timeout_s):
+            channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
+            declared = await channel.queue_declare(self.topology.names.work_queue, passive=True)
+        return int(declared.consumer_count or 0)
 
     async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int) -> None:
         """Into the delay queue of `delay_ms` for the type, declared first (it expires when idle). TimeoutError
@@ -118,3 +136,20 @@ class Publisher:
         DEAD_LETTERED.labels(kind).inc()
         async with asyncio.timeout(self.timeout_s):
             await self.topology.dead.publish(message, routing_key="", mandatory=True)
+
+
+def _coalesce(runs: Sequence[Outbound], per_message: int) -> list[list[Outbound]]:
+    """The messages that carry `runs`: up to `per_message` runs of one type each, in the order they came (a dead
+    run alone: it goes to the dead-letter exchange)."""
+    messages: list[list[Outbound]] = []
+    open_by_type: dict[str, list[Outbound]] = {}
+    for run in runs:
+        if run.status is RunState.DEAD or per_message <= 1:
+            messages.append([run])
+            continue
+        current = open_by_type.get(run.type)
+        if current is None or len(current) >= per_message:
+            current = open_by_type[run.type] = []
+            messages.append(current)
+        current.append(run)
+    return messages

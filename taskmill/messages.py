@@ -8,15 +8,21 @@ processor was lost; 0 when absent). The AMQP message id is the run id.
 The keys are the wire format, kept as first published so that messages already queued (a retry can wait a day in
 a delay queue) and processors written elsewhere keep working. In Python the fields carry the names a task's own
 fields have everywhere else (`timeout_seconds`, `retry_delay_seconds`); the two short keys are their aliases.
+
+Version 2 carries several runs of one task type in one message: `{"v": 2, "runs": [<version 1 message>, ...]}`,
+AMQP message id the first run's id, header `x-taskmill-runs` their number. The distributor coalesces runs so when
+many fall due together (a message costs the broker, the publisher and the consumer about as much as the runs in it
+cost the processor); a retry, a rescued run and a dead letter are version 1.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 import aio_pika
 from aiormq import spec
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 
 VERSION = 1
 CONTENT_TYPE = "application/json"
@@ -62,6 +68,29 @@ class RunMessage(BaseModel):
     def wire(self) -> bytes:
         """The message as it goes on the broker (the version 1 keys)."""
         return self.model_dump_json().encode()
+
+
+class RunBatch(BaseModel):
+    """Version 2: runs of one type, coalesced into one message."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    v: Literal[2]
+    runs: list[RunMessage] = Field(min_length=1, max_length=10_000)
+
+
+# One parse of the JSON whatever its version, `v` telling which shape to read.
+_DELIVERY: TypeAdapter[RunMessage | RunBatch] = TypeAdapter(Annotated[RunMessage | RunBatch, Field(discriminator="v")])
+
+
+def read_runs(body: bytes) -> list[RunMessage]:
+    """The runs a message carries, one (version 1) or several (version 2); ValidationError when it is neither."""
+    read = _DELIVERY.validate_json(body)
+    return [read] if isinstance(read, RunMessage) else read.runs
+
+
+def batch_body(bodies: Sequence[bytes]) -> bytes:
+    """A version 2 message of version 1 bodies, which go in as they are (they are JSON already)."""
+    return b'{"v":2,"runs":[' + b",".join(bodies) + b"]}"
 
 
 def properties(run_id: int, headers: dict[str, Any] | None = None) -> spec.Basic.Properties:

@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     # Runs are published this long before they fall due; the processor holds each until its time, so a
     # thousand runs due at one instant do not queue up behind the claim and publish of each other.
     dispatch_lead_s: float = Field(2.0, ge=0, le=60)
+    # Most runs of one type in one message when many fall due together (1: a message a run). A claim is spread over
+    # at least two messages per processor consuming, so every processor gets some.
+    message_runs: int = Field(50, ge=1, le=1000)
     # A queued or retrying row whose message has not started by then is published again.
     queued_lease_s: float = Field(300.0, gt=0)
     # A running row is handed to another processor this long after its timeout has passed.

@@ -7,69 +7,23 @@ work queue, keeps a copy of everything published there.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aio_pika
 import asyncpg
 import pytest
-from aio_pika.abc import AbstractChannel, AbstractQueue
 
-import distributor.service
 import processor.service
-from taskmill.messages import RunMessage, amqp_message
+from taskmill.messages import RunMessage
 from taskmill.models import Schedule
 from taskmill.settings import Settings
 from taskmill.states import ScheduleKind
 from taskmill.store.runs import Start, StartRequest, start_runs
-from taskmill.topology import Topology, declare
 from tests.helpers import new_task, running, statuses, wait_for_statuses, wait_until
+from tests.processor.brokers import Broker, distribute, process
 
 # Appends one line to runs.log in its cwd each time it runs.
 APPEND = ["sh", "-c", "echo ran >> runs.log"]
-
-
-@dataclass(slots=True)
-class Broker:
-    channel: AbstractChannel
-    topology: Topology
-    copies: AbstractQueue
-
-    async def take_copy(self) -> bytes:
-        """The oldest message published to the runs exchange that the test has not taken yet."""
-        message = await self.copies.get(no_ack=True)
-        return message.body
-
-    async def publish(self, body: bytes, task_type: str, run_id: int = 0) -> None:
-        await self.topology.runs.publish(amqp_message(body, run_id), routing_key=task_type, mandatory=True)
-
-    async def count(self, queue: str) -> int:
-        declared = await self.channel.declare_queue(queue, passive=True)
-        count = declared.declaration_result.message_count
-        assert count is not None
-        return count
-
-
-@pytest.fixture
-async def broker(settings: Settings) -> AsyncIterator[Broker]:
-    connection = await aio_pika.connect(settings.amqp_url)
-    async with connection:
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        topology = await declare(channel, settings)
-        copies = await channel.declare_queue(exclusive=True)
-        for task_type in ("command", "noop"):
-            await copies.bind(topology.runs, routing_key=task_type)
-        yield Broker(channel, topology, copies)
-
-
-async def distribute(settings: Settings) -> None:
-    await distributor.service.run(settings, until_idle=True)
-
-
-async def process(settings: Settings) -> None:
-    """Consumes until the work queue is empty and nothing is in flight."""
-    await processor.service.run(settings, until_idle=True)
 
 
 async def history(db: asyncpg.Connection) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
