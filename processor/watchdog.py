@@ -29,6 +29,7 @@ from typing import cast
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
 
+from taskmill.broker import probe_queue
 from taskmill.loops import wait_or_stop
 from taskmill.metrics import CONSUMER_RESUBSCRIBED
 from taskmill.settings import Settings
@@ -160,18 +161,9 @@ class Subscription:
         return None
 
     async def _ready(self) -> int:
-        """Messages ready in the work queue, asked on a raw channel of its own (a passive declare of a missing
-        queue closes the channel it is asked on)."""
-        transport = self._connection.transport
-        if transport is None:
-            raise ConnectionError("not connected")
-        probe = await transport.connection.channel(publisher_confirms=False)
-        try:
-            declared = await probe.queue_declare(self.queue.name, passive=True)
-        finally:
-            if not probe.is_closed:
-                await probe.close()
-        return int(declared.message_count or 0)
+        """Messages ready in the work queue."""
+        ready, _ = await probe_queue(self._connection, self.queue.name)
+        return ready
 
 
 async def watch(subscription: Subscription, room: Callable[[], bool], settings: Settings, stop: asyncio.Event) -> None:

@@ -42,6 +42,22 @@ async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
     )
 
 
+async def probe_queue(connection: AbstractRobustConnection, name: str) -> tuple[int, int]:
+    """(messages ready, consumers) of a queue, asked on a raw channel of its own: a passive declare of a missing
+    queue closes the channel it is asked on (aiormq.exceptions.ChannelNotFoundEntity), and a robust channel would
+    then declare its queues again when it reopened, the queue gone on purpose among them."""
+    transport = connection.transport
+    if transport is None:
+        raise ConnectionError("not connected")
+    probe = await transport.connection.channel(publisher_confirms=False)
+    try:
+        declared = await probe.queue_declare(name, passive=True)
+    finally:
+        if not probe.is_closed:
+            await probe.close()
+    return int(declared.message_count or 0), int(declared.consumer_count or 0)
+
+
 async def confirmed_channel(connection: AbstractRobustConnection) -> AbstractChannel:
     # Confirms tell us the broker has the message; returns raise when it reached no queue.
     return await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -54,11 +70,12 @@ class Publisher:
     channel: AbstractChannel
     topology: Topology
     timeout_s: float
+    connection: AbstractRobustConnection
 
     @classmethod
     async def open(cls, connection: AbstractRobustConnection, settings: Settings) -> Publisher:
         channel = await confirmed_channel(connection)
-        return cls(channel, await declare(channel, settings), settings.publish_timeout_s)
+        return cls(channel, await declare(channel, settings), settings.publish_timeout_s, connection)
 
     async def publish_runs(self, runs: Sequence[Outbound], per_message: int = 1) -> list[bool]:
         """Publishes the runs, up to `per_message` of one type in a message (dead ones alone, to the dead-letter
@@ -117,9 +134,8 @@ class Publisher:
     async def consumers(self) -> int:
         """Processors consuming the work queue now (for how many runs to put in a message)."""
         async with asyncio.timeout(self.timeout_s):
-            channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
-            declared = await channel.queue_declare(self.topology.names.work_queue, passive=True)
-        return int(declared.consumer_count or 0)
+            _, consumers = await probe_queue(self.connection, self.topology.names.work_queue)
+        return consumers
 
     async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int) -> None:
         """Into the delay queue of `delay_ms` for the type, declared first (it expires when idle). TimeoutError
