@@ -4,6 +4,7 @@ burst  N noop tasks created through POST /tasks/bulk and run now: end-to-end run
        each run cost (CPU of every role, of PostgreSQL and of RabbitMQ; rows, WAL and index entries), during it.
 at     N noop tasks due at one instant a few seconds ahead: start lateness (started_at - scheduled_time).
 capacity  the capacity forecast over a million scheduled runs (bench/capacity.py); needs no roles.
+cron   (only when named: minutes) N every-minute cron tasks over M whole minutes: start lateness.
 celery-burst, celery-at, pgqueuer-burst, pgqueuer-at, celery-cron
        the same workloads through Celery and pgqueuer, as references (bench/references/); then a `ratios` line.
 """
@@ -28,6 +29,8 @@ from taskmill.db import connect
 from taskmill.migrate import migrate
 
 WORKLOADS = ("burst", "at", "capacity", *references.WORKLOADS)
+# Only when named: each takes minutes.
+EXTRA_WORKLOADS = ("cron", *references.EXTRA_WORKLOADS)
 DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/taskmill_bench")
 AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -56,7 +59,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     # No `choices` here: argparse checks an empty list against them and refuses it (CPython issue 9625).
     parser.add_argument(
-        "workloads", nargs="*", help=f"{', '.join(WORKLOADS)} (default: these), {', '.join(references.EXTRA_WORKLOADS)}"
+        "workloads", nargs="*", help=f"{', '.join(WORKLOADS)} (default: these), {', '.join(EXTRA_WORKLOADS)}"
     )
     parser.add_argument("--runs", type=int, default=20_000, help="runs in the burst workload")
     parser.add_argument("--at-runs", type=int, default=5_000)
@@ -71,19 +74,19 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--celery-pool", default="prefork", choices=["prefork", "solo", "threads"])
     parser.add_argument("--celery-acks-late", action="store_true", help="task_acks_late (default: Celery's, False)")
     parser.add_argument("--pgqueuer-batch-size", type=int, default=10, help="pgq run --batch-size (its default: 10)")
-    parser.add_argument("--cron-entries", type=int, default=200, help="every-minute entries in celery-cron")
-    parser.add_argument("--cron-minutes", type=int, default=3, help="minutes celery-cron measures")
+    parser.add_argument("--cron-entries", type=int, default=200, help="every-minute cron tasks in cron and celery-cron")
+    parser.add_argument("--cron-minutes", type=int, default=3, help="minutes cron and celery-cron measure")
     args = parser.parse_args(argv)
     args.workloads = args.workloads or list(WORKLOADS)
-    if unknown := set(args.workloads) - set(WORKLOADS) - set(references.EXTRA_WORKLOADS):
-        known = (*WORKLOADS, *references.EXTRA_WORKLOADS)
+    if unknown := set(args.workloads) - set(WORKLOADS) - set(EXTRA_WORKLOADS):
+        known = (*WORKLOADS, *EXTRA_WORKLOADS)
         parser.error(f"unknown workload {', '.join(sorted(unknown))}; known: {', '.join(known)}")
 
     await fresh_database(DSN)
     setup = Setup(args.processors, args.concurrency, args.distributors, args.queue_type)
     stack = Stack(DSN, AMQP, f"bench-{uuid.uuid4().hex[:8]}", setup)
     conn = await connect(DSN)
-    uses_stack = bool({"burst", "at"} & set(args.workloads))
+    uses_stack = bool({"burst", "at", "cron"} & set(args.workloads))
     if uses_stack:
         await stack.start()
     results = []
@@ -91,11 +94,13 @@ async def main(argv: Sequence[str] | None = None) -> None:
         for workload in args.workloads:
             if workload == "capacity":
                 result = await capacity.run(conn, DSN, args.capacity_runs, args.capacity_results, args.capacity_lagging)
-            elif workload not in ("burst", "at"):
+            elif workload not in ("burst", "at", "cron"):
                 result = await references.run(workload, DSN, AMQP, args)
             else:
                 if workload == "burst":
                     result = await pipeline.burst(conn, stack, args.runs, await cpu_groups(conn, stack))
+                elif workload == "cron":
+                    result = await pipeline.cron(conn, stack, args.cron_entries, args.cron_minutes)
                 else:
                     result = await pipeline.at(conn, stack, args.at_runs, args.at_ahead)
                 result["setup"] = {

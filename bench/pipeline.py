@@ -3,6 +3,7 @@
 burst  N noop tasks to run now: from the first request to the last recorded outcome, runs/s; what each run cost
        (CPU of every role, of PostgreSQL and of RabbitMQ; rows, WAL, index entries read), measured during the burst.
 at     N noop tasks due at one instant ahead: start lateness from the due time to the recorded start.
+cron   N every-minute cron tasks (the scheduler materializes their runs) over M whole minutes: start lateness.
 
 Both check that no run was lost or run twice.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -115,4 +116,44 @@ async def at(conn: asyncpg.Connection, stack: Stack, n: int, ahead_s: float) -> 
         "due_in_s": round(wait, 1),
         "lateness_ms": percentiles([r["ms"] for r in late]),
         **await integrity(conn, n),
+    }
+
+
+async def cron(conn: asyncpg.Connection, stack: Stack, n: int, minutes: int) -> dict[str, Any]:
+    """`n` tasks on `* * * * *`, measured over the `minutes` whole minutes after the one they were created in."""
+    await reset(conn)
+    await create(stack, [{"name": f"cron-{i}", "type": "noop", "schedule": {"kind": "cron", "cron": "* * * * *"}}
+                         for i in range(n)])  # fmt: skip
+    first: datetime = await conn.fetchval("SELECT date_trunc('minute', now()) + interval '1 minute'")
+    last = first + timedelta(minutes=minutes)
+    wait = (last - await conn.fetchval("SELECT now()")).total_seconds()
+    await asyncio.sleep(wait + 1)
+    expected = n * minutes
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done = await conn.fetchval(
+            f"SELECT count(*) FROM task_schedule WHERE scheduled_time >= $1 AND scheduled_time < $2 "
+            f"AND status::text IN {TERMINAL}",
+            first,
+            last,
+        )
+        if done >= expected:
+            break
+        await asyncio.sleep(0.2)
+    window = "FROM task_schedule WHERE scheduled_time >= $1 AND scheduled_time < $2"
+    late = await conn.fetch(
+        f"SELECT (extract(epoch FROM started_at - scheduled_time) * 1000)::float8 AS ms {window} "
+        "AND started_at IS NOT NULL",
+        first,
+        last,
+    )
+    succeeded = await conn.fetchval(f"SELECT count(*) {window} AND status = 'succeeded'", first, last)
+    return {
+        "workload": "cron",
+        "tasks": n,
+        "minutes": minutes,
+        "runs": len(late),
+        "lateness_ms": percentiles([r["ms"] for r in late]),
+        "lost": expected - succeeded,
+        "duplicates": await conn.fetchval("SELECT count(*) FROM task_schedule WHERE attempt > 1"),
     }

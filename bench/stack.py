@@ -54,6 +54,7 @@ class Stack:
 
     async def start(self) -> None:
         # The first distributor declares the topology; the others and the processors start once it exists.
+        await self._spawn("scheduler", "scheduler")
         await self._spawn("distributor-1", "distributor")
         await asyncio.sleep(1.0)
         for i in range(2, self.setup.distributors + 1):
