@@ -24,6 +24,7 @@ from processor.acks import CHANNEL_GONE, Acker
 from processor.claim import Claimer
 from processor.execute import Attempt, context, execute
 from processor.record import Recorder
+from processor.slots import Slots
 from taskmill.broker import Publisher
 from taskmill.crash import Crash, CrashPoint
 from taskmill.loops import first_error
@@ -74,8 +75,8 @@ class Consumer:
         self._claimer = Claimer(pool, worker, settings.db_retry_max_s)
         self._recorder = Recorder(settings, pool, publisher, worker)
         self._acker = Acker()
-        # Runs executing at once: a message may carry several (taken before each claim).
-        self._slots = asyncio.Semaphore(settings.concurrency)
+        # Runs executing at once: a message may carry several (a slot is taken before each claim).
+        self._slots = Slots(settings.concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._crash = Crash(settings.crash_at)
@@ -134,8 +135,24 @@ class Consumer:
         if self._stopping:
             await self._requeue(delivery)
             return
+        # Its runs in turn, each once due and given a slot: a message waits for one slot at a time, not its runs
+        # for theirs all at once.
+        verdicts: list[Verdict | asyncio.Task[Verdict]] = []
+        async with asyncio.TaskGroup() as group:
+            for message in runs:
+                if poison := self._too_early(message):
+                    verdicts.append(poison)
+                    continue
+                await self._claimer.until_due(message)
+                await self._slots.take()
+                verdicts.append(group.create_task(self._handle_run(message)))
+        await self._settle(delivery, runs, [v.result() if isinstance(v, asyncio.Task) else v for v in verdicts])
+
+    async def _settle(self, delivery: AbstractIncomingMessage, runs: list[RunMessage], verdicts: list[Verdict]) -> None:
+        """Acks the delivery once every run in it is done; dead-letters what no run can come of (a message of one
+        run as it came, a run of several alone); hands it back when a run of it was not started."""
         if len(runs) == 1:
-            verdict = await self._handle_run(runs[0])
+            (verdict,) = verdicts
             if isinstance(verdict, Poison):
                 await self._dead_letter(delivery, verdict.reason, runs[0].run_id)
             elif verdict is HANDED_BACK:
@@ -143,11 +160,8 @@ class Consumer:
             else:
                 self._acker.done(delivery)
             return
-        async with asyncio.TaskGroup() as group:
-            handling = [group.create_task(self._handle_run(message)) for message in runs]
         back = False
-        for message, task in zip(runs, handling, strict=True):
-            verdict = task.result()
+        for message, verdict in zip(runs, verdicts, strict=True):
             if isinstance(verdict, Poison):
                 verdict = DONE if await self._dead_letter_run(message, verdict.reason) else HANDED_BACK
             back = back or verdict is HANDED_BACK
@@ -157,16 +171,19 @@ class Consumer:
         else:
             self._acker.done(delivery)
 
-    async def _handle_run(self, message: RunMessage) -> Verdict:
-        """Claims, runs and records one run of a delivery: DONE (recorded, or not this message's to run),
-        HANDED_BACK (stopping before it started: another processor takes it), or Poison (no run can come of it)."""
+    def _too_early(self, message: RunMessage) -> Poison | None:
         ahead_s = message.scheduled_time.timestamp() - time.time()
         if ahead_s > self._settings.dispatch_lead_s + _MAX_CLOCK_SKEW_S:
             # No distributor publishes that early: held until due, it would take a prefetch slot for that long.
             return Poison(f"scheduled {ahead_s:.0f} s ahead: not a run message a distributor sent")
-        timeout_s = min(message.timeout_seconds, self._settings.max_timeout_s)
-        await self._claimer.until_due(message)
-        async with self._slots:  # taken before the claim: a run that waits for a slot has not started yet
+        return None
+
+    async def _handle_run(self, message: RunMessage) -> Verdict:
+        """Claims, runs and records one run of a delivery, in a slot taken for it (given back here): DONE (recorded,
+        or not this message's to run), HANDED_BACK (stopping before it started: another processor takes it), or
+        Poison (no run can come of it)."""
+        try:
+            timeout_s = min(message.timeout_seconds, self._settings.max_timeout_s)
             start = await self._claimer.claim(message, timeout_s + self._settings.running_grace_s)
             if start is None:  # stopping: another processor takes it
                 return HANDED_BACK
@@ -182,7 +199,9 @@ class Consumer:
                 await self._run(message)
             finally:
                 self._claimer.release(message)
-        return DONE
+            return DONE
+        finally:
+            self._slots.give()
 
     async def _run(self, message: RunMessage) -> None:
         """Executes the attempt this process won and records its outcome."""

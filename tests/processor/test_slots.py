@@ -1,0 +1,45 @@
+"""Execution slots: first come first served, a cancelled waiter never swallows a slot."""
+
+from __future__ import annotations
+
+import asyncio
+
+from processor.slots import Slots
+
+
+async def test_slots_are_handed_out_in_order_and_never_more_than_there_are() -> None:
+    slots = Slots(2)
+    order: list[int] = []
+    running = 0
+    most = 0
+
+    async def job(i: int) -> None:
+        nonlocal running, most
+        await slots.take()
+        order.append(i)
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01)
+        running -= 1
+        slots.give()
+
+    await asyncio.gather(*(job(i) for i in range(20)))
+    assert order == list(range(20))
+    assert most == 2
+
+
+async def test_a_waiter_cancelled_as_it_is_given_a_slot_passes_it_on() -> None:
+    slots = Slots(1)
+    await slots.take()
+    first = asyncio.ensure_future(slots.take())
+    second = asyncio.ensure_future(slots.take())
+    await asyncio.sleep(0)
+    slots.give()  # hands the slot to `first`...
+    first.cancel()  # ...which is cancelled before it runs: the slot goes on to `second`
+    await asyncio.gather(first, return_exceptions=True)
+    await asyncio.wait_for(second, 1)
+    third = asyncio.ensure_future(slots.take())
+    await asyncio.sleep(0.01)
+    assert not third.done()  # one slot, held by `second`
+    slots.give()
+    await asyncio.wait_for(third, 1)
