@@ -57,7 +57,7 @@ async def run(conn: asyncpg.Connection, dsn: str, runs: int, results: int, laggi
     await conn.execute(HISTORY, results)
     await conn.execute(LAGGING, lagging)
     fill_s = time.perf_counter() - started
-    pool = await create_pool(dsn, max_size=1)
+    pool = await create_pool(dsn, max_size=2)
     try:
         cold, warm = [], []
         for _ in range(5):

@@ -51,7 +51,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
     scaler = Scaler(settings.capacity_min_instances, settings.capacity_max_instances, settings.capacity_cooldown_s)
     options = Options.of(settings)
     history = History(settings.capacity_history_ttl_s)
-    pool = await role_pool(settings.database_url, max_size=1)
+    pool = await role_pool(settings.database_url, max_size=2)
     log.info("capacity ready", extra={"action": "ready"})
     try:
         while True:

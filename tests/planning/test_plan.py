@@ -142,3 +142,19 @@ async def test_an_attempt_counts_under_the_type_it_ran_as_even_after_its_task_ch
     assert await db.fetchval("SELECT type FROM task_results WHERE run_id = $1", run) == "noop"
     await db.execute("UPDATE tasks SET type = 'sleep', payload = '{\"ms\": 1}' WHERE id = $1", task.id)
     assert [(s.type, s.runs, s.mean_ms) for s in await type_summaries(db)] == [("noop", 1, 12.0)]
+
+
+def test_per_run_compute_and_distinct_ids_agree_with_sorting_for_dense_and_sparse_ids() -> None:
+    import numpy as np
+
+    from taskmill.planning.plan import per_run
+    from taskmill.store.capacity import distinct_ids
+
+    rng = np.random.default_rng(7)
+    for ids in (rng.integers(1, 500, 10_000), rng.integers(1, 2**40, 10_000)):  # a table, then the fallback
+        ids = ids.astype(np.int64)
+        tasks = distinct_ids(ids)
+        assert np.array_equal(tasks, np.unique(ids))
+        ms = rng.random(len(tasks)) * 1000
+        assert np.array_equal(per_run(ids, tasks, ms), ms[np.searchsorted(tasks, ids)])
+    assert len(distinct_ids(np.empty(0, dtype=np.int64))) == 0
