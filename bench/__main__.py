@@ -17,6 +17,7 @@ import json
 import os
 import uuid
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -28,7 +29,9 @@ from taskmill import topology
 from taskmill.db import connect
 from taskmill.migrate import migrate
 
-WORKLOADS = ("burst", "at", "capacity", *references.WORKLOADS)
+WORKLOADS = ("burst", "at", "capacity", "scale", *references.WORKLOADS)
+# The curve: (distributors, processors) for the `scale` workload.
+SCALE = ((1, 1), (1, 2), (1, 4), (2, 2), (2, 4))
 # Only when named: each takes minutes.
 EXTRA_WORKLOADS = ("cron", *references.EXTRA_WORKLOADS)
 DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/taskmill_bench")
@@ -43,6 +46,33 @@ async def fresh_database(dsn: str) -> None:
     finally:
         await admin.close()
     await migrate(dsn)
+
+
+async def scale(conn: asyncpg.Connection, base: Setup, runs: int) -> dict[str, Any]:
+    """The burst with 1, 2 and 4 processors and 1 and 2 distributors, each a stack of its own: runs/s, CPU ms per run
+    of each role and its memory."""
+    curve = []
+    for distributors, processors in SCALE:
+        setup = Setup(processors, base.concurrency, distributors, base.queue_type)
+        stack = Stack(DSN, AMQP, f"bench-{uuid.uuid4().hex[:8]}", setup)
+        await stack.start()
+        try:
+            line = await pipeline.burst(conn, stack, runs, await cpu_groups(conn, stack), counters=False)
+        finally:
+            await stack.stop()
+            await delete_broker_objects(stack.prefix)
+        curve.append(
+            {
+                "distributors": distributors,
+                "processors": processors,
+                "runs_per_s": line["runs_per_s"],
+                "lost": line["lost"],
+                "duplicates": line["duplicates"],
+                "cpu_ms_per_run": line["cpu_ms_per_run"],
+                "rss_mb": line["rss_mb"],
+            }
+        )
+    return {"workload": "scale", "runs": runs, "curve": curve}
 
 
 async def cpu_groups(conn: asyncpg.Connection, stack: Stack) -> dict[str, list[int]]:
@@ -94,6 +124,8 @@ async def main(argv: Sequence[str] | None = None) -> None:
         for workload in args.workloads:
             if workload == "capacity":
                 result = await capacity.run(conn, DSN, args.capacity_runs, args.capacity_results, args.capacity_lagging)
+            elif workload == "scale":
+                result = await scale(conn, setup, args.runs)
             elif workload not in ("burst", "at", "cron"):
                 result = await references.run(workload, DSN, AMQP, args)
             else:
