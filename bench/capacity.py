@@ -34,10 +34,11 @@ WITH r AS (
     INSERT INTO task_schedule (task_id, scheduled_time, status)
     SELECT t.id, now() - make_interval(secs => i), 'succeeded'
     FROM generate_series(1, $1) i JOIN tasks t ON t.id = 1 + i % 1000
-    RETURNING id, task_id
+    RETURNING id, task_id, scheduled_time
 )
-INSERT INTO task_results (run_id, attempt, status, finished_at, duration_ms, type)
-SELECT r.id, 1, 'succeeded', now() - make_interval(secs => r.id % 30000000), (r.id % 5000)::float8, t.type
+INSERT INTO task_results (run_id, attempt, status, finished_at, duration_ms, type, scheduled_time)
+SELECT r.id, 1, 'succeeded', now() - make_interval(secs => r.id % 30000000), (r.id % 5000)::float8, t.type,
+       r.scheduled_time
 FROM r JOIN tasks t ON t.id = r.task_id
 """
 

@@ -52,7 +52,7 @@ class Claimer:
 
         A database that went away is waited out (the delivery is held, not requeued: requeues count toward the
         broker's delivery limit); any other database error is raised."""
-        request = StartRequest(message.run_id, message.attempt, lease_s)
+        request = StartRequest(message.run_id, message.attempt, lease_s, message.scheduled_time)
         backoff = Backoff(self._db_retry_max_s)
         uncertain = False  # a claim went out and no answer came back: it may have committed
         while not self._stopping:

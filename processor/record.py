@@ -67,6 +67,7 @@ class Recorder:
             error=attempt.error and attempt.error.replace("\x00", "\ufffd"),
             finished_at=datetime.now(UTC),
             duration_ms=attempt.duration_ms,
+            scheduled_time=message.scheduled_time,
             retry_lease_s=delay_ms / 1000 + self._settings.queued_lease_s,
             type=message.type,
         )

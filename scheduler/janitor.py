@@ -1,7 +1,9 @@
-"""The janitor: purges terminal runs, results and audit rows older than the retention (R2), a batch at a time.
+"""The janitor: keeps the days of the partitioned tables (R2). Each pass prepares the partitions of the days ahead,
+drops the days older than the retention (taskmill/store/partitions.py), then purges what the default partitions
+hold past it, a batch at a time (taskmill/store/retention.py).
 
-It runs in every scheduler replica; the purge statements skip rows another janitor holds, so replicas share the
-work with no leader (see taskmill/store/retention.py).
+It runs in every scheduler replica: an advisory lock lets one prepare and drop days at a time, and the purge
+statements skip rows another janitor holds, so replicas share the work with no leader.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from taskmill.db import Connection, is_transient
 from taskmill.loops import wait_or_stop
 from taskmill.settings import Settings
+from taskmill.store.partitions import Retired, prepare, retire
 from taskmill.store.retention import Purged, purge_audit, purge_results, purge_runs
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,24 @@ class PurgeReport:
         return PurgeReport(
             self.runs + purged.runs, self.results + purged.results, self.audit + purged.audit, self.batches + 1
         )
+
+
+async def tend_days(pool: asyncpg.Pool, retention_days: int, days_ahead: int) -> Retired:
+    """Prepares the days ahead and drops those past the retention (a day goes once it ended that long ago)."""
+    async with pool.acquire() as conn:
+        now: datetime = await conn.fetchval("SELECT now()")
+        made = await prepare(conn, now.astimezone(UTC).date(), days_ahead)
+        retired = await retire(conn, now - timedelta(days=retention_days))
+    if made:
+        log.info("prepared partitions %s", ", ".join(made), extra={"action": "partitions"})
+    if retired.dropped:
+        log.info(
+            "dropped partitions %s (%d runs not over handed to the default partition)",
+            ", ".join(retired.dropped),
+            retired.kept_runs,
+            extra={"action": "partitions"},
+        )
+    return retired
 
 
 async def purge(pool: asyncpg.Pool, days: int, batch: int, stop: asyncio.Event | None = None) -> PurgeReport:
@@ -62,6 +84,7 @@ async def janitor_loop(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Eve
     again next time, any other error raised."""
     while not stop.is_set():
         try:
+            await tend_days(pool, settings.retention_days, settings.partition_days_ahead)
             done = await purge(pool, settings.retention_days, settings.retention_batch, stop)
         except Exception as exc:
             if not is_transient(exc):

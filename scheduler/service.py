@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from scheduler.janitor import janitor_loop, purge
+from scheduler.janitor import janitor_loop, purge, tend_days
 from scheduler.materialize import materialize
 from taskmill.db import is_transient, role_pool
 from taskmill.loops import Backoff, run_loops, unless_stopped
@@ -24,6 +24,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
     pool = await role_pool(settings.database_url, max_size=3)
     try:
         if until_idle:
+            await tend_days(pool, settings.retention_days, settings.partition_days_ahead)
             await _materialize_once(pool, settings)
             await purge(pool, settings.retention_days, settings.retention_batch)
             return

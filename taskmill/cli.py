@@ -137,7 +137,7 @@ async def _dev(settings: Settings, stop: asyncio.Event) -> None:
     from taskmill.loops import run_loops
     from taskmill.migrate import migrate
 
-    await migrate(settings.database_url)
+    await migrate(settings.database_url, settings.partition_days_ahead)
     if not (settings.jwt_secret or settings.jwt_public_key):
         # A secret for this session only, and a token to try the API with.
         settings = settings.model_copy(update={"jwt_secret": secrets.token_urlsafe(32)})
@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "migrate":
             from taskmill.migrate import migrate
 
-            applied = _run(migrate(settings.database_url))
+            applied = _run(migrate(settings.database_url, settings.partition_days_ahead))
             print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
         elif args.command == "dev":
             _run(_until_signal(lambda stop: _dev(settings, stop)))

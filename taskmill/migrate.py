@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import UTC, datetime
 from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from taskmill.settings import ConfigError
+from taskmill.store.partitions import prepare
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ async def create_database_if_missing(dsn: str) -> bool:
     return True
 
 
-async def migrate(dsn: str) -> list[str]:
+async def migrate(dsn: str, days_ahead: int = 14) -> list[str]:
     """Brings the database up to date; returns the names of the migrations it applied."""
     if await create_database_if_missing(dsn):
         log.info("created database", extra={"action": "create_database"})
@@ -65,6 +67,9 @@ async def migrate(dsn: str) -> list[str]:
                 await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", name)
             applied.append(name)
             log.info("applied migration %s", name, extra={"action": "migrate"})
+        # The days of the partitioned tables, from today on (the scheduler's janitor keeps preparing them).
+        now: datetime = await conn.fetchval("SELECT now()")
+        await prepare(conn, now.astimezone(UTC).date(), days_ahead)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
         await conn.close()
@@ -74,7 +79,7 @@ async def migrate(dsn: str) -> list[str]:
 def schema_tables() -> list[str]:
     """The tables of the current schema (taskmill/schema.sql)."""
     text = (resources.files("taskmill") / "schema.sql").read_text()
-    return re.findall(r"^CREATE TABLE (\w+)", text, flags=re.MULTILINE)
+    return re.findall(r"^CREATE TABLE (\w+) \(", text, flags=re.MULTILINE)  # not the partitions
 
 
 class NotMigrated(ConfigError):

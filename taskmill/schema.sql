@@ -51,10 +51,15 @@ CREATE TABLE tasks (
 CREATE INDEX tasks_to_materialize ON tasks (materialized_until NULLS FIRST)
     WHERE active AND deleted_at IS NULL AND schedule_kind IN ('cron', 'interval');
 
+-- Runs, their results and the audit trail are partitioned by day (UTC): task_schedule and task_results by the run's
+-- scheduled time (a run and its results go together), run_audit by the time of the change. taskmill/store/
+-- partitions.py prepares the days ahead (`<table>_pYYYYMMDD`) and drops those past the retention; each table's
+-- DEFAULT partition holds what no day does (a run scheduled beyond the prepared days).
+
 -- One row a run: the scheduler inserts recurring runs ahead of time, the API one-off and invoked ones.
 CREATE TABLE task_schedule (
-    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    task_id        bigint NOT NULL REFERENCES tasks (id),
+    id             bigint GENERATED ALWAYS AS IDENTITY,
+    task_id        bigint NOT NULL CONSTRAINT task_schedule_task_id_fkey REFERENCES tasks (id),
     scheduled_time timestamptz NOT NULL,
     status         run_status NOT NULL DEFAULT 'scheduled',
     -- Attempts started so far; a message for attempt n may only start a row whose attempt is n - 1.
@@ -70,39 +75,40 @@ CREATE TABLE task_schedule (
     created_by     text,
     -- Attempts whose processor was lost: run again elsewhere without spending the task's retries, up to
     -- TASKMILL_LOST_LIMIT.
-    lost           integer NOT NULL DEFAULT 0 CHECK (lost >= 0),
-    UNIQUE (task_id, scheduled_time)
-);
+    lost           integer NOT NULL DEFAULT 0 CONSTRAINT task_schedule_lost_check CHECK (lost >= 0),
+    -- A run's key is its id and its time: the time names its partition.
+    CONSTRAINT task_schedule_pkey PRIMARY KEY (id, scheduled_time),
+    CONSTRAINT task_schedule_task_id_scheduled_time_key UNIQUE (task_id, scheduled_time)
+) PARTITION BY RANGE (scheduled_time);
 
 -- The distributor's claim: due rows in time order.
 CREATE INDEX task_schedule_due ON task_schedule (scheduled_time) WHERE status = 'scheduled';
 -- The rescuer: in-flight rows whose lease ran out.
 CREATE INDEX task_schedule_leases ON task_schedule (lease_until) WHERE status IN ('queued', 'running', 'retrying');
--- Retention: terminal runs by the time they finished (their scheduled time if none was recorded). Partial: a run
--- gets its one entry when it ends.
-CREATE INDEX task_schedule_ended ON task_schedule ((coalesce(finished_at, scheduled_time)))
-    WHERE status IN ('succeeded', 'failed', 'dead', 'cancelled', 'skipped');
 -- GET /runs: recent runs across all tasks, newest first, keyset on (scheduled_time, id).
 CREATE INDEX task_schedule_recent ON task_schedule (scheduled_time, id);
+CREATE TABLE task_schedule_default PARTITION OF task_schedule DEFAULT;
 
 -- One version per attempt of a run: its outcome, result and error, and the type it ran as.
 CREATE TABLE task_results (
-    run_id      bigint NOT NULL REFERENCES task_schedule (id) ON DELETE CASCADE,
-    attempt     integer NOT NULL,
-    status      run_status NOT NULL,
-    started_at  timestamptz,
-    finished_at timestamptz NOT NULL,
-    duration_ms double precision,
-    worker      text,
-    result      jsonb,
-    error       text,
+    run_id         bigint NOT NULL,
+    attempt        integer NOT NULL,
+    status         run_status NOT NULL,
+    started_at     timestamptz,
+    finished_at    timestamptz NOT NULL,
+    duration_ms    double precision,
+    worker         text,
+    result         jsonb,
+    error          text,
     -- Kept with the result so the per-type statistics read one table, and an attempt stays counted under the type
     -- it ran as when its task is later edited.
-    type        text,
-    PRIMARY KEY (run_id, attempt)
-);
+    type           text,
+    -- The run's: the partition it shares with its run.
+    scheduled_time timestamptz NOT NULL,
+    CONSTRAINT task_results_pkey PRIMARY KEY (run_id, scheduled_time, attempt)
+) PARTITION BY RANGE (scheduled_time);
 
-CREATE INDEX task_results_finished ON task_results (finished_at);
+CREATE TABLE task_results_default PARTITION OF task_results DEFAULT;
 
 -- Every status change of every run, written by the database itself (the triggers below). Append-only: no key.
 CREATE TABLE run_audit (
@@ -113,10 +119,10 @@ CREATE TABLE run_audit (
     attempt     integer NOT NULL,
     worker      text,
     at          timestamptz NOT NULL DEFAULT clock_timestamp()
-);
+) PARTITION BY RANGE (at);
 
 CREATE INDEX run_audit_run ON run_audit (run_id);
-CREATE INDEX run_audit_at ON run_audit (at);
+CREATE TABLE run_audit_default PARTITION OF run_audit DEFAULT;
 
 -- The processors at work: each registers at start, says it is alive every few seconds and leaves when it stops.
 -- GET /health lists those seen lately with the isolation their command runs get.
@@ -209,13 +215,14 @@ RETURNS text LANGUAGE sql STABLE AS $$
 $$;
 
 -- The distributor's claim: the oldest runs due within `lead_s`, skipping rows another replica holds, moved to
--- queued, with their messages. Right after a bulk insert the planner's statistics say few rows are due and it
+-- queued, with their messages; each row is found by its whole key, so the update reads one partition a row. Right
+-- after a bulk insert the planner's statistics say few rows are due and it
 -- would sort every due row to take the first thousand; the settings keep it on the ordered index scan.
 CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision)
 RETURNS TABLE (id bigint, type text, status run_status, body text)
 LANGUAGE sql SET enable_sort = off SET enable_bitmapscan = off AS $$
     WITH due AS (
-        SELECT s.id FROM task_schedule s
+        SELECT s.id, s.scheduled_time FROM task_schedule s
         WHERE s.status = 'scheduled' AND s.scheduled_time <= now() + make_interval(secs => lead_s)
           AND (s.lease_until IS NULL OR s.lease_until <= now())
         ORDER BY s.scheduled_time
@@ -224,7 +231,7 @@ LANGUAGE sql SET enable_sort = off SET enable_bitmapscan = off AS $$
     ), r AS (
         UPDATE task_schedule s
         SET status = 'queued', queued_at = now(), lease_until = now() + make_interval(secs => lease_s)
-        FROM due WHERE s.id = due.id
+        FROM due WHERE s.id = due.id AND s.scheduled_time = due.scheduled_time
         RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status
     )
     SELECT r.id, t.type, r.status, run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, t)
@@ -235,8 +242,8 @@ $$;
 -- Every attempt counts, failed ones too: they used the compute the forecast is about. An attempt lost with its
 -- processor has no duration and is left out. Results recorded without a type are looked up through their run.
 CREATE VIEW average_elapsed_time_per_task_type AS
-SELECT coalesce(r.type, (SELECT t.type FROM task_schedule s JOIN tasks t ON t.id = s.task_id WHERE s.id = r.run_id))
-           AS type,
+SELECT coalesce(r.type, (SELECT t.type FROM task_schedule s JOIN tasks t ON t.id = s.task_id
+                         WHERE s.id = r.run_id AND s.scheduled_time = r.scheduled_time)) AS type,
        count(*) AS runs,
        count(*) FILTER (WHERE r.status <> 'succeeded') AS failures,
        avg(r.duration_ms)::float8 AS mean_ms,

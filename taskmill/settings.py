@@ -179,6 +179,9 @@ class Settings(BaseSettings):
     retention_days: int = Field(90, ge=1, le=36_500)
     retention_batch: int = Field(5000, ge=1, le=100_000)
     retention_interval_s: float = Field(600.0, gt=0)
+    # Days of partitions (runs, results, audit) prepared ahead of today; a run scheduled further out waits in the
+    # default partition until its day is prepared.
+    partition_days_ahead: int = Field(14, ge=1, le=366)
     # Comma-separated host names, `*.example.com` wildcards and CIDR blocks; empty allows all; deny wins.
     http_allow_hosts: HostList = ""
     http_deny_hosts: HostList = ""

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC
 from importlib import resources
 
 import asyncpg
 import pytest
 
 from taskmill.migrate import check_migrated, migrate, migration_files
+from taskmill.store.partitions import prepare
 from tests.conftest import PG_ADMIN, _dsn
 from tests.tools import pg_bin
 
@@ -56,6 +58,8 @@ async def test_the_migrations_make_exactly_the_schema_in_schema_sql(empty_databa
     conn = await asyncpg.connect(_dsn(declared))
     try:
         await conn.execute((resources.files("taskmill") / "schema.sql").read_text())
+        # The days the migration prepared, prepared the same way (on the same day).
+        await prepare(conn, (await conn.fetchval("SELECT now()")).astimezone(UTC).date(), 14)
         declared_moves = await conn.fetch("SELECT * FROM run_transitions ORDER BY 1, 2")
     finally:
         await conn.close()

@@ -86,11 +86,17 @@ async def make_plan(pool: asyncpg.Pool, history: History, options: Options) -> P
     results) are read on it while the scheduled runs are read on the first."""
     async with pool.acquire() as conn:
         if pool.get_max_size() > 1:
-            means: Awaitable[dict[str, float]] = asyncio.ensure_future(_means(pool, history))
+            reading = asyncio.ensure_future(_means(pool, history))
+            means: Awaitable[dict[str, float]] = reading
         else:
-            means = history.means(conn)
-        # What the SQL reads covers the last bucket whole; the exact `now` is only known inside the snapshot.
-        seen = await upcoming(conn, options.horizon_s + options.bucket_s, means)
+            reading, means = None, history.means(conn)
+        try:
+            # What the SQL reads covers the last bucket whole; the exact `now` is only known inside the snapshot.
+            seen = await upcoming(conn, options.horizon_s + options.bucket_s, means)
+        finally:
+            if reading is not None:  # the runs could not be read: nor are the means needed, nor their error
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
     # numpy over a million runs, and cron expansion, take CPU: off the event loop.
     return await asyncio.to_thread(compute, seen, options)
 

@@ -56,8 +56,8 @@ async def type_summaries(conn: Conn) -> list[TypeSummary]:
 # The mean alone, for the forecast: a hashed aggregate over the year's results (the view's percentiles sort them).
 # As in the view, a result recorded without its type is looked up through its run.
 TYPE_MEANS = """
-SELECT coalesce(r.type, (SELECT t.type FROM task_schedule s JOIN tasks t ON t.id = s.task_id WHERE s.id = r.run_id))
-           AS type,
+SELECT coalesce(r.type, (SELECT t.type FROM task_schedule s JOIN tasks t ON t.id = s.task_id
+                         WHERE s.id = r.run_id AND s.scheduled_time = r.scheduled_time)) AS type,
        avg(r.duration_ms)::float8 AS mean_ms
 FROM task_results r
 WHERE r.finished_at > now() - interval '1 year' AND r.duration_ms IS NOT NULL

@@ -1,8 +1,10 @@
-"""The janitor's statements: purging what is older than the retention, one batch per statement.
+"""The janitor's row-by-row purge, for what the dropping of whole days (taskmill/store/partitions.py) leaves: the
+rows of the DEFAULT partitions (runs scheduled beyond the prepared days, runs of a retired day that were not over,
+rows written while a day was missing), one batch per statement.
 
 Each statement picks its batch with `FOR UPDATE SKIP LOCKED`, so any number of janitors share the work without
-waiting on each other or deleting a row twice, and each batch is its own short transaction: no long locks, and
-autovacuum reclaims the space as it goes instead of after one giant delete. The cutoff is the database's clock.
+waiting on each other or deleting a row twice, and each batch is its own short transaction. The cutoff is the
+database's clock.
 """
 
 from __future__ import annotations
@@ -11,47 +13,41 @@ from dataclasses import dataclass
 
 from taskmill.db import Connection
 
-# Terminal runs that ended before the cutoff go with their audit rows in the same statement; their results go by
-# the foreign key's ON DELETE CASCADE. A run that is not terminal stays, whatever its age.
-# The status list and the coalesce match the partial index task_schedule_ended (0004_retention.sql).
+# Terminal runs that ended before the cutoff go with their results and audit rows in the same statement. A run that
+# is not terminal stays, whatever its age.
 PURGE_RUNS = """
 WITH doomed AS (
-    SELECT id FROM task_schedule
+    SELECT id, scheduled_time FROM task_schedule_default
     WHERE status IN ('succeeded', 'failed', 'dead', 'cancelled', 'skipped')
       AND coalesce(finished_at, scheduled_time) < now() - make_interval(days => $1)
-    ORDER BY coalesce(finished_at, scheduled_time)
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), runs AS (
-    DELETE FROM task_schedule s USING doomed WHERE s.id = doomed.id RETURNING s.id
+    DELETE FROM task_schedule_default s USING doomed
+    WHERE s.id = doomed.id AND s.scheduled_time = doomed.scheduled_time RETURNING s.id, s.scheduled_time
+), results AS (
+    DELETE FROM task_results r USING runs WHERE r.run_id = runs.id AND r.scheduled_time = runs.scheduled_time
 ), audit AS (
     DELETE FROM run_audit a USING runs WHERE a.run_id = runs.id RETURNING 1
 )
 SELECT (SELECT count(*) FROM runs) AS runs, (SELECT count(*) FROM audit) AS audit
 """
 
-# What is left: old attempts of runs still in flight (a retry far in the future) keep their run, not their result.
+# Results and audit rows left in the default partitions by their own age.
 PURGE_RESULTS = """
 WITH doomed AS (
-    SELECT run_id, attempt FROM task_results
-    WHERE finished_at < now() - make_interval(days => $1)
-    ORDER BY finished_at
-    LIMIT $2
+    SELECT ctid FROM task_results_default WHERE finished_at < now() - make_interval(days => $1) LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
-DELETE FROM task_results r USING doomed WHERE r.run_id = doomed.run_id AND r.attempt = doomed.attempt
+DELETE FROM task_results_default WHERE ctid = ANY (ARRAY(SELECT ctid FROM doomed))
 """
 
-# Audit rows have no key: a batch is named by ctid, stable while the row lock is held.
 PURGE_AUDIT = """
 WITH doomed AS (
-    SELECT ctid FROM run_audit
-    WHERE at < now() - make_interval(days => $1)
-    ORDER BY at
-    LIMIT $2
+    SELECT ctid FROM run_audit_default WHERE at < now() - make_interval(days => $1) LIMIT $2
     FOR UPDATE SKIP LOCKED
 )
-DELETE FROM run_audit WHERE ctid = ANY (ARRAY(SELECT ctid FROM doomed))
+DELETE FROM run_audit_default WHERE ctid = ANY (ARRAY(SELECT ctid FROM doomed))
 """
 
 

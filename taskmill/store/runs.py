@@ -72,26 +72,28 @@ async def next_due_in(conn: Conn, lead_s: float = 0.0) -> float | None:
 
 # One statement, so one `now()`: a run is either won, or not due yet, or not this message's to start, or no run
 # at all. (Asked in two statements, a run falling due between them looked lost and its message was dropped.)
-# Every row is found by its primary key: the other conditions are written so that no other index can serve them
+# Every row is found by its primary key, (id, scheduled_time), its time naming its partition: the other conditions
+# are written so that no other index can serve them
 # (`(... ) IS TRUE`, `status::text`). A pooled connection plans each statement once, generically, and keeps the plan;
 # planned while the table was empty, a `scheduled_time <= now()` chose the (scheduled_time, id) index and every
 # batch of a burst then walked all of it: 114 M index entries read for 20,000 runs.
 START = """
-WITH won AS (
+WITH b AS (
+    SELECT * FROM unnest($1::bigint[], $3::int[], $4::float8[], $5::timestamptz[]) AS b(id, attempt, lease_s, at)
+), won AS (
     UPDATE task_schedule s
     SET status = 'running', attempt = s.attempt + 1, started_at = now(), worker = $2, error = NULL,
         lease_until = now() + make_interval(secs => b.lease_s)
-    FROM unnest($1::bigint[], $3::int[], $4::float8[]) AS b(id, attempt, lease_s)
-    WHERE s.id = b.id AND s.attempt = b.attempt - 1
+    FROM b
+    WHERE s.id = b.id AND s.scheduled_time = b.at AND s.attempt = b.attempt - 1
       AND s.status::text IN ('scheduled', 'queued', 'retrying') AND (s.scheduled_time <= now()) IS TRUE
     RETURNING s.id, s.attempt
 ), early AS (
-    SELECT s.id FROM task_schedule s
-    WHERE s.id = ANY($1::bigint[]) AND s.status::text IN ('scheduled', 'queued', 'retrying')
-      AND (s.scheduled_time > now()) IS TRUE
+    SELECT s.id FROM b JOIN task_schedule s ON s.id = b.id AND s.scheduled_time = b.at
+    WHERE s.status::text IN ('scheduled', 'queued', 'retrying') AND (s.scheduled_time > now()) IS TRUE
 ), unknown AS (
-    SELECT b.id FROM unnest($1::bigint[]) AS b(id)
-    WHERE NOT EXISTS (SELECT 1 FROM task_schedule s WHERE s.id = b.id)
+    SELECT b.id FROM b
+    WHERE NOT EXISTS (SELECT 1 FROM task_schedule s WHERE s.id = b.id AND s.scheduled_time = b.at)
 )
 SELECT id, attempt, 'won' AS kind FROM won
 UNION ALL SELECT id, NULL, 'early' FROM early
@@ -104,6 +106,7 @@ class StartRequest:
     run_id: int
     attempt: int
     lease_s: float
+    scheduled_time: datetime  # with the id, the run's key (its partition)
 
 
 class Start(enum.Enum):
@@ -116,7 +119,12 @@ class Start(enum.Enum):
 async def start_runs(conn: Conn, worker: str, requests: Sequence[StartRequest]) -> list[Start]:
     """The compare-and-set into running, for a batch of deliveries."""
     rows = await conn.fetch(
-        START, [q.run_id for q in requests], worker, [q.attempt for q in requests], [q.lease_s for q in requests]
+        START,
+        [q.run_id for q in requests],
+        worker,
+        [q.attempt for q in requests],
+        [q.lease_s for q in requests],
+        [q.scheduled_time for q in requests],
     )
     # Matched on (run, attempt): a stale copy in the same batch as the message that won must not think it won.
     won = {(r["id"], r["attempt"]) for r in rows if r["kind"] == "won"}
@@ -134,8 +142,8 @@ async def start_runs(conn: Conn, worker: str, requests: Sequence[StartRequest]) 
 FINISH = """
 WITH b AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::run_status[], $4::text[], $5::text[], $6::float8[],
-                         $7::timestamptz[], $8::float8[], $9::text[])
-        AS b(id, attempt, status, result, error, retry_in_s, finished_at, duration_ms, type)
+                         $7::timestamptz[], $8::float8[], $9::text[], $10::timestamptz[])
+        AS b(id, attempt, status, result, error, retry_in_s, finished_at, duration_ms, type, at)
 ), done AS (
     UPDATE task_schedule s
     SET status = b.status,
@@ -144,15 +152,15 @@ WITH b AS (
         lease_until = CASE WHEN b.status = 'retrying' THEN b.finished_at + make_interval(secs => b.retry_in_s) END
     -- By primary key only (see START): `status = 'running'` would let a generic plan walk the whole partial index of
     -- runs in flight, which holds every run of a burst (152 M entries read for 20,000 runs).
-    FROM b WHERE s.id = b.id AND s.status::text = 'running' AND s.attempt = b.attempt
-    RETURNING s.id, s.started_at, s.worker
+    FROM b WHERE s.id = b.id AND s.scheduled_time = b.at AND s.status::text = 'running' AND s.attempt = b.attempt
+    RETURNING s.id, s.started_at, s.worker, s.scheduled_time
 ), kept AS (
     INSERT INTO task_results (run_id, attempt, status, started_at, finished_at, duration_ms, worker, result, error,
-                              type)
+                              type, scheduled_time)
     SELECT d.id, b.attempt, CASE WHEN b.status = 'retrying' THEN 'failed'::run_status ELSE b.status END,
-           d.started_at, b.finished_at, b.duration_ms, d.worker, b.result::jsonb, b.error, b.type
+           d.started_at, b.finished_at, b.duration_ms, d.worker, b.result::jsonb, b.error, b.type, d.scheduled_time
     FROM done d JOIN b ON b.id = d.id
-    ON CONFLICT (run_id, attempt) DO NOTHING
+    ON CONFLICT (run_id, scheduled_time, attempt) DO NOTHING
 )
 SELECT id FROM done
 """
@@ -167,6 +175,7 @@ class Outcome:
     error: str | None
     finished_at: datetime
     duration_ms: float
+    scheduled_time: datetime  # the run's: with the id, its key (its partition)
     # For retrying: when the rescuer may publish the retry itself if the delayed message never comes back.
     retry_lease_s: float = 0.0
     type: str | None = None  # the task type the attempt ran as (kept with the result for the per-type statistics)
@@ -185,6 +194,7 @@ async def finish_runs(conn: Conn, outcomes: Sequence[Outcome]) -> list[bool]:
         [o.finished_at for o in outcomes],
         [o.duration_ms for o in outcomes],
         [o.type for o in outcomes],
+        [o.scheduled_time for o in outcomes],
     )
     done = {r["id"] for r in rows}
     return [o.run_id in done for o in outcomes]
@@ -193,33 +203,39 @@ async def finish_runs(conn: Conn, outcomes: Sequence[Outcome]) -> list[bool]:
 # After a statement whose reply was lost with the connection: did it commit? Only asked by the processor that
 # sent it, so a restarted processor with the same worker name (a container's pid 1) never takes a run this way.
 STARTED_BY = """
-SELECT EXISTS (SELECT 1 FROM task_schedule WHERE id = $1 AND status = 'running' AND attempt = $2 AND worker = $3)
+SELECT EXISTS (SELECT 1 FROM task_schedule
+               WHERE id = $1 AND scheduled_time = $4 AND status = 'running' AND attempt = $2 AND worker = $3)
 """
 # finished_at is the processor's own clock reading, so it tells this outcome from a rescuer's record of the attempt.
 FINISHED_BY = """
-SELECT EXISTS (SELECT 1 FROM task_results WHERE run_id = $1 AND attempt = $2 AND finished_at = $3 AND worker = $4)
+SELECT EXISTS (SELECT 1 FROM task_results
+               WHERE run_id = $1 AND scheduled_time = $5 AND attempt = $2 AND finished_at = $3 AND worker = $4)
 """
 
 
 async def started_by(conn: Conn, worker: str, request: StartRequest) -> bool:
     """Whether `worker`'s claim of this attempt committed (and the run is still running it)."""
-    return bool(await conn.fetchval(STARTED_BY, request.run_id, request.attempt, worker))
+    return bool(await conn.fetchval(STARTED_BY, request.run_id, request.attempt, worker, request.scheduled_time))
 
 
 async def finished_by(conn: Conn, worker: str, outcome: Outcome) -> bool:
     """Whether `worker`'s record of this outcome committed."""
-    return bool(await conn.fetchval(FINISHED_BY, outcome.run_id, outcome.attempt, outcome.finished_at, worker))
+    return bool(
+        await conn.fetchval(
+            FINISHED_BY, outcome.run_id, outcome.attempt, outcome.finished_at, worker, outcome.scheduled_time
+        )
+    )
 
 
 RESCUE_WAITING = f"""
 WITH stale AS (
-    SELECT id FROM task_schedule
+    SELECT id, scheduled_time FROM task_schedule
     WHERE status IN ('queued', 'retrying') AND lease_until < now()
     ORDER BY lease_until LIMIT $1
     FOR UPDATE SKIP LOCKED
 ), r AS (
     UPDATE task_schedule s SET lease_until = now() + make_interval(secs => $2)
-    FROM stale WHERE s.id = stale.id
+    FROM stale WHERE s.id = stale.id AND s.scheduled_time = stale.scheduled_time
     RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status
 )
 SELECT r.id, t.type, r.status, {_MESSAGE} AS body FROM r JOIN tasks t ON t.id = r.task_id
@@ -230,7 +246,7 @@ SELECT r.id, t.type, r.status, {_MESSAGE} AS body FROM r JOIN tasks t ON t.id = 
 # than the limit ($3) is dead: it may be what kills them.
 RESCUE_LOST = f"""
 WITH lost AS (
-    SELECT s.id FROM task_schedule s
+    SELECT s.id, s.scheduled_time FROM task_schedule s
     WHERE s.status = 'running' AND s.lease_until < now()
     ORDER BY s.lease_until LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -245,14 +261,14 @@ WITH lost AS (
         finished_at = CASE WHEN s.lost >= $3 THEN now() END,
         queued_at = now(),
         lease_until = CASE WHEN s.lost >= $3 THEN NULL ELSE now() + make_interval(secs => $2) END
-    FROM lost WHERE s.id = lost.id
+    FROM lost WHERE s.id = lost.id AND s.scheduled_time = lost.scheduled_time
     RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status, s.started_at,
               s.worker, s.error
 ), kept AS (
-    INSERT INTO task_results (run_id, attempt, status, started_at, finished_at, worker, error, type)
-    SELECT r.id, r.attempt, 'failed', r.started_at, now(), r.worker, r.error, t.type
+    INSERT INTO task_results (run_id, attempt, status, started_at, finished_at, worker, error, type, scheduled_time)
+    SELECT r.id, r.attempt, 'failed', r.started_at, now(), r.worker, r.error, t.type, r.scheduled_time
     FROM r JOIN tasks t ON t.id = r.task_id
-    ON CONFLICT (run_id, attempt) DO NOTHING
+    ON CONFLICT (run_id, scheduled_time, attempt) DO NOTHING
 )
 SELECT r.id, t.type, r.status, {_MESSAGE} AS body FROM r JOIN tasks t ON t.id = r.task_id
 """

@@ -12,6 +12,9 @@ import httpx
 from tests.api.conftest import bearer
 from tests.helpers import new_task
 
+# A result carries its run's scheduled time (the partition it shares with its run).
+RUN_AT = "(SELECT scheduled_time FROM task_schedule WHERE id = $1)"
+
 
 async def test_task_summary_gives_runs_failures_and_elapsed_time_per_type(
     client: httpx.AsyncClient, db: asyncpg.Connection
@@ -26,8 +29,8 @@ async def test_task_summary_gives_runs_failures_and_elapsed_time_per_type(
             status,
         )
         await db.execute(
-            "INSERT INTO task_results (run_id, attempt, status, finished_at, duration_ms) "
-            "VALUES ($1, 1, $2::run_status, now(), $3)",
+            "INSERT INTO task_results (run_id, attempt, status, finished_at, duration_ms, scheduled_time) "
+            f"VALUES ($1, 1, $2::run_status, now(), $3, {RUN_AT})",
             run,
             status,
             ms,

@@ -269,8 +269,9 @@ async def finished_run(db: asyncpg.Connection, task_id: int) -> int:
     result = {"exit_code": 3, "stdout": "<script>window.__pwned=1</script>", "stderr": "oops"}
     await db.execute(
         """INSERT INTO task_results (run_id, attempt, status, started_at, finished_at, duration_ms, worker, result,
-                                     error)
-           VALUES ($1, 1, 'failed', now(), now(), 12.5, 'w1', $2::jsonb, 'exit code 3')""",
+                                     error, scheduled_time)
+           VALUES ($1, 1, 'failed', now(), now(), 12.5, 'w1', $2::jsonb, 'exit code 3',
+                   (SELECT scheduled_time FROM task_schedule WHERE id = $1))""",
         run_id,
         result,
     )

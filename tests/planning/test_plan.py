@@ -17,6 +17,9 @@ from taskmill.store.capacity import type_summaries
 from taskmill.store.runs import Outcome, Start, StartRequest, finish_runs, start_runs
 from tests.helpers import new_task
 
+# A result carries its run's scheduled time (the partition it shares with its run).
+RUN_AT = "(SELECT scheduled_time FROM task_schedule WHERE id = $1)"
+
 
 async def add_result(
     db: asyncpg.Connection, task_id: int, ms: float, days_ago: float, status: str = "succeeded"
@@ -29,8 +32,8 @@ async def add_result(
         status,
     )
     await db.execute(
-        "INSERT INTO task_results (run_id, attempt, status, finished_at, duration_ms) "
-        "VALUES ($1, 1, $2, now() - make_interval(secs => $3), $4)",
+        "INSERT INTO task_results (run_id, attempt, status, finished_at, duration_ms, scheduled_time) "
+        f"VALUES ($1, 1, $2, now() - make_interval(secs => $3), $4, {RUN_AT})",
         run,
         status,
         days_ago * 86400,
@@ -50,7 +53,9 @@ async def test_the_average_covers_the_past_year_of_finished_attempts_per_type(db
         "INSERT INTO task_schedule (task_id, scheduled_time) VALUES ($1, now()) RETURNING id", sleep
     )
     await db.execute(
-        "INSERT INTO task_results (run_id, attempt, status, finished_at) VALUES ($1, 1, 'failed', now())", lost
+        f"INSERT INTO task_results (run_id, attempt, status, finished_at, scheduled_time) "
+        f"VALUES ($1, 1, 'failed', now(), {RUN_AT})",
+        lost,
     )
     summaries = {s.type: s for s in await type_summaries(db)}
     assert set(summaries) == {"noop", "sleep"}
@@ -135,9 +140,13 @@ async def test_an_attempt_counts_under_the_type_it_ran_as_even_after_its_task_ch
     db: asyncpg.Connection,
 ) -> None:
     task = await new_task(db, "changes", "noop")
-    [run] = [r[0] for r in await db.fetch("SELECT id FROM task_schedule WHERE task_id = $1", task.id)]
-    assert await start_runs(db, "w", [StartRequest(run, 1, 30.0)]) == [Start.WON]
-    done = Outcome(run, 1, RunState.SUCCEEDED, None, None, datetime.now(UTC), 12.0, type="noop")
+    row = await db.fetchrow("SELECT id, scheduled_time FROM task_schedule WHERE task_id = $1", task.id)
+
+    assert row is not None
+
+    run, at = row
+    assert await start_runs(db, "w", [StartRequest(run, 1, 30.0, at)]) == [Start.WON]
+    done = Outcome(run, 1, RunState.SUCCEEDED, None, None, datetime.now(UTC), 12.0, at, type="noop")
     assert await finish_runs(db, [done]) == [True]
     assert await db.fetchval("SELECT type FROM task_results WHERE run_id = $1", run) == "noop"
     await db.execute("UPDATE tasks SET type = 'sleep', payload = '{\"ms\": 1}' WHERE id = $1", task.id)

@@ -35,17 +35,17 @@ def test_runs_per_message_spread_a_claim_over_every_processor(
     assert runs_per_message(runs, consumers, cap) == expected
 
 
-async def _noop_runs(db: asyncpg.Connection, n: int) -> list[int]:
+async def _noop_runs(db: asyncpg.Connection, n: int) -> list[asyncpg.Record]:
     task_id = await db.fetchval(
         "INSERT INTO tasks (name, type, schedule_kind) VALUES ('b', 'noop', 'immediate') RETURNING id"
     )
     rows = await db.fetch(
         "INSERT INTO task_schedule (task_id, scheduled_time) "
-        "SELECT $1, now() - i * interval '1 ms' FROM generate_series(1, $2) i RETURNING id",
+        "SELECT $1, now() - i * interval '1 ms' FROM generate_series(1, $2) i RETURNING id, scheduled_time",
         task_id,
         n,
     )
-    return [r[0] for r in rows]
+    return rows
 
 
 async def test_many_due_runs_go_out_coalesced_and_all_run_once(
@@ -53,7 +53,7 @@ async def test_many_due_runs_go_out_coalesced_and_all_run_once(
     db: asyncpg.Connection,
     broker: Broker,
 ) -> None:
-    run_ids = await _noop_runs(db, 400)
+    run_ids = [r["id"] for r in await _noop_runs(db, 400)]
     await distribute(settings.model_copy(update={"message_runs": 20}))
     sizes = []
     while await broker.count(broker.copies.name):
@@ -94,10 +94,9 @@ async def test_a_run_of_a_coalesced_message_that_is_no_run_of_ours_is_dead_lette
     broker: Broker,
 ) -> None:
     good = await _noop_runs(db, 2)
-    now = datetime.now(UTC)
-    bodies = [run_message(run_id=run_id, scheduled_time=now).wire() for run_id in good]
-    stranger = run_message(run_id=987_654, scheduled_time=now).wire()
-    await broker.publish(batch_body([bodies[0], stranger, bodies[1]]), "noop", good[0])
+    bodies = [run_message(run_id=r["id"], scheduled_time=r["scheduled_time"]).wire() for r in good]
+    stranger = run_message(run_id=987_654, scheduled_time=datetime.now(UTC)).wire()
+    await broker.publish(batch_body([bodies[0], stranger, bodies[1]]), "noop", good[0]["id"])
     await process(settings)
     assert await statuses(db) == {"succeeded": 2}
     assert await broker.count(broker.topology.names.work_queue) == 0
@@ -113,11 +112,12 @@ async def test_a_coalesced_message_delivered_again_runs_only_what_had_not_run(
     db: asyncpg.Connection,
     broker: Broker,
 ) -> None:
-    first, second = await _noop_runs(db, 2)
-    now = datetime.now(UTC)
-    message = batch_body([run_message(run_id=r, scheduled_time=now).wire() for r in (first, second)])
+    runs = await _noop_runs(db, 2)
+    first, second = (r["id"] for r in runs)
+    bodies = [run_message(run_id=r["id"], scheduled_time=r["scheduled_time"]).wire() for r in runs]
+    message = batch_body(bodies)
     # The first run was already done by a processor that died before acking the message.
-    await broker.publish(run_message(run_id=first, scheduled_time=now).wire(), "noop", first)
+    await broker.publish(bodies[0], "noop", first)
     await process(settings)
     assert await statuses(db) == {"succeeded": 1, "scheduled": 1}
     await broker.publish(message, "noop", first)

@@ -14,8 +14,8 @@ from taskmill.store.runs import Outcome, Start, StartRequest, start_runs
 from tests.helpers import new_task
 
 
-def outcome(run_id: int, result_json: str) -> Outcome:
-    return Outcome(run_id, 1, RunState.SUCCEEDED, result_json, None, datetime.now(UTC), 1.0)
+def outcome(run: asyncpg.Record, result_json: str) -> Outcome:
+    return Outcome(run["id"], 1, RunState.SUCCEEDED, result_json, None, datetime.now(UTC), 1.0, run["scheduled_time"])
 
 
 async def test_an_unstorable_result_is_dropped_and_the_rest_of_the_batch_is_recorded(
@@ -23,12 +23,13 @@ async def test_an_unstorable_result_is_dropped_and_the_rest_of_the_batch_is_reco
 ) -> None:
     good = await new_task(db, "good", "noop")
     bad = await new_task(db, "bad", "noop")
-    ids = [r[0] for r in await db.fetch("SELECT id FROM task_schedule ORDER BY task_id")]
-    assert await start_runs(db, "w", [StartRequest(i, 1, 30.0) for i in ids]) == [Start.WON, Start.WON]
+    runs = await db.fetch("SELECT id, scheduled_time FROM task_schedule ORDER BY task_id")
+    requests = [StartRequest(r["id"], 1, 30.0, r["scheduled_time"]) for r in runs]
+    assert await start_runs(db, "w", requests) == [Start.WON, Start.WON]
     pool = await create_pool(settings.database_url)
     try:
         # \u0000 is valid JSON but PostgreSQL's jsonb refuses it.
-        done = await _finish(pool, [outcome(ids[0], '{"ok": true}'), outcome(ids[1], '{"text": "a\\u0000b"}')])
+        done = await _finish(pool, [outcome(runs[0], '{"ok": true}'), outcome(runs[1], '{"text": "a\\u0000b"}')])
     finally:
         await pool.close()
     assert done == [True, True]
@@ -44,10 +45,14 @@ async def test_an_unstorable_result_is_dropped_and_the_rest_of_the_batch_is_reco
 
 async def test_a_stale_copy_batched_with_the_current_message_does_not_win(db: asyncpg.Connection) -> None:
     await new_task(db, "retried", "noop")
-    run_id = await db.fetchval("SELECT id FROM task_schedule")
+    row = await db.fetchrow("SELECT id, scheduled_time FROM task_schedule")
+
+    assert row is not None
+
+    run_id, at = row
     await db.execute("UPDATE task_schedule SET status = 'queued' WHERE id = $1", run_id)
     await db.execute("UPDATE task_schedule SET status = 'running', attempt = 1 WHERE id = $1", run_id)
     await db.execute("UPDATE task_schedule SET status = 'retrying' WHERE id = $1", run_id)
-    stale, current = StartRequest(run_id, 1, 30.0), StartRequest(run_id, 2, 30.0)
+    stale, current = StartRequest(run_id, 1, 30.0, at), StartRequest(run_id, 2, 30.0, at)
     assert await start_runs(db, "w", [stale, current]) == [Start.LOST, Start.WON]
     assert await db.fetchval("SELECT attempt FROM task_schedule WHERE id = $1", run_id) == 2

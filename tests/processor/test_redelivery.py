@@ -138,12 +138,14 @@ async def test_a_run_not_yet_due_by_the_database_clock_is_early_not_lost(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
     task = await new_task(db, "soon", "noop", schedule=Schedule(kind=ScheduleKind.INTERVAL, every_seconds=3600))
-    run_id = await db.fetchval(
+    row = await db.fetchrow(
         "INSERT INTO task_schedule (task_id, scheduled_time, status) VALUES ($1, now() + interval '300 ms', "
-        "'scheduled') RETURNING id",
+        "'scheduled') RETURNING id, scheduled_time",
         task.id,
     )
-    request = StartRequest(run_id, 1, 30.0)
+    assert row is not None
+    run_id, at = row
+    request = StartRequest(run_id, 1, 30.0, at)
     assert await start_runs(db, "w", [request]) == [Start.EARLY]
     await asyncio.sleep(0.35)
     assert await start_runs(db, "w", [request, request]) == [Start.WON, Start.LOST]

@@ -39,9 +39,9 @@ async def add_runs(db: asyncpg.Connection, task_id: int, status: str, age_days: 
         )
     ]
     await db.execute(
-        """INSERT INTO task_results (run_id, attempt, status, finished_at, duration_ms, result)
-           SELECT id, 1, 'failed', now() - make_interval(days => $2), 5, '{"kept": true}'
-           FROM unnest($1::bigint[]) id""",
+        """INSERT INTO task_results (run_id, attempt, status, finished_at, duration_ms, result, scheduled_time)
+           SELECT s.id, 1, 'failed', now() - make_interval(days => $2), 5, '{"kept": true}', s.scheduled_time
+           FROM task_schedule s WHERE s.id = ANY($1::bigint[])""",
         ids,
         age_days,
     )
