@@ -5,6 +5,7 @@ burst  N noop tasks created through POST /tasks/bulk and run now: end-to-end run
 at     N noop tasks due at one instant a few seconds ahead: start lateness (started_at - scheduled_time).
 capacity  the capacity forecast over a million scheduled runs (bench/capacity.py); needs no roles.
 cron   (only when named: minutes) N every-minute cron tasks over M whole minutes: start lateness.
+history  (only when named: minutes) the claim's plan with 50 million runs of history behind it.
 celery-burst, celery-at, pgqueuer-burst, pgqueuer-at, celery-cron
        the same workloads through Celery and pgqueuer, as references (bench/references/); then a `ratios` line.
 """
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit
 import aio_pika
 import asyncpg
 
-from bench import capacity, cost, pipeline, references
+from bench import capacity, cost, history, pipeline, references
 from bench.stack import Setup, Stack
 from taskmill import topology
 from taskmill.db import connect
@@ -33,7 +34,7 @@ WORKLOADS = ("burst", "at", "capacity", "scale", *references.WORKLOADS)
 # The curve: (distributors, processors) for the `scale` workload.
 SCALE = ((1, 1), (1, 2), (1, 4), (2, 2), (2, 4))
 # Only when named: each takes minutes.
-EXTRA_WORKLOADS = ("cron", *references.EXTRA_WORKLOADS)
+EXTRA_WORKLOADS = ("cron", "history", *references.EXTRA_WORKLOADS)
 DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/taskmill_bench")
 AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -101,6 +102,8 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--capacity-runs", type=int, default=1_000_000, help="scheduled runs the forecast reads")
     parser.add_argument("--capacity-results", type=int, default=200_000, help="finished attempts of history")
     parser.add_argument("--capacity-lagging", type=int, default=1000, help="recurring tasks not materialized")
+    parser.add_argument("--history-runs", type=int, default=50_000_000, help="finished runs behind the claim")
+    parser.add_argument("--history-days", type=int, default=90, help="days (partitions) they are spread over")
     parser.add_argument("--celery-pool", default="prefork", choices=["prefork", "solo", "threads"])
     parser.add_argument("--celery-acks-late", action="store_true", help="task_acks_late (default: Celery's, False)")
     parser.add_argument("--pgqueuer-batch-size", type=int, default=10, help="pgq run --batch-size (its default: 10)")
@@ -124,6 +127,8 @@ async def main(argv: Sequence[str] | None = None) -> None:
         for workload in args.workloads:
             if workload == "capacity":
                 result = await capacity.run(conn, DSN, args.capacity_runs, args.capacity_results, args.capacity_lagging)
+            elif workload == "history":
+                result = await history.run(conn, args.history_runs, args.history_days)
             elif workload == "scale":
                 result = await scale(conn, setup, args.runs)
             elif workload not in ("burst", "at", "cron"):

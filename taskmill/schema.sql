@@ -157,8 +157,10 @@ BEGIN
 END $$;
 
 -- Transition tables have no statistics: without the hint the planner joins old and new rows in a nested loop,
--- quadratic in the batch size.
-CREATE FUNCTION task_schedule_audit_update() RETURNS trigger LANGUAGE plpgsql SET enable_nestloop = off AS $$
+-- quadratic in the batch size. The hash join is switched on here whatever the caller's session says (the roles that
+-- find runs by key switch it off for their own statements).
+CREATE FUNCTION task_schedule_audit_update() RETURNS trigger LANGUAGE plpgsql SET enable_nestloop = off
+    SET enable_hashjoin = on SET enable_mergejoin = on AS $$
 DECLARE
     bad record;
 BEGIN
@@ -215,12 +217,17 @@ RETURNS text LANGUAGE sql STABLE AS $$
 $$;
 
 -- The distributor's claim: the oldest runs due within `lead_s`, skipping rows another replica holds, moved to
--- queued, with their messages; each row is found by its whole key, so the update reads one partition a row. Right
--- after a bulk insert the planner's statistics say few rows are due and it
--- would sort every due row to take the first thousand; the settings keep it on the ordered index scan.
+-- queued, with their messages. Right after a bulk insert the planner's statistics say few rows are due and it would
+-- sort every due row to take the first thousand: no sort, no bitmap scan. Each row is then found by its whole key,
+-- one partition a row: no hash or merge join, which would read every day's partition whole. PL/pgSQL, so the plan
+-- (over every partition) is made once per session, not at every call.
 CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision)
 RETURNS TABLE (id bigint, type text, status run_status, body text)
-LANGUAGE sql SET enable_sort = off SET enable_bitmapscan = off AS $$
+LANGUAGE plpgsql SET enable_sort = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     WITH due AS (
         SELECT s.id, s.scheduled_time FROM task_schedule s
         WHERE s.status = 'scheduled' AND s.scheduled_time <= now() + make_interval(secs => lead_s)
@@ -235,8 +242,8 @@ LANGUAGE sql SET enable_sort = off SET enable_bitmapscan = off AS $$
         RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status
     )
     SELECT r.id, t.type, r.status, run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, t)
-    FROM r JOIN tasks t ON t.id = r.task_id
-$$;
+    FROM r JOIN tasks t ON t.id = r.task_id;
+END $$;
 
 -- Capacity planning (seed 004): how long each task type takes, from the attempts that finished in the past year.
 -- Every attempt counts, failed ones too: they used the compute the forecast is about. An attempt lost with its

@@ -131,10 +131,16 @@ BEGIN
                    false);
 END $$;
 
--- The claim finds each row by its whole key, so that the update reads one partition a row.
+-- The claim finds each row by its whole key, so that the update reads one partition a row: no hash or merge join,
+-- which would read every day's partition whole. PL/pgSQL, so the plan (over every partition) is made once per
+-- session, not at every call.
 CREATE OR REPLACE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision)
 RETURNS TABLE (id bigint, type text, status run_status, body text)
-LANGUAGE sql SET enable_sort = off SET enable_bitmapscan = off AS $$
+LANGUAGE plpgsql SET enable_sort = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
     WITH due AS (
         SELECT s.id, s.scheduled_time FROM task_schedule s
         WHERE s.status = 'scheduled' AND s.scheduled_time <= now() + make_interval(secs => lead_s)
@@ -149,8 +155,38 @@ LANGUAGE sql SET enable_sort = off SET enable_bitmapscan = off AS $$
         RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status
     )
     SELECT r.id, t.type, r.status, run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, t)
-    FROM r JOIN tasks t ON t.id = r.task_id
-$$;
+    FROM r JOIN tasks t ON t.id = r.task_id;
+END $$;
+
+-- The audit's join of old and new rows must be a hash join whatever the caller's session says: the processor's and
+-- the distributor's connections switch hash joins off for their own statements (taskmill/db.py), and without one
+-- the join is a nested loop, quadratic in the batch.
+CREATE OR REPLACE FUNCTION task_schedule_audit_update() RETURNS trigger LANGUAGE plpgsql SET enable_nestloop = off
+    SET enable_hashjoin = on SET enable_mergejoin = on AS $$
+DECLARE
+    bad record;
+BEGIN
+    WITH moved AS (
+        INSERT INTO run_audit (run_id, task_id, from_status, to_status, attempt, worker)
+        SELECT n.id, n.task_id, o.status, n.status, n.attempt, n.worker
+        FROM old_rows o JOIN new_rows n USING (id)
+        WHERE o.status <> n.status
+        RETURNING run_id, from_status, to_status
+    )
+    SELECT m.run_id, m.from_status, m.to_status INTO bad
+    FROM moved m
+    WHERE NOT EXISTS (SELECT 1 FROM run_transitions t
+                      WHERE t.from_status = m.from_status AND t.to_status = m.to_status)
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'illegal run transition % -> % (run %)', bad.from_status, bad.to_status, bad.run_id
+            USING ERRCODE = 'check_violation';
+    END IF;
+    IF EXISTS (SELECT 1 FROM new_rows WHERE status = 'scheduled') THEN
+        PERFORM pg_notify('taskmill_schedule', '');
+    END IF;
+    RETURN NULL;
+END $$;
 
 -- 4. The triggers, on the partitioned table (statement-level, with transition tables, as before).
 CREATE TRIGGER task_schedule_audit_insert AFTER INSERT ON task_schedule

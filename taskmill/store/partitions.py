@@ -69,14 +69,14 @@ async def partitions(conn: Connection) -> list[Partition]:
 
 
 async def prepare(conn: Connection, today: date, days_ahead: int) -> list[str]:
-    """Makes every table's partitions from yesterday to `days_ahead` after `today`; returns those made."""
+    """Makes every table's partitions from `today` to `days_ahead` after it; returns those made."""
     made: list[str] = []
     async with conn.transaction():
         if not await _locked(conn):
             return made
         await conn.execute(f"SET LOCAL lock_timeout = '{_LOCK_TIMEOUT}'")
         existing = {p.name for p in await partitions(conn)}
-        for offset in range(-1, days_ahead + 1):
+        for offset in range(days_ahead + 1):
             day = today + timedelta(days=offset)
             for table, column in TABLES.items():
                 name = day_name(table, day)

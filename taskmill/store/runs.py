@@ -153,13 +153,15 @@ WITH b AS (
     -- By primary key only (see START): `status = 'running'` would let a generic plan walk the whole partial index of
     -- runs in flight, which holds every run of a burst (152 M entries read for 20,000 runs).
     FROM b WHERE s.id = b.id AND s.scheduled_time = b.at AND s.status::text = 'running' AND s.attempt = b.attempt
-    RETURNING s.id, s.started_at, s.worker, s.scheduled_time
+    -- What the result needs of the outcome comes back with the row: no second join of the batch with itself.
+    RETURNING s.id, s.started_at, s.worker, s.scheduled_time, b.attempt, b.status AS outcome, b.finished_at AS ended,
+              b.duration_ms, b.result, b.error AS failure, b.type
 ), kept AS (
     INSERT INTO task_results (run_id, attempt, status, started_at, finished_at, duration_ms, worker, result, error,
                               type, scheduled_time)
-    SELECT d.id, b.attempt, CASE WHEN b.status = 'retrying' THEN 'failed'::run_status ELSE b.status END,
-           d.started_at, b.finished_at, b.duration_ms, d.worker, b.result::jsonb, b.error, b.type, d.scheduled_time
-    FROM done d JOIN b ON b.id = d.id
+    SELECT id, attempt, CASE WHEN outcome = 'retrying' THEN 'failed'::run_status ELSE outcome END,
+           started_at, ended, duration_ms, worker, result::jsonb, failure, type, scheduled_time
+    FROM done
     ON CONFLICT (run_id, scheduled_time, attempt) DO NOTHING
 )
 SELECT id FROM done
