@@ -38,11 +38,6 @@ OVERRIDING SYSTEM VALUE
 SELECT nextval(pg_get_serial_sequence('task_schedule', 'id')), 1 + i % 1000, t, 'succeeded', 1, t, t, t, 'bench'
 FROM generate_series(0, $3 - 1) i, LATERAL (SELECT $1::timestamptz + i * $2::interval AS t) x
 """
-INSERT INTO {partition} (id, task_id, scheduled_time, status, attempt, queued_at, started_at, finished_at, worker)
-OVERRIDING SYSTEM VALUE
-SELECT nextval(pg_get_serial_sequence('task_schedule', 'id')), 1 + i % 1000, $1::timestamptz + i * $2::interval, 'succeeded', 1, t, t, t, 'bench'
-FROM generate_series(0, $3 - 1) i, LATERAL (SELECT $1::timestamptz + i * $2::interval AS t) x
-"""
 
 
 async def run(conn: asyncpg.Connection, runs: int, days: int) -> dict[str, Any]:
