@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from taskmill.db import SESSION
 from taskmill.store.partitions import day_name, prepare
 
 # The claim's own statement (claim_due_runs in the schema), as a query EXPLAIN can look into, rolled back.
@@ -71,7 +72,7 @@ async def run(conn: asyncpg.Connection, runs: int, days: int) -> dict[str, Any]:
         # does once.
         for _ in range(3):
             lines = await _explain_claim(conn)
-        plans[label] = _summary(lines)
+        plans[label] = _summary(lines) | {"call_ms": await _time_calls(conn)}
     total = await conn.fetchval("SELECT count(*) FROM task_schedule")
     return {
         "workload": "history",
@@ -93,6 +94,28 @@ async def _explain_claim(conn: asyncpg.Connection) -> list[str]:
         return [r[0] for r in await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {CLAIM}")]
     finally:
         await claim.rollback()
+
+
+async def _time_calls(conn: asyncpg.Connection, calls: int = 9) -> dict[str, float]:
+    """The claim function called as a distributor calls it (its session's settings, generic plans; each call
+    rolled back): the median and the slowest of `calls` calls after the first, which makes the session's plans."""
+    for name, value in SESSION.items():
+        await conn.execute(f"SET {name} = '{value}'")
+    times = []
+    for _ in range(calls + 1):
+        claim = conn.transaction()
+        await claim.start()
+        try:
+            started = time.perf_counter()
+            claimed = await conn.fetchval("SELECT count(*) FROM claim_due_runs(1000, 300, 2)")
+            times.append((time.perf_counter() - started) * 1000)
+        finally:
+            await claim.rollback()  # the next call claims the same runs
+        assert claimed == 1000, claimed
+    for name in SESSION:
+        await conn.execute(f"RESET {name}")
+    rest = sorted(times[1:])
+    return {"first": round(times[0], 1), "median": round(rest[len(rest) // 2], 1), "max": round(rest[-1], 1)}
 
 
 def _summary(lines: list[str]) -> dict[str, Any]:

@@ -53,7 +53,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 # The hot statements touch a few rows each by primary key. `random_page_cost` as for data in memory or on SSD
 # keeps the batched `id = ANY($1)` statements on the index even on a large table fresh from a bulk insert (whose
 # statistics lag); generic plans spare PostgreSQL planning the same few statements thousands of times a second.
-_SESSION = {"random_page_cost": "1.1", "plan_cache_mode": "force_generic_plan"}
+# No JIT: a generic plan over a hundred daily partitions costs enough to cross its thresholds, and compiling it
+# takes seconds where running it takes milliseconds.
+SESSION = {"random_page_cost": "1.1", "plan_cache_mode": "force_generic_plan", "jit": "off"}
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -69,7 +71,7 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
         init=_init_connection,
         reset=_keep_session,
         command_timeout=60,
-        server_settings=_SESSION,
+        server_settings=SESSION,
     )
     assert pool is not None
     return pool
