@@ -25,6 +25,7 @@ import aio_pika
 import asyncpg
 
 from bench import capacity, cost, history, pipeline, references
+from bench.references.common import drop_database
 from bench.stack import Setup, Stack
 from taskmill import topology
 from taskmill.db import connect
@@ -40,12 +41,7 @@ AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
 async def fresh_database(dsn: str) -> None:
-    base, name = dsn.rsplit("/", 1)
-    admin = await asyncpg.connect(base + "/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await drop_database(dsn)
     await migrate(dsn)
 
 

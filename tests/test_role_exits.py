@@ -6,10 +6,8 @@ database going away and coming back is the other case (tests/faults/test_databas
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import aio_pika
 import asyncpg
@@ -17,7 +15,7 @@ import pytest
 
 from taskmill.settings import Settings
 from tests.conftest import PG_ADMIN, _dsn
-from tests.helpers import free_port, start_role_process, taskmill
+from tests.helpers import free_port, run_message, start_role_process, taskmill
 
 ROLES = ["scheduler", "distributor", "processor", "api", "capacity"]
 
@@ -71,24 +69,11 @@ async def test_a_role_on_a_database_missing_a_migration_or_a_table_exits_at_once
 
 async def _publish_run_message(settings: Settings) -> None:
     """A well-formed message for run 1, as a distributor would publish it (the processor has to claim it)."""
-    body = {
-        "v": 1,
-        "run_id": 1,
-        "task_id": 1,
-        "type": "noop",
-        "payload": {},
-        "attempt": 1,
-        "scheduled_time": datetime.now(UTC).isoformat(),
-        "timeout_s": 5,
-        "max_retries": 0,
-        "retry_delay_s": 1,
-        "backoff": 1,
-    }
     connection = await aio_pika.connect(settings.amqp_url)
     try:
         channel = await connection.channel()
         exchange = await channel.get_exchange(f"{settings.broker_prefix}.runs")
-        await exchange.publish(aio_pika.Message(json.dumps(body).encode()), routing_key="noop")
+        await exchange.publish(aio_pika.Message(run_message(timeout_seconds=5).wire()), routing_key="noop")
     finally:
         await connection.close()
 
