@@ -379,13 +379,14 @@ async def terminate_backends(db: asyncpg.Connection) -> int:
 # -- leftovers of killed sessions -----------------------------------------------------------------------------
 
 
-def _reap_leftovers() -> None:
-    """Stops the servers of earlier sessions whose pytest process is gone, and removes their dirs."""
-    for path in _ROOT.glob("tmfault-*"):
-        pid = path.name.removeprefix("tmfault-")
+def _reap_leftovers(prefix: str = "tmfault", node_class: type[RabbitNode] = RabbitNode) -> None:
+    """Stops the servers of earlier sessions (dirs `<prefix>-<pid>`) whose pytest process is gone, and removes
+    their dirs."""
+    for path in _ROOT.glob(f"{prefix}-*"):
+        pid = path.name.removeprefix(f"{prefix}-")
         if not pid.isdigit() or procs.alive(int(pid)):
             continue
-        node = RabbitNode(f"tmfault-{pid}@localhost", 0, 0, path / "rabbit")
+        node = node_class(f"{prefix}-{pid}@localhost", 0, 0, path / "rabbit")
         for cli in procs.pids():  # an Erlang CLI of that session still waiting on its node
             if f"-n {node.name} " in procs.cmdline(cli) and "rabbitmqctl" in procs.cmdline(cli):
                 with contextlib.suppress(ProcessLookupError):
@@ -777,26 +778,10 @@ class TlsRabbitNode(RabbitNode):
         return True
 
 
-def _reap_tls_leftovers() -> None:
-    """Stops the TLS servers of earlier sessions whose pytest process is gone, and removes their dirs."""
-    for path in _ROOT.glob("tmtls-*"):
-        pid = path.name.removeprefix("tmtls-")
-        if not pid.isdigit() or procs.alive(int(pid)):
-            continue
-        node = TlsRabbitNode(f"tmtls-{pid}@localhost", 0, 0, path / "rabbit")
-        for cli in procs.pids():
-            if f"-n {node.name} " in procs.cmdline(cli) and "rabbitmqctl" in procs.cmdline(cli):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(cli, signal.SIGKILL)
-        node.destroy()
-        PgCluster(0, path / "pg").destroy()
-        shutil.rmtree(path, ignore_errors=True)
-
-
 @pytest.fixture(scope="session")
 def tls_files() -> Iterator[TlsFiles]:
     """The session's CA, server and client certificates (and a CA that signed none of them)."""
-    _reap_tls_leftovers()
+    _reap_leftovers("tmtls", TlsRabbitNode)
     try:
         yield TlsFiles.make(_tls_dir() / "certs")
     finally:
