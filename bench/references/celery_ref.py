@@ -44,7 +44,7 @@ from bench.references.common import (
     database_for,
     drop_database,
     integrity,
-    lateness_ms,
+    measure_at,
     percentiles,
     wait_ledger,
 )
@@ -202,18 +202,14 @@ async def at(
     async with running(dsn, amqp, pool, acks_late) as run:
         due = await run.conn.fetchval("SELECT clock_timestamp() + make_interval(secs => $1)", ahead_s)
         enqueue_s = await asyncio.to_thread(publish, run.app, jobs, due)
-        await asyncio.sleep(max(0.0, (due - await run.conn.fetchval("SELECT clock_timestamp()")).total_seconds()))
-        await wait_ledger(run.conn, jobs, run.workers)
-        late = await lateness_ms(run.conn, due)
-        counts = await integrity(run.conn, jobs)
+        measured = await measure_at(run.conn, due, jobs, run.workers)
     return {
         "system": "celery",
         "workload": "at",
         "runs": jobs,
         "ahead_s": ahead_s,
         "enqueue_s": round(enqueue_s, 2),
-        "lateness_ms": late,
-        **counts,
+        **measured,
         "settings": settings(pool, acks_late) | {"eta": "apply_async(eta=due)", "worker_timer_precision_s": 1.0},
     }
 

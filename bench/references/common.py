@@ -186,3 +186,11 @@ def burst_line(system: str, jobs: int, start: dt.datetime, end: dt.datetime | No
         "runs_per_s": round(jobs / wall) if wall else None,
         **rest,
     }
+
+
+async def measure_at(conn: asyncpg.Connection, due: dt.datetime, jobs: int, workers: Workers) -> dict[str, Any]:
+    """Waits out the instant `due` and every job's ledger row: the starts' lateness after `due`, and the ledger's
+    lost and duplicate counts."""
+    await asyncio.sleep(max(0.0, (due - await conn.fetchval("SELECT clock_timestamp()")).total_seconds()))
+    await wait_ledger(conn, jobs, workers)
+    return {"lateness_ms": await lateness_ms(conn, due), **await integrity(conn, jobs)}

@@ -41,7 +41,7 @@ from bench.references.common import (
     database_for,
     drop_database,
     integrity,
-    lateness_ms,
+    measure_at,
     wait_ledger,
 )
 
@@ -168,17 +168,13 @@ async def at(dsn: str, jobs: int, ahead_s: float, *, batch_size: int = DEFAULT_B
         row = await run.conn.fetchrow(f"SELECT min(execute_after) AS due, max(execute_after) AS last FROM {table}")
         assert row is not None and row["due"] == row["last"], row
         due = row["due"]
-        await asyncio.sleep(max(0.0, (due - await run.conn.fetchval("SELECT clock_timestamp()")).total_seconds()))
-        await wait_ledger(run.conn, jobs, run.workers)
-        late = await lateness_ms(run.conn, due)
-        counts = await integrity(run.conn, jobs)
+        measured = await measure_at(run.conn, due, jobs, run.workers)
     return {
         "system": "pgqueuer",
         "workload": "at",
         "runs": jobs,
         "ahead_s": ahead_s,
-        "lateness_ms": late,
-        **counts,
+        **measured,
         "settings": settings(batch_size) | {"at": "Queries.enqueue(execute_after=ahead), one statement"},
     }
 
