@@ -1,4 +1,5 @@
-"""The REST API, built by `create_app(settings)`; the lifespan opens and closes the pool and the broker."""
+"""The REST API, built by `create_app(settings)`; the lifespan opens and closes the pool and the broker
+(when the transport is RabbitMQ)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.pool = await role_pool(settings.database_url, max_size=settings.db_pool_size)
-        app.state.broker = await connect(settings, "taskmill-api")
+        # Over RabbitMQ /health reports the broker too; over PostgreSQL the database is the transport.
+        app.state.broker = await connect(settings, "taskmill-api") if settings.transport_name == "amqp" else None
         try:
             yield
         finally:
-            await app.state.broker.close()
+            if app.state.broker is not None:
+                await app.state.broker.close()
             await app.state.pool.close()
 
     app = FastAPI(title="taskmill", lifespan=lifespan)

@@ -8,9 +8,9 @@ import time
 
 import asyncpg
 
-from taskmill.broker import Publisher
 from taskmill.crash import NO_CRASH, Crash, CrashPoint
 from taskmill.store.runs import Outbound, revert_to_scheduled
+from taskmill.transport import Publisher
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from functools import partial
 
 import asyncpg
 
-from taskmill.broker import Publisher
 from taskmill.metrics import RESCUED
 from taskmill.settings import Settings
 from taskmill.store.runs import Outbound, rescue_lost, rescue_waiting
+from taskmill.transport import Publisher
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""The distributor role: publishes due runs as they fall due, and rescues runs whose lease ran out."""
+"""The distributor role: publishes due runs as they fall due (over the transport the settings choose), and rescues
+runs whose lease ran out."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import asyncpg
 from distributor.dispatch import Spread, publish_or_revert
 from distributor.pacing import pace
 from distributor.rescue import rescue
-from taskmill.broker import Publisher, connect
 from taskmill.crash import Crash
 from taskmill.db import is_transient, role_pool
 from taskmill.loops import Backoff, run_loops, unless_stopped, wait_or_stop
 from taskmill.settings import Settings
 from taskmill.store.runs import Outbound, claim_due, next_due_in
+from taskmill.transport import Publisher, open_link
 from taskmill.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,13 @@ _BATCHES_IN_FLIGHT = 2
 async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_idle: bool = False) -> None:
     stop = stop or asyncio.Event()
     pool = await role_pool(settings.database_url, max_size=_BATCHES_IN_FLIGHT + 2)
-    connection = await connect(settings, "taskmill-distributor")
     try:
-        publisher = await Publisher.open(connection, settings)
+        link = await open_link(settings, "taskmill-distributor", pool)
+    except BaseException:
+        await pool.close()
+        raise
+    publisher = link.publisher
+    try:
         if until_idle:
             await _drain(pool, publisher, settings)
             return
@@ -41,7 +46,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
                 rescue=_rescue_loop(pool, publisher, settings, stop),
             )
     finally:
-        await connection.close()
+        await link.close()
         await pool.close()
 
 

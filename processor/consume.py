@@ -17,15 +17,13 @@ from datetime import UTC, datetime
 
 import asyncpg
 import httpx
-from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from processor.acks import CHANNEL_GONE, Acker
 from processor.claim import Claimer
 from processor.execute import Attempt, context, execute
+from processor.intake import Delivery, Intake
 from processor.record import Recorder
 from processor.slots import Slots
-from taskmill.broker import Publisher
 from taskmill.crash import Crash, CrashPoint
 from taskmill.loops import first_error
 from taskmill.messages import RunMessage, read_runs
@@ -35,6 +33,7 @@ from taskmill.settings import Settings
 from taskmill.states import RunState
 from taskmill.store.runs import Start
 from taskmill.tasktypes.jail import Jail
+from taskmill.transport import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +66,7 @@ class Consumer:
         http: httpx.AsyncClient,
         jail: Jail,
         worker: str,
+        intake: Intake,
     ) -> None:
         self._settings = settings
         self._publisher = publisher
@@ -74,7 +74,7 @@ class Consumer:
         self._jail = jail
         self._claimer = Claimer(pool, worker, settings.db_retry_max_s)
         self._recorder = Recorder(settings, pool, publisher, worker)
-        self._acker = Acker()
+        self._intake = intake
         # Runs executing at once: a message may carry several (a slot is taken before each claim).
         self._slots = Slots(settings.concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -92,7 +92,7 @@ class Consumer:
         self._claimer.stop()
         while self._in_flight:
             await asyncio.gather(*list(self._in_flight), return_exceptions=True)
-        await self._acker.close()
+        await self._intake.close()
         await self._claimer.close()
         await self._recorder.close()
 
@@ -109,10 +109,9 @@ class Consumer:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    async def on_message(self, delivery: AbstractIncomingMessage) -> None:
+    async def on_message(self, delivery: Delivery) -> None:
         """Hands the delivery to a task of our own: aiormq cancels its callback tasks when the channel closes, and
         a run in flight must still finish and be recorded (its redelivery then finds it started)."""
-        self._acker.received(delivery)
         task = asyncio.create_task(self._handle(delivery))
         self._in_flight.add(task)
         task.add_done_callback(self._finished)
@@ -126,7 +125,7 @@ class Consumer:
         else:
             log.error("another delivery failed too: %s: %s", type(exc).__name__, exc)
 
-    async def _handle(self, delivery: AbstractIncomingMessage) -> None:
+    async def _handle(self, delivery: Delivery) -> None:
         try:
             runs = read_runs(delivery.body)
         except ValidationError as exc:
@@ -148,7 +147,7 @@ class Consumer:
                 verdicts.append(group.create_task(self._handle_run(message)))
         await self._settle(delivery, runs, [v.result() if isinstance(v, asyncio.Task) else v for v in verdicts])
 
-    async def _settle(self, delivery: AbstractIncomingMessage, runs: list[RunMessage], verdicts: list[Verdict]) -> None:
+    async def _settle(self, delivery: Delivery, runs: list[RunMessage], verdicts: list[Verdict]) -> None:
         """Acks the delivery once every run in it is done; dead-letters what no run can come of (a message of one
         run as it came, a run of several alone); hands it back when a run of it was not started."""
         if len(runs) == 1:
@@ -158,7 +157,7 @@ class Consumer:
             elif verdict is HANDED_BACK:
                 await self._requeue(delivery)
             else:
-                self._acker.done(delivery)
+                self._intake.done(delivery)
             return
         back = False
         for message, verdict in zip(runs, verdicts, strict=True):
@@ -169,7 +168,7 @@ class Consumer:
             # The whole message goes back; its runs that ended are dropped as duplicates when it comes again.
             await self._requeue(delivery)
         else:
-            self._acker.done(delivery)
+            self._intake.done(delivery)
 
     def _too_early(self, message: RunMessage) -> Poison | None:
         ahead_s = message.scheduled_time.timestamp() - time.time()
@@ -217,21 +216,16 @@ class Consumer:
         self._crash.at(CrashPoint.AFTER_SIDE_EFFECT)
         await self._recorder.record(message, attempt)
 
-    async def _dead_letter(self, delivery: AbstractIncomingMessage, reason: str, run_id: int | None = None) -> None:
-        """A message no run can come of: to the dead-letter queue as it came, with the reason; then acked."""
+    async def _dead_letter(self, delivery: Delivery, reason: str, run_id: int | None = None) -> None:
+        """A message no run can come of: to the dead letters as it came, with the reason; then settled."""
         try:
             await self._publisher.publish_dead(delivery.body, run_id, reason, kind="poison")
         except Exception as exc:
-            # The work queue dead-letters what is rejected: the message still ends in the dead queue.
+            # The transport's own dead-lettering: the message still ends with the dead letters.
             log.warning("dead-letter publish failed (%s); rejecting instead", exc, extra={"action": "poison"})
-            try:
-                await delivery.reject(requeue=False)
-            except CHANNEL_GONE as reject_exc:
-                # The channel closed: the broker hands the message out again, and it is read again.
-                log.info("reject of delivery %s: %s", delivery.delivery_tag, reject_exc)
-            self._acker.settled(delivery)
+            await self._intake.reject(delivery, reason)
         else:
-            self._acker.done(delivery)
+            self._intake.done(delivery)
         log.error("dead-lettered a message: %s", reason[:200], extra={"action": "poison"})
 
     async def _dead_letter_run(self, message: RunMessage, reason: str) -> bool:
@@ -245,9 +239,5 @@ class Consumer:
         log.error("dead-lettered run %s: %s", message.run_id, reason[:200], extra={"action": "poison"})
         return True
 
-    async def _requeue(self, delivery: AbstractIncomingMessage) -> None:
-        try:
-            await delivery.nack(requeue=True)
-        except CHANNEL_GONE as exc:  # the broker requeues it itself
-            log.info("requeue of delivery %s: %s", delivery.delivery_tag, exc)
-        self._acker.settled(delivery)  # only now: until the nack is out, no multiple ack may reach over it
+    async def _requeue(self, delivery: Delivery) -> None:
+        await self._intake.requeue(delivery)

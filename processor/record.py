@@ -14,7 +14,6 @@ import asyncpg
 
 from processor.execute import Attempt
 from taskmill.batcher import Batcher
-from taskmill.broker import Publisher
 from taskmill.crash import Crash, CrashPoint
 from taskmill.db import is_transient
 from taskmill.loops import Backoff
@@ -23,6 +22,7 @@ from taskmill.metrics import RUN_SECONDS, RUNS_FINISHED
 from taskmill.settings import Settings
 from taskmill.states import RunState
 from taskmill.store.runs import Outcome, finish_runs, finished_by
+from taskmill.transport import Publisher
 
 log = logging.getLogger(__name__)
 

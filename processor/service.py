@@ -1,4 +1,5 @@
-"""The processor role: consumes run messages with a prefetch equal to its concurrency."""
+"""The processor role: consumes run messages with a prefetch equal to its concurrency, over the transport the
+settings choose."""
 
 from __future__ import annotations
 
@@ -8,17 +9,16 @@ import os
 import socket
 
 import asyncpg
-from aio_pika.abc import AbstractChannel
 
 from processor.consume import Consumer
-from processor.watchdog import Subscription, watch
-from taskmill.broker import Publisher, connect
+from processor.intake import Intake, open_intake
 from taskmill.db import is_transient, role_pool
 from taskmill.loops import run_loops, unless_stopped, wait_or_stop
 from taskmill.settings import Settings
 from taskmill.store.processors import leave, register, seen
 from taskmill.tasktypes.http import http_client
 from taskmill.tasktypes.jail import Jail
+from taskmill.transport import Link, open_link
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +35,25 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
     worker = worker_name()
     jail = await asyncio.to_thread(Jail.detect, settings)  # tries the sandbox once, for real
     pool = await role_pool(settings.database_url, max_size=4)
-    connection = await connect(settings, "taskmill-processor")
     http = http_client(settings.http_allow_hosts, settings.http_deny_hosts)
+    link: Link | None = None
     try:
+        link = await open_link(settings, "taskmill-processor", pool)
         _say_isolation(jail)
         await register(pool, worker, jail.describe())
-        publisher = await Publisher.open(connection, settings)
-        consumer = Consumer(settings, pool, publisher, http, jail, worker)
+        intake = open_intake(link, settings, pool, worker)
+        consumer = Consumer(settings, pool, link.publisher, http, jail, worker, intake)
         consumer.start()
-        subscription = Subscription(connection, settings, consumer.on_message)
-        await subscription.subscribe()
-        log.info("processor ready: %d runs at once", settings.concurrency, extra={"action": "ready"})
+        await intake.subscribe(consumer.on_message)
+        log.info(
+            "processor ready: %d runs at once, over %s",
+            settings.concurrency,
+            settings.transport_name,
+            extra={"action": "ready"},
+        )
         try:
             if until_idle:
-                await _wait_idle(subscription.channel, subscription.queue.name, consumer, stop)
+                await _wait_idle(intake, consumer, stop)
             else:
 
                 def room() -> bool:
@@ -56,18 +61,19 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
 
                 await run_loops(
                     stop,
-                    watchdog=watch(subscription, room, settings, stop),
+                    intake=intake.keep(stop, room),
                     failure=unless_stopped(stop, consumer.failed()),
                     heartbeat=_heartbeat(pool, worker, stop),
                 )
         finally:
-            # Stop taking work; what we hold is finished and recorded, or handed back (also when the watchdog
+            # Stop taking work; what we hold is finished and recorded, or handed back (also when the intake
             # gave up, before the error stops the process).
-            await subscription.cancel()
+            await intake.cancel()
             await consumer.drain()
     finally:
         await http.aclose()
-        await connection.close()
+        if link is not None:
+            await link.close()
         try:
             await leave(pool, worker)
         except Exception as exc:  # it ages out of /health by itself
@@ -93,13 +99,18 @@ async def _heartbeat(pool: asyncpg.Pool, worker: str, stop: asyncio.Event) -> No
             log.warning("heartbeat failed, will retry: %s", exc)
 
 
-async def _wait_idle(channel: AbstractChannel, queue: str, consumer: Consumer, stop: asyncio.Event) -> None:
-    """Returns once the work queue is empty and nothing is in flight, twice in a row 100 ms apart."""
+async def _wait_idle(intake: Intake, consumer: Consumer, stop: asyncio.Event) -> None:
+    """Returns once no message is ready and nothing is in flight, twice in a row 100 ms apart."""
     quiet = 0
-    while not stop.is_set() and quiet < 2:
-        await asyncio.sleep(0.1)
-        # Asked of the raw channel: a robust channel answers a repeated declare from its cache.
-        underlay = await channel.get_underlay_channel()
-        ready = (await underlay.queue_declare(queue, passive=True)).message_count
-        quiet = quiet + 1 if ready == 0 and consumer.in_flight == 0 else 0
-        consumer.raise_failure()
+    keeping = asyncio.create_task(intake.keep(stop, lambda: True))
+    try:
+        while not stop.is_set() and quiet < 2:
+            await asyncio.sleep(0.1)
+            if keeping.done():
+                keeping.result()
+            ready = await intake.ready()
+            quiet = quiet + 1 if ready == 0 and consumer.in_flight == 0 else 0
+            consumer.raise_failure()
+    finally:
+        keeping.cancel()
+        await asyncio.gather(keeping, return_exceptions=True)

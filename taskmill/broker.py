@@ -19,6 +19,7 @@ from taskmill.states import RunState
 from taskmill.store.runs import Outbound
 from taskmill.tls import tls_context
 from taskmill.topology import Topology, declare, declare_delay_queue
+from taskmill.transport import coalesce
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,9 @@ async def confirmed_channel(connection: AbstractRobustConnection) -> AbstractCha
 
 
 @dataclass(slots=True)
-class Publisher:
-    """Publishes run messages with confirms, many at once: the confirms arrive pipelined, not one round trip each."""
+class AmqpPublisher:
+    """Publishes run messages to RabbitMQ with confirms, many at once: the confirms arrive pipelined, not one round
+    trip each."""
 
     channel: AbstractChannel
     topology: Topology
@@ -73,7 +75,7 @@ class Publisher:
     connection: AbstractRobustConnection
 
     @classmethod
-    async def open(cls, connection: AbstractRobustConnection, settings: Settings) -> Publisher:
+    async def open(cls, connection: AbstractRobustConnection, settings: Settings) -> AmqpPublisher:
         channel = await confirmed_channel(connection)
         return cls(channel, await declare(channel, settings), settings.publish_timeout_s, connection)
 
@@ -93,7 +95,7 @@ class Publisher:
         except Exception as exc:
             log.warning("cannot publish %d runs: %s", len(runs), exc)
             return [False] * len(runs)
-        messages = _coalesce(runs, per_message)
+        messages = coalesce(runs, per_message)
         # One deadline for the batch, not a timer per message; what is not confirmed by then counts as failed.
         publishes = [asyncio.ensure_future(self._publish(channel, message)) for message in messages]
         await asyncio.wait(publishes, timeout=self.timeout_s)
@@ -152,20 +154,3 @@ class Publisher:
         DEAD_LETTERED.labels(kind).inc()
         async with asyncio.timeout(self.timeout_s):
             await self.topology.dead.publish(message, routing_key="", mandatory=True)
-
-
-def _coalesce(runs: Sequence[Outbound], per_message: int) -> list[list[Outbound]]:
-    """The messages that carry `runs`: up to `per_message` runs of one type each, in the order they came (a dead
-    run alone: it goes to the dead-letter exchange)."""
-    messages: list[list[Outbound]] = []
-    open_by_type: dict[str, list[Outbound]] = {}
-    for run in runs:
-        if run.status is RunState.DEAD or per_message <= 1:
-            messages.append([run])
-            continue
-        current = open_by_type.get(run.type)
-        if current is None or len(current) >= per_message:
-            current = open_by_type[run.type] = []
-            messages.append(current)
-        current.append(run)
-    return messages

@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     amqp_ca_file: str = ""
     amqp_cert_file: str = ""
     amqp_key_file: str = ""
+    # How due runs reach the processors: `amqp` (RabbitMQ at AMQP_URL) or `postgres` (the `run_queue` table of the
+    # database). Empty: `amqp` when AMQP_URL is set, else `postgres`.
+    transport: Literal["amqp", "postgres", ""] = ""
+    # PostgreSQL transport: a message handed to a processor is handed out again this long after that processor
+    # last renewed its lease (it renews every third of it while it holds the message): a processor that died.
+    queue_lease_s: float = Field(30.0, ge=1, le=3600)
     # Every exchange and queue name starts with this, so several installations (or tests) share a broker.
     broker_prefix: str = Field("taskmill", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # quorum: replicated, delivery limit enforced by the broker; classic: faster on one node.
@@ -221,6 +227,13 @@ class Settings(BaseSettings):
     jwt_public_key: str = Field("", validation_alias=AliasChoices("JWT_PUBLIC_KEY", "TASKMILL_JWT_PUBLIC_KEY"))
     jwt_issuer: str = Field("", validation_alias=AliasChoices("JWT_ISSUER", "TASKMILL_JWT_ISSUER"))
     jwt_audience: str = Field("", validation_alias=AliasChoices("JWT_AUDIENCE", "TASKMILL_JWT_AUDIENCE"))
+
+    @property
+    def transport_name(self) -> Literal["amqp", "postgres"]:
+        """The transport this process uses (see `transport`)."""
+        if self.transport:
+            return self.transport
+        return "amqp" if "amqp_url" in self.model_fields_set else "postgres"
 
     # Fault tests only: `<point>[:<nth>]` makes the role SIGKILL itself there (see taskmill/crash.py); empty is off.
     crash_at: Annotated[str, AfterValidator(crash.check_spec)] = ""

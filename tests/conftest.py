@@ -117,13 +117,20 @@ def _delete_test_queues() -> Iterator[None]:
 
 
 @pytest.fixture
-async def settings(template_db: str) -> AsyncIterator[Settings]:
-    async with isolated_settings(template_db) as s:
+def transport() -> str:
+    """The transport a test's settings use: RabbitMQ, unless the test parametrizes `transport` (tests/transports.py
+    has `BOTH`)."""
+    return "amqp"
+
+
+@pytest.fixture
+async def settings(template_db: str, transport: str) -> AsyncIterator[Settings]:
+    async with isolated_settings(template_db, transport) as s:
         yield s
 
 
 @asynccontextmanager
-async def isolated_settings(template_db: str) -> AsyncIterator[Settings]:
+async def isolated_settings(template_db: str, transport: str = "amqp") -> AsyncIterator[Settings]:
     """A database of its own and a broker prefix of its own, removed afterwards (also for module-scoped fixtures)."""
     tag = uuid.uuid4().hex[:10]
     dbname = f"tmtest_{tag}"
@@ -135,7 +142,9 @@ async def isolated_settings(template_db: str) -> AsyncIterator[Settings]:
     s = Settings(
         database_url=_dsn(dbname),
         amqp_url=AMQP,
+        transport=transport,
         broker_prefix=f"{PREFIX}.{tag}",
+        queue_lease_s=3,
         log_format="text",
         queued_lease_s=5,
         running_grace_s=1,

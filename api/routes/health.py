@@ -20,7 +20,9 @@ async def health(request: Request, db: Pool) -> JSONResponse:
     """Whether the database and the broker answer (200, else 503), and the processors at work with the isolation
     their command runs get."""
     broker = request.app.state.broker
-    checks = {"database": await answers(db), "broker": not broker.is_closed and broker.connected.is_set()}
+    checks = {"database": await answers(db)}
+    if broker is not None:  # the RabbitMQ transport; over PostgreSQL the database is the transport
+        checks["broker"] = not broker.is_closed and broker.connected.is_set()
     ok = all(checks.values())
     processors = []
     if checks["database"]:
@@ -28,5 +30,10 @@ async def health(request: Request, db: Pool) -> JSONResponse:
             {"worker": p.worker, "seen_at": p.seen_at.isoformat(), "command_isolation": p.command_isolation}
             for p in await recent(db, SEEN_WITHIN_S)
         ]
-    body = {"status": "ok" if ok else "down", "checks": checks, "processors": processors}
+    body = {
+        "status": "ok" if ok else "down",
+        "transport": request.app.state.settings.transport_name,
+        "checks": checks,
+        "processors": processors,
+    }
     return JSONResponse(body, status_code=200 if ok else 503)

@@ -46,3 +46,12 @@ async def leave(conn: Connection | asyncpg.Pool, worker: str) -> None:
 
 async def recent(conn: Connection | asyncpg.Pool, within_s: float) -> list[Processor]:
     return [Processor(**dict(r)) for r in await conn.fetch(RECENT, within_s)]
+
+
+LIVE_COUNT = "SELECT count(*)::int FROM processors WHERE seen_at > now() - make_interval(secs => $1)"
+
+
+async def live_count(conn: Connection | asyncpg.Pool, within_s: float) -> int:
+    """Processors seen within `within_s` seconds."""
+    count: int = await conn.fetchval(LIVE_COUNT, within_s)
+    return count

@@ -131,7 +131,12 @@ async def test_task_types_carry_their_payload_schema(client: httpx.AsyncClient) 
 async def test_health_needs_no_token_and_names_each_dependency(client: httpx.AsyncClient) -> None:
     response = await client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": True, "broker": True}, "processors": []}
+    assert response.json() == {
+        "status": "ok",
+        "transport": "amqp",
+        "checks": {"database": True, "broker": True},
+        "processors": [],
+    }
 
 
 async def test_metrics_show_the_due_backlog_in_prometheus_text(client: httpx.AsyncClient) -> None:
@@ -183,7 +188,12 @@ async def test_health_answers_503_naming_what_is_down(api_settings: Settings) ->
         await app.state.broker.close()
         response = await client.get("/health")
         assert response.status_code == 503
-        assert response.json() == {"status": "down", "checks": {"database": True, "broker": False}, "processors": []}
+        assert response.json() == {
+            "status": "down",
+            "transport": "amqp",
+            "checks": {"database": True, "broker": False},
+            "processors": [],
+        }
         await app.state.pool.close()
         assert (await client.get("/health")).json()["checks"] == {"database": False, "broker": False}
 

@@ -1,10 +1,10 @@
-"""The whole pipeline in one process: scheduler, distributor and processors against the real database and broker."""
+"""The whole pipeline in one process: scheduler, distributor and processors against the real database, over each
+transport (RabbitMQ and PostgreSQL)."""
 
 from __future__ import annotations
 
 import time
 
-import aio_pika
 import asyncpg
 import pytest
 
@@ -14,8 +14,11 @@ from scheduler.service import run as scheduler_run
 from taskmill.models import Schedule
 from taskmill.settings import Settings
 from taskmill.states import ScheduleKind
-from taskmill.topology import Names
 from tests.helpers import new_task, running, wait_for_statuses, wait_until
+from tests.transports import BOTH, counts
+
+# Every test here runs over RabbitMQ and over PostgreSQL alone.
+pytestmark = BOTH
 
 RUNS = 1000
 PATH = ["->scheduled", "scheduled->queued", "queued->running", "running->succeeded"]
@@ -23,22 +26,6 @@ PATH = ["->scheduled", "scheduled->queued", "queued->running", "running->succeed
 
 def _schedule(**fields: object) -> Schedule:
     return Schedule.model_validate(fields)
-
-
-async def _ready_messages(settings: Settings) -> dict[str, int]:
-    """Messages waiting in the work and dead queues (asked with a passive declare, so nothing is created)."""
-    names = Names(settings.broker_prefix)
-    connection = await aio_pika.connect(settings.amqp_url)
-    try:
-        channel = await connection.channel()
-        counts = {}
-        for queue in (names.work_queue, names.dead_queue):
-            declared = await channel.declare_queue(queue, passive=True)
-            assert declared.declaration_result.message_count is not None
-            counts[queue] = declared.declaration_result.message_count
-        return counts
-    finally:
-        await connection.close()
 
 
 @pytest.mark.slow
@@ -56,7 +43,8 @@ async def test_a_thousand_due_runs_each_succeed_exactly_once(settings: Settings,
         )
         await wait_for_statuses(db, {"succeeded": RUNS}, timeout=60)
         took = time.monotonic() - started
-    print(f"\n{RUNS} noop runs: inserted -> all succeeded in {took:.2f} s ({RUNS / took:.0f} runs/s)")
+    rate = f"{took:.2f} s ({RUNS / took:.0f} runs/s)"
+    print(f"\n{RUNS} noop runs over {settings.transport_name}: inserted -> all succeeded in {rate}")
 
     results = await db.fetchrow(
         """SELECT count(*) AS rows, count(DISTINCT r.run_id) AS runs,
@@ -75,8 +63,7 @@ async def test_a_thousand_due_runs_each_succeed_exactly_once(settings: Settings,
     odd = [(r["run_id"], r["path"]) for r in paths if r["path"] != PATH]
     assert not odd, f"{len(odd)} runs took another path, e.g. {odd[:3]}"
 
-    ready = await _ready_messages(settings)
-    assert ready == {Names(settings.broker_prefix).work_queue: 0, Names(settings.broker_prefix).dead_queue: 0}
+    assert await counts(settings) == {"work": 0, "dead": 0}
 
 
 @pytest.mark.slow

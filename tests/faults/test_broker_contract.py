@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 import distributor.service
 import processor.service
-from taskmill.broker import Publisher, connect
+from taskmill.broker import AmqpPublisher, connect
 from taskmill.messages import CONTENT_TYPE
 from taskmill.settings import Settings
 from taskmill.states import RunState
@@ -45,14 +45,14 @@ async def _rabbitmqctl(*args: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-async def publisher(settings: Settings) -> AsyncIterator[Publisher]:
+async def publisher(settings: Settings) -> AsyncIterator[AmqpPublisher]:
     connection = await connect(settings, "test")
     async with connection:
-        yield await Publisher.open(connection, settings)
+        yield await AmqpPublisher.open(connection, settings)
 
 
 @pytest.fixture
-async def spy(publisher: Publisher) -> AsyncIterator[AbstractQueue]:
+async def spy(publisher: AmqpPublisher) -> AsyncIterator[AbstractQueue]:
     """A queue of the test's that receives a copy of every message sent to the runs and dead-letter exchanges."""
     channel: AbstractChannel = publisher.channel
     queue = await channel.declare_queue(exclusive=True)
@@ -81,7 +81,7 @@ def _persistent_with_run_id(message: AbstractIncomingMessage) -> tuple[str, int]
 
 
 async def test_every_queue_and_exchange_is_durable_with_the_arguments_that_keep_work(
-    settings: Settings, publisher: Publisher
+    settings: Settings, publisher: AmqpPublisher
 ) -> None:
     names = Names(settings.broker_prefix)
     # As the processor declares it before publishing a retry (Publisher.publish_delayed).
@@ -125,7 +125,7 @@ async def test_every_queue_and_exchange_is_durable_with_the_arguments_that_keep_
 
 
 async def test_every_publish_path_sends_persistent_messages_whose_id_is_the_run_id(
-    settings: Settings, db: asyncpg.Connection, publisher: Publisher, spy: AbstractQueue
+    settings: Settings, db: asyncpg.Connection, publisher: AmqpPublisher, spy: AbstractQueue
 ) -> None:
     names = publisher.topology.names
     ok = await new_task(db, "ok", "noop")
@@ -169,7 +169,7 @@ async def test_every_publish_path_sends_persistent_messages_whose_id_is_the_run_
 
 
 async def test_a_publish_that_reaches_no_queue_fails_on_every_path_instead_of_vanishing(
-    settings: Settings, publisher: Publisher
+    settings: Settings, publisher: AmqpPublisher
 ) -> None:
     names = publisher.topology.names
     body = json.dumps({"run_id": 7}).encode()

@@ -1,0 +1,165 @@
+"""Deliveries from PostgreSQL (the `run_queue` table): claimed a batch at a time with `FOR UPDATE SKIP LOCKED`,
+never more held than the concurrency (the prefetch), leased and renewed while held, settled in batches.
+
+The fetch loop claims as many messages as there is room for; when it got fewer it sleeps until a NOTIFY says
+work was added, until the next message falls ready (a retry's delay, an expired lease), or `max_idle_s`; when it
+is full it sleeps until a settlement makes room. Every third of `queue_lease_s` it renews the leases of what it
+holds: a processor that died stops renewing, and its messages are handed out again when their leases run out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import asyncpg
+
+from processor.intake import Delivery, Handler
+from taskmill.db import is_transient
+from taskmill.loops import Backoff, unless_stopped, wait_or_stop
+from taskmill.settings import Settings
+from taskmill.store import queue
+from taskmill.wakeup import Wakeup
+
+log = logging.getLogger(__name__)
+
+
+class PgIntake:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, worker: str, types: Sequence[str] = ()) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._worker = worker
+        self._types = list(types)
+        self._handler: Handler | None = None
+        self._consuming = False
+        self._held: dict[int, queue.Delivery] = {}
+        self._room = asyncio.Event()  # set when a settlement frees a place
+        self._acks: list[queue.Delivery] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+        self._scheduled = False
+        self._renewing: asyncio.Task[None] | None = None
+
+    async def subscribe(self, handler: Handler) -> None:
+        self._handler = handler
+        self._consuming = True
+        # Until close(): what is held is renewed while the processor drains too.
+        self._renewing = asyncio.create_task(self._renew_loop())
+
+    async def keep(self, stop: asyncio.Event, room: Callable[[], bool]) -> None:
+        async with Wakeup(self._settings.database_url, queue.CHANNEL) as wakeup:
+            await self._fetch_loop(stop, wakeup)
+
+    async def cancel(self) -> None:
+        self._consuming = False
+
+    async def ready(self) -> int:
+        return await queue.ready(self._pool)
+
+    def done(self, delivery: Delivery) -> None:
+        message = self._settle(delivery)
+        if message is None:
+            return
+        self._acks.append(message)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    async def requeue(self, delivery: Delivery) -> None:
+        if (message := self._settle(delivery)) is not None:
+            await self._retrying("requeue", queue.requeue, [message])
+
+    async def reject(self, delivery: Delivery, reason: str) -> None:
+        if (message := self._settle(delivery)) is not None:
+            await self._retrying("reject", lambda pool, m: queue.reject(pool, m, reason), [message])
+
+    async def close(self) -> None:
+        self._flush()
+        while self._flushing:
+            await asyncio.gather(*self._flushing, return_exceptions=True)
+        if self._renewing is not None:
+            self._renewing.cancel()
+            await asyncio.gather(self._renewing, return_exceptions=True)
+
+    def _settle(self, delivery: Delivery) -> queue.Delivery | None:
+        assert isinstance(delivery, queue.Delivery)
+        message = self._held.pop(delivery.id, None)
+        self._room.set()
+        return message
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not self._acks:
+            return
+        batch, self._acks = self._acks, []
+        task = asyncio.ensure_future(self._retrying("ack", queue.ack, batch))
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _retrying(
+        self,
+        what: str,
+        statement: Callable[[asyncpg.Pool, Sequence[queue.Delivery]], Awaitable[None]],
+        messages: list[queue.Delivery],
+    ) -> None:
+        """A settlement, tried again while the database is away (a few times: a message left unsettled is handed
+        out again when its lease ends, and its run's own state then drops it as a duplicate)."""
+        backoff = Backoff(self._settings.db_retry_max_s)
+        for attempt in range(5):
+            try:
+                await statement(self._pool, messages)
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("%s of %d messages failed (try %d): %s", what, len(messages), attempt + 1, exc)
+                await asyncio.sleep(backoff.next())
+        log.warning("gave up the %s of %d messages: their leases bring them back", what, len(messages))
+
+    async def _fetch_loop(self, stop: asyncio.Event, wakeup: Wakeup) -> None:
+        backoff = Backoff(self._settings.db_retry_max_s)
+        while not stop.is_set() and self._consuming:
+            room = self._settings.concurrency - len(self._held)
+            if room <= 0:
+                self._room.clear()
+                await unless_stopped(stop, self._room.wait())
+                continue
+            try:
+                got = await queue.claim(self._pool, room, self._worker, self._settings.queue_lease_s, self._types)
+                wait_s = None if len(got) == room else await queue.next_ready_in(self._pool)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                pause = backoff.next()
+                log.warning("cannot fetch work, will retry in %.1f s: %s", pause, exc, extra={"action": "fetch"})
+                await wait_or_stop(stop, pause)
+                continue
+            backoff.reset()
+            await self._hand_out(got)
+            if len(got) == room:
+                continue  # more may be ready
+            idle_s = self._settings.max_idle_s if wait_s is None else min(max(wait_s, 0.0), self._settings.max_idle_s)
+            await unless_stopped(stop, wakeup.wait(idle_s))
+
+    async def _hand_out(self, got: list[queue.Delivery]) -> None:
+        assert self._handler is not None, "not subscribed"
+        limit = self._settings.delivery_limit
+        over = [message for message in got if message.delivery > limit]
+        if over:
+            # As a quorum queue's delivery limit: a message that keeps killing its processors goes to the dead.
+            await self._retrying("reject", lambda pool, m: queue.reject(pool, m, "delivery limit reached"), over)
+            log.error("dead-lettered %d messages over the delivery limit", len(over), extra={"action": "poison"})
+        for message in got:
+            if message.delivery <= limit:
+                self._held[message.id] = message
+                await self._handler(message)
+
+    async def _renew_loop(self) -> None:
+        lease_s = self._settings.queue_lease_s
+        while True:
+            await asyncio.sleep(lease_s / 3)
+            held = list(self._held.values())
+            try:
+                await queue.renew(self._pool, held, lease_s)
+            except Exception as exc:  # not fatal: at worst a message is handed out twice, and dropped as a duplicate
+                log.warning("cannot renew the leases of %d messages: %s", len(held), exc)

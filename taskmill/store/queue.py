@@ -1,0 +1,156 @@
+"""The PostgreSQL transport's queue (`run_queue`, 0009_run_queue.sql): every statement on it, a batch each.
+
+A delivery is named by the message's id and its delivery count: a settlement from a processor whose lease ran out
+(the message was handed to another one since) matches nothing, as a broker ignores an ack on a closed channel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from taskmill.db import Connection
+
+Conn = Connection | asyncpg.Pool
+
+WORK, DEAD = "work", "dead"
+# NOTIFY channel: work was added that is ready now (processors waiting for work claim at once).
+CHANNEL = "taskmill_queue"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message to enqueue: ready `delay_s` from now; to the dead letters when `reason` is set."""
+
+    type: str
+    body: bytes
+    run_id: int | None
+    delay_s: float = 0.0
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message handed to this processor, until it settles it or its lease runs out."""
+
+    id: int
+    delivery: int  # how many times it has been handed out, this time included
+    type: str
+    body: bytes
+
+
+ENQUEUE = """
+WITH added AS (
+    INSERT INTO run_queue (queue, type, body, run_id, available_at, reason)
+    SELECT CASE WHEN m.reason IS NULL THEN 'work' ELSE 'dead' END, m.type, m.body, m.run_id,
+           now() + make_interval(secs => m.delay_s), m.reason
+    FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::float8[], $5::text[])
+        AS m(type, body, run_id, delay_s, reason)
+    RETURNING queue, available_at
+)
+SELECT count(*)::int FROM added
+WHERE queue = 'work' AND available_at <= now() AND pg_notify('taskmill_queue', '') IS NOT NULL
+"""
+
+
+async def enqueue(conn: Conn, messages: Sequence[Message]) -> None:
+    """Adds the messages in one statement: all of them or none (a broker's confirms). Processors waiting for work
+    hear of what is ready now (at commit)."""
+    if messages:
+        await conn.execute(
+            ENQUEUE,
+            [m.type for m in messages],
+            [m.body for m in messages],
+            [m.run_id for m in messages],
+            [m.delay_s for m in messages],
+            [m.reason for m in messages],
+        )
+
+
+# The oldest ready messages, leased to the processor: `available_at` moves to the lease's end, so the message is
+# handed out again then unless the processor settles or renews it first. `$4` empty: every type.
+CLAIM = """
+WITH picked AS (
+    SELECT id FROM run_queue
+    WHERE queue = 'work' AND available_at <= now() AND (cardinality($4::text[]) = 0 OR type = ANY($4::text[]))
+    ORDER BY available_at, id
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE run_queue q
+SET available_at = now() + make_interval(secs => $3), leased_by = $2, deliveries = q.deliveries + 1
+FROM picked WHERE q.id = picked.id
+RETURNING q.id, q.deliveries, q.type, q.body
+"""
+
+
+async def claim(conn: Conn, limit: int, worker: str, lease_s: float, types: Sequence[str] = ()) -> list[Delivery]:
+    """Up to `limit` ready messages (of `types`, or any), oldest first, leased for `lease_s`."""
+    rows = await conn.fetch(CLAIM, limit, worker, lease_s, list(types))
+    return sorted((Delivery(r["id"], r["deliveries"], r["type"], r["body"]) for r in rows), key=lambda d: d.id)
+
+
+_DELIVERIES = "unnest($1::bigint[], $2::int[]) AS d(id, n) WHERE q.id = d.id AND q.deliveries = d.n"
+
+ACK = f"DELETE FROM run_queue q USING {_DELIVERIES}"
+
+RENEW = f"""
+UPDATE run_queue q SET available_at = now() + make_interval(secs => $3) FROM {_DELIVERIES} AND q.queue = 'work'
+"""
+
+REQUEUE = f"""
+WITH back AS (
+    UPDATE run_queue q SET available_at = now(), leased_by = NULL FROM {_DELIVERIES} AND q.queue = 'work'
+    RETURNING q.id
+)
+SELECT count(*)::int FROM back WHERE pg_notify('taskmill_queue', '') IS NOT NULL
+"""
+
+REJECT = f"UPDATE run_queue q SET queue = 'dead', reason = $3, leased_by = NULL FROM {_DELIVERIES}"
+
+
+def _keys(deliveries: Sequence[Delivery]) -> tuple[list[int], list[int]]:
+    return [d.id for d in deliveries], [d.delivery for d in deliveries]
+
+
+async def ack(conn: Conn, deliveries: Sequence[Delivery]) -> None:
+    if deliveries:
+        await conn.execute(ACK, *_keys(deliveries))
+
+
+async def renew(conn: Conn, deliveries: Sequence[Delivery], lease_s: float) -> None:
+    if deliveries:
+        await conn.execute(RENEW, *_keys(deliveries), lease_s)
+
+
+async def requeue(conn: Conn, deliveries: Sequence[Delivery]) -> None:
+    """Back to the queue, ready at once (a processor stopping hands back what it has not started)."""
+    if deliveries:
+        await conn.execute(REQUEUE, *_keys(deliveries))
+
+
+async def reject(conn: Conn, deliveries: Sequence[Delivery], reason: str) -> None:
+    """To the dead letters as they came, with the reason."""
+    if deliveries:
+        await conn.execute(REJECT, *_keys(deliveries), reason[:1000])
+
+
+READY = "SELECT count(*)::int FROM run_queue WHERE queue = 'work' AND available_at <= now()"
+
+
+async def ready(conn: Conn) -> int:
+    """Messages ready to be handed out now."""
+    count: int = await conn.fetchval(READY)
+    return count
+
+
+NEXT_READY_IN = "SELECT extract(epoch FROM min(available_at) - now())::float8 FROM run_queue WHERE queue = 'work'"
+
+
+async def next_ready_in(conn: Conn) -> float | None:
+    """Seconds until the next message is ready (a retry waiting out its delay, a lease running out); None when the
+    queue is empty."""
+    value: float | None = await conn.fetchval(NEXT_READY_IN)
+    return value

@@ -1,0 +1,88 @@
+"""How runs travel from the distributor to the processors: one interface, two transports.
+
+- `amqp` (taskmill/broker.py, taskmill/topology.py): RabbitMQ, for large installations and many hosts.
+- `postgres` (taskmill/transport/postgres.py, the `run_queue` table): nothing but the database, for small ones and
+  for `taskmill dev`.
+
+The roles hold a `Link` and publish through its `Publisher`; the processor consumes through an intake of the same
+transport (processor/intake.py). Nothing above them knows which transport runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import asyncpg
+from aio_pika.abc import AbstractRobustConnection
+
+from taskmill.settings import Settings
+from taskmill.states import RunState
+from taskmill.store.runs import Outbound
+
+
+class Publisher(Protocol):
+    async def publish_runs(self, runs: Sequence[Outbound], per_message: int = 1) -> list[bool]:
+        """Publishes the runs, up to `per_message` of one type in a message (dead ones alone, to the dead letters);
+        True where the transport confirmed the message that carried the run."""
+        ...
+
+    async def consumers(self) -> int:
+        """Processors taking work now (for how many runs to put in a message)."""
+        ...
+
+    async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int) -> None:
+        """A retry, handed out `delay_ms` from now. Raises when the transport did not take it."""
+        ...
+
+    async def publish_dead(self, body: bytes, run_id: int | None, reason: str, *, kind: str = "gave up") -> None:
+        """To the dead letters with the reason; `kind` labels the metric (gave up, poison). Raises when the
+        transport did not take it."""
+        ...
+
+
+@dataclass(slots=True)
+class Link:
+    """An open transport: its publisher, and the broker connection when it is RabbitMQ (None over PostgreSQL, where
+    the role's own pool carries everything)."""
+
+    publisher: Publisher
+    connection: AbstractRobustConnection | None = None
+
+    async def close(self) -> None:
+        if self.connection is not None:
+            await self.connection.close()
+
+
+async def open_link(settings: Settings, name: str, pool: asyncpg.Pool) -> Link:
+    """The transport `settings` choose, opened for a role called `name`, with `pool` its database pool."""
+    if settings.transport_name == "postgres":
+        from taskmill.transport.postgres import PgPublisher
+
+        return Link(PgPublisher(pool, settings.publish_timeout_s))
+    from taskmill.broker import AmqpPublisher, connect
+
+    connection = await connect(settings, name)
+    try:
+        return Link(await AmqpPublisher.open(connection, settings), connection)
+    except BaseException:
+        await connection.close()
+        raise
+
+
+def coalesce(runs: Sequence[Outbound], per_message: int) -> list[list[Outbound]]:
+    """The messages that carry `runs`: up to `per_message` runs of one type each, in the order they came (a dead
+    run alone: it goes to the dead letters)."""
+    messages: list[list[Outbound]] = []
+    open_by_type: dict[str, list[Outbound]] = {}
+    for run in runs:
+        if run.status is RunState.DEAD or per_message <= 1:
+            messages.append([run])
+            continue
+        current = open_by_type.get(run.type)
+        if current is None or len(current) >= per_message:
+            current = open_by_type[run.type] = []
+            messages.append(current)
+        current.append(run)
+    return messages
