@@ -78,6 +78,8 @@ def role_env(settings: Settings, **extra: str) -> dict[str, str]:
     env.update(
         DATABASE_URL=settings.database_url,
         AMQP_URL=settings.amqp_url,
+        TASKMILL_TRANSPORT=settings.transport_name,
+        TASKMILL_QUEUE_LEASE_S=str(settings.queue_lease_s),
         TASKMILL_BROKER_PREFIX=settings.broker_prefix,
         TASKMILL_QUEUED_LEASE_S=str(settings.queued_lease_s),
         TASKMILL_RUNNING_GRACE_S=str(settings.running_grace_s),

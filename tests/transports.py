@@ -89,3 +89,25 @@ async def publish(settings: Settings, body: bytes, task_type: str, run_id: int =
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         topology = await declare(channel, settings)
         await topology.runs.publish(amqp_message(body, run_id), routing_key=task_type, mandatory=True)
+
+
+async def waiting_retries(settings: Settings, task_type: str, delay_ms: int) -> int:
+    """Retries of runs of `task_type` waiting out their delay (over RabbitMQ, in the delay queue of `delay_ms`)."""
+    if settings.transport_name == "postgres":
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            waiting: int = await conn.fetchval(
+                "SELECT count(*) FROM run_queue WHERE queue = 'work' AND type = $1 AND available_at > now() "
+                "AND leased_by IS NULL",
+                task_type,
+            )
+        finally:
+            await conn.close()
+        return waiting
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        name = Names(settings.broker_prefix).delay_queue(delay_ms, task_type)
+        declared = await channel.declare_queue(name, passive=True)
+        assert declared.declaration_result.message_count is not None
+        return declared.declaration_result.message_count

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from taskmill.settings import Settings
-from tests.faults.harness import Stack
+from tests.faults.harness import Stack, view_of
 
 # The private servers of the destructive scenarios (tests/faults/servers.py), registered here once so that the
 # session-scoped ones are started once per session.
@@ -19,7 +19,7 @@ from tests.faults.servers import pg, pg_cluster, rabbit, rabbit_node  # noqa: F4
 
 @pytest.fixture
 async def stack(settings: Settings, db: asyncpg.Connection, tmp_path: Path) -> AsyncIterator[Stack]:
-    opened = await Stack.open(settings, db, tmp_path)
+    opened = await Stack.open(settings, db, tmp_path, broker_view=view_of(settings))
     try:
         yield opened
     finally:

@@ -50,6 +50,7 @@ from cryptography.fernet import Fernet
 
 from taskmill.models import Task
 from taskmill.settings import Settings
+from taskmill.store import queue
 from taskmill.tokens import mint
 from taskmill.topology import Names
 from tests.faults import invariants, procs
@@ -231,6 +232,56 @@ class BrokerView:
     async def delete_queue(self, queue: str) -> None:
         async with self.channel() as channel:
             await channel.queue_delete(queue)
+
+
+class QueueView(BrokerView):
+    """The same look over the PostgreSQL transport: the `run_queue` table, on a connection of its own per question
+    (the database may have restarted in between). Depths are (ready, processors listening for work); a retry
+    waiting out its delay shows as a delay queue's ready message, as it would on the broker."""
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    @contextlib.asynccontextmanager
+    async def _db(self) -> AsyncIterator[asyncpg.Connection]:
+        conn = await asyncpg.connect(self.settings.database_url)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
+    async def depth(self, queue: str) -> tuple[int, int] | None:
+        kind = {self.names.work_queue: "work", self.names.dead_queue: "dead"}.get(queue)
+        if kind is None:
+            return None
+        async with self._db() as conn:
+            row = await conn.fetchrow(
+                """SELECT (SELECT count(*) FROM run_queue WHERE queue = $1 AND ($1 = 'dead' OR available_at <= now())),
+                          (SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                           AND query = 'LISTEN "taskmill_queue"')""",
+                kind,
+            )
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    async def unsettled(self) -> dict[str, tuple[int, int]]:
+        async with self._db() as conn:
+            waiting: int = await conn.fetchval(
+                "SELECT count(*) FROM run_queue WHERE queue = 'work' AND available_at > now() AND leased_by IS NULL"
+            )
+        return {self.names.delay_queue(0, "any"): (waiting, 0)} if waiting else {}
+
+    async def publish(self, body: bytes, routing_key: str, message_id: str | None = None) -> None:
+        async with self._db() as conn:
+            await queue.enqueue(conn, [queue.Message(routing_key, body, int(message_id) if message_id else None)])
+
+
+def view_of(settings: Settings) -> Callable[[Settings], BrokerView]:
+    """The harness's look at the transport the settings use."""
+    return QueueView if settings.transport_name == "postgres" else BrokerView
 
 
 @dataclass(eq=False)

@@ -57,7 +57,7 @@ from taskmill.db import connect
 from taskmill.migrate import migrate, migration_files
 from taskmill.settings import Settings
 from tests.faults import procs
-from tests.faults.harness import BrokerView, Stack, run_command
+from tests.faults.harness import BrokerView, Stack, run_command, view_of
 from tests.tools import RABBIT_BIN, pg_bin
 
 _ROOT = Path("/tmp")
@@ -508,9 +508,8 @@ async def fault_stack(
         if opened:
             db = await connect(settings.database_url)
         assert db is not None
-        stack = await FaultStack.open(
-            settings, db, workdir, broker_view=lambda s: NodeBrokerView(s, rabbit), extra_env=RECOVERY_ENV | env
-        )
+        view = view_of(settings) if settings.transport_name == "postgres" else lambda s: NodeBrokerView(s, rabbit)
+        stack = await FaultStack.open(settings, db, workdir, broker_view=view, extra_env=RECOVERY_ENV | env)
         try:
             yield stack
         finally:

@@ -12,10 +12,12 @@ import pytest
 from taskmill.settings import Settings
 from tests.faults.servers import PgCluster, RabbitNode, fault_stack
 from tests.helpers import new_task, statuses, wait_until
+from tests.transports import BOTH
 
 pytestmark = pytest.mark.slow
 
 
+@BOTH
 async def test_a_database_restarted_at_once_mid_flow_loses_no_run_and_every_role_carries_on(
     settings: Settings, pg: PgCluster, tmp_path: Path
 ) -> None:

@@ -8,11 +8,13 @@ import pytest
 from taskmill.store.runs import claim_due
 from tests.faults.harness import Stack
 from tests.helpers import new_task
+from tests.transports import BOTH
 
 COPIES = 10
 
 
 @pytest.mark.slow
+@BOTH
 async def test_a_run_message_delivered_ten_times_to_two_processors_executes_once(
     stack: Stack, db: asyncpg.Connection
 ) -> None:

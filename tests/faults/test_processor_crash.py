@@ -20,6 +20,7 @@ from tests.faults.harness import RoleProcess, Stack
 from tests.faults.servers import RabbitNode
 from tests.faults.target import CommandLog
 from tests.helpers import new_task, running, wait_for_statuses, wait_until
+from tests.transports import BOTH
 
 
 async def _wait_running(db: asyncpg.Connection, processor: RoleProcess, count: int) -> None:
@@ -43,6 +44,7 @@ async def _pids_in(commands: CommandLog, count: int) -> list[int]:
 
 
 @pytest.mark.slow
+@BOTH
 async def test_a_run_on_a_killed_processor_is_rescued_and_succeeds_on_its_second_attempt(
     settings: Settings, db: asyncpg.Connection, stack: Stack
 ) -> None:
@@ -87,6 +89,7 @@ async def test_a_run_on_a_killed_processor_is_rescued_and_succeeds_on_its_second
 
 
 @pytest.mark.slow
+@BOTH
 async def test_a_run_that_kills_every_processor_it_touches_is_dead_past_the_lost_limit(
     settings: Settings, db: asyncpg.Connection, stack: Stack
 ) -> None:
@@ -146,6 +149,7 @@ async def test_a_killed_processor_takes_its_commands_whole_process_group_with_it
                 os.killpg(pgid, signal.SIGKILL)
 
 
+@BOTH
 async def test_sigterm_lets_a_processor_finish_its_runs_in_flight_and_exit_cleanly(
     settings: Settings, db: asyncpg.Connection, stack: Stack
 ) -> None:
@@ -174,6 +178,7 @@ async def test_sigterm_lets_a_processor_finish_its_runs_in_flight_and_exit_clean
 
 
 @pytest.mark.slow
+@BOTH
 async def test_processors_killed_mid_http_call_and_mid_command_leave_both_runs_to_another_processor(
     db: asyncpg.Connection, stack: Stack
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractQueue
 
 import distributor.service
@@ -33,6 +34,28 @@ class Broker:
         count = declared.declaration_result.message_count
         assert count is not None
         return count
+
+
+@dataclass(slots=True)
+class QueueRows:
+    """The same look over the PostgreSQL transport: the distributor's messages wait as rows until a processor acks
+    them, so a copy is taken by reading the oldest row not taken yet."""
+
+    database_url: str
+    taken: int = 0  # the highest message id taken
+
+    async def take_copy(self) -> bytes:
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            row = await conn.fetchrow(
+                "SELECT id, body FROM run_queue WHERE queue = 'work' AND id > $1 ORDER BY id LIMIT 1", self.taken
+            )
+        finally:
+            await conn.close()
+        assert row is not None, "no message published since the last copy taken"
+        self.taken = row["id"]
+        body: bytes = row["body"]
+        return body
 
 
 async def distribute(settings: Settings) -> None:

@@ -16,7 +16,8 @@ import processor.record
 from taskmill.settings import Settings
 from taskmill.store.runs import Outcome, finish_runs, start_runs
 from tests.helpers import new_task
-from tests.processor.test_retries import FAIL, attempts, dead_letters, run_pipeline
+from tests.processor.test_retries import FAIL, attempts, run_pipeline
+from tests.transports import take_dead_letters
 
 
 class LosingTheReply:
@@ -64,5 +65,5 @@ async def test_a_dead_outcome_whose_reply_was_lost_is_still_dead_lettered(
     assert fault.fired
 
     assert [(r["attempt"], r["status"]) for r in await attempts(db, task.id)] == [(1, "failed"), (2, "dead")]
-    [message] = await dead_letters(settings)  # the dead-letter queue still holds one message for the dead run
+    [message] = await take_dead_letters(settings)  # the dead-letter queue still holds one message for the dead run
     assert b'"attempt":2' in message.body

@@ -1,7 +1,8 @@
 """At-least-once delivery, exactly-once start: repeated, concurrent, stale and unreadable messages.
 
-The messages repeated here are the distributor's own: a queue of the test's, bound to the runs exchange next to the
-work queue, keeps a copy of everything published there.
+The messages repeated here are the distributor's own (the `copies` fixture): over RabbitMQ a queue of the test's,
+bound to the runs exchange next to the work queue, keeps a copy of everything published there; over PostgreSQL the
+messages are read from the queue's rows before a processor takes them.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import aio_pika
 import asyncpg
 import pytest
 
@@ -20,7 +20,11 @@ from taskmill.settings import Settings
 from taskmill.states import ScheduleKind
 from taskmill.store.runs import Start, StartRequest, start_runs
 from tests.helpers import new_task, running, statuses, wait_for_statuses, wait_until
-from tests.processor.brokers import Broker, distribute, process
+from tests.processor.brokers import Broker, QueueRows, distribute, process
+from tests.transports import BOTH, counts, publish, take_dead_letters, waiting_retries
+
+# Every test here runs over RabbitMQ and over PostgreSQL alone.
+pytestmark = BOTH
 
 # Appends one line to runs.log in its cwd each time it runs.
 APPEND = ["sh", "-c", "echo ran >> runs.log"]
@@ -40,11 +44,11 @@ def lines(tmp_path: Path) -> list[str]:
 
 
 async def test_a_repeated_message_of_a_finished_run_is_acked_without_running_again(
-    settings: Settings, db: asyncpg.Connection, broker: Broker, tmp_path: Path
+    settings: Settings, db: asyncpg.Connection, copies: Broker | QueueRows, tmp_path: Path
 ) -> None:
     task = await new_task(db, "append", "command", {"argv": APPEND, "cwd": str(tmp_path)})
     await distribute(settings)
-    body = await broker.take_copy()
+    body = await copies.take_copy()
     await process(settings)
     assert await statuses(db) == {"succeeded": 1}
     assert lines(tmp_path) == ["ran"]
@@ -52,25 +56,24 @@ async def test_a_repeated_message_of_a_finished_run_is_acked_without_running_aga
     assert len(before[0]) == 1
 
     run_id = RunMessage.model_validate_json(body).run_id
-    await broker.publish(body, "command", run_id)
-    assert await broker.count(broker.topology.names.work_queue) == 1
+    await publish(settings, body, "command", run_id)
+    assert await counts(settings) == {"work": 1, "dead": 0}
     await process(settings)
 
-    assert await broker.count(broker.topology.names.work_queue) == 0
-    assert await broker.count(broker.topology.names.dead_queue) == 0
+    assert await counts(settings) == {"work": 0, "dead": 0}
     assert lines(tmp_path) == ["ran"]
     assert await history(db) == before
     assert await db.fetchval("SELECT attempt FROM task_schedule WHERE task_id = $1", task.id) == 1
 
 
 async def test_two_copies_of_a_message_delivered_at_once_run_once(
-    settings: Settings, db: asyncpg.Connection, broker: Broker, tmp_path: Path
+    settings: Settings, db: asyncpg.Connection, copies: Broker | QueueRows, tmp_path: Path
 ) -> None:
     payload = {"argv": ["sh", "-c", "echo ran >> runs.log; sleep 0.2"], "cwd": str(tmp_path)}
     await new_task(db, "append", "command", payload)
     await distribute(settings)
-    await broker.publish(await broker.take_copy(), "command")
-    assert await broker.count(broker.topology.names.work_queue) == 2  # both wait for the processor's first fetch
+    await publish(settings, await copies.take_copy(), "command")
+    assert (await counts(settings))["work"] == 2  # both wait for the processor's first fetch
     await process(settings)
 
     assert await statuses(db) == {"succeeded": 1}
@@ -78,59 +81,54 @@ async def test_two_copies_of_a_message_delivered_at_once_run_once(
     results, audit = await history(db)
     assert [(attempt, status) for _, attempt, status, _, _ in results] == [(1, "succeeded")]
     assert [(to, attempt) for _, _, to, attempt in audit if to == "running"] == [("running", 1)]
-    assert await broker.count(broker.topology.names.dead_queue) == 0
+    assert (await counts(settings))["dead"] == 0
 
 
 async def test_a_message_for_a_stale_attempt_is_dropped(
-    settings: Settings, db: asyncpg.Connection, broker: Broker, tmp_path: Path
+    settings: Settings, db: asyncpg.Connection, copies: Broker | QueueRows, tmp_path: Path
 ) -> None:
     # Attempt 1 fails and its retry waits a long time: the run sits in `retrying`, startable, at attempt 1.
     payload = {"argv": ["sh", "-c", "echo ran >> runs.log; exit 1"], "cwd": str(tmp_path)}
     task = await new_task(db, "append", "command", payload, max_retries=1, retry_delay_seconds=30)
     await distribute(settings)
-    first = await broker.take_copy()
+    first = await copies.take_copy()
     await process(settings)
     assert await statuses(db) == {"retrying": 1}
     before = await history(db)
 
     # The first attempt's message again: the run is startable, but not by a message for attempt 1.
     assert RunMessage.model_validate_json(first).attempt == 1
-    await broker.publish(first, "command")
+    await publish(settings, first, "command")
     await process(settings)
 
     assert await statuses(db) == {"retrying": 1}
     assert await db.fetchval("SELECT attempt FROM task_schedule WHERE task_id = $1", task.id) == 1
     assert lines(tmp_path) == ["ran"]
     assert await history(db) == before
-    assert await broker.count(broker.topology.names.work_queue) == 0
-    assert await broker.count(broker.topology.names.dead_queue) == 0
-    # The real retry is untouched, still waiting in its delay queue.
-    assert await broker.count(broker.topology.names.delay_queue(30_000, "command")) == 1
+    assert await counts(settings) == {"work": 0, "dead": 0}
+    # The real retry is untouched, still waiting out its delay.
+    assert await waiting_retries(settings, "command", 30_000) == 1
 
 
 @pytest.mark.parametrize("body", [b"not json at all", b'{"v": 1, "run_id": "one"}'], ids=["not-json", "wrong-shape"])
 async def test_an_unreadable_message_is_dead_lettered_and_consuming_goes_on(
-    settings: Settings, db: asyncpg.Connection, broker: Broker, body: bytes
+    settings: Settings, db: asyncpg.Connection, body: bytes
 ) -> None:
-    dead_queue = broker.topology.names.dead_queue
     async with running(processor.service.run, settings):
-        await broker.publish(body, "noop")
+        await publish(settings, body, "noop")
 
         async def dead_lettered() -> bool:
-            return await broker.count(dead_queue) == 1
+            return (await counts(settings))["dead"] == 1
 
         await wait_until(dead_lettered, timeout=5, what="the unreadable message in the dead-letter queue")
         await new_task(db, "after the poison", "noop", {"still": "alive"})
         await distribute(settings)
         await wait_for_statuses(db, {"succeeded": 1}, timeout=5)
 
-    assert await broker.count(broker.topology.names.work_queue) == 0
-    connection = await aio_pika.connect(settings.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        dead = await (await channel.declare_queue(dead_queue, passive=True)).get(no_ack=True)
-        assert dead.body == body
-        assert str(dead.headers["x-taskmill-reason"]).startswith("unreadable run message")
+    assert (await counts(settings))["work"] == 0
+    [dead] = await take_dead_letters(settings)
+    assert dead.body == body
+    assert dead.reason.startswith("unreadable run message")
     assert await db.fetchval("SELECT result FROM task_results") == {"still": "alive"}
 
 
