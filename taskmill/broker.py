@@ -147,6 +147,12 @@ class AmqpPublisher:
             queue = await declare_delay_queue(channel, self.topology.names, delay_ms, task_type)
             await self.channel.default_exchange.publish(amqp_message(body, run_id), routing_key=queue, mandatory=True)
 
+    async def forward(self, body: bytes, run_id: int, task_type: str) -> None:
+        """To the runs exchange under its type, as the distributor publishes. TimeoutError after
+        `publish_timeout_s`, also while the connection is down."""
+        async with asyncio.timeout(self.timeout_s):
+            await self.topology.runs.publish(amqp_message(body, run_id), routing_key=task_type, mandatory=True)
+
     async def publish_dead(self, body: bytes, run_id: int | None, reason: str, *, kind: str = "gave up") -> None:
         """To the dead-letter queue with the reason in a header; `kind` labels the metric (gave up, poison).
         TimeoutError after `publish_timeout_s`, also while the connection is down."""

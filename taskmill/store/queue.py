@@ -154,3 +154,35 @@ async def next_ready_in(conn: Conn) -> float | None:
     queue is empty."""
     value: float | None = await conn.fetchval(NEXT_READY_IN)
     return value
+
+
+# What a processor of the PostgreSQL transport does not hold: ready messages, retries waiting out their delay, and
+# messages whose lease ran out (their processor died). Locked until the transaction that takes them ends.
+LEFTOVERS = """
+SELECT id, type, body, run_id, greatest(0, extract(epoch FROM available_at - now()))::float8 AS delay_s
+FROM run_queue
+WHERE queue = 'work' AND (leased_by IS NULL OR available_at <= now())
+ORDER BY id
+LIMIT $1
+FOR UPDATE SKIP LOCKED
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    id: int
+    type: str
+    body: bytes
+    run_id: int
+    delay_s: float
+
+
+async def leftovers(conn: Connection, limit: int) -> list[Leftover]:
+    """Up to `limit` messages no processor holds, locked for the caller's transaction."""
+    rows = await conn.fetch(LEFTOVERS, limit)
+    return [Leftover(r["id"], r["type"], r["body"], r["run_id"] or 0, r["delay_s"]) for r in rows]
+
+
+async def delete(conn: Connection, ids: Sequence[int]) -> None:
+    if ids:
+        await conn.execute("DELETE FROM run_queue WHERE id = ANY($1::bigint[])", list(ids))

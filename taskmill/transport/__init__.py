@@ -36,6 +36,11 @@ class Publisher(Protocol):
         """A retry, handed out `delay_ms` from now. Raises when the transport did not take it."""
         ...
 
+    async def forward(self, body: bytes, run_id: int, task_type: str) -> None:
+        """A message as it came (version 1 or 2) to the processors of its type, now. Raises when the transport did
+        not take it."""
+        ...
+
     async def publish_dead(self, body: bytes, run_id: int | None, reason: str, *, kind: str = "gave up") -> None:
         """To the dead letters with the reason; `kind` labels the metric (gave up, poison). Raises when the
         transport did not take it."""

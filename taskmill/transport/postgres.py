@@ -55,6 +55,10 @@ class PgPublisher:
         async with asyncio.timeout(self.timeout_s):
             await queue.enqueue(self.pool, [queue.Message(task_type, body, run_id, delay_s=delay_ms / 1000)])
 
+    async def forward(self, body: bytes, run_id: int, task_type: str) -> None:
+        async with asyncio.timeout(self.timeout_s):
+            await queue.enqueue(self.pool, [queue.Message(task_type, body, run_id)])
+
     async def publish_dead(self, body: bytes, run_id: int | None, reason: str, *, kind: str = "gave up") -> None:
         DEAD_LETTERED.labels(kind).inc()
         async with asyncio.timeout(self.timeout_s):
