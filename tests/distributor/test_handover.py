@@ -45,7 +45,8 @@ async def test_switching_from_postgres_to_rabbitmq_finishes_every_run_once(
         await wait_for_statuses(db, {"succeeded": 21}, timeout=30)
 
         async def emptied() -> bool:
-            return await db.fetchval("SELECT count(*) FROM run_queue") == 0
+            left: int = await db.fetchval("SELECT count(*) FROM run_queue")
+            return left == 0
 
         await wait_until(emptied, timeout=10, what="the PostgreSQL transport's queue to empty")
 
