@@ -3,6 +3,8 @@
 burst  N noop tasks created through POST /tasks/bulk and run now: end-to-end runs/s, lost and duplicates, and what
        each run cost (CPU of every role, of PostgreSQL and of RabbitMQ; rows, WAL and index entries), during it.
 at     N noop tasks due at one instant a few seconds ahead: start lateness (started_at - scheduled_time).
+pg-burst, pg-at  the same over the PostgreSQL transport (no RabbitMQ), in a database of their own; `system` is
+       taskmill-postgres in their lines.
 capacity  the capacity forecast over a million scheduled runs (bench/capacity.py); needs no roles.
 cron   (only when named: minutes) N every-minute cron tasks over M whole minutes: start lateness.
 history  (only when named: minutes) the claim's plan with 50 million runs of history behind it.
@@ -18,6 +20,7 @@ import json
 import os
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,18 +28,21 @@ import aio_pika
 import asyncpg
 
 from bench import capacity, cost, history, pipeline, references
-from bench.references.common import drop_database
+from bench.references.common import database_for, drop_database
 from bench.stack import Setup, Stack
 from taskmill import topology
 from taskmill.db import connect
 from taskmill.migrate import migrate
 
-WORKLOADS = ("burst", "at", "capacity", "scale", *references.WORKLOADS)
+WORKLOADS = ("burst", "at", "pg-burst", "pg-at", "capacity", "scale", *references.WORKLOADS)
+PIPELINE = ("burst", "at", "cron", "pg-burst", "pg-at")
 # The curve: (distributors, processors) for the `scale` workload.
 SCALE = ((1, 1), (1, 2), (1, 4), (2, 2), (2, 4))
 # Only when named: each takes minutes.
 EXTRA_WORKLOADS = ("cron", "history", *references.EXTRA_WORKLOADS)
 DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/taskmill_bench")
+# The PostgreSQL transport's stack: a database of its own, so the two stacks never share runs.
+PG_DSN = database_for(DSN, "postgres")
 AMQP = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
@@ -74,10 +80,10 @@ async def scale(conn: asyncpg.Connection, base: Setup, runs: int) -> dict[str, A
 
 async def cpu_groups(conn: asyncpg.Connection, stack: Stack) -> dict[str, list[int]]:
     """The processes whose CPU a workload is charged with: each role, PostgreSQL (its postmaster, whose children are
-    the backends) and the RabbitMQ node."""
+    the backends) and the RabbitMQ node (when the stack uses it)."""
     groups = stack.pids()
     groups["postgres"] = [await cost.postmaster_pid(conn)]
-    if (rabbit := cost.listener_pid(urlsplit(AMQP).port or 5672)) is not None:
+    if stack.setup.transport == "amqp" and (rabbit := cost.listener_pid(urlsplit(AMQP).port or 5672)) is not None:
         groups["rabbitmq"] = [rabbit]
     return groups
 
@@ -113,11 +119,8 @@ async def main(argv: Sequence[str] | None = None) -> None:
 
     await fresh_database(DSN)
     setup = Setup(args.processors, args.concurrency, args.distributors, args.queue_type)
-    stack = Stack(DSN, AMQP, f"bench-{uuid.uuid4().hex[:8]}", setup)
+    stacks = Stacks(setup)
     conn = await connect(DSN)
-    uses_stack = bool({"burst", "at", "cron"} & set(args.workloads))
-    if uses_stack:
-        await stack.start()
     results = []
     try:
         for workload in args.workloads:
@@ -126,31 +129,76 @@ async def main(argv: Sequence[str] | None = None) -> None:
             elif workload == "history":
                 result = await history.run(conn, args.history_runs, args.history_days)
             elif workload == "scale":
+                await stacks.stop()
                 result = await scale(conn, setup, args.runs)
-            elif workload not in ("burst", "at", "cron"):
+            elif workload not in PIPELINE:
+                await stacks.stop()  # a reference runs alone on the machine
                 result = await references.run(workload, DSN, AMQP, args)
             else:
-                if workload == "burst":
-                    result = await pipeline.burst(conn, stack, args.runs, await cpu_groups(conn, stack))
-                elif workload == "cron":
-                    result = await pipeline.cron(conn, stack, args.cron_entries, args.cron_minutes)
-                else:
-                    result = await pipeline.at(conn, stack, args.at_runs, args.at_ahead)
-                result["setup"] = {
-                    "processors": setup.processors,
-                    "concurrency": setup.concurrency,
-                    "distributors": setup.distributors,
-                    "queue_type": setup.queue_type,
-                }
+                result = await pipeline_workload(workload, stacks, args)
             print(json.dumps(result), flush=True)
             results.append(result)
         if ratios := references.ratios(results):
             print(json.dumps(ratios), flush=True)
     finally:
         await conn.close()
-        if uses_stack:
-            await stack.stop()
+        await stacks.stop()
+
+
+class Stacks:
+    """The stack of roles each pipeline workload runs on, one transport at a time: started when first needed, and
+    stopped when a workload needs the other transport's or none (the machine's two cores are not shared)."""
+
+    def __init__(self, setup: Setup) -> None:
+        self.setup = setup
+        self.running: tuple[Stack, asyncpg.Connection] | None = None
+
+    async def get(self, transport: str) -> tuple[Stack, asyncpg.Connection]:
+        if self.running is not None and self.running[0].setup.transport == transport:
+            return self.running
+        await self.stop()
+        dsn = DSN if transport == "amqp" else PG_DSN
+        if transport != "amqp":
+            await fresh_database(dsn)
+        stack = Stack(dsn, AMQP, f"bench-{uuid.uuid4().hex[:8]}", replace(self.setup, transport=transport))
+        await stack.start()
+        self.running = stack, await connect(dsn)
+        return self.running
+
+    async def stop(self) -> None:
+        if self.running is None:
+            return
+        stack, conn = self.running
+        self.running = None
+        await conn.close()
+        await stack.stop()
+        if stack.setup.transport == "amqp":
             await delete_broker_objects(stack.prefix)
+        else:
+            await drop_database(stack.dsn)
+
+
+async def pipeline_workload(workload: str, stacks: Stacks, args: argparse.Namespace) -> dict[str, Any]:
+    transport = "postgres" if workload.startswith("pg-") else "amqp"
+    kind = workload.removeprefix("pg-")
+    stack, conn = await stacks.get(transport)
+    if kind == "burst":
+        result = await pipeline.burst(conn, stack, args.runs, await cpu_groups(conn, stack))
+    elif kind == "cron":
+        result = await pipeline.cron(conn, stack, args.cron_entries, args.cron_minutes)
+    else:
+        result = await pipeline.at(conn, stack, args.at_runs, args.at_ahead)
+    if transport == "postgres":
+        result["system"] = "taskmill-postgres"
+    setup = stack.setup
+    result["setup"] = {
+        "transport": setup.transport,
+        "processors": setup.processors,
+        "concurrency": setup.concurrency,
+        "distributors": setup.distributors,
+        **({"queue_type": setup.queue_type} if setup.transport == "amqp" else {}),
+    }
+    return result
 
 
 async def delete_broker_objects(prefix: str) -> None:

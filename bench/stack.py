@@ -23,6 +23,7 @@ class Setup:
     concurrency: int = 2500
     distributors: int = 1
     queue_type: str = "quorum"
+    transport: str = "amqp"  # or postgres: the roles without RabbitMQ
 
 
 def _free_port() -> int:
@@ -50,6 +51,7 @@ class Stack:
             TASKMILL_BROKER_PREFIX=self.prefix,
             TASKMILL_LOG_LEVEL="WARNING",
             TASKMILL_QUEUE_TYPE=self.setup.queue_type,
+            TASKMILL_TRANSPORT=self.setup.transport,
         )
 
     async def start(self) -> None:

@@ -19,7 +19,7 @@ from tests.conftest import AMQP, PG_ADMIN, _dsn
 
 
 @pytest.mark.slow
-async def test_the_benchmark_runs_both_workloads_and_reports_no_lost_or_duplicate_runs() -> None:
+async def test_the_benchmark_runs_both_workloads_on_both_transports_and_reports_no_lost_or_duplicate_runs() -> None:
     dbname = f"tmtest_bench_{uuid.uuid4().hex[:8]}"
     env = dict(os.environ, DATABASE_URL=_dsn(dbname), AMQP_URL=AMQP)
     try:
@@ -30,6 +30,8 @@ async def test_the_benchmark_runs_both_workloads_and_reports_no_lost_or_duplicat
                 "bench",
                 "burst",
                 "at",
+                "pg-burst",
+                "pg-at",
                 "--runs",
                 "300",
                 "--at-runs",
@@ -43,20 +45,25 @@ async def test_the_benchmark_runs_both_workloads_and_reports_no_lost_or_duplicat
             ],
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=180,
             env=env,
         )
     finally:
-        admin = await asyncpg.connect(PG_ADMIN)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        await admin.close()
+        await _drop_databases(dbname)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    burst, at = lines
-    assert (burst["workload"], burst["runs"], burst["lost"], burst["duplicates"]) == ("burst", 300, 0, 0)
-    assert burst["runs_per_s"] > 0
-    assert (at["workload"], at["runs"], at["lost"], at["duplicates"]) == ("at", 100, 0, 0)
-    assert 0 <= at["lateness_ms"]["p50"] <= at["lateness_ms"]["max"]
+    assert [(line.get("system", "taskmill"), line["workload"], line["setup"]["transport"]) for line in lines] == [
+        ("taskmill", "burst", "amqp"),
+        ("taskmill", "at", "amqp"),
+        ("taskmill-postgres", "burst", "postgres"),
+        ("taskmill-postgres", "at", "postgres"),
+    ]
+    for burst in lines[0::2]:
+        assert (burst["runs"], burst["lost"], burst["duplicates"]) == (300, 0, 0)
+        assert burst["runs_per_s"] > 0
+    for at in lines[1::2]:
+        assert (at["runs"], at["lost"], at["duplicates"]) == (100, 0, 0)
+        assert 0 <= at["lateness_ms"]["p50"] <= at["lateness_ms"]["max"]
 
 
 def _run_bench(*argv: str) -> list[dict[str, Any]]:
@@ -76,7 +83,7 @@ def _run_bench(*argv: str) -> list[dict[str, Any]]:
 async def _drop_databases(dbname: str) -> None:
     admin = await asyncpg.connect(PG_ADMIN)
     try:
-        for name in (dbname, f"{dbname}_celery", f"{dbname}_pgqueuer"):
+        for name in (dbname, f"{dbname}_celery", f"{dbname}_pgqueuer", f"{dbname}_postgres"):
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
@@ -106,17 +113,21 @@ def test_each_reference_runs_burst_and_at_and_reports_no_lost_or_duplicate_jobs(
     assert 0 <= at["lateness_ms"]["p50"] <= at["lateness_ms"]["max"]
 
 
-def test_the_ratios_line_divides_taskmills_burst_rate_by_each_references() -> None:
+def test_the_ratios_line_divides_each_taskmill_burst_rate_by_each_references_and_lists_the_at_p99s() -> None:
     lines: list[dict[str, Any]] = [
         {"workload": "burst", "runs_per_s": 3000},
-        {"workload": "at", "lateness_ms": {}},
+        {"workload": "at", "lateness_ms": {"p99": 90.0}},
+        {"system": "taskmill-postgres", "workload": "burst", "runs_per_s": 2400},
+        {"system": "taskmill-postgres", "workload": "at", "lateness_ms": {"p99": 150.0}},
         {"system": "celery", "workload": "burst", "runs_per_s": 1000},
         {"system": "pgqueuer", "workload": "burst", "runs_per_s": 1500},
-        {"system": "celery", "workload": "at", "lateness_ms": {}},
+        {"system": "celery", "workload": "at", "lateness_ms": {"p99": 300.0}},
     ]
     assert references.ratios(lines) == {
         "workload": "ratios",
-        "burst_runs_per_s": {"taskmill": 3000, "celery": 1000, "pgqueuer": 1500},
+        "burst_runs_per_s": {"taskmill": 3000, "taskmill-postgres": 2400, "celery": 1000, "pgqueuer": 1500},
         "taskmill_burst_over": {"celery": 3.0, "pgqueuer": 2.0},
+        "taskmill-postgres_burst_over": {"celery": 2.4, "pgqueuer": 1.6},
+        "at_p99_ms": {"taskmill": 90.0, "taskmill-postgres": 150.0, "celery": 300.0},
     }
-    assert references.ratios(lines[:2]) is None and references.ratios(lines[2:]) is None
+    assert references.ratios(lines[:4]) is None and references.ratios(lines[4:]) is None

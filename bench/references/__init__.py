@@ -53,17 +53,17 @@ async def run(workload: str, dsn: str, amqp: str, args: argparse.Namespace) -> d
 
 
 def ratios(results: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """taskmill's burst runs/s over each reference's, when taskmill's burst and at least one reference's ran."""
-    rates = {
-        r.get("system", "taskmill"): r["runs_per_s"]
-        for r in results
-        if r.get("workload") == "burst" and "runs_per_s" in r
-    }
-    taskmill = rates.pop("taskmill", None)
-    if not taskmill or not rates:
+    """taskmill's burst runs/s over each reference's, per transport (`taskmill` over RabbitMQ, `taskmill-postgres`),
+    and every system's `at` p99, when a taskmill burst and a reference's ran."""
+    rates = {r.get("system", "taskmill"): r["runs_per_s"] for r in results if r.get("workload") == "burst"}
+    ours = {system: rates.pop(system) for system in ("taskmill", "taskmill-postgres") if system in rates}
+    if not ours or not rates:
         return None
-    return {
-        "workload": "ratios",
-        "burst_runs_per_s": {"taskmill": taskmill, **rates},
-        "taskmill_burst_over": {system: round(taskmill / rate, 2) if rate else None for system, rate in rates.items()},
-    }
+    line: dict[str, Any] = {"workload": "ratios", "burst_runs_per_s": ours | rates}
+    for system, rate in ours.items():
+        line[f"{system}_burst_over"] = {
+            other: round(rate / theirs, 2) if theirs else None for other, theirs in rates.items()
+        }
+    if at := {r.get("system", "taskmill"): r["lateness_ms"]["p99"] for r in results if r.get("workload") == "at"}:
+        line["at_p99_ms"] = at
+    return line
