@@ -50,8 +50,9 @@ WITH added AS (
         AS m(type, body, run_id, delay_s, reason)
     RETURNING queue, available_at
 )
+-- CASE: the only order of evaluation SQL promises (a delayed message or a dead letter must not wake anyone).
 SELECT count(*)::int FROM added
-WHERE queue = 'work' AND available_at <= now() AND pg_notify('taskmill_queue', '') IS NOT NULL
+WHERE CASE WHEN queue = 'work' AND available_at <= now() THEN pg_notify('taskmill_queue', '') IS NOT NULL END
 """
 
 
