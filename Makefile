@@ -39,7 +39,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## Every role in one process, migrations applied; the API listens on 127.0.0.1:8000.
+## Every role in one process, migrations applied, over an embedded PostgreSQL (no DATABASE_URL or AMQP_URL needed:
+## see README); the dashboard and the API on 127.0.0.1:8000.
 dev: $(STAMP)
 	$(BIN)/taskmill dev
 

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     sub.add_parser("migrate", help="create the database if missing and apply migrations")
     sub.add_parser("scheduler", help="materialize runs of recurring tasks")
-    sub.add_parser("distributor", help="publish due runs to RabbitMQ and rescue stale ones")
+    sub.add_parser("distributor", help="hand due runs to the processors (RabbitMQ or PostgreSQL) and rescue stale ones")
     proc = sub.add_parser("processor", help="consume and execute runs")
     proc.add_argument("--concurrency", type=int, help="runs executed at once (default 10)")
     api = sub.add_parser("api", help="serve the REST API")
@@ -64,10 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     cap.add_argument("--min-instances", type=int, help="never ask for fewer (default 1)")
     cap.add_argument("--max-instances", type=int, help="never ask for more (default 100)")
     cap.add_argument("--cooldown", type=float, help="seconds after a change before scaling down (default 300)")
-    dev = sub.add_parser("dev", help="migrate, then run every role in one process")
+    dev = sub.add_parser(
+        "dev", help="every role in one process, migrated, over an embedded PostgreSQL unless DATABASE_URL is set"
+    )
     dev.add_argument("--host", help="API address (default 127.0.0.1)")
     dev.add_argument("--port", type=int, help="API port (default 8000)")
     dev.add_argument("--concurrency", type=int, help="processor concurrency (default 10)")
+    dev.add_argument(
+        "--data-dir",
+        help="the embedded PostgreSQL's data, used when DATABASE_URL is not set (TASKMILL_DATA_DIR; default "
+        "$XDG_STATE_HOME/taskmill/postgres, for root /var/lib/taskmill/postgres)",
+    )
     sub.add_parser(
         "rotate-secrets", help="encrypt every task's secrets again with the first key of TASKMILL_SECRET_KEY"
     )
@@ -141,7 +148,10 @@ async def _dev(settings: Settings, stop: asyncio.Event) -> None:
     if not (settings.jwt_secret or settings.jwt_public_key):
         # A secret for this session only, and a token to try the API with.
         settings = settings.model_copy(update={"jwt_secret": secrets.token_urlsafe(32)})
-    print(f"taskmill dev: API on http://{settings.api_host}:{settings.api_port}/ (docs at /docs)", flush=True)
+    print(
+        f"taskmill dev: dashboard and API on http://{settings.api_host}:{settings.api_port}/ (docs at /docs)",
+        flush=True,
+    )
     if settings.jwt_secret:
         print(f"taskmill dev: token: {mint(settings.jwt_secret, 'dev', 'admin', 12 * 3600)}", flush=True)
     await run_loops(stop, **{name: load_role(name)(settings, stop=stop) for name in ROLES})
@@ -227,7 +237,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             applied = _run(migrate(settings.database_url, settings.partition_days_ahead))
             print(f"migrations applied: {', '.join(applied) or 'none (up to date)'}")
         elif args.command == "dev":
-            _run(_until_signal(lambda stop: _dev(settings, stop)))
+            from taskmill import devserver
+
+            try:
+                devserver.check_port_free(settings.api_host, settings.api_port)
+                if "database_url" in settings.model_fields_set:
+                    _run(_until_signal(lambda stop: _dev(settings, stop)))
+                else:
+                    # An embedded PostgreSQL of its own. SIGTERM, like SIGINT, unwinds through the block that stops
+                    # it (while the event loop runs, both stop the roles gracefully instead).
+                    signal.signal(signal.SIGTERM, signal.default_int_handler)
+                    data_dir = devserver.data_dir_from(args.data_dir, os.environ, os.geteuid())
+                    with devserver.embedded_postgres(data_dir) as server:
+                        print(server.describe(), flush=True)
+                        embedded = settings.model_copy(update={"database_url": server.dsn})
+                        _run(_until_signal(lambda stop: _dev(embedded, stop)))
+            except devserver.DevServerError as exc:
+                print(f"taskmill dev: {exc}", file=sys.stderr)
+                return 2
         else:
             if args.command == "processor" and settings.jwt_secret:
                 # Each role holds only what it needs: with it, a task that reads this process could mint tokens.
