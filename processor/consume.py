@@ -1,9 +1,10 @@
 """From delivery to ack: read the message, claim the run (processor/claim.py), execute it (processor/execute.py),
-record the outcome (processor/record.py), then ack. Never ack before recording.
+record the outcome (processor/record.py), then ack. Never ack before recording. Deliveries come from, and are settled
+through, the transport's intake (processor/intake.py).
 
-A delivery no run can come of goes to the dead-letter queue; one taken while stopping goes back to the queue. An
-error that is not the database going away (a missing table, an SQL bug) stops the processor through `failed()`:
-what it holds is never acked, so the broker hands it to another processor.
+A delivery no run can come of goes to the dead letters; one taken while stopping goes back to the queue. An error
+that is not the database going away (a missing table, an SQL bug) stops the processor through `failed()`: what it
+holds is never acked, so the transport hands it to another processor.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class Consumer:
             await self._dead_letter(delivery, f"unreadable run message: {exc}"[:1000])
             return
         if self._stopping:
-            await self._requeue(delivery)
+            await self._intake.requeue(delivery)
             return
         # Its runs in turn, each once due and given a slot: a message waits for one slot at a time, not its runs
         # for theirs all at once.
@@ -155,7 +156,7 @@ class Consumer:
             if isinstance(verdict, Poison):
                 await self._dead_letter(delivery, verdict.reason, runs[0].run_id)
             elif verdict is HANDED_BACK:
-                await self._requeue(delivery)
+                await self._intake.requeue(delivery)
             else:
                 self._intake.done(delivery)
             return
@@ -166,7 +167,7 @@ class Consumer:
             back = back or verdict is HANDED_BACK
         if back:
             # The whole message goes back; its runs that ended are dropped as duplicates when it comes again.
-            await self._requeue(delivery)
+            await self._intake.requeue(delivery)
         else:
             self._intake.done(delivery)
 
@@ -238,6 +239,3 @@ class Consumer:
             return False
         log.error("dead-lettered run %s: %s", message.run_id, reason[:200], extra={"action": "poison"})
         return True
-
-    async def _requeue(self, delivery: Delivery) -> None:
-        await self._intake.requeue(delivery)
