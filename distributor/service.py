@@ -14,7 +14,7 @@ from distributor.pacing import pace
 from distributor.rescue import rescue
 from taskmill.crash import Crash
 from taskmill.db import is_transient, role_pool
-from taskmill.loops import Backoff, run_loops, unless_stopped, wait_or_stop
+from taskmill.loops import Backoff, pause_if_transient, run_loops, unless_stopped, wait_or_stop
 from taskmill.settings import Settings
 from taskmill.store.runs import Outbound, claim_due, next_due_in
 from taskmill.transport import Publisher, open_link
@@ -79,11 +79,7 @@ async def _dispatch_loop(
                 due_in = None if runs else await next_due_in(pool, settings.dispatch_lead_s)
             except Exception as exc:
                 slots.release()
-                if not is_transient(exc):
-                    raise
-                pause = backoff.next()
-                log.warning("claim failed, will retry in %.1f s: %s", pause, exc, extra={"action": "claim"})
-                await wait_or_stop(stop, pause)
+                await pause_if_transient(exc, backoff, stop, "claim")
                 continue
             backoff.reset()
             if runs:

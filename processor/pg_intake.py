@@ -17,7 +17,7 @@ import asyncpg
 
 from processor.intake import Delivery, Handler
 from taskmill.db import is_transient
-from taskmill.loops import Backoff, unless_stopped, wait_or_stop
+from taskmill.loops import Backoff, pause_if_transient, unless_stopped
 from taskmill.settings import Settings
 from taskmill.store import queue
 from taskmill.wakeup import Wakeup
@@ -128,11 +128,7 @@ class PgIntake:
                 got = await queue.claim(self._pool, room, self._worker, self._settings.queue_lease_s, self._types)
                 wait_s = None if len(got) == room else await queue.next_ready_in(self._pool)
             except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                pause = backoff.next()
-                log.warning("cannot fetch work, will retry in %.1f s: %s", pause, exc, extra={"action": "fetch"})
-                await wait_or_stop(stop, pause)
+                await pause_if_transient(exc, backoff, stop, "fetch")
                 continue
             backoff.reset()
             await self._hand_out(got)

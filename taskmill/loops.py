@@ -9,6 +9,8 @@ import random
 from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
+from taskmill.db import is_transient
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -60,6 +62,16 @@ def first_error(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup):
         error = error.exceptions[0]
     return error
+
+
+async def pause_if_transient(exc: Exception, backoff: Backoff, stop: asyncio.Event, what: str) -> None:
+    """After a failed `what` (a claim, a fetch): raises `exc` again unless the database went away
+    (`taskmill.db.is_transient`); else says so and waits the backoff's next pause, or until `stop`."""
+    if not is_transient(exc):
+        raise exc
+    pause = backoff.next()
+    log.warning("%s failed, will retry in %.1f s: %s", what, pause, exc, extra={"action": what})
+    await wait_or_stop(stop, pause)
 
 
 class Backoff:
