@@ -173,7 +173,9 @@ def server_user() -> ServerUser:
     try:
         entry = pwd.getpwnam(SYSTEM_USER)
     except KeyError:
-        useradd = ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell"]
+        # Where it lives when root's PATH lacks the sbin directories (a minimal environment, a container's).
+        program = shutil.which("useradd") or shutil.which("useradd", path="/usr/sbin:/sbin") or "useradd"
+        useradd = [program, "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell"]
         try:
             made = subprocess.run([*useradd, "/usr/sbin/nologin", SYSTEM_USER], capture_output=True, text=True)
             reason = made.stderr.strip().splitlines()[-1] if made.stderr.strip() else f"exit status {made.returncode}"
