@@ -79,11 +79,14 @@ async def test_dead_letters_are_never_handed_out(db: asyncpg.Connection) -> None
     assert await queue.ready(db) == 0
 
 
-async def test_a_publish_of_ready_work_wakes_a_listener_and_a_delayed_one_does_not(
+async def test_a_publish_of_work_wakes_a_listener_and_a_dead_letter_does_not(
     db: asyncpg.Connection, settings: Settings
 ) -> None:
     async with Wakeup(settings.database_url, queue.CHANNEL) as wakeup:
-        await _enqueue(db, queue.Message("noop", b"later", 1, delay_s=60))
+        await _enqueue(db, queue.Message("noop", b"gone", 1, reason="retries spent"))
         assert await wakeup.wait(0.3) is False
         await _enqueue(db, queue.Message("noop", b"now", 2))
+        assert await wakeup.wait(2) is True
+        # A retry too: a processor asleep until later must wake at its time if that comes sooner.
+        await _enqueue(db, queue.Message("noop", b"later", 3, delay_s=60))
         assert await wakeup.wait(2) is True

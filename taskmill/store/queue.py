@@ -16,7 +16,7 @@ from taskmill.db import Connection
 Conn = Connection | asyncpg.Pool
 
 WORK, DEAD = "work", "dead"
-# NOTIFY channel: work was added that is ready now (processors waiting for work claim at once).
+# NOTIFY channel: work was added (processors waiting claim what is ready, and sleep until the next one is).
 CHANNEL = "taskmill_queue"
 
 
@@ -50,15 +50,16 @@ WITH added AS (
         AS m(type, body, run_id, delay_s, reason)
     RETURNING queue, available_at
 )
--- CASE: the only order of evaluation SQL promises (a delayed message or a dead letter must not wake anyone).
+-- CASE: the only order of evaluation SQL promises (a dead letter must not wake anyone).
 SELECT count(*)::int FROM added
-WHERE CASE WHEN queue = 'work' AND available_at <= now() THEN pg_notify('taskmill_queue', '') IS NOT NULL END
+WHERE CASE WHEN queue = 'work' THEN pg_notify('taskmill_queue', '') IS NOT NULL END
 """
 
 
 async def enqueue(conn: Conn, messages: Sequence[Message]) -> None:
     """Adds the messages in one statement: all of them or none (a broker's confirms). Processors waiting for work
-    hear of what is ready now (at commit)."""
+    hear of it at commit, a retry's too: one asleep until the next message it knew of must wake at this one's time
+    if it comes sooner."""
     if messages:
         await conn.execute(
             ENQUEUE,
