@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
 
 from taskmill.models import Schedule, Task
+from taskmill.store.tasktypes import Registered
 from taskmill.tasktypes import BUILTIN
 
 
@@ -63,12 +65,17 @@ class TaskType(BaseModel):
     name: str
     description: str
     payload_schema: dict[str, Any]
+    module: str | None = None  # a Python handler's module; None for a built-in type
 
 
-def task_types() -> list[TaskType]:
+def task_types(handlers: Sequence[Registered] = ()) -> list[TaskType]:
+    """The built-in types, then the registered handlers (`module` names where each is defined)."""
     return [
         TaskType(name=t.name, description=t.description, payload_schema=t.payload_model.model_json_schema())
         for t in BUILTIN.values()
+    ] + [
+        TaskType(name=h.name, description=h.description, payload_schema=h.payload_schema, module=h.module)
+        for h in handlers
     ]
 
 

@@ -8,9 +8,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import httpx
 from pydantic import ValidationError
 
+from taskmill import handlers
 from taskmill.messages import RunMessage
 from taskmill.secrets import open_sealed
 from taskmill.settings import Settings
@@ -31,7 +33,9 @@ class Attempt:
         return None if self.result is None else json.dumps(self.result, default=str)
 
 
-def context(message: RunMessage, settings: Settings, http: httpx.AsyncClient, jail: Jail) -> RunContext:
+def context(
+    message: RunMessage, settings: Settings, http: httpx.AsyncClient, jail: Jail, pool: asyncpg.Pool | None = None
+) -> RunContext:
     """What the attempt runs with: its timeout (at most this processor's), limits and decrypted secrets. Raises
     SecretsError when this processor cannot read the secrets."""
     return RunContext(
@@ -44,6 +48,8 @@ def context(message: RunMessage, settings: Settings, http: httpx.AsyncClient, ja
         open_sealed(settings.secret_key, message.secrets) if message.secrets else {},
         max_response_bytes=settings.http_max_response_bytes,
         jail=jail,
+        scheduled_time=message.scheduled_time,
+        pool=pool,
     )
 
 
@@ -53,7 +59,7 @@ async def execute(message: RunMessage, ctx: RunContext) -> Attempt:
     def elapsed() -> float:
         return (time.perf_counter() - started) * 1000
 
-    tasktype = BUILTIN.get(message.type)
+    tasktype = BUILTIN.get(message.type) or handlers.task_type(message.type)
     if tasktype is None:
         return Attempt(False, None, f"unknown task type {message.type!r}", elapsed(), permanent=True)
     try:

@@ -12,10 +12,13 @@ import asyncpg
 
 from processor.consume import Consumer
 from processor.intake import Intake, open_intake
-from taskmill.db import is_transient, role_pool
+from taskmill import handlers
+from taskmill.db import create_pool, is_transient, role_pool
 from taskmill.loops import run_loops, unless_stopped, wait_or_stop
-from taskmill.settings import Settings
+from taskmill.settings import ConfigError, Settings
 from taskmill.store.processors import leave, register, seen
+from taskmill.store.tasktypes import Registered
+from taskmill.store.tasktypes import register as register_types
 from taskmill.tasktypes.http import http_client
 from taskmill.tasktypes.jail import Jail
 from taskmill.transport import Link, open_link
@@ -33,22 +36,30 @@ def worker_name() -> str:
 async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_idle: bool = False) -> None:
     stop = stop or asyncio.Event()
     worker = worker_name()
+    try:
+        served = handlers.import_modules(settings.import_list)
+    except handlers.ImportFailed as exc:
+        raise ConfigError(str(exc)) from exc
     jail = await asyncio.to_thread(Jail.detect, settings)  # tries the sandbox once, for real
     pool = await role_pool(settings.database_url, max_size=4)
+    # Each handler attempt holds a connection for its transaction: as many as runs at once.
+    handler_pool = await create_pool(settings.database_url, max_size=settings.concurrency) if served else None
     http = http_client(settings.http_allow_hosts, settings.http_deny_hosts)
     link: Link | None = None
     try:
         link = await open_link(settings, "taskmill-processor", pool)
         _say_isolation(jail)
         await register(pool, worker, jail.describe())
+        await register_types(pool, [_registration(h) for h in served], worker)
         intake = open_intake(link, settings, pool, worker)
-        consumer = Consumer(settings, pool, link.publisher, http, jail, worker, intake)
+        consumer = Consumer(settings, pool, link.publisher, http, jail, worker, intake, handler_pool)
         consumer.start()
         await intake.subscribe(consumer.on_message)
         log.info(
-            "processor ready: %d runs at once, over %s",
+            "processor ready: %d runs at once, over %s%s",
             settings.concurrency,
             settings.transport_name,
+            f"; handlers: {', '.join(sorted(h.name for h in served))}" if served else "",
             extra={"action": "ready"},
         )
         try:
@@ -74,11 +85,23 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
         await http.aclose()
         if link is not None:
             await link.close()
+        if handler_pool is not None:
+            await handler_pool.close()
         try:
             await leave(pool, worker)
         except Exception as exc:  # it ages out of /health by itself
             log.info("could not unregister %s: %s", worker, exc)
         await pool.close()
+
+
+def _registration(handler: handlers.Handler) -> Registered:
+    return Registered(
+        handler.name,
+        handler.description,
+        handler.payload_model.model_json_schema(),
+        handler.timeout_seconds,
+        handler.module,
+    )
 
 
 def _say_isolation(jail: Jail) -> None:

@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("distributor", help="hand due runs to the processors (RabbitMQ or PostgreSQL) and rescue stale ones")
     proc = sub.add_parser("processor", help="consume and execute runs")
     proc.add_argument("--concurrency", type=int, help="runs executed at once (default 10)")
+    _import_option(proc)
     api = sub.add_parser("api", help="serve the REST API")
     api.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     api.add_argument("--port", type=int, help="port to listen on (default 8000)")
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", help="API address (default 127.0.0.1)")
     dev.add_argument("--port", type=int, help="API port (default 8000)")
     dev.add_argument("--concurrency", type=int, help="processor concurrency (default 10)")
+    _import_option(dev)
     dev.add_argument(
         "--data-dir",
         help="the embedded PostgreSQL's data, used when DATABASE_URL is not set (TASKMILL_DATA_DIR; default "
@@ -97,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
             help="a bearer token with tasks:read (TASKMILL_TOKEN)",
         )
     return parser
+
+
+def _import_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE",
+        help="a module of Python handlers to serve (repeatable; TASKMILL_IMPORTS, comma-separated, adds to it)",
+    )
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -129,7 +141,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         value = getattr(args, arg, None)
         if value is not None:
             overrides[field] = value
-    return Settings(**overrides)
+    settings = Settings(**overrides)
+    if imports := getattr(args, "imports", None):
+        settings = settings.model_copy(update={"imports": ",".join([*settings.import_list, *imports])})
+    return settings
 
 
 async def _until_signal(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:

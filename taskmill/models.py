@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -23,6 +24,9 @@ from pydantic import (
 from taskmill.cron import ScheduleError, validate_cron, zone
 from taskmill.states import ScheduleKind
 from taskmill.tasktypes import BUILTIN
+
+# A Python handler's name (taskmill/handlers.py NAME).
+HANDLER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}$")
 
 # A run's timeout when its task names none, and the most any setting may allow (a run longer than RabbitMQ's
 # consumer_timeout, 30 min by default, needs that raised too).
@@ -157,8 +161,11 @@ class TaskCreate(BaseModel):
     @field_validator("type")
     @classmethod
     def _known_type(cls, value: str) -> str:
-        if value not in BUILTIN:
-            raise ValueError(f"unknown task type {value!r}; known: {', '.join(sorted(BUILTIN))}")
+        # A built-in type, or the name of a Python handler (which the API checks against those registered).
+        if value not in BUILTIN and not HANDLER_NAME.match(value):
+            raise ValueError(
+                f"unknown task type {value!r}; known: {', '.join(sorted(BUILTIN))}, or a Python handler's name"
+            )
         return value
 
     @field_validator("payload")

@@ -286,3 +286,17 @@ CREATE TABLE run_queue (
 
 -- The claim: the oldest available work first (dead letters stay out of it).
 CREATE INDEX run_queue_available ON run_queue (available_at, id) WHERE queue = 'work';
+
+-- Python handlers (taskmill/handlers.py): each processor registers the task types it serves at start, with their
+-- payload JSON schemas, so the API validates payloads and lists types without importing anyone's code.
+CREATE TABLE task_types (
+    name            text PRIMARY KEY,
+    description     text NOT NULL DEFAULT '',
+    payload_schema  jsonb NOT NULL CHECK (jsonb_typeof(payload_schema) = 'object'),
+    -- The default timeout of a task of this type (the handler's `timeout_seconds`); NULL: the API's default.
+    timeout_seconds double precision CHECK (timeout_seconds > 0),
+    -- The module that defines it, and the processor that registered it last, and when.
+    module          text NOT NULL DEFAULT '',
+    registered_by   text NOT NULL,
+    registered_at   timestamptz NOT NULL DEFAULT now()
+);

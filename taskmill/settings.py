@@ -148,6 +148,8 @@ class Settings(BaseSettings):
 
     # processor
     concurrency: int = Field(10, ge=1, le=10_000)
+    # Modules of Python handlers (taskmill/handlers.py) the processor imports at start, comma-separated.
+    imports: str = ""
     # Command runs: `namespaces` confines each in PID, mount and IPC namespaces of its own (bubblewrap), with a
     # read-only view of the system, a private /tmp and its cwd writable; the processor refuses command runs when
     # that cannot be had. `none` runs them unconfined (said loudly at start and in /health).
@@ -227,6 +229,10 @@ class Settings(BaseSettings):
     jwt_public_key: str = Field("", validation_alias=AliasChoices("JWT_PUBLIC_KEY", "TASKMILL_JWT_PUBLIC_KEY"))
     jwt_issuer: str = Field("", validation_alias=AliasChoices("JWT_ISSUER", "TASKMILL_JWT_ISSUER"))
     jwt_audience: str = Field("", validation_alias=AliasChoices("JWT_AUDIENCE", "TASKMILL_JWT_AUDIENCE"))
+
+    @property
+    def import_list(self) -> list[str]:
+        return [m.strip() for m in self.imports.split(",") if m.strip()]
 
     @property
     def transport_name(self) -> Literal["amqp", "postgres"]:

@@ -14,6 +14,7 @@ import aio_pika
 import aiormq.abc
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
+from taskmill.handlers import HANDLERS
 from taskmill.settings import Settings
 from taskmill.tasktypes import BUILTIN
 
@@ -69,7 +70,9 @@ async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
     runs = await channel.declare_exchange(names.runs_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
     dead = await channel.declare_exchange(names.dead_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
     work = await channel.declare_queue(names.work_queue, durable=True, arguments=work_queue_arguments(settings, names))
-    for type_name in BUILTIN:
+    # The built-in types, and the handlers this process registered (a processor's: the bindings stay on the broker,
+    # so every distributor's publishes of those types reach the work queue from then on).
+    for type_name in (*BUILTIN, *HANDLERS):
         await work.bind(runs, routing_key=type_name)
     dead_letters = await channel.declare_queue(
         names.dead_queue,

@@ -13,6 +13,7 @@ from api import cursors
 from api.auth import COMMAND, Principal
 from api.deps import AppSettings, Pool, Reader, Writer
 from api.schemas import BulkCreated, BulkItem, RunPublic, TaskPage, TaskPublic, TaskType, task_types
+from api.typecheck import default_timeout, type_problems
 from taskmill.models import DEFAULT_TIMEOUT_S, Task, TaskCreate
 from taskmill.settings import Settings
 from taskmill.store.history import run_detail
@@ -28,6 +29,7 @@ from taskmill.store.tasks import (
     taken_names,
     update_task,
 )
+from taskmill.store.tasktypes import Registered, registered
 
 router = APIRouter()
 
@@ -36,12 +38,15 @@ COMMAND_TYPE = "command"
 NO_NUL = r"^[^\x00]*$"
 
 TaskId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+Registry = dict[str, Registered]
 
 
-def _problems(body: TaskCreate, settings: Settings, now: datetime, *where: int) -> list[dict[str, Any]]:
-    """What the installation refuses in a definition the model accepts: a one-off time long past, a timeout over
-    TASKMILL_MAX_TIMEOUT_S."""
-    problems = []
+def _problems(
+    body: TaskCreate, settings: Settings, registry: Registry, now: datetime, *where: int
+) -> list[dict[str, Any]]:
+    """What the installation refuses in a definition the model accepts: a type no processor serves, a payload that
+    does not fit a handler's schema, a one-off time long past, a timeout over TASKMILL_MAX_TIMEOUT_S."""
+    problems = type_problems(body, registry, *where)
     if reason := body.schedule.late(now):
         problems.append({"loc": ("body", *where, "schedule", "at"), "msg": reason, "type": "value_error"})
     limit = settings.max_timeout_s
@@ -51,11 +56,13 @@ def _problems(body: TaskCreate, settings: Settings, now: datetime, *where: int) 
     return problems
 
 
-def _fitted(body: TaskCreate, settings: Settings) -> TaskCreate:
-    """A definition that names no timeout gets the default, or the installation's maximum if that is lower."""
+def _fitted(body: TaskCreate, settings: Settings, registry: Registry) -> TaskCreate:
+    """A definition that names no timeout gets its handler's, else the default, or the installation's maximum if
+    that is lower."""
     if "timeout_seconds" in body.model_fields_set:
         return body
-    return body.model_copy(update={"timeout_seconds": min(DEFAULT_TIMEOUT_S, settings.max_timeout_s)})
+    default = default_timeout(body, registry) or DEFAULT_TIMEOUT_S
+    return body.model_copy(update={"timeout_seconds": min(default, settings.max_timeout_s)})
 
 
 def _may_write(who: Principal, *types: str) -> None:
@@ -64,10 +71,10 @@ def _may_write(who: Principal, *types: str) -> None:
         who.require(COMMAND, "creating or editing a command task")
 
 
-def _checked(body: TaskCreate, settings: Settings) -> TaskCreate:
-    if problems := _problems(body, settings, datetime.now(UTC)):
+def _checked(body: TaskCreate, settings: Settings, registry: Registry) -> TaskCreate:
+    if problems := _problems(body, settings, registry, datetime.now(UTC)):
         raise RequestValidationError(problems)
-    return _fitted(body, settings)
+    return _fitted(body, settings, registry)
 
 
 @router.post("/tasks/bulk", status_code=201, response_model=BulkCreated)
@@ -80,7 +87,8 @@ async def create_many(
     """Up to 10,000 tasks in one transaction: all are created, or none (422 or 409 naming each bad item)."""
     _may_write(who, *{task.type for task in body})
     now = datetime.now(UTC)
-    problems = [p for i, task in enumerate(body) for p in _problems(task, settings, now, i)]
+    registry = await registered(db)
+    problems = [p for i, task in enumerate(body) for p in _problems(task, settings, registry, now, i)]
     first: dict[str, int] = {}
     for i, task in enumerate(body):
         if task.name in first:
@@ -89,7 +97,7 @@ async def create_many(
         first.setdefault(task.name, i)
     if problems:
         raise RequestValidationError(problems)
-    specs = [_fitted(task, settings) for task in body]
+    specs = [_fitted(task, settings, registry) for task in body]
     async with db.acquire() as conn, conn.transaction():
         if taken := await taken_names(conn, list(first)):
             raise HTTPException(409, f"{len(taken)} names exist already: {', '.join(map(repr, taken[:20]))}")
@@ -103,7 +111,7 @@ async def create_many(
 @router.post("/tasks", status_code=201, response_model=TaskPublic)
 async def create(body: TaskCreate, db: Pool, settings: AppSettings, who: Writer) -> TaskPublic:
     _may_write(who, body.type)
-    spec = _checked(body, settings)
+    spec = _checked(body, settings, await registered(db))
     async with db.acquire() as conn:
         try:
             task = await create_task(conn, spec, created_by=who.subject, secret_key=settings.secret_key)
@@ -167,7 +175,7 @@ async def get(task_id: TaskId, db: Pool, _: Reader) -> TaskPublic:
 @router.put("/tasks/{task_id}", response_model=TaskPublic)
 async def replace(task_id: TaskId, body: TaskCreate, db: Pool, settings: AppSettings, who: Writer) -> TaskPublic:
     """Replaces the definition; future scheduled runs are dropped and materialized again, history stays."""
-    spec = _checked(body, settings)
+    spec = _checked(body, settings, await registered(db))
     async with db.acquire() as conn:
         existing = await get_task(conn, task_id)
         _may_write(who, body.type, existing.type if existing else "")
@@ -213,5 +221,6 @@ async def invoke(task_id: TaskId, db: Pool, who: Writer) -> RunPublic:
 
 
 @router.get("/task-types", response_model=list[TaskType])
-async def types(_: Reader) -> list[TaskType]:
-    return task_types()
+async def types(db: Pool, _: Reader) -> list[TaskType]:
+    """The built-in types, then the Python handlers processors registered, with their payload JSON schemas."""
+    return task_types(list((await registered(db)).values()))

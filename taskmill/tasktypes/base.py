@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import httpx
 from pydantic import BaseModel
 
@@ -39,6 +41,9 @@ class RunContext:
     max_response_bytes: int = 1024 * 1024
     # Where command runs are confined (taskmill/tasktypes/jail.py); a processor passes the one it detected.
     jail: Jail = UNCONFINED
+    scheduled_time: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # Python handlers' connections (taskmill/handlers.py): each attempt's own transaction.
+    pool: asyncpg.Pool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,191 @@
+"""Your own Python functions as task types.
+
+    from pydantic import BaseModel
+    from taskmill import Context, handler
+
+    class Invoice(BaseModel):
+        customer_id: int
+
+    @handler("billing.send_invoice", payload=Invoice, timeout_seconds=20)
+    async def send_invoice(ctx: Context, payload: Invoice) -> dict:
+        await ctx.conn.execute("INSERT INTO invoices_sent (customer_id) VALUES ($1)", payload.customer_id)
+        return {"sent": True}
+
+`taskmill processor --import billing.tasks` imports the module, which registers its handlers here; the handler's
+name is a task type. Each attempt runs in a database transaction of its own (`ctx.conn`), committed when the handler
+returns and rolled back when it raises; the run's status is recorded outside it, so a rolled-back handler still ends
+failed or retrying with its error (seed 001). A plain `def` handler runs in a thread (its `ctx.conn` belongs to the
+event loop: it has no database access of its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from taskmill.db import Connection
+from taskmill.models import HANDLER_NAME
+from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskType, cap_text
+
+log = logging.getLogger(__name__)
+
+# A handler's name: a task type (`billing.send_invoice`), never one of the built-in ones.
+NAME = HANDLER_NAME
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class AnyPayload(BaseModel):
+    """The payload of a handler that declares no model: any JSON object, handed over as it came."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class RunLog:
+    """`ctx.log`: lines that land in the run's output (and in the processor's log, with the run's id)."""
+
+    def __init__(self, run_id: int, task_id: int) -> None:
+        self._lines: list[str] = []
+        self._extra = {"run_id": run_id, "task_id": task_id}
+
+    def _add(self, level: int, message: str, *args: object) -> None:
+        text = message % args if args else message
+        self._lines.append(f"{logging.getLevelName(level)} {text}")
+        log.log(level, text, extra=self._extra)
+
+    def debug(self, message: str, *args: object) -> None:
+        self._add(logging.DEBUG, message, *args)
+
+    def info(self, message: str, *args: object) -> None:
+        self._add(logging.INFO, message, *args)
+
+    def warning(self, message: str, *args: object) -> None:
+        self._add(logging.WARNING, message, *args)
+
+    def error(self, message: str, *args: object) -> None:
+        self._add(logging.ERROR, message, *args)
+
+    def text(self) -> str:
+        return "".join(line + "\n" for line in self._lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a handler gets besides its payload."""
+
+    run_id: int
+    task_id: int
+    attempt: int  # 1 for the first try
+    scheduled_time: datetime
+    conn: Connection  # inside the handler's own transaction
+    log: RunLog
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    name: str
+    fn: Callable[..., Any]
+    payload_model: type[BaseModel]
+    timeout_seconds: float | None
+    description: str
+    module: str = field(default="")
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+    def task_type(self) -> TaskType:
+        return TaskType(self.name, self.description, self.payload_model, self._run)
+
+    async def _run(self, payload: BaseModel, rc: RunContext) -> JsonObject:
+        if rc.pool is None:
+            raise TaskFailed("this processor has no database pool for handlers", permanent=True)
+        run_log = RunLog(rc.run_id, rc.task_id)
+        try:
+            async with rc.pool.acquire() as conn, conn.transaction():
+                ctx = Context(rc.run_id, rc.task_id, rc.attempt, rc.scheduled_time, conn, run_log)
+                if self.is_async:
+                    value = await self.fn(ctx, payload)
+                else:
+                    value = await asyncio.to_thread(self.fn, ctx, payload)
+        except TaskFailed:
+            raise
+        except Exception as exc:
+            # Rolled back. The error is the exception, the output the log and the traceback (this frame's omitted).
+            frames = exc.__traceback__.tb_next if exc.__traceback__ else None
+            trace = "".join(traceback.format_exception(type(exc), exc, frames))
+            output, _ = cap_text((run_log.text() + trace).encode(), rc.output_cap)
+            raise TaskFailed(f"{type(exc).__name__}: {exc}", {"output": output}) from exc
+        output, _ = cap_text(run_log.text().encode(), rc.output_cap)
+        return {"result": _jsonable(value), "output": output}
+
+
+def _jsonable(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(
+    name: str,
+    *,
+    payload: type[BaseModel] | None = None,
+    timeout_seconds: float | None = None,
+    description: str | None = None,
+) -> Callable[[F], F]:
+    """Registers the decorated function as the task type `name`. It is called as `fn(ctx, payload)`, `payload` an
+    instance of the `payload` model (validated before the run, and by the API when the task is created)."""
+    from taskmill.tasktypes import BUILTIN
+
+    if not NAME.match(name):
+        raise ValueError(f"handler name {name!r}: letters, digits, '_', '.', '-', starting with a letter or '_'")
+    if name in BUILTIN:
+        raise ValueError(f"handler name {name!r} is a built-in task type")
+    if timeout_seconds is not None and timeout_seconds <= 0:
+        raise ValueError(f"handler {name!r}: timeout_seconds must be positive")
+
+    def register(fn: F) -> F:
+        if len(inspect.signature(fn).parameters) != 2:
+            raise TypeError(f"handler {name!r}: {fn.__qualname__} must take (ctx, payload)")
+        known = HANDLERS.get(name)
+        if known is not None and (known.module, known.fn.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"handler {name!r} is registered twice: {known.module}.{known.fn.__qualname__} and "
+                             f"{fn.__module__}.{fn.__qualname__}")  # fmt: skip
+        doc = description if description is not None else inspect.getdoc(fn) or ""
+        HANDLERS[name] = Handler(name, fn, payload or AnyPayload, timeout_seconds, doc.strip(), fn.__module__)
+        return fn
+
+    return register
+
+
+class ImportFailed(Exception):
+    """A module named by --import / TASKMILL_IMPORTS that cannot be imported (the message says which and why)."""
+
+
+def import_modules(modules: Iterable[str]) -> list[Handler]:
+    """Imports each module (which registers its handlers); returns every handler registered. The current directory
+    is on the path, as for `python -m`."""
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            raise ImportFailed(f"cannot import {module}: {type(exc).__name__}: {exc}") from exc
+    return list(HANDLERS.values())
+
+
+def task_type(name: str) -> TaskType | None:
+    found = HANDLERS.get(name)
+    return None if found is None else found.task_type()
