@@ -13,7 +13,6 @@ from api import cursors
 from api.auth import COMMAND, Principal
 from api.deps import AppSettings, Pool, Reader, Writer
 from api.schemas import BulkCreated, BulkItem, RunPublic, TaskPage, TaskPublic, TaskType, task_types
-from api.typecheck import default_timeout, type_problems
 from taskmill.models import DEFAULT_TIMEOUT_S, Task, TaskCreate
 from taskmill.settings import Settings
 from taskmill.store.history import run_detail
@@ -30,6 +29,7 @@ from taskmill.store.tasks import (
     update_task,
 )
 from taskmill.store.tasktypes import Registered, registered
+from taskmill.typecheck import default_timeout, type_problems
 
 router = APIRouter()
 

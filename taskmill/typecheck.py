@@ -1,6 +1,6 @@
-"""Task types the API accepts: the built-in ones (their pydantic models, checked by TaskCreate itself) and the Python
-handlers processors registered (`task_types`), whose payloads are checked against the JSON schema they registered.
-No user code is imported here."""
+"""Task types the API and `taskmill.client.defer` accept: the built-in ones (their pydantic models, checked by
+TaskCreate itself) and the Python handlers processors registered (`task_types`), whose payloads are checked against
+the JSON schema they registered. No user code is imported here."""
 
 from __future__ import annotations
 
