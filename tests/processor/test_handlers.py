@@ -167,3 +167,33 @@ def test_a_module_that_cannot_be_imported_stops_the_processor_with_one_line(sett
         "taskmill processor: cannot import tests.handlers.no_such_module: ModuleNotFoundError: "
         "No module named 'tests.handlers.no_such_module'"
     )
+
+
+@pytest.mark.parametrize("transport", ["postgres"])
+async def test_the_example_module_of_the_readme_serves_its_handlers(
+    settings: Settings, db: asyncpg.Connection, api: httpx.AsyncClient
+) -> None:
+    proc = await start_role_process(settings, "processor", "--import", "examples.billing")
+    try:
+
+        async def registered() -> bool:
+            assert proc.returncode is None, (await proc.communicate())[1].decode()[-2000:]
+            names = {r[0] for r in await db.fetch("SELECT name FROM task_types")}
+            return names == {"billing.send_invoice", "billing.monthly_report"}
+
+        await wait_until(registered, timeout=30, what="examples.billing to be registered")
+        created = await api.post(
+            "/tasks",
+            json={"name": "inv", "type": "billing.send_invoice", "payload": {"customer_id": 3, "amount_cents": 990}},
+            headers=WRITE,
+        )
+        assert created.status_code == 201, created.text
+        run = await _run_of(db, created.json()["id"], "succeeded", settings)
+        assert run["result"] == {
+            "result": {"sent": True, "attempt": 1},
+            "output": "INFO invoice of 990 cents to customer 3\n",
+        }
+        assert await db.fetchval("SELECT amount_cents FROM invoices_sent WHERE run_id = $1", run["id"]) == 990
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
