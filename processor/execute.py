@@ -16,7 +16,7 @@ from taskmill import handlers
 from taskmill.messages import RunMessage
 from taskmill.secrets import open_sealed
 from taskmill.settings import Settings
-from taskmill.tasktypes import BUILTIN, RunContext, TaskFailed
+from taskmill.tasktypes import BUILTIN, RunContext, TaskFailed, TaskSkipped
 from taskmill.tasktypes.jail import Jail
 
 
@@ -28,6 +28,8 @@ class Attempt:
     duration_ms: float
     # A failure that another attempt cannot fix (an unknown type, a payload that does not fit it).
     permanent: bool = False
+    # Not run, on purpose (a `run_if` condition): the run ends skipped, `error` saying why.
+    skipped: bool = False
 
     def result_json(self) -> str | None:
         return None if self.result is None else json.dumps(self.result, default=str)
@@ -73,6 +75,8 @@ async def execute(message: RunMessage, ctx: RunContext) -> Attempt:
         return Attempt(False, None, f"timed out after {ctx.timeout_seconds:g} s", elapsed())
     except TaskFailed as exc:
         return Attempt(False, exc.result, exc.reason, elapsed(), permanent=exc.permanent)
+    except TaskSkipped as exc:
+        return Attempt(False, exc.result, exc.reason, elapsed(), skipped=True)
     except Exception as exc:  # a task type's own bug fails the run, never the processor
         return Attempt(False, None, f"{type(exc).__name__}: {exc}", elapsed())
     return Attempt(True, result, None, elapsed())

@@ -32,6 +32,8 @@ def decide(message: RunMessage, attempt: Attempt) -> RunState:
     spend the task's retries (the rescuer counts them against a limit of their own)."""
     if attempt.ok:
         return RunState.SUCCEEDED
+    if attempt.skipped:
+        return RunState.SKIPPED
     if not attempt.permanent and message.attempt - message.lost <= message.max_retries:
         return RunState.RETRYING
     # Retries were asked for and are spent: the run is dead-lettered. Without retries it simply failed.

@@ -144,7 +144,7 @@ INSERT INTO run_transitions VALUES
     ('scheduled', 'queued'), ('scheduled', 'running'), ('scheduled', 'cancelled'), ('scheduled', 'skipped'),
     ('queued', 'scheduled'), ('queued', 'running'), ('queued', 'cancelled'), ('queued', 'dead'),
     ('running', 'succeeded'), ('running', 'failed'), ('running', 'retrying'), ('running', 'dead'),
-    ('running', 'queued'),
+    ('running', 'queued'), ('running', 'skipped'),
     ('retrying', 'running'), ('retrying', 'cancelled'), ('retrying', 'dead');
 
 -- One statement-level trigger per direction: a batch of a thousand moves costs one audit INSERT, not a thousand.

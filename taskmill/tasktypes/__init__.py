@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from taskmill.tasktypes.base import RunContext, TaskFailed, TaskType
+from taskmill.tasktypes.base import RunContext, TaskFailed, TaskSkipped, TaskType
 from taskmill.tasktypes.command import COMMAND
 from taskmill.tasktypes.http import HTTP
 from taskmill.tasktypes.noop import NOOP
@@ -10,4 +10,4 @@ from taskmill.tasktypes.sleep import SLEEP
 
 BUILTIN: dict[str, TaskType] = {t.name: t for t in (NOOP, SLEEP, HTTP, COMMAND)}
 
-__all__ = ["BUILTIN", "RunContext", "TaskFailed", "TaskType"]
+__all__ = ["BUILTIN", "RunContext", "TaskFailed", "TaskSkipped", "TaskType"]

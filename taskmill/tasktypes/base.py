@@ -28,6 +28,15 @@ class TaskFailed(Exception):
         self.permanent = permanent
 
 
+class TaskSkipped(Exception):
+    """The task decided not to run (a `run_if` condition said no): the run ends `skipped` with the reason."""
+
+    def __init__(self, reason: str, result: JsonObject | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.result = result
+
+
 @dataclass(slots=True)
 class RunContext:
     run_id: int

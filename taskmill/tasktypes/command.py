@@ -1,5 +1,8 @@
 """`command`: runs an executable (argv, no shell) in its own process group, output captured up to a cap.
 
+`checks` run first, each of which must exit 0 (else the run fails naming it), then `run_if` (non-zero: the run is
+skipped, with the reason), then the command; all of them within the run's one timeout, in the same jail.
+
 Optional `limits` are set with setrlimit in the child before exec, so they bind the command and whatever it starts
 (each process on its own: RLIMIT_CPU and RLIMIT_AS count per process).
 """
@@ -12,13 +15,16 @@ import ctypes
 import os
 import re
 import resource
+import shlex
 import shutil
 import signal
+import time
+from dataclasses import dataclass
 from functools import partial
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskType, cap_text
+from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskSkipped, TaskType, cap_text
 from taskmill.tasktypes.jail import JailRefused, RunAs
 
 _PR_SET_PDEATHSIG = 1
@@ -70,6 +76,25 @@ class CommandPayload(BaseModel):
     user: str | None = Field(None, pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     # False: no network at all (its own empty network namespace), whatever TASKMILL_COMMAND_NETWORK allows.
     network: bool = True
+    # Commands that must each exit 0 before the run (else it fails, naming the check); run as the command is.
+    checks: list[list[str]] = Field(default_factory=list, max_length=20)
+    # A command run first: exit 0 runs the command, anything else marks the run skipped with the reason.
+    run_if: list[str] | None = None
+
+    @field_validator("checks")
+    @classmethod
+    def _checks_are_commands(cls, checks: list[list[str]]) -> list[list[str]]:
+        for i, check in enumerate(checks, 1):
+            if not check or any("\0" in arg for arg in check):
+                raise ValueError(f"check {i} must be a non-empty argv without NUL characters")
+        return checks
+
+    @field_validator("run_if")
+    @classmethod
+    def _run_if_is_a_command(cls, run_if: list[str] | None) -> list[str] | None:
+        if run_if is not None and (not run_if or any("\0" in arg for arg in run_if)):
+            raise ValueError("must be a non-empty argv without NUL characters")
+        return run_if
 
     @field_validator("argv")
     @classmethod
@@ -166,6 +191,14 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    code: int
+    result: JsonObject
+    stderr: str
+    timed_out: bool
+
+
 async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
     jail = ctx.jail
     try:
@@ -178,9 +211,49 @@ async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
     env.update(payload.env)
     env.update(ctx.secrets)
     env["TASKMILL_RUN_ID"] = str(ctx.run_id)  # documented: the run's id, its idempotency key as for http tasks
-    _check_executable(payload.argv[0], env, payload.cwd)
+    # Our own deadline, just ahead of the run's, shared by the checks, the condition and the command: what they
+    # printed is then recorded with the timeout instead of lost with the run's cancellation.
+    deadline = time.monotonic() + ctx.timeout_seconds - min(_REPORT_S, ctx.timeout_seconds / 10)
+
+    async def one(argv: list[str]) -> _Finished:
+        _check_executable(argv[0], env, payload.cwd)
+        finished = await _run_one(argv, payload, ctx, env, run_as, deadline - time.monotonic())
+        if finished.timed_out:
+            raise TaskFailed(f"timed out after {ctx.timeout_seconds:g} s", finished.result)
+        return finished
+
+    for i, check in enumerate(payload.checks, 1):
+        done = await one(check)
+        if done.code != 0:
+            raise TaskFailed(
+                f"check {i} failed: {shlex.join(check)} exit {done.code}: {_tail(done.stderr)}", done.result
+            )
+    if payload.run_if is not None:
+        done = await one(payload.run_if)
+        if done.code != 0:
+            raise TaskSkipped(
+                f"run_if {shlex.join(payload.run_if)} exit {done.code}: {_tail(done.stderr)}", done.result
+            )
+    done = await one(payload.argv)
+    if done.code not in payload.expected_exit_codes:
+        raise TaskFailed(failure_reason(done.code, done.stderr, payload.limits), done.result)
+    return done.result
+
+
+def _tail(stderr: str, keep: int = 300) -> str:
+    """The end of what a check printed on stderr, on one line."""
+    text = " ".join(stderr.split())
+    return ("..." + text[-keep:]) if len(text) > keep else (text or "(no stderr)")
+
+
+async def _run_one(
+    command: list[str], payload: CommandPayload, ctx: RunContext, env: dict[str, str], run_as: RunAs | None,
+    budget_s: float,
+) -> _Finished:  # fmt: skip
+    """Runs one command of the task (a check, the condition, the command itself) in the jail, within `budget_s`."""
+    jail = ctx.jail
     argv = jail.argv(
-        ["/bin/sh", "-c", _GUARD, "taskmill-guard", *payload.argv], cwd=payload.cwd, network=payload.network,
+        ["/bin/sh", "-c", _GUARD, "taskmill-guard", *command], cwd=payload.cwd, network=payload.network,
         run_as=run_as,
     )  # fmt: skip
     user = jail.unconfined_user(run_as)
@@ -196,16 +269,16 @@ async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
             preexec_fn=partial(_prepare_child, payload.limits.rlimits() if payload.limits else [], user),
         )
     except OSError as exc:
-        raise TaskFailed(f"cannot start {payload.argv[0]!r}: {exc.strerror or exc}") from exc
+        raise TaskFailed(f"cannot start {command[0]!r}: {exc.strerror or exc}") from exc
     assert proc.stdout is not None and proc.stderr is not None
     readers = asyncio.gather(_read_capped(proc.stdout, ctx.output_cap), _read_capped(proc.stderr, ctx.output_cap))
     timed_out = False
     try:
         try:
-            async with asyncio.timeout(ctx.timeout_seconds - min(_REPORT_S, ctx.timeout_seconds / 10)):
+            async with asyncio.timeout(max(0.0, budget_s)):
                 code = await proc.wait()
         except TimeoutError:
-            # Our own deadline, just ahead of the run's: the group goes, and what it printed is kept.
+            # The group goes, and what it printed is kept.
             timed_out = True
             _kill_group(proc.pid)
             code = await proc.wait()
@@ -237,11 +310,7 @@ async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
         "stderr_bytes": err_total,
         "truncated": out_total > ctx.output_cap or err_total > ctx.output_cap,
     }
-    if timed_out:
-        raise TaskFailed(f"timed out after {ctx.timeout_seconds:g} s", result)
-    if code not in payload.expected_exit_codes:
-        raise TaskFailed(failure_reason(code, stderr, payload.limits), result)
-    return result
+    return _Finished(code, result, stderr, timed_out)
 
 
 COMMAND = TaskType(
