@@ -546,3 +546,41 @@ def test_the_data_directory_is_the_flag_else_the_variable_else_under_xdg_state_h
     assert data_dir_from(None, {**home, "TASKMILL_DATA_DIR": "/d"}, 0) == Path("/d")
     assert data_dir_from("/flag", {**home, "TASKMILL_DATA_DIR": "/d"}, 1000) == Path("/flag")
     assert data_dir_from("rel", {}, 1000) == Path.cwd() / "rel"
+
+
+async def test_dev_serves_the_handlers_of_an_imported_module_end_to_end(
+    workdir: Path, initialized: Path, start_dev: StartDev
+) -> None:
+    data = copy_of(initialized, workdir / "data")
+    port = free_port()
+    repo = Path(__file__).resolve().parent.parent  # where `examples` is importable from
+    dev = await start_dev(
+        "--data-dir", str(data), "--port", str(port), "--import", "examples.billing", PYTHONPATH=str(repo)
+    )
+    token = (await dev.until("token: ")).split("token: ", 1)[1]
+    await healthy(port)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10, headers=headers) as http:
+        async with asyncio.timeout(20):  # the processor registers its handlers as the API starts
+            while "billing.send_invoice" not in (
+                types := {t["name"]: t["module"] for t in (await http.get("/task-types")).json()}
+            ):
+                await asyncio.sleep(0.2)
+        assert types["billing.send_invoice"] == "examples.billing"
+        created = await http.post(
+            "/tasks", json={"name": "inv", "type": "billing.send_invoice", "payload": {"customer_id": 5}}
+        )
+        assert created.status_code == 201, created.text
+        task_id = created.json()["id"]
+
+        async def run() -> dict[str, object]:
+            async with asyncio.timeout(20):
+                while True:
+                    runs = (await http.get(f"/tasks/{task_id}/runs")).json()
+                    if runs and runs[0]["status"] in ("succeeded", "failed", "dead"):
+                        found: dict[str, object] = runs[0]
+                        return found
+                    await asyncio.sleep(0.2)
+
+        assert (await run())["status"] == "succeeded"
+    assert await dev.stop() == 0

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from pydantic import BaseModel, Field
 
 from taskmill import Context, handler
+from taskmill.handlers import AnyPayload
 
 
 class Invoice(BaseModel):
@@ -36,3 +38,10 @@ def blocking_nap(ctx: Context, payload: Nap) -> dict[str, object]:
     time.sleep(payload.ms / 1000)
     ctx.log.info("slept %d ms", payload.ms)
     return {"slept_ms": payload.ms}
+
+
+@handler("billing.slow_write")
+async def slow_write(ctx: Context, payload: AnyPayload) -> None:
+    """Writes, then takes longer than its run may: the write goes with the timeout."""
+    await ctx.conn.execute("INSERT INTO invoices_sent (customer_id, run_id) VALUES (0, $1)", ctx.run_id)
+    await asyncio.sleep(float(payload.model_dump().get("seconds", 30)))

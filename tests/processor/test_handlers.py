@@ -32,7 +32,7 @@ async def processor(settings: Settings, db: asyncpg.Connection) -> AsyncIterator
             _, err = await proc.communicate()
             raise AssertionError(f"processor exited {proc.returncode}: {err.decode()[-2000:]}")
         found: int = await db.fetchval("SELECT count(*) FROM task_types")
-        return found == 2
+        return found == 3
 
     try:
         await wait_until(registered, timeout=30, what="the processor to register its handlers")
@@ -137,7 +137,8 @@ async def test_the_api_lists_registered_handlers_and_checks_payloads_against_the
 ) -> None:
     types = (await api.get("/task-types", headers=WRITE)).json()
     mine = {t["name"]: t for t in types if t["module"] == MODULE}
-    assert set(mine) == {"billing.send_invoice", "billing.blocking_nap"}
+    assert set(mine) == {"billing.send_invoice", "billing.blocking_nap", "billing.slow_write"}
+    assert mine["billing.slow_write"]["payload_schema"]["additionalProperties"] is True  # no model: any object
     assert mine["billing.send_invoice"]["description"] == "Records that the customer's invoice went out."
     assert mine["billing.send_invoice"]["payload_schema"]["properties"]["customer_id"]["minimum"] == 1
 
@@ -197,3 +198,17 @@ async def test_the_example_module_of_the_readme_serves_its_handlers(
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
+
+
+async def test_a_handler_past_its_timeout_fails_and_its_writes_are_rolled_back(
+    settings: Settings, db: asyncpg.Connection, processor: object, api: httpx.AsyncClient
+) -> None:
+    created = await api.post(
+        "/tasks",
+        json={"name": "slow", "type": "billing.slow_write", "payload": {"seconds": 5}, "timeout_seconds": 1},
+        headers=WRITE,
+    )
+    assert created.status_code == 201, created.text
+    run = await _run_of(db, created.json()["id"], "failed", settings)
+    assert run["error"] == "timed out after 1 s"
+    assert await db.fetchval("SELECT count(*) FROM invoices_sent") == 0
