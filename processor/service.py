@@ -49,7 +49,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
     try:
         link = await open_link(settings, "taskmill-processor", pool)
         _say_isolation(jail)
-        await register(pool, worker, jail.describe())
+        await register(pool, worker, jail.describe(), [h.name for h in served])
         await register_types(pool, [_registration(h) for h in served], worker)
         intake = open_intake(link, settings, pool, worker)
         consumer = Consumer(settings, pool, link.publisher, http, jail, worker, intake, handler_pool)

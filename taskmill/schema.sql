@@ -130,7 +130,9 @@ CREATE TABLE processors (
     worker            text PRIMARY KEY,
     started_at        timestamptz NOT NULL DEFAULT now(),
     seen_at           timestamptz NOT NULL DEFAULT now(),
-    command_isolation text NOT NULL
+    command_isolation text NOT NULL,
+    -- The handler types it serves (taskmill/handlers.py), besides every built-in type.
+    handlers          text[] NOT NULL DEFAULT '{}'
 );
 
 -- The legal moves of a run. The database refuses any other, whoever writes it.

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from api.deps import Pool
 from taskmill.db import answers
-from taskmill.store.processors import recent
+from taskmill.store.processors import recent, unserved
 
 router = APIRouter()
 
@@ -17,23 +17,29 @@ SEEN_WITHIN_S = 30.0
 
 @router.get("/health")
 async def health(request: Request, db: Pool) -> JSONResponse:
-    """Whether the database and the broker answer (200, else 503), and the processors at work with the isolation
-    their command runs get."""
+    """Whether the database and the broker answer (200, else 503), the processors at work with the isolation their
+    command runs get, and the registered handler types no live processor serves, with their due runs waiting."""
     broker = request.app.state.broker
     checks = {"database": await answers(db)}
     if broker is not None:  # the RabbitMQ transport; over PostgreSQL the database is the transport
         checks["broker"] = not broker.is_closed and broker.connected.is_set()
     ok = all(checks.values())
     processors = []
+    waiting = []
     if checks["database"]:
         processors = [
             {"worker": p.worker, "seen_at": p.seen_at.isoformat(), "command_isolation": p.command_isolation}
             for p in await recent(db, SEEN_WITHIN_S)
+        ]
+        waiting = [
+            {"type": name, "due_runs": count, "reason": "no live processor serves this type"}
+            for name, count in await unserved(db, SEEN_WITHIN_S)
         ]
     body = {
         "status": "ok" if ok else "down",
         "transport": request.app.state.settings.transport_name,
         "checks": checks,
         "processors": processors,
+        "unserved_types": waiting,
     }
     return JSONResponse(body, status_code=200 if ok else 503)

@@ -11,3 +11,7 @@ CREATE TABLE task_types (
     registered_by   text NOT NULL,
     registered_at   timestamptz NOT NULL DEFAULT now()
 );
+
+-- The handler types each processor serves (it serves every built-in type besides): GET /health names the registered
+-- types no live processor serves, and how many due runs wait for one.
+ALTER TABLE processors ADD COLUMN handlers text[] NOT NULL DEFAULT '{}';

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -10,8 +11,8 @@ import asyncpg
 from taskmill.db import Connection
 
 REGISTER = """
-INSERT INTO processors (worker, command_isolation) VALUES ($1, $2)
-ON CONFLICT (worker) DO UPDATE SET started_at = now(), seen_at = now(), command_isolation = $2
+INSERT INTO processors (worker, command_isolation, handlers) VALUES ($1, $2, $3)
+ON CONFLICT (worker) DO UPDATE SET started_at = now(), seen_at = now(), command_isolation = $2, handlers = $3
 """
 SEEN = "UPDATE processors SET seen_at = now() WHERE worker = $1"
 LEAVE = "DELETE FROM processors WHERE worker = $1"
@@ -31,8 +32,10 @@ class Processor:
     command_isolation: str
 
 
-async def register(conn: Connection | asyncpg.Pool, worker: str, command_isolation: str) -> None:
-    await conn.execute(REGISTER, worker, command_isolation)
+async def register(
+    conn: Connection | asyncpg.Pool, worker: str, command_isolation: str, handlers: Sequence[str] = ()
+) -> None:
+    await conn.execute(REGISTER, worker, command_isolation, list(handlers))
     await conn.execute(FORGET)
 
 
@@ -55,3 +58,24 @@ async def live_count(conn: Connection | asyncpg.Pool, within_s: float) -> int:
     """Processors seen within `within_s` seconds."""
     count: int = await conn.fetchval(LIVE_COUNT, within_s)
     return count
+
+
+# Registered handler types no processor seen within `$1` seconds serves, with their due runs waiting (counted only
+# for those types: the small tables first).
+UNSERVED = """
+WITH unserved AS (
+    SELECT name FROM task_types
+    WHERE NOT EXISTS (SELECT 1 FROM processors p
+                      WHERE p.seen_at > now() - make_interval(secs => $1) AND task_types.name = ANY(p.handlers))
+)
+SELECT u.name,
+       (SELECT count(*) FROM tasks t JOIN task_schedule s ON s.task_id = t.id
+        WHERE t.type = u.name AND s.status IN ('scheduled', 'queued', 'retrying') AND s.scheduled_time <= now())
+           AS waiting
+FROM unserved u ORDER BY u.name
+"""
+
+
+async def unserved(conn: Connection | asyncpg.Pool, within_s: float) -> list[tuple[str, int]]:
+    """(type, due runs waiting) for each registered handler type that no live processor serves."""
+    return [(r["name"], r["waiting"]) for r in await conn.fetch(UNSERVED, within_s)]

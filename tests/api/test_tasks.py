@@ -136,6 +136,7 @@ async def test_health_needs_no_token_and_names_each_dependency(client: httpx.Asy
         "transport": "amqp",
         "checks": {"database": True, "broker": True},
         "processors": [],
+        "unserved_types": [],
     }
 
 
@@ -193,6 +194,7 @@ async def test_health_answers_503_naming_what_is_down(api_settings: Settings) ->
             "transport": "amqp",
             "checks": {"database": True, "broker": False},
             "processors": [],
+            "unserved_types": [],
         }
         await app.state.pool.close()
         assert (await client.get("/health")).json()["checks"] == {"database": False, "broker": False}

@@ -212,3 +212,25 @@ async def test_a_handler_past_its_timeout_fails_and_its_writes_are_rolled_back(
     run = await _run_of(db, created.json()["id"], "failed", settings)
     assert run["error"] == "timed out after 1 s"
     assert await db.fetchval("SELECT count(*) FROM invoices_sent") == 0
+
+
+@pytest.mark.parametrize("transport", ["postgres"])
+async def test_health_names_a_registered_type_no_live_processor_serves_and_its_waiting_runs(
+    settings: Settings, db: asyncpg.Connection, processor: asyncio.subprocess.Process, api: httpx.AsyncClient
+) -> None:
+    health = (await api.get("/health")).json()
+    assert health["unserved_types"] == []  # the processor is alive and serves all three
+    for i in range(2):
+        body = {"name": f"inv-{i}", "type": "billing.send_invoice", "payload": {"customer_id": 1}}
+        assert (await api.post("/tasks", json=body, headers=WRITE)).status_code == 201
+    # The processor stops before any of them is handed out: nothing serves the type any more.
+    processor.terminate()
+    await asyncio.wait_for(processor.wait(), 30)
+    assert await db.fetchval("SELECT count(*) FROM processors") == 0
+    health = (await api.get("/health")).json()
+    assert health["status"] == "ok"
+    assert health["unserved_types"] == [
+        {"type": "billing.blocking_nap", "due_runs": 0, "reason": "no live processor serves this type"},
+        {"type": "billing.send_invoice", "due_runs": 2, "reason": "no live processor serves this type"},
+        {"type": "billing.slow_write", "due_runs": 0, "reason": "no live processor serves this type"},
+    ]
