@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -17,6 +20,7 @@ from taskmill.messages import RunMessage
 from taskmill.secrets import open_sealed
 from taskmill.settings import Settings
 from taskmill.tasktypes import BUILTIN, RunContext, TaskFailed, TaskSkipped
+from taskmill.tasktypes.install import InstallCache, default_root
 from taskmill.tasktypes.jail import Jail
 
 
@@ -52,7 +56,14 @@ def context(
         jail=jail,
         scheduled_time=message.scheduled_time,
         pool=pool,
+        install_cache=install_cache(settings),
     )
+
+
+@functools.cache
+def install_cache(settings: Settings) -> InstallCache:
+    root = Path(settings.cache_dir) if settings.cache_dir else default_root(os.geteuid(), os.environ)
+    return InstallCache(root, settings.install_cache_mb * 1024 * 1024)
 
 
 async def execute(message: RunMessage, ctx: RunContext) -> Attempt:

@@ -148,6 +148,10 @@ class Settings(BaseSettings):
 
     # processor
     concurrency: int = Field(10, ge=1, le=10_000)
+    # Command tasks' install steps (requirements, install): built once per host under this directory (empty:
+    # /var/cache/taskmill for root, else $XDG_CACHE_HOME/taskmill), the least recently used removed past the size.
+    cache_dir: str = ""
+    install_cache_mb: int = Field(2048, ge=1, le=1024 * 1024)
     # Modules of Python handlers (taskmill/handlers.py) the processor imports at start, comma-separated.
     imports: str = ""
     # Command runs: `namespaces` confines each in PID, mount and IPC namespaces of its own (bubblewrap), with a

@@ -11,6 +11,7 @@ import asyncpg
 import httpx
 from pydantic import BaseModel
 
+from taskmill.tasktypes.install import InstallCache
 from taskmill.tasktypes.jail import UNCONFINED, Jail
 
 JsonObject = dict[str, Any]
@@ -53,6 +54,8 @@ class RunContext:
     scheduled_time: datetime = field(default_factory=lambda: datetime.now(UTC))
     # Python handlers' connections (taskmill/handlers.py): each attempt's own transaction.
     pool: asyncpg.Pool | None = None
+    # Where command tasks' install steps are prepared (taskmill/tasktypes/install.py); None: none may declare any.
+    install_cache: InstallCache | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,12 +19,15 @@ import shlex
 import shutil
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskSkipped, TaskType, cap_text
+from taskmill.tasktypes.install import InstallFailed, needs_of
 from taskmill.tasktypes.jail import JailRefused, RunAs
 
 _PR_SET_PDEATHSIG = 1
@@ -80,6 +83,26 @@ class CommandPayload(BaseModel):
     checks: list[list[str]] = Field(default_factory=list, max_length=20)
     # A command run first: exit 0 runs the command, anything else marks the run skipped with the reason.
     run_if: list[str] | None = None
+    # What it needs installed, once per host (taskmill/tasktypes/install.py): pip requirement lines for a
+    # virtualenv of its own, and argvs run in that directory; its bin/ comes first on the command's PATH.
+    requirements: list[str] = Field(default_factory=list, max_length=200)
+    install: list[list[str]] = Field(default_factory=list, max_length=20)
+
+    @field_validator("requirements")
+    @classmethod
+    def _requirement_lines(cls, lines: list[str]) -> list[str]:
+        for i, line in enumerate(lines, 1):
+            if not line.strip() or any(c in line for c in "\0\r\n"):
+                raise ValueError(f"requirement {i} must be one non-empty line")
+        return lines
+
+    @field_validator("install")
+    @classmethod
+    def _install_steps(cls, steps: list[list[str]]) -> list[list[str]]:
+        for i, step in enumerate(steps, 1):
+            if not step or any("\0" in arg for arg in step):
+                raise ValueError(f"install step {i} must be a non-empty argv without NUL characters")
+        return steps
 
     @field_validator("checks")
     @classmethod
@@ -215,13 +238,39 @@ async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
     # printed is then recorded with the timeout instead of lost with the run's cancellation.
     deadline = time.monotonic() + ctx.timeout_seconds - min(_REPORT_S, ctx.timeout_seconds / 10)
 
-    async def one(argv: list[str]) -> _Finished:
-        _check_executable(argv[0], env, payload.cwd)
-        finished = await _run_one(argv, payload, ctx, env, run_as, deadline - time.monotonic())
+    async def one(argv: list[str], cwd: str | None = payload.cwd, run_env: dict[str, str] = env) -> _Finished:
+        _check_executable(argv[0], run_env, cwd)
+        finished = await _run_one(argv, payload, ctx, run_env, run_as, deadline - time.monotonic(), cwd)
         if finished.timed_out:
             raise TaskFailed(f"timed out after {ctx.timeout_seconds:g} s", finished.result)
         return finished
 
+    needs = needs_of(payload.requirements, payload.install)
+    if not needs:
+        return await _checked_run(payload, one)
+    if ctx.install_cache is None:
+        raise TaskFailed("install steps need a processor's install cache", permanent=True)
+
+    async def step(argv: list[str], directory: Path) -> tuple[int, str]:
+        done = await one(argv, str(directory), _with_env_dir(env, directory))
+        return done.code, done.stderr
+
+    owner = (run_as.uid, run_as.gid) if run_as is not None and os.geteuid() == 0 else None
+    try:
+        async with ctx.install_cache.prepared(needs, step, owner) as directory:
+            with_env = _with_env_dir(env, directory)
+            return await _checked_run(payload, partial(one, run_env=with_env))
+    except InstallFailed as exc:
+        raise TaskFailed(str(exc)) from None
+
+
+def _with_env_dir(env: dict[str, str], directory: Path) -> dict[str, str]:
+    """The environment with the install directory's bin/ first on PATH (and VIRTUAL_ENV, as `activate` sets)."""
+    return env | {"PATH": f"{directory}/bin:{env.get('PATH', os.defpath)}", "VIRTUAL_ENV": str(directory)}
+
+
+async def _checked_run(payload: CommandPayload, one: Callable[[list[str]], Awaitable[_Finished]]) -> JsonObject:
+    """The checks, the condition, then the command."""
     for i, check in enumerate(payload.checks, 1):
         done = await one(check)
         if done.code != 0:
@@ -248,14 +297,14 @@ def _tail(stderr: str, keep: int = 300) -> str:
 
 async def _run_one(
     command: list[str], payload: CommandPayload, ctx: RunContext, env: dict[str, str], run_as: RunAs | None,
-    budget_s: float,
+    budget_s: float, cwd: str | None,
 ) -> _Finished:  # fmt: skip
-    """Runs one command of the task (a check, the condition, the command itself) in the jail, within `budget_s`."""
+    """Runs one command of the task (an install step, a check, the condition, the command itself) in the jail,
+    within `budget_s`."""
     jail = ctx.jail
     argv = jail.argv(
-        ["/bin/sh", "-c", _GUARD, "taskmill-guard", *command], cwd=payload.cwd, network=payload.network,
-        run_as=run_as,
-    )  # fmt: skip
+        ["/bin/sh", "-c", _GUARD, "taskmill-guard", *command], cwd=cwd, network=payload.network, run_as=run_as
+    )
     user = jail.unconfined_user(run_as)
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -263,7 +312,7 @@ async def _run_one(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            cwd=payload.cwd if jail.isolation == "none" else None,
+            cwd=cwd if jail.isolation == "none" else None,
             env=env,
             start_new_session=True,
             preexec_fn=partial(_prepare_child, payload.limits.rlimits() if payload.limits else [], user),
