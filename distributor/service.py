@@ -8,6 +8,7 @@ import logging
 
 import asyncpg
 
+from distributor import requests
 from distributor.dispatch import Spread, publish_or_revert
 from distributor.handover import hand_over
 from distributor.pacing import pace
@@ -41,11 +42,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
             return
         async with Wakeup(settings.database_url, "taskmill_schedule") as wakeup:
             log.info("distributor ready", extra={"action": "ready"})
-            await run_loops(
-                stop,
-                dispatch=_dispatch_loop(pool, publisher, settings, wakeup, stop),
-                rescue=_rescue_loop(pool, publisher, settings, stop),
-            )
+            loops = {
+                "dispatch": _dispatch_loop(pool, publisher, settings, wakeup, stop),
+                "rescue": _rescue_loop(pool, publisher, settings, stop),
+            }
+            if link.connection is not None:  # run requests from any language come over RabbitMQ
+                loops["requests"] = requests.serve(link.connection, pool, publisher, settings, stop)
+            await run_loops(stop, **loops)
     finally:
         await link.close()
         await pool.close()

@@ -35,6 +35,11 @@ class Names:
         return f"{self.prefix}.work"
 
     @property
+    def submit_queue(self) -> str:
+        """Requests for runs, from any language (taskmill/submit.py), through the default exchange."""
+        return f"{self.prefix}.submit"
+
+    @property
     def dead_exchange(self) -> str:
         return f"{self.prefix}.dead"
 
@@ -100,9 +105,18 @@ async def declare_delay_queue(channel: aiormq.abc.AbstractChannel, names: Names,
     return name
 
 
+async def declare_submit(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
+    """The queue producers publish run requests to (its rejects go to the dead-letter exchange too)."""
+    names = Names(settings.broker_prefix)
+    arguments: dict[str, Any] = {"x-dead-letter-exchange": names.dead_exchange}
+    if settings.queue_type == "quorum":
+        arguments["x-queue-type"] = "quorum"
+    return await channel.declare_queue(names.submit_queue, durable=True, arguments=arguments)
+
+
 async def delete(channel: AbstractChannel, names: Names) -> None:
-    """Removes the work and dead-letter queues and the exchanges (delay queues expire by themselves)."""
-    for queue in (names.work_queue, names.dead_queue):
+    """Removes the work, submit and dead-letter queues and the exchanges (delay queues expire by themselves)."""
+    for queue in (names.work_queue, names.submit_queue, names.dead_queue):
         await channel.queue_delete(queue)
     for exchange in (names.runs_exchange, names.dead_exchange):
         await channel.exchange_delete(exchange)

@@ -1,0 +1,74 @@
+"""The distributor's reader of `<prefix>.submit` (RabbitMQ only): each request becomes a run (taskmill/submit.py),
+recorded before the message is acked; a request no run can come of goes to the dead-letter queue with its reason.
+While the database is away a request is held, not requeued, and tried again."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+
+from taskmill.db import is_transient
+from taskmill.loops import Backoff, wait_or_stop
+from taskmill.settings import Settings
+from taskmill.submit import Refused, submit
+from taskmill.topology import declare_submit
+from taskmill.transport import Publisher
+
+log = logging.getLogger(__name__)
+
+# Requests read at once (each is a short transaction).
+_PREFETCH = 20
+
+
+async def serve(
+    connection: AbstractRobustConnection,
+    pool: asyncpg.Pool,
+    publisher: Publisher,
+    settings: Settings,
+    stop: asyncio.Event,
+) -> None:
+    """Consumes run requests until `stop`."""
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=_PREFETCH)
+    queue = await declare_submit(channel, settings)
+
+    async def handle(message: AbstractIncomingMessage) -> None:
+        backoff = Backoff(settings.db_retry_max_s)
+        while True:
+            try:
+                async with pool.acquire() as conn:
+                    run_id = await submit(conn, message.body)
+            except Refused as exc:
+                await _refuse(publisher, message, str(exc))
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("cannot record a run request yet: %s", exc, extra={"action": "submit"})
+                if await wait_or_stop(stop, backoff.next()):
+                    return  # unacked: the broker hands it out again
+                continue
+            await message.ack()
+            log.info("run %s requested", run_id, extra={"run_id": run_id, "action": "submit"})
+            return
+
+    tag = await queue.consume(handle)
+    try:
+        await stop.wait()
+    finally:
+        await queue.cancel(tag)
+        await channel.close()
+
+
+async def _refuse(publisher: Publisher, message: AbstractIncomingMessage, reason: str) -> None:
+    try:
+        await publisher.publish_dead(message.body, None, reason, kind="refused request")
+    except Exception as exc:  # the submit queue dead-letters what is rejected, without the reason
+        log.warning("dead-letter publish failed (%s); rejecting instead", exc, extra={"action": "submit"})
+        await message.reject(requeue=False)
+    else:
+        await message.ack()
+    log.error("refused a run request: %s", reason[:300], extra={"action": "submit"})

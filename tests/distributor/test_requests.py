@@ -1,0 +1,92 @@
+"""Run requests from any language (taskmill/submit.py, distributor/requests.py): JSON published to `<prefix>.submit`
+becomes a run as `defer` makes it; a request no run can come of lands in the dead-letter queue with its reason."""
+
+from __future__ import annotations
+
+import json
+
+import aio_pika
+import asyncpg
+
+import distributor.service
+import processor.service
+from taskmill.messages import amqp_message
+from taskmill.settings import Settings
+from taskmill.topology import Names
+from tests.helpers import new_task, running, statuses, wait_for_statuses, wait_until
+from tests.transports import counts, take_dead_letters
+
+
+async def _publish(settings: Settings, *requests: bytes) -> None:
+    """Once a distributor reads the queue: confirmed and `mandatory`, as a producer should publish."""
+    name = Names(settings.broker_prefix).submit_queue
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+
+        async def consumed() -> bool:
+            probe = await connection.channel()
+            try:
+                declared = await probe.declare_queue(name, passive=True)
+                return bool(declared.declaration_result.consumer_count)
+            except aio_pika.exceptions.ChannelNotFoundEntity:
+                return False
+            finally:
+                if not probe.is_closed:
+                    await probe.close()
+
+        await wait_until(consumed, timeout=10, what="a distributor reading the submit queue")
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        for body in requests:
+            await channel.default_exchange.publish(amqp_message(body, 0), routing_key=name, mandatory=True)
+
+
+def _json(**fields: object) -> bytes:
+    return json.dumps({"v": 1, **fields}).encode()
+
+
+async def test_requests_become_runs_once_per_idempotency_key_and_run(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    await new_task(db, "nightly-report", "noop", {"report": True})
+    await db.execute("DELETE FROM task_schedule")  # its own immediate run: only the requested ones count
+    async with running(distributor.service.run, settings), running(processor.service.run, settings):
+        await _publish(
+            settings,
+            _json(type="noop", payload={"n": 1}, idempotency_key="k-1"),
+            _json(type="noop", payload={"n": 1}, idempotency_key="k-1"),  # the same request again
+            _json(task="nightly-report"),
+        )
+        await wait_for_statuses(db, {"succeeded": 2})
+    results = await db.fetch(
+        "SELECT t.name, r.result FROM task_results r JOIN task_schedule s ON s.id = r.run_id "
+        "JOIN tasks t ON t.id = s.task_id ORDER BY t.name"
+    )
+    assert [(r["name"], r["result"]) for r in results] == [
+        ("defer:noop:k-1", {"n": 1}),
+        ("nightly-report", {"report": True}),
+    ]
+    assert await take_dead_letters(settings) == []
+
+
+async def test_requests_no_run_can_come_of_are_dead_lettered_with_the_reason(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    bad = {
+        b"not json": "unreadable request: (request): Invalid JSON",
+        _json(type="noop", task="x"): "unreadable request: (request): give exactly one of `type`",
+        _json(type="billing.nope"): "type: unknown task type 'billing.nope' (no processor registered it)",
+        _json(task="nobody"): "task: no task named 'nobody'",
+        _json(type="sleep", payload={"ms": "long"}): "payload: does not fit type sleep",
+    }
+    async with running(distributor.service.run, settings):
+        await _publish(settings, *bad)
+
+        async def all_dead() -> bool:
+            return (await counts(settings))["dead"] == len(bad)
+
+        await wait_until(all_dead, timeout=10, what="every bad request in the dead-letter queue")
+    letters = await take_dead_letters(settings)
+    reasons = {letter.body: letter.reason for letter in letters}
+    for body, start in bad.items():
+        assert reasons[body].startswith(start), (body, reasons[body])
+    assert await statuses(db) == {}
