@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskSkipped, TaskType, cap_text
 from taskmill.tasktypes.install import InstallFailed, needs_of
@@ -96,21 +96,14 @@ class CommandPayload(BaseModel):
                 raise ValueError(f"requirement {i} must be one non-empty line")
         return lines
 
-    @field_validator("install")
+    @field_validator("checks", "install")
     @classmethod
-    def _install_steps(cls, steps: list[list[str]]) -> list[list[str]]:
-        for i, step in enumerate(steps, 1):
-            if not step or any("\0" in arg for arg in step):
-                raise ValueError(f"install step {i} must be a non-empty argv without NUL characters")
-        return steps
-
-    @field_validator("checks")
-    @classmethod
-    def _checks_are_commands(cls, checks: list[list[str]]) -> list[list[str]]:
-        for i, check in enumerate(checks, 1):
-            if not check or any("\0" in arg for arg in check):
-                raise ValueError(f"check {i} must be a non-empty argv without NUL characters")
-        return checks
+    def _argvs(cls, argvs: list[list[str]], info: ValidationInfo) -> list[list[str]]:
+        what = "check" if info.field_name == "checks" else "install step"
+        for i, argv in enumerate(argvs, 1):
+            if not argv or any("\0" in arg for arg in argv):
+                raise ValueError(f"{what} {i} must be a non-empty argv without NUL characters")
+        return argvs
 
     @field_validator("run_if")
     @classmethod
