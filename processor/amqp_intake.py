@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
@@ -19,9 +19,10 @@ log = logging.getLogger(__name__)
 
 
 class AmqpIntake:
-    def __init__(self, connection: AbstractRobustConnection, settings: Settings) -> None:
+    def __init__(self, connection: AbstractRobustConnection, settings: Settings, types: Sequence[str] = ()) -> None:
         self._connection = connection
         self._settings = settings
+        self._types = types
         self._acker = Acker()
         self._subscription: Subscription | None = None
 
@@ -30,7 +31,7 @@ class AmqpIntake:
             self._acker.received(delivery)
             await handler(delivery)
 
-        self._subscription = Subscription(self._connection, self._settings, deliver)
+        self._subscription = Subscription(self._connection, self._settings, deliver, self._types)
         await self._subscription.subscribe()
 
     async def keep(self, stop: asyncio.Event, room: Callable[[], bool]) -> None:

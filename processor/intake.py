@@ -9,7 +9,7 @@ Prefetch: at most `concurrency` deliveries are held unsettled at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import asyncpg
@@ -55,11 +55,15 @@ class Intake(Protocol):
         ...
 
 
-def open_intake(link: Link, settings: Settings, pool: asyncpg.Pool, worker: str) -> Intake:
+def open_intake(
+    link: Link, settings: Settings, pool: asyncpg.Pool, worker: str, types: Sequence[str] | None = None
+) -> Intake:
+    """`types`: the types a dedicated processor serves; None for one that serves every type (but those live
+    dedicated processors serve: taskmill/transport/routes.py)."""
     if link.connection is None:
         from processor.pg_intake import PgIntake
 
-        return PgIntake(pool, settings, worker)
+        return PgIntake(pool, settings, worker, types)
     from processor.amqp_intake import AmqpIntake
 
-    return AmqpIntake(link.connection, settings)
+    return AmqpIntake(link.connection, settings, types or ())

@@ -20,17 +20,19 @@ from taskmill.db import is_transient
 from taskmill.loops import Backoff, pause_if_transient, unless_stopped
 from taskmill.settings import Settings
 from taskmill.store import queue
+from taskmill.transport.routes import Routes
 from taskmill.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
 
 
 class PgIntake:
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, worker: str, types: Sequence[str] = ()) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, worker: str, types: Sequence[str] | None = None) -> None:
         self._pool = pool
         self._settings = settings
         self._worker = worker
-        self._types = list(types)
+        self._types = None if types is None else list(types)  # dedicated to these; None: every other type
+        self._routes = Routes(pool)
         self._handler: Handler | None = None
         self._consuming = False
         self._held: dict[int, queue.Delivery] = {}
@@ -125,7 +127,11 @@ class PgIntake:
                 await unless_stopped(stop, self._room.wait())
                 continue
             try:
-                got = await queue.claim(self._pool, room, self._worker, self._settings.queue_lease_s, self._types)
+                if self._types is not None:
+                    only, excluded = self._types, []
+                else:  # every type but those live dedicated processors serve
+                    only, excluded = [], sorted(await self._routes.dedicated())
+                got = await queue.claim(self._pool, room, self._worker, self._settings.queue_lease_s, only, excluded)
                 wait_s = None if len(got) == room else await queue.next_ready_in(self._pool)
             except Exception as exc:
                 await pause_if_transient(exc, backoff, stop, "fetch")

@@ -4,6 +4,7 @@ settings choose."""
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import os
 import socket
@@ -16,12 +17,14 @@ from taskmill import handlers
 from taskmill.db import create_pool, is_transient, role_pool
 from taskmill.loops import run_loops, unless_stopped, wait_or_stop
 from taskmill.settings import ConfigError, Settings
-from taskmill.store.processors import leave, register, seen
-from taskmill.store.tasktypes import Registered
+from taskmill.store.processors import dedicated, leave, register, seen
+from taskmill.store.tasktypes import Registered, registered
 from taskmill.store.tasktypes import register as register_types
+from taskmill.tasktypes import BUILTIN
 from taskmill.tasktypes.http import http_client
 from taskmill.tasktypes.jail import Jail
 from taskmill.transport import Link, open_link
+from taskmill.transport.routes import LIVE_WITHIN_S
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +51,20 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
     link: Link | None = None
     try:
         link = await open_link(settings, "taskmill-processor", pool)
+        types = await _dedicated_to(pool, settings, served, worker) if settings.type_patterns else None
         _say_isolation(jail)
-        await register(pool, worker, jail.describe(), [h.name for h in served])
         await register_types(pool, [_registration(h) for h in served], worker)
-        intake = open_intake(link, settings, pool, worker)
+        await register(pool, worker, jail.describe(), [h.name for h in served], types)
+        intake = open_intake(link, settings, pool, worker, types)
         consumer = Consumer(settings, pool, link.publisher, http, jail, worker, intake, handler_pool)
         consumer.start()
         await intake.subscribe(consumer.on_message)
         log.info(
-            "processor ready: %d runs at once, over %s%s",
+            "processor ready: %d runs at once, over %s%s%s",
             settings.concurrency,
             settings.transport_name,
             f"; handlers: {', '.join(sorted(h.name for h in served))}" if served else "",
+            f"; only: {', '.join(types)}" if types is not None else "",
             extra={"action": "ready"},
         )
         try:
@@ -92,6 +97,28 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
         except Exception as exc:  # it ages out of /health by itself
             log.info("could not unregister %s: %s", worker, exc)
         await pool.close()
+
+
+async def _dedicated_to(
+    pool: asyncpg.Pool, settings: Settings, served: list[handlers.Handler], worker: str
+) -> list[str]:
+    """The types `--types` names: each pattern matched against the built-in types, this processor's handlers and
+    those registered. ConfigError when a pattern matches none, or the set overlaps another live dedicated
+    processor's without being the same (a type would then have two queues)."""
+    known = {*BUILTIN, *(h.name for h in served), *await registered(pool)}
+    chosen: set[str] = set()
+    for pattern in settings.type_patterns:
+        matched = {t for t in known if fnmatch.fnmatchcase(t, pattern)}
+        if not matched:
+            raise ConfigError(f"--types: {pattern!r} matches no task type; known: {', '.join(sorted(known))}")
+        chosen |= matched
+    for other, theirs in (await dedicated(pool, LIVE_WITHIN_S)).items():
+        if other != worker and chosen & set(theirs) and chosen != set(theirs):
+            raise ConfigError(
+                f"--types: {', '.join(sorted(chosen & set(theirs)))} is already served by processor {other}, "
+                f"dedicated to {', '.join(sorted(theirs))}: processors dedicated to a type must share one --types"
+            )
+    return sorted(chosen)
 
 
 def _registration(handler: handlers.Handler) -> Registered:

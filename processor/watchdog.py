@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import cast
 
 import aiormq
@@ -33,7 +33,7 @@ from taskmill.broker import probe_queue
 from taskmill.loops import wait_or_stop
 from taskmill.metrics import CONSUMER_RESUBSCRIBED
 from taskmill.settings import Settings
-from taskmill.topology import declare
+from taskmill.topology import declare, declare_dedicated
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,13 @@ class ConsumerLost(RuntimeError):
 class Subscription:
     """A consumer of the work queue with a prefetch of `concurrency`, counting what reaches it."""
 
-    def __init__(self, connection: AbstractRobustConnection, settings: Settings, handler: Handler) -> None:
+    def __init__(
+        self, connection: AbstractRobustConnection, settings: Settings, handler: Handler, types: Sequence[str] = ()
+    ) -> None:
         self._connection = connection
         self._settings = settings
         self._handler = handler
+        self._types = list(types)  # dedicated to these (their own queue), or every type (the work queue)
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
@@ -94,7 +97,8 @@ class Subscription:
         if self._channel is None:
             self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self._settings.concurrency)
-        self._queue = (await declare(self._channel, self._settings)).work
+        work = (await declare(self._channel, self._settings)).work
+        self._queue = await declare_dedicated(self._channel, self._settings, self._types) if self._types else work
         self._tag = await self._queue.consume(self._deliver)
         self._last = None
 

@@ -20,6 +20,7 @@ from taskmill.store.runs import Outbound
 from taskmill.tls import tls_context
 from taskmill.topology import Topology, declare, declare_delay_queue
 from taskmill.transport import coalesce
+from taskmill.transport.routes import Routes
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +74,17 @@ class AmqpPublisher:
     topology: Topology
     timeout_s: float
     connection: AbstractRobustConnection
+    routes: Routes | None = None  # None: every type to the general work queue
 
     @classmethod
-    async def open(cls, connection: AbstractRobustConnection, settings: Settings) -> AmqpPublisher:
+    async def open(
+        cls, connection: AbstractRobustConnection, settings: Settings, routes: Routes | None = None
+    ) -> AmqpPublisher:
         channel = await confirmed_channel(connection)
-        return cls(channel, await declare(channel, settings), settings.publish_timeout_s, connection)
+        return cls(channel, await declare(channel, settings), settings.publish_timeout_s, connection, routes)
+
+    async def _routing_key(self, task_type: str) -> str:
+        return task_type if self.routes is None else await self.routes.routing_key(task_type)
 
     async def publish_runs(self, runs: Sequence[Outbound], per_message: int = 1) -> list[bool]:
         """Publishes the runs, up to `per_message` of one type in a message (dead ones alone, to the dead-letter
@@ -127,7 +134,7 @@ class AmqpPublisher:
         await channel.basic_publish(
             body,
             exchange=self.topology.names.runs_exchange,
-            routing_key=first.type,
+            routing_key=await self._routing_key(first.type),
             properties=properties(first.run_id, headers),
             mandatory=True,
             wait=False,
@@ -144,14 +151,17 @@ class AmqpPublisher:
         after `publish_timeout_s`, also while the connection is down."""
         async with asyncio.timeout(self.timeout_s):
             channel = await self.channel.get_underlay_channel()
-            queue = await declare_delay_queue(channel, self.topology.names, delay_ms, task_type)
+            # Named by, and dead-lettering with, the routing key: a dedicated type's retry returns to its processors.
+            key = await self._routing_key(task_type)
+            queue = await declare_delay_queue(channel, self.topology.names, delay_ms, key)
             await self.channel.default_exchange.publish(amqp_message(body, run_id), routing_key=queue, mandatory=True)
 
     async def forward(self, body: bytes, run_id: int, task_type: str) -> None:
         """To the runs exchange under its type, as the distributor publishes. TimeoutError after
         `publish_timeout_s`, also while the connection is down."""
         async with asyncio.timeout(self.timeout_s):
-            await self.topology.runs.publish(amqp_message(body, run_id), routing_key=task_type, mandatory=True)
+            key = await self._routing_key(task_type)
+            await self.topology.runs.publish(amqp_message(body, run_id), routing_key=key, mandatory=True)
 
     async def publish_dead(self, body: bytes, run_id: int | None, reason: str, *, kind: str = "gave up") -> None:
         """To the dead-letter queue with the reason in a header; `kind` labels the metric (gave up, poison).

@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("distributor", help="hand due runs to the processors (RabbitMQ or PostgreSQL) and rescue stale ones")
     proc = sub.add_parser("processor", help="consume and execute runs")
     proc.add_argument("--concurrency", type=int, help="runs executed at once (default 10)")
+    proc.add_argument(
+        "--types",
+        help="serve only these task types, comma-separated, `billing.*` patterns allowed (TASKMILL_TYPES); "
+        "default: every type",
+    )
     _import_option(proc)
     api = sub.add_parser("api", help="serve the REST API")
     api.add_argument("--host", help="address to listen on (default 127.0.0.1)")
@@ -130,6 +135,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     for arg, field in (
         ("concurrency", "concurrency"),
+        ("types", "types"),
         ("host", "api_host"),
         ("port", "api_port"),
         ("hook_command", "capacity_hook_command"),

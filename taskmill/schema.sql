@@ -132,7 +132,9 @@ CREATE TABLE processors (
     seen_at           timestamptz NOT NULL DEFAULT now(),
     command_isolation text NOT NULL,
     -- The handler types it serves (taskmill/handlers.py), besides every built-in type.
-    handlers          text[] NOT NULL DEFAULT '{}'
+    handlers          text[] NOT NULL DEFAULT '{}',
+    -- The types it is dedicated to (`--types`); NULL: every type. Runs of a dedicated type go to those only.
+    types             text[]
 );
 
 -- The legal moves of a run. The database refuses any other, whoever writes it.

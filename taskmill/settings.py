@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     # /var/cache/taskmill for root, else $XDG_CACHE_HOME/taskmill), the least recently used removed past the size.
     cache_dir: str = ""
     install_cache_mb: int = Field(2048, ge=1, le=1024 * 1024)
+    # The task types this processor is dedicated to (comma-separated names and fnmatch patterns, `billing.*`);
+    # empty: every type. Runs of a type that live dedicated processors serve go to them only.
+    types: str = Field("", pattern=r"^[A-Za-z0-9_.*?,\[\]! -]*$")
     # Modules of Python handlers (taskmill/handlers.py) the processor imports at start, comma-separated.
     imports: str = ""
     # Command runs: `namespaces` confines each in PID, mount and IPC namespaces of its own (bubblewrap), with a
@@ -233,6 +236,10 @@ class Settings(BaseSettings):
     jwt_public_key: str = Field("", validation_alias=AliasChoices("JWT_PUBLIC_KEY", "TASKMILL_JWT_PUBLIC_KEY"))
     jwt_issuer: str = Field("", validation_alias=AliasChoices("JWT_ISSUER", "TASKMILL_JWT_ISSUER"))
     jwt_audience: str = Field("", validation_alias=AliasChoices("JWT_AUDIENCE", "TASKMILL_JWT_AUDIENCE"))
+
+    @property
+    def type_patterns(self) -> list[str]:
+        return [t.strip() for t in self.types.split(",") if t.strip()]
 
     @property
     def import_list(self) -> list[str]:

@@ -7,6 +7,8 @@ gave up / poison / over the delivery limit --> exchange <p>.dead (fanout) --> qu
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 from taskmill.handlers import HANDLERS
 from taskmill.settings import Settings
 from taskmill.tasktypes import BUILTIN
+from taskmill.transport.routes import DEDICATED_PREFIX
 
 # An idle delay queue is removed this long after its last use; its messages have all expired by then.
 _DELAY_QUEUE_IDLE_MS = 3_600_000
@@ -46,6 +49,11 @@ class Names:
     @property
     def dead_queue(self) -> str:
         return f"{self.prefix}.dead"
+
+    def dedicated_queue(self, types: Sequence[str]) -> str:
+        """The queue of processors dedicated to `types` (`--types`): one per set of types."""
+        digest = hashlib.sha256(",".join(sorted(types)).encode()).hexdigest()[:12]
+        return f"{self.prefix}.only.{digest}"
 
     def delay_queue(self, delay_ms: int, task_type: str) -> str:
         return f"{self.prefix}.delay.{delay_ms}.{task_type}"
@@ -86,6 +94,19 @@ async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
     )
     await dead_letters.bind(dead)
     return Topology(names, runs, dead, work, dead_letters)
+
+
+async def declare_dedicated(channel: AbstractChannel, settings: Settings, types: Sequence[str]) -> AbstractQueue:
+    """The queue of processors dedicated to `types`, bound to the runs exchange under `only.<type>` for each: the
+    routing key publishers use for a type that live dedicated processors serve (taskmill/transport/routes.py)."""
+    names = Names(settings.broker_prefix)
+    runs = await channel.declare_exchange(names.runs_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+    queue = await channel.declare_queue(
+        names.dedicated_queue(types), durable=True, arguments=work_queue_arguments(settings, names)
+    )
+    for task_type in types:
+        await queue.bind(runs, routing_key=f"{DEDICATED_PREFIX}{task_type}")
+    return queue
 
 
 async def declare_delay_queue(channel: aiormq.abc.AbstractChannel, names: Names, delay_ms: int, task_type: str) -> str:

@@ -15,3 +15,7 @@ CREATE TABLE task_types (
 -- The handler types each processor serves (it serves every built-in type besides): GET /health names the registered
 -- types no live processor serves, and how many due runs wait for one.
 ALTER TABLE processors ADD COLUMN handlers text[] NOT NULL DEFAULT '{}';
+
+-- The task types a processor is dedicated to (`--types`), NULL for one that serves every type: runs of a type that
+-- live dedicated processors serve are routed to them only.
+ALTER TABLE processors ADD COLUMN types text[];

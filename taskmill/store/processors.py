@@ -11,8 +11,9 @@ import asyncpg
 from taskmill.db import Connection
 
 REGISTER = """
-INSERT INTO processors (worker, command_isolation, handlers) VALUES ($1, $2, $3)
-ON CONFLICT (worker) DO UPDATE SET started_at = now(), seen_at = now(), command_isolation = $2, handlers = $3
+INSERT INTO processors (worker, command_isolation, handlers, types) VALUES ($1, $2, $3, $4)
+ON CONFLICT (worker) DO UPDATE SET started_at = now(), seen_at = now(), command_isolation = $2, handlers = $3,
+    types = $4
 """
 SEEN = "UPDATE processors SET seen_at = now() WHERE worker = $1"
 LEAVE = "DELETE FROM processors WHERE worker = $1"
@@ -33,9 +34,14 @@ class Processor:
 
 
 async def register(
-    conn: Connection | asyncpg.Pool, worker: str, command_isolation: str, handlers: Sequence[str] = ()
+    conn: Connection | asyncpg.Pool,
+    worker: str,
+    command_isolation: str,
+    handlers: Sequence[str] = (),
+    types: Sequence[str] | None = None,
 ) -> None:
-    await conn.execute(REGISTER, worker, command_isolation, list(handlers))
+    """`types`: the types it is dedicated to (`--types`), None when it serves every type."""
+    await conn.execute(REGISTER, worker, command_isolation, list(handlers), None if types is None else list(types))
     await conn.execute(FORGET)
 
 
@@ -79,3 +85,13 @@ FROM unserved u ORDER BY u.name
 async def unserved(conn: Connection | asyncpg.Pool, within_s: float) -> list[tuple[str, int]]:
     """(type, due runs waiting) for each registered handler type that no live processor serves."""
     return [(r["name"], r["waiting"]) for r in await conn.fetch(UNSERVED, within_s)]
+
+
+DEDICATED = """
+SELECT worker, types FROM processors WHERE types IS NOT NULL AND seen_at > now() - make_interval(secs => $1)
+"""
+
+
+async def dedicated(conn: Connection | asyncpg.Pool, within_s: float) -> dict[str, list[str]]:
+    """The types each live dedicated processor serves, by worker."""
+    return {r["worker"]: list(r["types"]) for r in await conn.fetch(DEDICATED, within_s)}

@@ -72,11 +72,12 @@ async def enqueue(conn: Conn, messages: Sequence[Message]) -> None:
 
 
 # The oldest ready messages, leased to the processor: `available_at` moves to the lease's end, so the message is
-# handed out again then unless the processor settles or renews it first. `$4` empty: every type.
+# handed out again then unless the processor settles or renews it first. `$4` empty: every type but `$5`.
 CLAIM = """
 WITH picked AS (
     SELECT id FROM run_queue
     WHERE queue = 'work' AND available_at <= now() AND (cardinality($4::text[]) = 0 OR type = ANY($4::text[]))
+      AND type <> ALL($5::text[])
     ORDER BY available_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
@@ -88,9 +89,16 @@ RETURNING q.id, q.deliveries, q.type, q.body
 """
 
 
-async def claim(conn: Conn, limit: int, worker: str, lease_s: float, types: Sequence[str] = ()) -> list[Delivery]:
-    """Up to `limit` ready messages (of `types`, or any), oldest first, leased for `lease_s`."""
-    rows = await conn.fetch(CLAIM, limit, worker, lease_s, list(types))
+async def claim(
+    conn: Conn,
+    limit: int,
+    worker: str,
+    lease_s: float,
+    types: Sequence[str] = (),
+    excluded: Sequence[str] = (),
+) -> list[Delivery]:
+    """Up to `limit` ready messages (of `types`, or any but `excluded`), oldest first, leased for `lease_s`."""
+    rows = await conn.fetch(CLAIM, limit, worker, lease_s, list(types), list(excluded))
     return sorted((Delivery(r["id"], r["deliveries"], r["type"], r["body"]) for r in rows), key=lambda d: d.id)
 
 

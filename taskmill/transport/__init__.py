@@ -67,10 +67,11 @@ async def open_link(settings: Settings, name: str, pool: asyncpg.Pool) -> Link:
 
         return Link(PgPublisher(pool, settings.publish_timeout_s))
     from taskmill.broker import AmqpPublisher, connect
+    from taskmill.transport.routes import Routes
 
     connection = await connect(settings, name)
     try:
-        return Link(await AmqpPublisher.open(connection, settings), connection)
+        return Link(await AmqpPublisher.open(connection, settings, Routes(pool)), connection)
     except BaseException:
         await connection.close()
         raise

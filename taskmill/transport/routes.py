@@ -1,0 +1,52 @@
+"""Which runs go to dedicated processors (`taskmill processor --types ...`): a type that live dedicated processors
+serve is routed to them only; every other type to the processors that serve every type. Read from the `processors`
+table a few times a minute, so every publisher (distributor, rescuer, a processor's retries) routes alike."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+
+import asyncpg
+
+from taskmill.store.processors import dedicated
+
+log = logging.getLogger(__name__)
+
+# A processor says it is alive every 10 s (processor/service.py): one not seen for three of those is gone.
+LIVE_WITHIN_S = 30.0
+# Over RabbitMQ a dedicated type is published with this prefix to its routing key (taskmill/topology.py).
+DEDICATED_PREFIX = "only."
+
+
+class Routes:
+    def __init__(self, pool: asyncpg.Pool, refresh_s: float = 2.0) -> None:
+        self._pool = pool
+        self._refresh_s = refresh_s
+        self._types: frozenset[str] = frozenset()
+        self._read = -math.inf
+        self._reading = asyncio.Lock()
+
+    async def dedicated(self) -> frozenset[str]:
+        """The types live dedicated processors serve (the last answer while the database is away). Callers that
+        come while it is read wait for that read: none routes by an answer older than the refresh period."""
+        if self._stale():
+            async with self._reading:
+                if self._stale():
+                    try:
+                        found = await dedicated(self._pool, LIVE_WITHIN_S)
+                    except Exception as exc:
+                        log.info("cannot read the dedicated processors: %s", exc)
+                    else:
+                        self._types = frozenset(t for types in found.values() for t in types)
+                    self._read = time.monotonic()
+        return self._types
+
+    def _stale(self) -> bool:
+        return time.monotonic() - self._read > self._refresh_s
+
+    async def routing_key(self, task_type: str) -> str:
+        """The RabbitMQ routing key for a run of `task_type`."""
+        return f"{DEDICATED_PREFIX}{task_type}" if task_type in await self.dedicated() else task_type
