@@ -105,6 +105,29 @@ async def start_role_process(settings: Settings, *args: str, **env: str) -> asyn
     )
 
 
+@asynccontextmanager
+async def role_process(
+    settings: Settings, *args: str, ready: Callable[[], Awaitable[bool]], what: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`taskmill <args>` as a real process for the body of the block, once `ready()` says so (failing with its
+    stderr if it exits first); terminated afterwards."""
+    proc = await start_role_process(settings, *args)
+
+    async def up() -> bool:
+        if proc.returncode is not None:
+            _, err = await proc.communicate()
+            raise AssertionError(f"taskmill {' '.join(args)} exited {proc.returncode}: {err.decode()[-2000:]}")
+        return await ready()
+
+    try:
+        await wait_until(up, timeout=30, what=what)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 30)
+
+
 def free_port() -> int:
     """A port nothing listens on now (the kernel's pick)."""
     with socket.socket() as s:

@@ -14,7 +14,7 @@ import pytest
 import distributor.service
 from taskmill.settings import Settings
 from tests.api.conftest import SECRET, app_client, bearer
-from tests.helpers import start_role_process, taskmill, wait_until
+from tests.helpers import role_process, taskmill, wait_until
 from tests.transports import BOTH
 
 MODULE = "tests.handlers.billing"
@@ -25,22 +25,14 @@ WRITE = bearer("tasks:read tasks:write")
 async def processor(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[asyncio.subprocess.Process]:
     """`taskmill processor --import tests.handlers.billing`, once it has registered its handlers."""
     await db.execute("CREATE TABLE invoices_sent (customer_id int NOT NULL, run_id bigint NOT NULL)")
-    proc = await start_role_process(settings, "processor", "--import", MODULE, "--concurrency", "4")
 
     async def registered() -> bool:
-        if proc.returncode is not None:
-            _, err = await proc.communicate()
-            raise AssertionError(f"processor exited {proc.returncode}: {err.decode()[-2000:]}")
         found: int = await db.fetchval("SELECT count(*) FROM task_types")
         return found == 3
 
-    try:
-        await wait_until(registered, timeout=30, what="the processor to register its handlers")
+    args = ("processor", "--import", MODULE, "--concurrency", "4")
+    async with role_process(settings, *args, ready=registered, what="the processor to register its handlers") as proc:
         yield proc
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 30)
 
 
 @pytest.fixture
@@ -174,15 +166,14 @@ def test_a_module_that_cannot_be_imported_stops_the_processor_with_one_line(sett
 async def test_the_example_module_of_the_readme_serves_its_handlers(
     settings: Settings, db: asyncpg.Connection, api: httpx.AsyncClient
 ) -> None:
-    proc = await start_role_process(settings, "processor", "--import", "examples.billing")
-    try:
 
-        async def registered() -> bool:
-            assert proc.returncode is None, (await proc.communicate())[1].decode()[-2000:]
-            names = {r[0] for r in await db.fetch("SELECT name FROM task_types")}
-            return names == {"billing.send_invoice", "billing.monthly_report"}
+    async def registered() -> bool:
+        names = {r[0] for r in await db.fetch("SELECT name FROM task_types")}
+        return names == {"billing.send_invoice", "billing.monthly_report"}
 
-        await wait_until(registered, timeout=30, what="examples.billing to be registered")
+    async with role_process(
+        settings, "processor", "--import", "examples.billing", ready=registered, what="examples.billing registered"
+    ):
         created = await api.post(
             "/tasks",
             json={"name": "inv", "type": "billing.send_invoice", "payload": {"customer_id": 3, "amount_cents": 990}},
@@ -195,42 +186,3 @@ async def test_the_example_module_of_the_readme_serves_its_handlers(
             "output": "INFO invoice of 990 cents to customer 3\n",
         }
         assert await db.fetchval("SELECT amount_cents FROM invoices_sent WHERE run_id = $1", run["id"]) == 990
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 30)
-
-
-async def test_a_handler_past_its_timeout_fails_and_its_writes_are_rolled_back(
-    settings: Settings, db: asyncpg.Connection, processor: object, api: httpx.AsyncClient
-) -> None:
-    created = await api.post(
-        "/tasks",
-        json={"name": "slow", "type": "billing.slow_write", "payload": {"seconds": 5}, "timeout_seconds": 1},
-        headers=WRITE,
-    )
-    assert created.status_code == 201, created.text
-    run = await _run_of(db, created.json()["id"], "failed", settings)
-    assert run["error"] == "timed out after 1 s"
-    assert await db.fetchval("SELECT count(*) FROM invoices_sent") == 0
-
-
-@pytest.mark.parametrize("transport", ["postgres"])
-async def test_health_names_a_registered_type_no_live_processor_serves_and_its_waiting_runs(
-    settings: Settings, db: asyncpg.Connection, processor: asyncio.subprocess.Process, api: httpx.AsyncClient
-) -> None:
-    health = (await api.get("/health")).json()
-    assert health["unserved_types"] == []  # the processor is alive and serves all three
-    for i in range(2):
-        body = {"name": f"inv-{i}", "type": "billing.send_invoice", "payload": {"customer_id": 1}}
-        assert (await api.post("/tasks", json=body, headers=WRITE)).status_code == 201
-    # The processor stops before any of them is handed out: nothing serves the type any more.
-    processor.terminate()
-    await asyncio.wait_for(processor.wait(), 30)
-    assert await db.fetchval("SELECT count(*) FROM processors") == 0
-    health = (await api.get("/health")).json()
-    assert health["status"] == "ok"
-    assert health["unserved_types"] == [
-        {"type": "billing.blocking_nap", "due_runs": 0, "reason": "no live processor serves this type"},
-        {"type": "billing.send_invoice", "due_runs": 2, "reason": "no live processor serves this type"},
-        {"type": "billing.slow_write", "due_runs": 0, "reason": "no live processor serves this type"},
-    ]

@@ -14,28 +14,22 @@ import pytest
 import distributor.service
 import processor.service
 from taskmill.settings import Settings
-from tests.helpers import new_task, running, start_role_process, taskmill, wait_for_statuses, wait_until
+from tests.helpers import new_task, role_process, running, taskmill, wait_for_statuses
 from tests.transports import BOTH
 
 
 @pytest.fixture
 async def noop_only(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[asyncio.subprocess.Process]:
     """`taskmill processor --types 'no*'`, once it is registered as dedicated to noop."""
-    proc = await start_role_process(settings, "processor", "--types", "no*")
 
     async def registered() -> bool:
-        if proc.returncode is not None:
-            raise AssertionError(f"exited {proc.returncode}: {(await proc.communicate())[1].decode()[-2000:]}")
         types: list[str] | None = await db.fetchval("SELECT types FROM processors WHERE types IS NOT NULL")
         return types == ["noop"]
 
-    try:
-        await wait_until(registered, timeout=30, what="the dedicated processor to register")
+    async with role_process(
+        settings, "processor", "--types", "no*", ready=registered, what="the dedicated processor to register"
+    ) as proc:
         yield proc
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 30)
 
 
 async def _workers(db: asyncpg.Connection) -> dict[str, set[str]]:
