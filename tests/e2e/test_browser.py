@@ -17,6 +17,7 @@ from playwright.async_api import Browser, Page, Response, expect
 from taskmill.models import Schedule, TaskCreate
 from taskmill.settings import Settings
 from taskmill.store.tasks import create_tasks
+from taskmill.store.tasktypes import Registered, register
 from tests.api.conftest import SECRET, bearer, served_api
 from tests.helpers import new_task
 
@@ -91,6 +92,7 @@ async def test_the_dashboard_creates_shows_edits_and_deactivates_a_cron_task(
     await once_runs(db, "soon", soon, 3, 4000)  # one bucket: 12,000 ms, so ceil(12000 / 9000) = 2 instances
     yearly = Schedule(kind="cron", cron="0 0 1 1 *")  # nothing in the next three hours (bar New Year's Eve)
     await create_tasks(db, [TaskCreate(name=f"bulk-{i:02}", type="noop", schedule=yearly) for i in range(20)])
+    await register(db, [INVOICE], "a-processor")  # a Python handler, as a processor registers it at start
     page = await browser.new_page(viewport={"width": 1366, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -104,6 +106,19 @@ async def test_the_dashboard_creates_shows_edits_and_deactivates_a_cron_task(
         raise
     assert errors == []
     assert await page.evaluate("window.__pwned") is None
+
+
+INVOICE = Registered(
+    name="billing.send_invoice",
+    description="Records that the customer's invoice went out.",
+    payload_schema={
+        "type": "object",
+        "properties": {"customer_id": {"type": "integer", "minimum": 1}, "note": {"type": "string"}},
+        "required": ["customer_id"],
+    },
+    timeout_seconds=20.0,
+    module="billing.tasks",
+)
 
 
 async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.AsyncClient, db: asyncpg.Connection) -> None:
@@ -120,6 +135,22 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     await page.get_by_role("button", name="Use this token").click()
     await expect(dialog).to_be_hidden()
     assert await page.evaluate("localStorage.getItem('taskmill.token')") == token
+
+    # --- A registered Python handler is offered with its description, its payload started from its schema, and
+    # the server's verdict on a payload shown beside it.
+    await page.get_by_role("button", name="New task").click()
+    form = page.get_by_role("dialog", name="New task")
+    await form.get_by_label("Type", exact=True).select_option(INVOICE.name)
+    await expect(page.locator("#h-type")).to_have_text(INVOICE.description)
+    await expect(form.get_by_label("Payload (JSON object)")).to_have_value('{\n  "customer_id": 0\n}')
+    await form.get_by_label("Name").fill("invoice-from-the-form")
+    await form.get_by_role("button", name="Create task").click()
+    await expect(page.locator("#e-payload")).to_contain_text("0 is less than the minimum of 1")
+    await form.get_by_label("Payload (JSON object)").fill('{"customer_id": 5}')
+    await form.get_by_label("Type", exact=True).select_option("noop")  # a payload the user wrote stays as it is
+    await expect(form.get_by_label("Payload (JSON object)")).to_have_value('{"customer_id": 5}')
+    await form.get_by_role("button", name="Cancel").click()
+    await expect(form).to_be_hidden()
 
     # --- The grid: 23 tasks, 20 a page; sorted by a column header either way; filtered by name prefix.
     rows = page.locator("#task-grid tbody tr")

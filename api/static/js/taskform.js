@@ -17,6 +17,20 @@ function fieldOf(name) {
 
 function pad(n) { return String(n).padStart(2, "0"); }
 
+const EMPTY = { integer: 0, number: 0, string: "", boolean: false, array: [], object: {} };
+
+/** A payload to start from: each required property of a JSON schema (and each with a default), at its default or
+ *  the empty value of its type. Built-in and handler types alike. */
+export function skeleton(schema) {
+  const out = {};
+  const required = new Set(schema?.required || []);
+  for (const [name, prop] of Object.entries(schema?.properties || {})) {
+    if (!required.has(name) && !("default" in prop)) continue;
+    out[name] = "default" in prop ? prop.default : (EMPTY[prop.type] ?? null);
+  }
+  return out;
+}
+
 /** An ISO instant as the value of a datetime-local input, in the browser's zone. */
 function localInput(iso) {
   const d = new Date(iso);
@@ -31,6 +45,7 @@ export class TaskForm {
     this.types = [];
     this.access = NOBODY;
     this.editing = null; // the task being edited, or null for a new one
+    this.skeleton = "{}"; // the payload the form wrote for the chosen type (replaced while the user keeps it)
     this.previewRequest = latestOnly(); // the user types on: only the newest preview is shown
     $("#local-zone").textContent = `your time, ${Intl.DateTimeFormat().resolvedOptions().timeZone}`;
     const zones = typeof Intl.supportedValuesOf === "function" ? Intl.supportedValuesOf("timeZone") : [];
@@ -92,6 +107,13 @@ export class TaskForm {
     $("#h-payload").textContent = props.length
       ? `Fields: ${props.map((p) => (required.has(p) ? `${p} (required)` : p)).join(", ")}`
       : "Any JSON object.";
+    // A new task's payload starts as the type's required fields (and those with defaults), from its JSON schema,
+    // as long as the user has not written one of their own.
+    const payload = $("#f-payload");
+    if (!this.editing && [this.skeleton, "", "{}"].includes(payload.value.trim())) {
+      this.skeleton = JSON.stringify(skeleton(type?.payload_schema), null, 2);
+      payload.value = this.skeleton;
+    }
   }
 
   openNew() {
