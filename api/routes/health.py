@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from api.deps import Pool
 from taskmill.db import answers
 from taskmill.store.processors import recent, unserved
+from taskmill.tasktypes import BUILTIN
 
 router = APIRouter()
 
@@ -18,7 +19,8 @@ SEEN_WITHIN_S = 30.0
 @router.get("/health")
 async def health(request: Request, db: Pool) -> JSONResponse:
     """Whether the database and the broker answer (200, else 503), the processors at work with the isolation their
-    command runs get, and the registered handler types no live processor serves, with their due runs waiting."""
+    command runs get, and the task types with due runs waiting that no live processor serves (at most 10,000
+    counted a type)."""
     broker = request.app.state.broker
     checks = {"database": await answers(db)}
     if broker is not None:  # the RabbitMQ transport; over PostgreSQL the database is the transport
@@ -33,7 +35,7 @@ async def health(request: Request, db: Pool) -> JSONResponse:
         ]
         waiting = [
             {"type": name, "due_runs": count, "reason": "no live processor serves this type"}
-            for name, count in await unserved(db, SEEN_WITHIN_S)
+            for name, count in await unserved(db, SEEN_WITHIN_S, list(BUILTIN))
         ]
     body = {
         "status": "ok" if ok else "down",

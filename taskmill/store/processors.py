@@ -66,25 +66,34 @@ async def live_count(conn: Connection | asyncpg.Pool, within_s: float) -> int:
     return count
 
 
-# Registered handler types no processor seen within `$1` seconds serves, with their due runs waiting (counted only
-# for those types: the small tables first).
+# The types with due runs that no processor seen within `$1` seconds serves: one without `--types` serves every
+# built-in type (`$2`) and its handlers, a dedicated one its types. Runs are counted only for those types (the small
+# tables first), and at most `$3` of each: /health is asked often, and must stay cheap under any backlog.
 UNSERVED = """
-WITH unserved AS (
-    SELECT name FROM task_types
-    WHERE NOT EXISTS (SELECT 1 FROM processors p
-                      WHERE p.seen_at > now() - make_interval(secs => $1) AND task_types.name = ANY(p.handlers))
+WITH live AS (
+    SELECT handlers, types FROM processors WHERE seen_at > now() - make_interval(secs => $1)
+), served AS (
+    SELECT unnest(coalesce(types, $2::text[] || handlers)) AS type FROM live
+), unserved AS (
+    SELECT type FROM (SELECT unnest($2::text[]) AS type UNION SELECT name FROM task_types) AS known
+    EXCEPT SELECT type FROM served
 )
-SELECT u.name,
-       (SELECT count(*) FROM tasks t JOIN task_schedule s ON s.task_id = t.id
-        WHERE t.type = u.name AND s.status IN ('scheduled', 'queued', 'retrying') AND s.scheduled_time <= now())
-           AS waiting
-FROM unserved u ORDER BY u.name
+SELECT u.type,
+       (SELECT count(*) FROM (
+            SELECT 1 FROM tasks t JOIN task_schedule s ON s.task_id = t.id
+            WHERE t.type = u.type AND s.status IN ('scheduled', 'queued', 'retrying') AND s.scheduled_time <= now()
+            LIMIT $3) AS due) AS waiting
+FROM unserved u ORDER BY u.type
 """
 
+# At most this many due runs of a type are counted (`due_runs` then reads "at least").
+UNSERVED_COUNT_CAP = 10_000
 
-async def unserved(conn: Connection | asyncpg.Pool, within_s: float) -> list[tuple[str, int]]:
-    """(type, due runs waiting) for each registered handler type that no live processor serves."""
-    return [(r["name"], r["waiting"]) for r in await conn.fetch(UNSERVED, within_s)]
+
+async def unserved(conn: Connection | asyncpg.Pool, within_s: float, builtin: Sequence[str]) -> list[tuple[str, int]]:
+    """(type, due runs waiting, capped) for each type with due runs that no live processor serves."""
+    rows = await conn.fetch(UNSERVED, within_s, list(builtin), UNSERVED_COUNT_CAP)
+    return [(r["type"], r["waiting"]) for r in rows if r["waiting"]]
 
 
 DEDICATED = """

@@ -186,3 +186,37 @@ async def test_the_example_module_of_the_readme_serves_its_handlers(
             "output": "INFO invoice of 990 cents to customer 3\n",
         }
         assert await db.fetchval("SELECT amount_cents FROM invoices_sent WHERE run_id = $1", run["id"]) == 990
+
+
+async def test_a_handler_past_its_timeout_fails_and_its_writes_are_rolled_back(
+    settings: Settings, db: asyncpg.Connection, processor: object, api: httpx.AsyncClient
+) -> None:
+    created = await api.post(
+        "/tasks",
+        json={"name": "slow", "type": "billing.slow_write", "payload": {"seconds": 5}, "timeout_seconds": 1},
+        headers=WRITE,
+    )
+    assert created.status_code == 201, created.text
+    run = await _run_of(db, created.json()["id"], "failed", settings)
+    assert run["error"] == "timed out after 1 s"
+    assert await db.fetchval("SELECT count(*) FROM invoices_sent") == 0
+
+
+@pytest.mark.parametrize("transport", ["postgres"])
+async def test_health_names_a_type_no_live_processor_serves_and_its_waiting_runs(
+    settings: Settings, db: asyncpg.Connection, processor: asyncio.subprocess.Process, api: httpx.AsyncClient
+) -> None:
+    for i in range(2):
+        body = {"name": f"inv-{i}", "type": "billing.send_invoice", "payload": {"customer_id": 1}}
+        assert (await api.post("/tasks", json=body, headers=WRITE)).status_code == 201
+    health = (await api.get("/health")).json()
+    assert health["unserved_types"] == []  # the processor is alive and serves the type
+    # The processor stops before any of them is handed out (no distributor runs): nothing serves the type any more.
+    processor.terminate()
+    await asyncio.wait_for(processor.wait(), 30)
+    assert await db.fetchval("SELECT count(*) FROM processors") == 0
+    health = (await api.get("/health")).json()
+    assert health["status"] == "ok"
+    assert health["unserved_types"] == [
+        {"type": "billing.send_invoice", "due_runs": 2, "reason": "no live processor serves this type"},
+    ]

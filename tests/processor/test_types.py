@@ -14,6 +14,7 @@ import pytest
 import distributor.service
 import processor.service
 from taskmill.settings import Settings
+from tests.api.conftest import SECRET, app_client
 from tests.helpers import new_task, role_process, running, taskmill, wait_for_statuses
 from tests.transports import BOTH
 
@@ -85,3 +86,15 @@ async def test_a_processor_whose_types_overlap_another_dedicated_ones_is_refused
         f"taskmill processor: --types: noop is already served by processor {worker}, dedicated to noop: "
         "processors dedicated to a type must share one --types"
     )
+
+
+async def test_health_names_a_built_in_type_only_dedicated_processors_are_left_to_not_serve(
+    settings: Settings, db: asyncpg.Connection, noop_only: asyncio.subprocess.Process
+) -> None:
+    await new_task(db, "a-noop", "noop")
+    await new_task(db, "a-sleep", "sleep", {"ms": 1})
+    async with app_client(settings.model_copy(update={"jwt_secret": SECRET})) as api:
+        health = (await api.get("/health")).json()
+    assert health["unserved_types"] == [
+        {"type": "sleep", "due_runs": 1, "reason": "no live processor serves this type"},
+    ]
