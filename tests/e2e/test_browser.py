@@ -284,6 +284,15 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     await logs.get_by_role("button", name="Close").click()
     await expect(logs).to_be_hidden()
 
+    # --- Runs waiting for a type no live processor serves (no processor runs in this test): named at the top.
+    await expect(page.locator("#unserved")).to_be_hidden()
+    await create_tasks(db, [TaskCreate(name="invoice-7", type=INVOICE.name, payload={"customer_id": 7})])
+    notice = page.get_by_role("alert").filter(has_text="no live processor serves their type")
+    await expect(notice).to_be_visible()
+    await expect(notice.locator("li")).to_have_text(
+        ["billing.send_invoice: 1 due run (no live processor serves this type)"]
+    )
+
 
 async def finished_run(db: asyncpg.Connection, task_id: int) -> int:
     """A run of the task that ran and failed a minute ago, its output holding markup."""

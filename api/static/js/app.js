@@ -137,10 +137,25 @@ let polls = 0;
 let timer = null;
 let retry = null;
 
+/** Types whose due runs no live processor serves (GET /health): named at the top until a processor takes them. */
+async function refreshHealth() {
+  let health;
+  try {
+    health = await api("GET", "/health");
+  } catch (err) {
+    health = err.problem; // a 503 still says what it knows
+  }
+  const waiting = health?.unserved_types || [];
+  $("#unserved-list").replaceChildren(...waiting.map((t) => h("li", {},
+    `${t.type}: ${t.due_runs.toLocaleString()} due run${t.due_runs === 1 ? "" : "s"} (${t.reason})`)));
+  $("#unserved").hidden = !waiting.length;
+}
+
 async function poll() {
   if (document.hidden) return;
   polls += 1;
-  await Promise.allSettled([refreshCapacity(), runs.refresh(), polls % METRICS_EVERY === 0 ? refreshMetrics() : null]);
+  await Promise.allSettled([refreshCapacity(), runs.refresh(), refreshHealth(),
+    polls % METRICS_EVERY === 0 ? refreshMetrics() : null]);
 }
 
 async function start() {
@@ -170,7 +185,7 @@ async function start() {
     }
     return;
   }
-  await Promise.allSettled([grid.load(), runs.load(), refreshCapacity(), refreshMetrics()]);
+  await Promise.allSettled([grid.load(), runs.load(), refreshCapacity(), refreshMetrics(), refreshHealth()]);
   clearInterval(timer);
   timer = setInterval(poll, POLL_MS);
 }
