@@ -142,13 +142,19 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     form = page.get_by_role("dialog", name="New task")
     await form.get_by_label("Type", exact=True).select_option(INVOICE.name)
     await expect(page.locator("#h-type")).to_have_text(INVOICE.description)
-    await expect(form.get_by_label("Payload (JSON object)")).to_have_value('{\n  "customer_id": 0\n}')
+    payload = form.get_by_label("Payload (JSON object)")
+    await expect(payload).to_have_value('{\n  "customer_id": 0\n}')
+    field = form.get_by_label("customer_id (required)")  # an input per simple property, from the schema
+    await expect(field).to_have_value("0")
+    await expect(form.get_by_label("note")).to_have_value("")
     await form.get_by_label("Name").fill("invoice-from-the-form")
     await form.get_by_role("button", name="Create task").click()
     await expect(page.locator("#e-payload")).to_contain_text("0 is less than the minimum of 1")
-    await form.get_by_label("Payload (JSON object)").fill('{"customer_id": 5}')
+    await field.fill("7")
+    await form.get_by_label("note").fill("first")
+    await expect(payload).to_have_value('{\n  "customer_id": 7,\n  "note": "first"\n}')
     await form.get_by_label("Type", exact=True).select_option("noop")  # a payload the user wrote stays as it is
-    await expect(form.get_by_label("Payload (JSON object)")).to_have_value('{"customer_id": 5}')
+    await expect(payload).to_have_value('{\n  "customer_id": 7,\n  "note": "first"\n}')
     await form.get_by_role("button", name="Cancel").click()
     await expect(form).to_be_hidden()
 

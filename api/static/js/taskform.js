@@ -18,6 +18,8 @@ function fieldOf(name) {
 function pad(n) { return String(n).padStart(2, "0"); }
 
 const EMPTY = { integer: 0, number: 0, string: "", boolean: false, array: [], object: {} };
+// The input each simple JSON schema type gets in the payload's fields.
+const INPUTS = { integer: "number", number: "number", string: "text", boolean: "checkbox" };
 
 /** A payload to start from: each required property of a JSON schema (and each with a default), at its default or
  *  the empty value of its type. Built-in and handler types alike. */
@@ -114,6 +116,51 @@ export class TaskForm {
       this.skeleton = JSON.stringify(skeleton(type?.payload_schema), null, 2);
       payload.value = this.skeleton;
     }
+    this.payloadFields(type?.payload_schema);
+  }
+
+  /** An input for each top-level text, number or yes/no property of the schema, kept in step with the JSON above
+   *  (which stays the whole payload: nested values are written there). */
+  payloadFields(schema) {
+    const box = $("#payload-fields");
+    const simple = Object.entries(schema?.properties || {}).filter(([, p]) => INPUTS[p.type] || p.enum);
+    const required = new Set(schema?.required || []);
+    box.replaceChildren(h("legend", {}, "Payload fields"), ...simple.map(([name, prop]) => {
+      const id = `pf-${name}`;
+      const input = prop.enum
+        ? h("select", { id }, ...prop.enum.map((v) => h("option", { value: JSON.stringify(v) }, String(v))))
+        : h("input", { id, type: INPUTS[prop.type], step: prop.type === "number" ? "any" : null });
+      const current = this.payloadValue()?.[name];
+      if (current !== undefined) {
+        if (input.type === "checkbox") input.checked = Boolean(current);
+        else input.value = prop.enum ? JSON.stringify(current) : String(current);
+      }
+      input.addEventListener("input", () => this.setPayloadField(name, prop, input));
+      input.addEventListener("change", () => this.setPayloadField(name, prop, input));
+      const text = `${name}${required.has(name) ? " (required)" : ""}${prop.description ? `: ${prop.description}` : ""}`;
+      return h("label", { for: id }, text, input);
+    }));
+    box.hidden = !simple.length;
+  }
+
+  payloadValue() {
+    try {
+      const value = JSON.parse($("#f-payload").value || "{}");
+      return value && typeof value === "object" && !Array.isArray(value) ? value : null;
+    } catch {
+      return null; // being typed: the fields leave it alone
+    }
+  }
+
+  setPayloadField(name, prop, input) {
+    const payload = this.payloadValue();
+    if (payload === null) return;
+    if (input.type === "checkbox") payload[name] = input.checked;
+    else if (prop.enum) payload[name] = JSON.parse(input.value);
+    else if (input.value === "") delete payload[name];
+    else payload[name] = prop.type === "integer" || prop.type === "number" ? Number(input.value) : input.value;
+    $("#f-payload").value = JSON.stringify(payload, null, 2);
+    this.skeleton = null; // written by the user now: a change of type keeps it
   }
 
   openNew() {
