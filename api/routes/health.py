@@ -30,7 +30,13 @@ async def health(request: Request, db: Pool) -> JSONResponse:
     waiting = []
     if checks["database"]:
         processors = [
-            {"worker": p.worker, "seen_at": p.seen_at.isoformat(), "command_isolation": p.command_isolation}
+            {
+                "worker": p.worker,
+                "seen_at": p.seen_at.isoformat(),
+                "command_isolation": p.command_isolation,
+                "handlers": p.handlers,
+                "types": p.types,
+            }
             for p in await recent(db, SEEN_WITHIN_S)
         ]
         waiting = [

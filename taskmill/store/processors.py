@@ -19,7 +19,7 @@ SEEN = "UPDATE processors SET seen_at = now() WHERE worker = $1"
 LEAVE = "DELETE FROM processors WHERE worker = $1"
 # Those seen within `$1` seconds; the others died without leaving (their rows go after a day).
 RECENT = """
-SELECT worker, started_at, seen_at, command_isolation FROM processors
+SELECT worker, started_at, seen_at, command_isolation, handlers, types FROM processors
 WHERE seen_at > now() - make_interval(secs => $1) ORDER BY worker
 """
 FORGET = "DELETE FROM processors WHERE seen_at < now() - interval '1 day'"
@@ -31,6 +31,8 @@ class Processor:
     started_at: datetime
     seen_at: datetime
     command_isolation: str
+    handlers: list[str]  # the Python handlers it serves
+    types: list[str] | None  # the types it is dedicated to (`--types`); None: every type
 
 
 async def register(

@@ -95,6 +95,12 @@ async def test_health_names_a_built_in_type_only_dedicated_processors_are_left_t
     await new_task(db, "a-sleep", "sleep", {"ms": 1})
     async with app_client(settings.model_copy(update={"jwt_secret": SECRET})) as api:
         health = (await api.get("/health")).json()
+    [listed] = health["processors"]
+    assert (listed["worker"], listed["types"], listed["handlers"]) == (
+        f"{socket.gethostname()}:{noop_only.pid}",
+        ["noop"],
+        [],
+    )
     assert health["unserved_types"] == [
         {"type": "sleep", "due_runs": 1, "reason": "no live processor serves this type"},
     ]
