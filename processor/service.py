@@ -17,14 +17,13 @@ from taskmill import handlers
 from taskmill.db import create_pool, is_transient, role_pool
 from taskmill.loops import run_loops, unless_stopped, wait_or_stop
 from taskmill.settings import ConfigError, Settings
-from taskmill.store.processors import dedicated, leave, register, seen
+from taskmill.store.processors import LIVE_WITHIN_S, dedicated, leave, register, seen
 from taskmill.store.tasktypes import Registered, registered
 from taskmill.store.tasktypes import register as register_types
 from taskmill.tasktypes import BUILTIN
 from taskmill.tasktypes.http import http_client
 from taskmill.tasktypes.jail import Jail
 from taskmill.transport import Link, open_link
-from taskmill.transport.routes import LIVE_WITHIN_S
 
 log = logging.getLogger(__name__)
 

@@ -7,13 +7,10 @@ from fastapi.responses import JSONResponse
 
 from api.deps import Pool
 from taskmill.db import answers
-from taskmill.store.processors import recent, unserved
+from taskmill.store.processors import LIVE_WITHIN_S, recent, unserved
 from taskmill.tasktypes import BUILTIN
 
 router = APIRouter()
-
-# A processor is listed while it was heard from within this (three of its heartbeats).
-SEEN_WITHIN_S = 30.0
 
 
 @router.get("/health")
@@ -37,11 +34,11 @@ async def health(request: Request, db: Pool) -> JSONResponse:
                 "handlers": p.handlers,
                 "types": p.types,
             }
-            for p in await recent(db, SEEN_WITHIN_S)
+            for p in await recent(db, LIVE_WITHIN_S)
         ]
         waiting = [
             {"type": name, "due_runs": count, "reason": "no live processor serves this type"}
-            for name, count in await unserved(db, SEEN_WITHIN_S, list(BUILTIN))
+            for name, count in await unserved(db, LIVE_WITHIN_S, list(BUILTIN))
         ]
     body = {
         "status": "ok" if ok else "down",

@@ -24,6 +24,10 @@ WHERE seen_at > now() - make_interval(secs => $1) ORDER BY worker
 """
 FORGET = "DELETE FROM processors WHERE seen_at < now() - interval '1 day'"
 
+# A processor says it is alive every 10 s (processor/service.py HEARTBEAT_S): one not seen for three of those is
+# gone, for /health, the count of consumers and the routing of dedicated types alike.
+LIVE_WITHIN_S = 30.0
+
 
 @dataclass(frozen=True, slots=True)
 class Processor:

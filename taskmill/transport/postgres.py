@@ -14,14 +14,11 @@ from taskmill.messages import batch_body
 from taskmill.metrics import DEAD_LETTERED, PUBLISH_FAILED, PUBLISHED
 from taskmill.states import RunState
 from taskmill.store import queue
-from taskmill.store.processors import live_count
+from taskmill.store.processors import LIVE_WITHIN_S, live_count
 from taskmill.store.runs import Outbound
 from taskmill.transport import coalesce
 
 log = logging.getLogger(__name__)
-
-# A processor says it is alive every 10 s (processor/service.py): one not seen for three of those is gone.
-_LIVE_WITHIN_S = 30.0
 
 
 @dataclass(slots=True)
@@ -49,7 +46,7 @@ class PgPublisher:
 
     async def consumers(self) -> int:
         async with asyncio.timeout(self.timeout_s):
-            return await live_count(self.pool, _LIVE_WITHIN_S)
+            return await live_count(self.pool, LIVE_WITHIN_S)
 
     async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int) -> None:
         async with asyncio.timeout(self.timeout_s):

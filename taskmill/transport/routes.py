@@ -11,12 +11,10 @@ import time
 
 import asyncpg
 
-from taskmill.store.processors import dedicated
+from taskmill.store.processors import LIVE_WITHIN_S, dedicated
 
 log = logging.getLogger(__name__)
 
-# A processor says it is alive every 10 s (processor/service.py): one not seen for three of those is gone.
-LIVE_WITHIN_S = 30.0
 # Over RabbitMQ a dedicated type is published with this prefix to its routing key (taskmill/topology.py).
 DEDICATED_PREFIX = "only."
 
