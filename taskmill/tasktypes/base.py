@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
 from pydantic import BaseModel
 
-from taskmill.tasktypes.install import InstallCache
 from taskmill.tasktypes.jail import UNCONFINED, Jail
+
+if TYPE_CHECKING:  # install.py takes stderr_tail from here
+    from taskmill.tasktypes.install import InstallCache
 
 JsonObject = dict[str, Any]
 
@@ -67,6 +69,12 @@ class TaskType:
 
     def parse(self, payload: JsonObject) -> BaseModel:
         return self.payload_model.model_validate(payload)
+
+
+def stderr_tail(stderr: str, keep: int = 300) -> str:
+    """The end of what a command printed on stderr, on one line: the reason a failed check or install step gives."""
+    text = " ".join(stderr.split())
+    return ("..." + text[-keep:]) if len(text) > keep else (text or "(no stderr)")
 
 
 def cap_text(data: bytes, cap: int) -> tuple[str, bool]:

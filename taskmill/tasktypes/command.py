@@ -26,7 +26,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskSkipped, TaskType, cap_text
+from taskmill.tasktypes.base import (
+    JsonObject,
+    RunContext,
+    TaskFailed,
+    TaskSkipped,
+    TaskType,
+    cap_text,
+    stderr_tail,
+)
 from taskmill.tasktypes.install import InstallFailed, needs_of
 from taskmill.tasktypes.jail import JailRefused, RunAs
 
@@ -268,24 +276,18 @@ async def _checked_run(payload: CommandPayload, one: Callable[[list[str]], Await
         done = await one(check)
         if done.code != 0:
             raise TaskFailed(
-                f"check {i} failed: {shlex.join(check)} exit {done.code}: {_tail(done.stderr)}", done.result
+                f"check {i} failed: {shlex.join(check)} exit {done.code}: {stderr_tail(done.stderr)}", done.result
             )
     if payload.run_if is not None:
         done = await one(payload.run_if)
         if done.code != 0:
             raise TaskSkipped(
-                f"run_if {shlex.join(payload.run_if)} exit {done.code}: {_tail(done.stderr)}", done.result
+                f"run_if {shlex.join(payload.run_if)} exit {done.code}: {stderr_tail(done.stderr)}", done.result
             )
     done = await one(payload.argv)
     if done.code not in payload.expected_exit_codes:
         raise TaskFailed(failure_reason(done.code, done.stderr, payload.limits), done.result)
     return done.result
-
-
-def _tail(stderr: str, keep: int = 300) -> str:
-    """The end of what a check printed on stderr, on one line."""
-    text = " ".join(stderr.split())
-    return ("..." + text[-keep:]) if len(text) > keep else (text or "(no stderr)")
 
 
 async def _run_one(

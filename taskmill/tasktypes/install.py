@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from pathlib import Path
 
+from taskmill.tasktypes.base import stderr_tail
+
 READY = ".ready"  # made last: a directory without it is a build that did not finish
 USED = ".last_used"  # touched by every run that uses it: the eviction's order
 
@@ -91,7 +93,7 @@ class InstallCache:
             for argv in steps:
                 code, stderr = await step(argv, directory)
                 if code != 0:
-                    raise InstallFailed(f"install step {' '.join(argv)} exit {code}: {_tail(stderr)}")
+                    raise InstallFailed(f"install step {' '.join(argv)} exit {code}: {stderr_tail(stderr)}")
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, directory, True)
             raise
@@ -138,11 +140,6 @@ def _size(directory: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(base, name)).st_size
     return total
-
-
-def _tail(stderr: str, keep: int = 300) -> str:
-    text = " ".join(stderr.split())
-    return ("..." + text[-keep:]) if len(text) > keep else (text or "(no stderr)")
 
 
 def default_root(euid: int, environ: Mapping[str, str]) -> Path:
