@@ -10,7 +10,6 @@ import asyncpg
 
 from distributor import requests
 from distributor.dispatch import Spread, publish_or_revert
-from distributor.handover import hand_over
 from distributor.pacing import pace
 from distributor.rescue import rescue
 from taskmill.crash import Crash
@@ -57,8 +56,6 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
 async def _drain(pool: asyncpg.Pool, publisher: Publisher, settings: Settings) -> None:
     """Publishes everything due now and rescues what is stale, then returns (for tests and scripts)."""
     spread = Spread(publisher, settings.message_runs)
-    if settings.transport_name != "postgres":
-        await hand_over(pool, publisher)
     while runs := await claim_due(pool, settings.claim_batch, settings.queued_lease_s, settings.dispatch_lead_s):
         await publish_or_revert(pool, publisher, runs, per_message=await spread.per_message(len(runs)))
     await rescue(pool, publisher, settings)
@@ -113,8 +110,6 @@ async def _publish(
 async def _rescue_loop(pool: asyncpg.Pool, publisher: Publisher, settings: Settings, stop: asyncio.Event) -> None:
     while not await wait_or_stop(stop, settings.rescue_interval_s):
         try:
-            if settings.transport_name != "postgres":
-                await hand_over(pool, publisher)
             await rescue(pool, publisher, settings)
         except Exception as exc:
             if not is_transient(exc):
