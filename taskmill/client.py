@@ -10,6 +10,7 @@ async with conn.transaction():
 from __future__ import annotations
 
 import hashlib
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +21,7 @@ from taskmill.db import Connection
 from taskmill.models import Schedule, Task, TaskCreate
 from taskmill.states import ScheduleKind
 from taskmill.store.tasks import create_task
-from taskmill.store.tasktypes import registered
+from taskmill.store.tasktypes import registry_for
 from taskmill.typecheck import default_timeout, type_problems
 
 
@@ -53,7 +54,7 @@ async def defer(
     if name is not None and (existing := await _run_of_task_named(conn, name)) is not None:
         return existing
     fields: dict[str, Any] = {
-        "name": name or f"defer:{task_type}:{await conn.fetchval('SELECT gen_random_uuid()')}",
+        "name": name or f"defer:{task_type}:{uuid.uuid4()}",
         "type": task_type,
         "payload": payload or {},
         "schedule": Schedule(kind=ScheduleKind.ONCE, at=at) if at else Schedule(kind=ScheduleKind.IMMEDIATE),
@@ -65,7 +66,7 @@ async def defer(
     except ValidationError as exc:
         reasons = (f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
         raise DeferError("; ".join(reasons)) from None
-    registry = await registered(conn)
+    registry = await registry_for(conn, [task_type])
     if problems := type_problems(spec, registry):
         raise DeferError("; ".join(f"{'.'.join(p['loc'][1:])}: {p['msg']}" for p in problems))
     timeout = timeout_seconds or default_timeout(spec, registry)

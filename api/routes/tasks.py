@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -29,8 +28,7 @@ from taskmill.store.tasks import (
     taken_names,
     update_task,
 )
-from taskmill.store.tasktypes import Registered, registered
-from taskmill.tasktypes import BUILTIN
+from taskmill.store.tasktypes import Registered, registered, registry_for
 from taskmill.typecheck import default_timeout, type_problems
 
 router = APIRouter()
@@ -56,11 +54,6 @@ def _problems(
         reason = f"is more than this installation allows ({limit:g} s, TASKMILL_MAX_TIMEOUT_S)"
         problems.append({"loc": ("body", *where, "timeout_seconds"), "msg": reason, "type": "value_error"})
     return problems
-
-
-async def _registry(db: asyncpg.Pool, types: Iterable[str]) -> Registry:
-    """The registered handlers, read only when a type is not built in: creating built-in types reads nothing more."""
-    return await registered(db) if any(t not in BUILTIN for t in types) else {}
 
 
 def _fitted(body: TaskCreate, settings: Settings, registry: Registry) -> TaskCreate:
@@ -94,7 +87,7 @@ async def create_many(
     """Up to 10,000 tasks in one transaction: all are created, or none (422 or 409 naming each bad item)."""
     _may_write(who, *{task.type for task in body})
     now = datetime.now(UTC)
-    registry = await _registry(db, (task.type for task in body))
+    registry = await registry_for(db, (task.type for task in body))
     problems = [p for i, task in enumerate(body) for p in _problems(task, settings, registry, now, i)]
     first: dict[str, int] = {}
     for i, task in enumerate(body):
@@ -118,7 +111,7 @@ async def create_many(
 @router.post("/tasks", status_code=201, response_model=TaskPublic)
 async def create(body: TaskCreate, db: Pool, settings: AppSettings, who: Writer) -> TaskPublic:
     _may_write(who, body.type)
-    spec = _checked(body, settings, await _registry(db, [body.type]))
+    spec = _checked(body, settings, await registry_for(db, [body.type]))
     async with db.acquire() as conn:
         try:
             task = await create_task(conn, spec, created_by=who.subject, secret_key=settings.secret_key)
@@ -182,7 +175,7 @@ async def get(task_id: TaskId, db: Pool, _: Reader) -> TaskPublic:
 @router.put("/tasks/{task_id}", response_model=TaskPublic)
 async def replace(task_id: TaskId, body: TaskCreate, db: Pool, settings: AppSettings, who: Writer) -> TaskPublic:
     """Replaces the definition; future scheduled runs are dropped and materialized again, history stays."""
-    spec = _checked(body, settings, await _registry(db, [body.type]))
+    spec = _checked(body, settings, await registry_for(db, [body.type]))
     async with db.acquire() as conn:
         existing = await get_task(conn, task_id)
         _may_write(who, body.type, existing.type if existing else "")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from taskmill.db import Connection, jsonb
+from taskmill.tasktypes import BUILTIN
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,11 @@ async def register(conn: Connection | asyncpg.Pool, types: Sequence[Registered],
             [t.module for t in types],
             worker,
         )
+
+
+async def registry_for(conn: Connection | asyncpg.Pool, types: Iterable[str]) -> dict[str, Registered]:
+    """The registered handlers, read only when one of `types` is not built in (which need none of them)."""
+    return await registered(conn) if any(t not in BUILTIN for t in types) else {}
 
 
 async def registered(conn: Connection | asyncpg.Pool) -> dict[str, Registered]:
