@@ -97,8 +97,12 @@ class Subscription:
         if self._channel is None:
             self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self._settings.concurrency)
-        work = (await declare(self._channel, self._settings)).work
-        self._queue = await declare_dedicated(self._channel, self._settings, self._types) if self._types else work
+        topology = await declare(self._channel, self._settings)
+        self._queue = (
+            await declare_dedicated(self._channel, topology, self._settings, self._types)
+            if self._types
+            else topology.work
+        )
         self._tag = await self._queue.consume(self._deliver)
         self._last = None
 

@@ -96,16 +96,18 @@ async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
     return Topology(names, runs, dead, work, dead_letters)
 
 
-async def declare_dedicated(channel: AbstractChannel, settings: Settings, types: Sequence[str]) -> AbstractQueue:
-    """The queue of processors dedicated to `types`, bound to the runs exchange under `only.<type>` for each: the
-    routing key publishers use for a type that live dedicated processors serve (taskmill/transport/routes.py)."""
-    names = Names(settings.broker_prefix)
-    runs = await channel.declare_exchange(names.runs_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+async def declare_dedicated(
+    channel: AbstractChannel, topology: Topology, settings: Settings, types: Sequence[str]
+) -> AbstractQueue:
+    """The queue of processors dedicated to `types` (beside the topology `declare` made), bound to the runs exchange
+    under `only.<type>` for each: the routing key publishers use for a type that live dedicated processors serve
+    (taskmill/transport/routes.py)."""
+    names = topology.names
     queue = await channel.declare_queue(
         names.dedicated_queue(types), durable=True, arguments=work_queue_arguments(settings, names)
     )
     for task_type in types:
-        await queue.bind(runs, routing_key=f"{DEDICATED_PREFIX}{task_type}")
+        await queue.bind(topology.runs, routing_key=f"{DEDICATED_PREFIX}{task_type}")
     return queue
 
 
