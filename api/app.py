@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from api import errors, limits
 from api.auth import Authenticator
-from api.routes import dashboard, health, me, metrics, preview, runs, summaries, tasks
+from api.routes import dashboard, health, me, metrics, preview, runs, summaries, tasks, workflows
 from taskmill.broker import connect
 from taskmill.db import role_pool
 from taskmill.planning.plan import History
@@ -38,6 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(limits.BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(tasks.router)
     app.include_router(runs.router)
+    app.include_router(workflows.router)
     app.include_router(metrics.router)
     app.include_router(summaries.router)
     app.include_router(preview.router)

@@ -78,6 +78,7 @@ class Consumer:
         self._recorder = Recorder(settings, pool, publisher, worker)
         self._intake = intake
         self._handler_pool = handler_pool  # Python handlers' transactions (taskmill/handlers.py)
+        self._spawn_pool = handler_pool or pool  # where http and command runs' spawns are created
         # Runs executing at once: a message may carry several (a slot is taken before each claim).
         self._slots = Slots(settings.concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -210,7 +211,7 @@ class Consumer:
         if message.attempt == 1:
             START_LATENESS.observe(max(0.0, (datetime.now(UTC) - message.scheduled_time).total_seconds()))
         try:
-            ctx = context(message, self._settings, self._http, self._jail, self._handler_pool)
+            ctx = context(message, self._settings, self._http, self._jail, self._handler_pool, self._spawn_pool)
         except SecretsError as exc:
             # No attempt on this processor can read it: the run is dead and its message dead-lettered, retries or not.
             await self._recorder.record(message, Attempt(False, None, str(exc), 0.0, permanent=True), RunState.DEAD)

@@ -19,6 +19,7 @@ from taskmill import handlers
 from taskmill.messages import RunMessage
 from taskmill.secrets import open_sealed
 from taskmill.settings import Settings
+from taskmill.spawn import Flow, Parent, SpawnError
 from taskmill.tasktypes import BUILTIN, RunContext, TaskFailed, TaskSkipped
 from taskmill.tasktypes.install import InstallCache, default_root
 from taskmill.tasktypes.jail import Jail
@@ -34,16 +35,32 @@ class Attempt:
     permanent: bool = False
     # Not run, on purpose (a `run_if` condition): the run ends skipped, `error` saying why.
     skipped: bool = False
+    # Its own work done, it waits for the children it spawned (taskmill/spawn.py).
+    wait: bool = False
 
     def result_json(self) -> str | None:
         return None if self.result is None else json.dumps(self.result, default=str)
 
 
 def context(
-    message: RunMessage, settings: Settings, http: httpx.AsyncClient, jail: Jail, pool: asyncpg.Pool | None = None
+    message: RunMessage,
+    settings: Settings,
+    http: httpx.AsyncClient,
+    jail: Jail,
+    pool: asyncpg.Pool | None = None,
+    spawn_pool: asyncpg.Pool | None = None,
 ) -> RunContext:
-    """What the attempt runs with: its timeout (at most this processor's), limits and decrypted secrets. Raises
-    SecretsError when this processor cannot read the secrets."""
+    """What the attempt runs with: its timeout (at most this processor's), limits and decrypted secrets, and (given
+    a pool to create them with) what it may spawn. Raises SecretsError when this processor cannot read the
+    secrets."""
+    parent = Parent(
+        message.run_id,
+        message.task_id,
+        message.scheduled_time,
+        settings.spawn_max_depth,
+        settings.spawn_max_children,
+        settings.max_timeout_s,
+    )
     return RunContext(
         message.run_id,
         message.task_id,
@@ -57,6 +74,8 @@ def context(
         scheduled_time=message.scheduled_time,
         pool=pool,
         install_cache=install_cache(settings),
+        flow=Flow(parent) if spawn_pool is not None or pool is not None else None,
+        spawn_pool=spawn_pool,
     )
 
 
@@ -88,6 +107,17 @@ async def execute(message: RunMessage, ctx: RunContext) -> Attempt:
         return Attempt(False, exc.result, exc.reason, elapsed(), permanent=exc.permanent)
     except TaskSkipped as exc:
         return Attempt(False, exc.result, exc.reason, elapsed(), skipped=True)
+    except SpawnError as exc:
+        return Attempt(False, None, str(exc), elapsed())
     except Exception as exc:  # a task type's own bug fails the run, never the processor
         return Attempt(False, None, f"{type(exc).__name__}: {exc}", elapsed())
-    return Attempt(True, result, None, elapsed())
+    flow = ctx.flow
+    if flow is not None and flow.pending:
+        # What an http answer or a spawn file asked for, created now that the run's own work is done.
+        if ctx.spawn_pool is None:
+            return Attempt(False, result, "this processor cannot create spawned runs", elapsed())
+        try:
+            await flow.spawn_pending(ctx.spawn_pool)
+        except SpawnError as exc:
+            return Attempt(False, result, str(exc), elapsed())
+    return Attempt(True, result, None, elapsed(), wait=flow is not None and flow.wait)

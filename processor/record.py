@@ -31,7 +31,7 @@ def decide(message: RunMessage, attempt: Attempt) -> RunState:
     """The state an attempt leaves its run in. Attempts lost with their processor are not failures: they do not
     spend the task's retries (the rescuer counts them against a limit of their own)."""
     if attempt.ok:
-        return RunState.SUCCEEDED
+        return RunState.WAITING if attempt.wait else RunState.SUCCEEDED
     if attempt.skipped:
         return RunState.SKIPPED
     if not attempt.permanent and message.attempt - message.lost <= message.max_retries:

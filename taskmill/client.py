@@ -92,7 +92,8 @@ def _name(task_type: str, key: str) -> str:
 
 async def _run_of_task_named(conn: Connection, name: str) -> int | None:
     run_id: int | None = await conn.fetchval(
-        "SELECT s.id FROM tasks t JOIN task_schedule s ON s.task_id = t.id WHERE t.name = $1 ORDER BY s.id LIMIT 1",
+        "SELECT s.id FROM tasks t JOIN task_schedule s ON s.task_id = t.id "
+        "WHERE t.name = $1 AND t.workflow_id IS NULL ORDER BY s.id LIMIT 1",
         name,
     )
     return run_id

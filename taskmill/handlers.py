@@ -26,7 +26,7 @@ import inspect
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 
 from taskmill.db import Connection
 from taskmill.models import HANDLER_NAME
+from taskmill.spawn import Child, Flow, Input, SpawnError, SpawnSpec, inputs, parse_specs
 from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskType, cap_text
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,51 @@ class Context:
     scheduled_time: datetime
     conn: Connection  # inside the handler's own transaction
     log: RunLog
+    flow: Flow | None = None
+
+    async def spawn(
+        self,
+        type: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        key: str | None = None,
+        depends_on: Sequence[Child | int | str] = (),
+        max_retries: int = 0,
+        retry_delay_seconds: float = 10.0,
+        backoff: float = 1.0,
+        timeout_seconds: float | None = None,
+    ) -> Child:
+        """A child run of `type`, created in this handler's transaction (so only if the handler succeeds). It may
+        depend on siblings spawned before it (their Child, run id or key): it starts once they all succeeded."""
+        spec = {
+            "type": type,
+            "payload": payload or {},
+            "key": key,
+            "depends_on": [d.run_id if isinstance(d, Child) else d for d in depends_on],
+            "max_retries": max_retries,
+            "retry_delay_seconds": retry_delay_seconds,
+            "backoff": backoff,
+            "timeout_seconds": timeout_seconds,
+        }
+        (child,) = await self.spawn_many([spec])
+        return child
+
+    async def spawn_many(self, specs: Sequence[SpawnSpec | dict[str, Any]]) -> list[Child]:
+        """Several children in one round trip (each a SpawnSpec or its fields as a dict)."""
+        if self.flow is None:
+            raise SpawnError("this run cannot spawn children (no processor flow)")
+        parsed, _ = parse_specs([s.model_dump() if isinstance(s, SpawnSpec) else s for s in specs], "spawn")
+        return await self.flow.spawn(self.conn, parsed)
+
+    def wait_for_children(self) -> None:
+        """The run ends when its children do: succeeded if they all did, failed with the first child's error."""
+        if self.flow is None:
+            raise SpawnError("this run cannot spawn children (no processor flow)")
+        self.flow.wait = True
+
+    async def inputs(self) -> list[Input]:
+        """The runs this one depends on (a workflow step's dependencies, a reduce's children), with their results."""
+        return await inputs(self.conn, self.run_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +159,7 @@ class Handler:
         run_log = RunLog(rc.run_id, rc.task_id)
         try:
             async with rc.pool.acquire() as conn, conn.transaction():
-                ctx = Context(rc.run_id, rc.task_id, rc.attempt, rc.scheduled_time, conn, run_log)
+                ctx = Context(rc.run_id, rc.task_id, rc.attempt, rc.scheduled_time, conn, run_log, rc.flow)
                 if self.is_async:
                     value = await self.fn(ctx, payload)
                 else:

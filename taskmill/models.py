@@ -121,13 +121,13 @@ class Schedule(BaseModel):
         return self
 
 
-class TaskCreate(BaseModel):
+class TaskBody(BaseModel):
+    """What a run of a task does and how it is retried: a task of its own and a workflow's step share it."""
+
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200)
     type: str
     payload: dict[str, Any] = Field(default_factory=dict)
-    schedule: Schedule = Field(default_factory=Schedule)
-    active: bool = True
     max_retries: int = Field(0, ge=0, le=100)
     retry_delay_seconds: float = Field(10.0, ge=0, le=86400)
     backoff: float = Field(1.0, ge=1, le=10)
@@ -188,6 +188,11 @@ class TaskCreate(BaseModel):
                 )
                 raise ValueError(f"does not fit type {tasktype.name}: {problems}") from None
         return value
+
+
+class TaskCreate(TaskBody):
+    schedule: Schedule = Field(default_factory=Schedule)
+    active: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,8 @@ class RunState(StrEnum):
     DEAD = "dead"
     CANCELLED = "cancelled"
     SKIPPED = "skipped"
+    BLOCKED = "blocked"  # waits for the runs it depends on (a workflow step, a reduce)
+    WAITING = "waiting"  # its own work done, waits for the children it spawned
 
 
 class ScheduleKind(StrEnum):

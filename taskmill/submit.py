@@ -73,7 +73,10 @@ async def submit(conn: Connection, body: bytes, *, created_by: str = "submit") -
                 )
             except DeferError as exc:
                 raise Refused(str(exc)) from None
-        task_id = await conn.fetchval("SELECT id FROM tasks WHERE name = $1 AND deleted_at IS NULL", request.task)
+        task_id = await conn.fetchval(
+            "SELECT id FROM tasks WHERE name = $1 AND workflow_id IS NULL AND deleted_at IS NULL",
+            request.task,
+        )
         if task_id is None:
             raise Refused(f"task: no task named {request.task!r}")
         run_id = await add_run(conn, task_id, request.at, created_by=created_by)

@@ -11,7 +11,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from taskmill.models import TaskCreate
+from taskmill.models import TaskBody
 from taskmill.store.tasktypes import Registered
 from taskmill.tasktypes import BUILTIN
 
@@ -23,7 +23,7 @@ def _validator(schema: str) -> Draft202012Validator:
     return Draft202012Validator(json.loads(schema))
 
 
-def type_problems(body: TaskCreate, registry: Mapping[str, Registered], *where: int) -> list[Problem]:
+def type_problems(body: TaskBody, registry: Mapping[str, Registered], *where: int | str) -> list[Problem]:
     """A type nobody serves, or a payload that does not fit a handler's schema: one problem per field."""
     if body.type in BUILTIN:
         return []
@@ -40,7 +40,7 @@ def type_problems(body: TaskCreate, registry: Mapping[str, Registered], *where: 
     ]
 
 
-def default_timeout(body: TaskCreate, registry: Mapping[str, Registered]) -> float | None:
+def default_timeout(body: TaskBody, registry: Mapping[str, Registered]) -> float | None:
     """The handler's own `timeout_seconds`, for a task of its type that names none."""
     found = registry.get(body.type)
     return None if found is None else found.timeout_seconds

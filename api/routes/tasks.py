@@ -11,9 +11,10 @@ from fastapi.exceptions import RequestValidationError
 
 from api import cursors
 from api.auth import COMMAND, Principal
+from api.checks import Registry, body_problems, fitted
 from api.deps import AppSettings, Pool, Reader, Writer
 from api.schemas import BulkCreated, BulkItem, RunPublic, TaskPage, TaskPublic, TaskType, task_types
-from taskmill.models import DEFAULT_TIMEOUT_S, Task, TaskCreate
+from taskmill.models import Task, TaskCreate
 from taskmill.settings import Settings
 from taskmill.store.history import run_detail
 from taskmill.store.tasks import (
@@ -28,8 +29,7 @@ from taskmill.store.tasks import (
     taken_names,
     update_task,
 )
-from taskmill.store.tasktypes import Registered, registered, registry_for
-from taskmill.typecheck import default_timeout, type_problems
+from taskmill.store.tasktypes import registered, registry_for
 
 router = APIRouter()
 
@@ -38,34 +38,20 @@ COMMAND_TYPE = "command"
 NO_NUL = r"^[^\x00]*$"
 
 TaskId = Annotated[int, Path(ge=1, le=2**63 - 1)]
-Registry = dict[str, Registered]
 
 
 def _problems(
     body: TaskCreate, settings: Settings, registry: Registry, now: datetime, *where: int
 ) -> list[dict[str, Any]]:
-    """What the installation refuses in a definition the model accepts: a type no processor serves, a payload that
-    does not fit a handler's schema, a one-off time long past, a timeout over TASKMILL_MAX_TIMEOUT_S."""
-    problems = type_problems(body, registry, *where)
+    """What the installation refuses in a definition the model accepts (see body_problems), and a one-off time
+    long past."""
+    problems = body_problems(body, settings, registry, *where)
     if reason := body.schedule.late(now):
         problems.append({"loc": ("body", *where, "schedule", "at"), "msg": reason, "type": "value_error"})
-    limit = settings.max_timeout_s
-    if "timeout_seconds" in body.model_fields_set and body.timeout_seconds > limit:
-        reason = f"is more than this installation allows ({limit:g} s, TASKMILL_MAX_TIMEOUT_S)"
-        problems.append({"loc": ("body", *where, "timeout_seconds"), "msg": reason, "type": "value_error"})
     return problems
 
 
-def _fitted(body: TaskCreate, settings: Settings, registry: Registry) -> TaskCreate:
-    """A definition that names no timeout gets its handler's, else the default, or the installation's maximum if
-    that is lower."""
-    if "timeout_seconds" in body.model_fields_set:
-        return body
-    default = default_timeout(body, registry) or DEFAULT_TIMEOUT_S
-    return body.model_copy(update={"timeout_seconds": min(default, settings.max_timeout_s)})
-
-
-def _may_write(who: Principal, *types: str) -> None:
+def may_write(who: Principal, *types: str) -> None:
     """A command task (created, or edited into or out of one) needs tasks:command as well as tasks:write."""
     if COMMAND_TYPE in types:
         who.require(COMMAND, "creating or editing a command task")
@@ -74,7 +60,7 @@ def _may_write(who: Principal, *types: str) -> None:
 def _checked(body: TaskCreate, settings: Settings, registry: Registry) -> TaskCreate:
     if problems := _problems(body, settings, registry, datetime.now(UTC)):
         raise RequestValidationError(problems)
-    return _fitted(body, settings, registry)
+    return fitted(body, settings, registry)
 
 
 @router.post("/tasks/bulk", status_code=201, response_model=BulkCreated)
@@ -85,7 +71,7 @@ async def create_many(
     who: Writer,
 ) -> BulkCreated:
     """Up to 10,000 tasks in one transaction: all are created, or none (422 or 409 naming each bad item)."""
-    _may_write(who, *{task.type for task in body})
+    may_write(who, *{task.type for task in body})
     now = datetime.now(UTC)
     registry = await registry_for(db, (task.type for task in body))
     problems = [p for i, task in enumerate(body) for p in _problems(task, settings, registry, now, i)]
@@ -97,7 +83,7 @@ async def create_many(
         first.setdefault(task.name, i)
     if problems:
         raise RequestValidationError(problems)
-    specs = [_fitted(task, settings, registry) for task in body]
+    specs = [fitted(task, settings, registry) for task in body]
     async with db.acquire() as conn, conn.transaction():
         if taken := await taken_names(conn, list(first)):
             raise HTTPException(409, f"{len(taken)} names exist already: {', '.join(map(repr, taken[:20]))}")
@@ -110,7 +96,7 @@ async def create_many(
 
 @router.post("/tasks", status_code=201, response_model=TaskPublic)
 async def create(body: TaskCreate, db: Pool, settings: AppSettings, who: Writer) -> TaskPublic:
-    _may_write(who, body.type)
+    may_write(who, body.type)
     spec = _checked(body, settings, await registry_for(db, [body.type]))
     async with db.acquire() as conn:
         try:
@@ -178,7 +164,7 @@ async def replace(task_id: TaskId, body: TaskCreate, db: Pool, settings: AppSett
     spec = _checked(body, settings, await registry_for(db, [body.type]))
     async with db.acquire() as conn:
         existing = await get_task(conn, task_id)
-        _may_write(who, body.type, existing.type if existing else "")
+        may_write(who, body.type, existing.type if existing else "")
         try:
             task = await update_task(conn, task_id, spec, secret_key=settings.secret_key)
         except asyncpg.UniqueViolationError:

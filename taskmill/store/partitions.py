@@ -32,7 +32,7 @@ TABLES = {"task_schedule": "scheduled_time", "task_results": "scheduled_time", "
 RUN_TABLES = ("task_results", "task_schedule")
 _LOCK_KEY = 0x7A5C_9A27
 _LOCK_TIMEOUT = "2s"
-_NOT_OVER = "('scheduled', 'queued', 'running', 'retrying')"
+_NOT_OVER = "('scheduled', 'queued', 'running', 'retrying', 'blocked', 'waiting')"
 # Its upper bound, in pg_get_expr's words: FOR VALUES FROM (...) TO ('2026-11-30 00:00:00+00')
 _UPPER = re.compile(r"TO \('([^']+)'\)")
 

@@ -199,7 +199,7 @@ async def create_tasks(
 GET_TASK = "SELECT * FROM tasks WHERE id = $1 AND deleted_at IS NULL"
 # Deleted tasks keep their history: their runs can still be read.
 TASK_EVER_EXISTED = "SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1)"
-TAKEN_NAMES = "SELECT name FROM tasks WHERE name = ANY($1::text[]) ORDER BY name"
+TAKEN_NAMES = "SELECT name FROM tasks WHERE name = ANY($1::text[]) AND workflow_id IS NULL ORDER BY name"
 
 
 async def get_task(conn: Connection | asyncpg.Pool, task_id: int) -> Task | None:
@@ -226,7 +226,8 @@ def _list_sql(column: str, descending: bool) -> str:
     order = "DESC" if descending else "ASC"
     return f"""
 SELECT * FROM tasks
-WHERE deleted_at IS NULL AND ($1::text IS NULL OR type = $1)
+-- A workflow's steps and spawned children are listed with their workflow and their parent run.
+WHERE deleted_at IS NULL AND workflow_id IS NULL AND parent_run_id IS NULL AND ($1::text IS NULL OR type = $1)
   AND ($2::boolean IS NULL OR active = $2) AND ($3::text IS NULL OR starts_with(name, $3))
   AND ($4::{SORTS[column]} IS NULL OR ({column}, id) {"<" if descending else ">"} ($4::{SORTS[column]}, $5::bigint))
 ORDER BY {column} {order}, id {order} LIMIT $6

@@ -13,7 +13,8 @@ from pydantic import BaseModel
 
 from taskmill.tasktypes.jail import UNCONFINED, Jail
 
-if TYPE_CHECKING:  # install.py takes stderr_tail from here
+if TYPE_CHECKING:  # install.py takes stderr_tail from here; spawn.py imports the models, which import the types
+    from taskmill.spawn import Flow
     from taskmill.tasktypes.install import InstallCache
 
 JsonObject = dict[str, Any]
@@ -58,6 +59,10 @@ class RunContext:
     pool: asyncpg.Pool | None = None
     # Where command tasks' install steps are prepared (taskmill/tasktypes/install.py); None: none may declare any.
     install_cache: InstallCache | None = None
+    # Subtasks (taskmill/spawn.py): what this attempt spawned and asked for; None where runs cannot spawn.
+    flow: Flow | None = None
+    # The pool spawns of http and command tasks are created with (a handler's go in its own transaction).
+    spawn_pool: asyncpg.Pool | None = None
 
 
 @dataclass(frozen=True, slots=True)

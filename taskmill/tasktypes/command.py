@@ -18,11 +18,13 @@ import resource
 import shlex
 import shutil
 import signal
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -37,6 +39,9 @@ from taskmill.tasktypes.base import (
 )
 from taskmill.tasktypes.install import InstallFailed, needs_of
 from taskmill.tasktypes.jail import JailRefused, RunAs
+
+if TYPE_CHECKING:
+    from taskmill.spawn import Flow
 
 _PR_SET_PDEATHSIG = 1
 # How long output may keep flowing after the command exits, from processes it left behind.
@@ -235,6 +240,46 @@ async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
     env.update(payload.env)
     env.update(ctx.secrets)
     env["TASKMILL_RUN_ID"] = str(ctx.run_id)  # documented: the run's id, its idempotency key as for http tasks
+    if ctx.flow is None:
+        return await _run_confined(payload, ctx, env, run_as)
+    # Subtasks: the command writes what it spawns to this file, one JSON object a line (taskmill/spawn.py).
+    with _spawn_file(run_as) as spawn_file:
+        env["TASKMILL_SPAWN_FILE"] = str(spawn_file)
+        result = await _run_confined(payload, ctx, env, run_as)
+        _read_spawns(spawn_file, ctx.flow)
+    return result
+
+
+@contextlib.contextmanager
+def _spawn_file(run_as: RunAs | None) -> Iterator[Path]:
+    """An empty file of the run's own that only the command's user can write, removed afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix="taskmill-spawn-"))
+    try:
+        directory.chmod(0o711)
+        path = directory / "spawn.jsonl"
+        path.touch(0o600)
+        if run_as is not None and os.geteuid() == 0:
+            os.chown(path, run_as.uid, run_as.gid)
+        yield path
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _read_spawns(path: Path, flow: Flow) -> None:
+    from taskmill.spawn import SPAWN_FILE_MAX_BYTES, SpawnError, read_spawn_file  # spawn imports the models
+
+    with path.open("rb") as f:
+        data = f.read(SPAWN_FILE_MAX_BYTES + 1)
+    if len(data) > SPAWN_FILE_MAX_BYTES:
+        raise SpawnError(f"TASKMILL_SPAWN_FILE holds more than {SPAWN_FILE_MAX_BYTES} bytes")
+    specs, wait = read_spawn_file(data.decode(errors="replace"))
+    flow.pending.extend(specs)
+    flow.wait = flow.wait or wait
+
+
+async def _run_confined(
+    payload: CommandPayload, ctx: RunContext, env: dict[str, str], run_as: RunAs | None
+) -> JsonObject:
     # Our own deadline, just ahead of the run's, shared by the checks, the condition and the command: what they
     # printed is then recorded with the timeout instead of lost with the run's cancellation.
     deadline = time.monotonic() + ctx.timeout_seconds - min(_REPORT_S, ctx.timeout_seconds / 10)
@@ -297,8 +342,13 @@ async def _run_one(
     """Runs one command of the task (an install step, a check, the condition, the command itself) in the jail,
     within `budget_s`."""
     jail = ctx.jail
+    spawn_file = env.get("TASKMILL_SPAWN_FILE")
     argv = jail.argv(
-        ["/bin/sh", "-c", _GUARD, "taskmill-guard", *command], cwd=cwd, network=payload.network, run_as=run_as
+        ["/bin/sh", "-c", _GUARD, "taskmill-guard", *command],
+        cwd=cwd,
+        network=payload.network,
+        run_as=run_as,
+        writable=[spawn_file] if spawn_file else [],
     )
     user = jail.unconfined_user(run_as)
     try:

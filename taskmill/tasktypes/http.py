@@ -6,8 +6,9 @@ The response is streamed: the result keeps its first `output_cap` bytes, and rea
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpcore
 import httpx
@@ -15,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskType, cap_text
 from taskmill.tasktypes.hostguard import GuardedBackend, HostGuard, HostRefused
+
+if TYPE_CHECKING:
+    from taskmill.spawn import Flow
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
 _SECRET_REF = re.compile(r"\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -120,7 +124,22 @@ async def run(payload: HttpPayload, ctx: RunContext) -> JsonObject:
     }
     if response.status_code not in payload.expected_statuses:
         raise TaskFailed(f"unexpected HTTP status {response.status_code}", result)
+    if ctx.flow is not None and complete and "json" in response.headers.get("content-type", ""):
+        _ask_spawns(data, ctx.flow)
     return result
+
+
+def _ask_spawns(data: bytes, flow: Flow) -> None:
+    """A JSON answer may ask for subtasks: `{"taskmill": {"spawn": [...], "wait": true}}` (taskmill/spawn.py)."""
+    from taskmill.spawn import from_http_answer  # it imports the models, which import the task types
+
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        return
+    specs, wait = from_http_answer(answer)
+    flow.pending.extend(specs)
+    flow.wait = flow.wait or wait
 
 
 HTTP = TaskType("http", "Sends one HTTP request; fails on a status outside `expected_statuses`.", HttpPayload, run)

@@ -172,8 +172,17 @@ class Jail:
         except KeyError as exc:
             raise JailRefused(f"cannot run as {requested!r}: {exc.args[0]}") from None
 
-    def argv(self, command: Sequence[str], *, cwd: str | None, network: bool, run_as: RunAs | None) -> list[str]:
-        """The command line that runs `command` confined (as it is when the isolation is none)."""
+    def argv(
+        self,
+        command: Sequence[str],
+        *,
+        cwd: str | None,
+        network: bool,
+        run_as: RunAs | None,
+        writable: Sequence[str] = (),
+    ) -> list[str]:
+        """The command line that runs `command` confined (as it is when the isolation is none); `writable` files
+        are bound in where they are (the run's spawn file)."""
         if self.isolation == "none":
             return list(command)
         assert self.bwrap is not None
@@ -188,6 +197,8 @@ class Jail:
             args += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
         if cwd is not None:
             args += ["--bind", cwd, cwd]
+        for path in writable:
+            args += ["--bind", path, path]
         args += ["--chdir", cwd or "/tmp", "--"]
         if self.root and run_as is not None:
             # bubblewrap runs as root (its namespaces need no user namespace then); the command drops to its user
