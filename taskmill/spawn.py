@@ -138,6 +138,11 @@ def from_http_answer(body: Any) -> tuple[list[SpawnSpec], bool]:
     if not isinstance(items, list):
         raise SpawnError("taskmill.spawn in the response: a list of specs")
     specs, _ = parse_specs(items, "taskmill.spawn item")
+    # What a server answers must not become a command on our processors: only a task created with the
+    # tasks:command scope runs one.
+    for i, spec in enumerate(specs, 1):
+        if spec.type == "command":
+            raise SpawnError(f"taskmill.spawn item {i}: type: an http answer cannot spawn a command run")
     return specs, ask.get("wait") is True
 
 
