@@ -57,7 +57,7 @@ async def finished_run(db: asyncpg.Connection, run_id: int, timeout: float = 40)
     """The status of a workflow run once it has ended."""
 
     async def ended() -> bool:
-        status = await db.fetchval("SELECT status FROM workflow_runs WHERE id = $1", run_id)
+        status: str = await db.fetchval("SELECT status FROM workflow_runs WHERE id = $1", run_id)
         return status != "running"
 
     await wait_until(ended, timeout=timeout, interval=0.1, what=f"workflow run {run_id} to end")

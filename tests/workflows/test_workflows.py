@@ -47,8 +47,10 @@ async def test_a_diamond_runs_its_middle_level_at_once_on_two_processors_and_its
     assert sorted(runs) == ["a", "b", "c", "d"]
     assert all(r["status"] == "succeeded" for r in runs.values())
     a, b, c, d = (runs[n] for n in "abcd")
-    workers = dict(await stack.db.fetch("SELECT id, worker FROM task_schedule WHERE id = ANY($1::bigint[])",
-                                        [b["run_id"], c["run_id"]]))  # fmt: skip
+    rows = await stack.db.fetch(
+        "SELECT id, worker FROM task_schedule WHERE id = ANY($1::bigint[])", [b["run_id"], c["run_id"]]
+    )
+    workers = {r["id"]: r["worker"] for r in rows}
     assert workers[b["run_id"]] != workers[c["run_id"]], "b and c ran on the same processor"
     # b and c overlap (each started before the other finished), both after a; d after both.
     assert b["started_at"] >= a["finished_at"] and c["started_at"] >= a["finished_at"]
@@ -134,7 +136,7 @@ async def test_cancelling_a_workflow_run_cancels_what_has_not_started(stack: Sta
     run_id = await _invoke(api, "long")
 
     async def a_running() -> bool:
-        status = await stack.db.fetchval(
+        status: str = await stack.db.fetchval(
             "SELECT s.status::text FROM task_schedule s JOIN tasks t ON t.id = s.task_id "
             "WHERE s.workflow_run_id = $1 AND t.name = 'a'",
             run_id,
