@@ -93,17 +93,32 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=what)
         cmd.add_argument("task", help="the task's name")
         cmd.add_argument("--runs", type=int, default=5 if name == "logs" else 20, help="how many latest runs")
-        cmd.add_argument(
-            "--api",
-            default=os.environ.get("TASKMILL_API", "http://127.0.0.1:8000"),
-            help="the API's base URL (TASKMILL_API)",
-        )
-        cmd.add_argument(
-            "--token",
-            default=os.environ.get("TASKMILL_TOKEN", ""),
-            help="a bearer token with tasks:read (TASKMILL_TOKEN)",
-        )
+        _api_options(cmd, "tasks:read")
+    apply = sub.add_parser("apply", help="create or update tasks and workflows from YAML files, by name")
+    apply.add_argument("-f", "--filename", dest="files", action="append", required=True, metavar="FILE|DIR",
+                       help="a YAML file, or a directory of them (repeatable)")  # fmt: skip
+    apply.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    apply.add_argument("--prune", action="store_true", help="delete the tasks and workflows the files do not name")
+    _api_options(apply, "tasks:write (and tasks:command for command tasks)")
+    get = sub.add_parser("get", help="write tasks or workflows in the format `taskmill apply` takes")
+    get.add_argument("what", choices=["tasks", "workflows"])
+    get.add_argument("name", nargs="?", help="one of them, by name")
+    get.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    _api_options(get, "tasks:read")
     return parser
+
+
+def _api_options(cmd: argparse.ArgumentParser, scope: str) -> None:
+    cmd.add_argument(
+        "--api",
+        default=os.environ.get("TASKMILL_API", "http://127.0.0.1:8000"),
+        help="the API's base URL (TASKMILL_API)",
+    )
+    cmd.add_argument(
+        "--token",
+        default=os.environ.get("TASKMILL_TOKEN", ""),
+        help=f"a bearer token with {scope} (TASKMILL_TOKEN)",
+    )
 
 
 def _import_option(parser: argparse.ArgumentParser) -> None:
@@ -128,6 +143,30 @@ def _inspect(args: argparse.Namespace) -> int:
         except InspectError as exc:
             print(f"taskmill {args.command}: {exc}", file=sys.stderr)
             return 1
+    return 0
+
+
+def _declare(args: argparse.Namespace) -> int:
+    """`taskmill apply` and `taskmill get`, over the REST API."""
+    from pathlib import Path
+
+    import httpx
+
+    from taskmill.declare import Api, DeclareError, apply, get, load
+
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
+    try:
+        if args.command == "apply":
+            docs = load([Path(f) for f in args.files])
+        with httpx.Client(base_url=args.api, headers=headers, timeout=30) as client:
+            if args.command == "get":
+                print(get(Api(client), args.what, args.name, args.output), end="")
+                return 0
+            for line in apply(Api(client), docs, dry_run=args.dry_run, prune=args.prune):
+                print(line)
+    except DeclareError as exc:
+        print(f"taskmill {args.command}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -226,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("logs", "audit"):
         return _inspect(args)
+    if args.command in ("apply", "get"):
+        return _declare(args)
     try:
         settings = settings_from(args)
     except ValidationError as exc:

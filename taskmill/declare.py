@@ -1,0 +1,362 @@
+"""Tasks and workflows as YAML files: `taskmill apply -f FILE|DIR` makes the installation match them, by name,
+and `taskmill get tasks|workflows [NAME] -o yaml` writes what is there in the same format.
+
+    kind: workflow            # or: kind: task (the fields of POST /tasks)
+    name: nightly-etl
+    schedule: {kind: cron, cron: "0 2 * * *", timezone: Europe/Paris}
+    tasks:
+      - {name: extract, type: command, payload: {argv: [etl, extract]}}
+      - {name: load, type: command, payload: {argv: [etl, load]}, depends_on: [extract]}
+
+A file holds any number of documents (`---`); a directory, every *.yaml and *.yml file in it, in name order.
+Everything is checked before anything is sent: an error names its file, line and field, and nothing is applied.
+Applying is idempotent: an object whose definition matches is `unchanged` and is not written. A field the file leaves
+out means its default, except a timeout (a handler's type brings its own) and secrets, which are write-only: they
+are sent when the file names them, and compared by name. `--prune` deletes the tasks and workflows the files do not
+name (not the runs that code made with `defer` or `spawn`), so the files are the whole truth.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from taskmill.models import Schedule, TaskCreate
+from taskmill.workflows import WorkflowCreate, graph_problems
+
+KINDS: dict[str, type[BaseModel]] = {"task": TaskCreate, "workflow": WorkflowCreate}
+PLURAL = {"tasks": "task", "workflows": "workflow"}
+# Names the runtime makes (taskmill.client.defer, taskmill/spawn.py): never pruned, never written by `get`.
+RUNTIME_PREFIXES = ("defer:", "spawn:")
+# Fields the API returns that a definition does not hold.
+_SERVER_ONLY = {"id", "created_by", "created_at", "updated_at"}
+
+
+class DeclareError(Exception):
+    """What stops `apply` or `get`: every problem found, one a line (file:line: field: reason)."""
+
+
+@dataclass
+class Document:
+    """One object of a file: its kind, its fields, and where each field's value starts (path -> line)."""
+
+    path: Path
+    kind: str
+    data: dict[str, Any]
+    lines: dict[tuple[str | int, ...], int]
+    spec: BaseModel | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.data.get("name", ""))
+
+    def line_of(self, loc: tuple[str | int, ...]) -> int:
+        """The line of the deepest part of `loc` the file has (the document's first line at worst)."""
+        for n in range(len(loc), -1, -1):
+            if (line := self.lines.get(tuple(loc[:n]))) is not None:
+                return line
+        return 1
+
+    def problem(self, loc: tuple[str | int, ...], msg: str) -> str:
+        where = ".".join(str(p) for p in loc) or "(document)"
+        return f"{self.path}:{self.line_of(loc)}: {self.kind} {self.name or '?'}: {where}: {msg}"
+
+
+def _lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                out[(*path, key.value)] = key.start_mark.line + 1
+                _lines(value, (*path, key.value), out)
+                out[(*path, key.value)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _lines(item, (*path, i), out)
+
+
+def files_of(target: Path) -> list[Path]:
+    if target.is_dir():
+        return sorted(p for p in target.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    return [target]
+
+
+def load(targets: list[Path]) -> list[Document]:
+    """Every document of the files, parsed and checked; DeclareError lists every problem."""
+    docs: list[Document] = []
+    problems: list[str] = []
+    for target in targets:
+        if not target.exists():
+            problems.append(f"{target}: no such file or directory")
+            continue
+        for path in files_of(target):
+            try:
+                docs.extend(_parse(path))
+            except DeclareError as exc:
+                problems.append(str(exc))
+    seen: dict[tuple[str, str], Document] = {}
+    for doc in docs:
+        problems.extend(_check(doc))
+        key = (doc.kind, doc.name)
+        if key in seen and doc.name:
+            first = seen[key]
+            problems.append(doc.problem(("name",), f"defined again (first at {first.path}:{first.line_of(('name',))})"))
+        seen.setdefault(key, doc)
+    if problems:
+        raise DeclareError("\n".join(problems))
+    return docs
+
+
+def _parse(path: Path) -> Iterator[Document]:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeclareError(f"{path}: cannot read: {exc}") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            value = loader.construct_document(node)
+            if value is None:
+                continue
+            line = node.start_mark.line + 1
+            if not isinstance(value, dict):
+                raise DeclareError(f"{path}:{line}: a document is a mapping with `kind` and `name`")
+            lines: dict[tuple[str | int, ...], int] = {}
+            _lines(node, (), lines)
+            kind = value.pop("kind", None)
+            if kind not in KINDS:
+                raise DeclareError(f"{path}:{lines.get(('kind',), line)}: kind: one of task, workflow (got {kind!r})")
+            yield Document(path, kind, value, lines)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise DeclareError(f"{where}: not YAML: {getattr(exc, 'problem', None) or exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _check(doc: Document) -> list[str]:
+    try:
+        doc.spec = KINDS[doc.kind].model_validate(doc.data)
+    except ValidationError as exc:
+        return [doc.problem(tuple(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in exc.errors()]
+    if isinstance(doc.spec, WorkflowCreate):
+        return [doc.problem(tuple(p["loc"][1:]), p["msg"]) for p in graph_problems(doc.spec)]
+    return []
+
+
+# -- comparing with what the API holds ------------------------------------------------------------------------------
+
+
+def _wanted(spec: BaseModel) -> dict[str, Any]:
+    """A definition as compared: every field (defaults for those left out), secrets by name, and no timeout the
+    file does not name."""
+    out: dict[str, Any] = {}
+    for name in type(spec).model_fields:
+        value = getattr(spec, name)
+        if name == "timeout_seconds" and name not in spec.model_fields_set:
+            continue
+        if name == "secrets":
+            if value:
+                out[name] = sorted(value)
+            continue
+        if name == "tasks":
+            value = [_wanted(step) for step in value]
+        elif isinstance(value, BaseModel):
+            value = value.model_dump(mode="json")
+        out[name] = value
+    return out
+
+
+def _have(current: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+    """What the API returned, in the shape of `wanted` (its fields only; a schedule normalized the same way)."""
+    out: dict[str, Any] = {}
+    for name, value in current.items():
+        if name not in wanted:
+            continue
+        if name == "schedule" and value is not None:
+            value = Schedule.model_validate(value).model_dump(mode="json")
+        elif name == "tasks":
+            value = [_have(step, w) for step, w in zip(value, wanted["tasks"], strict=False)] + [
+                step for step in value[len(wanted["tasks"]) :]
+            ]
+        elif name == "secrets":
+            value = sorted(value)
+        out[name] = value
+    return out
+
+
+def differences(wanted: Any, have: Any, path: str = "") -> list[str]:
+    """The fields that differ, as dotted paths (`schedule.cron`, `tasks[1].payload`)."""
+    if isinstance(wanted, dict) and isinstance(have, dict):
+        out: list[str] = []
+        for key in wanted.keys() | have.keys():
+            out += differences(wanted.get(key), have.get(key), f"{path}.{key}" if path else str(key))
+        return sorted(out)
+    if isinstance(wanted, list) and isinstance(have, list) and path.endswith("tasks"):
+        if len(wanted) != len(have):
+            return [path]
+        return [d for i, (w, h) in enumerate(zip(wanted, have, strict=True)) for d in differences(w, h, f"{path}[{i}]")]
+    if isinstance(wanted, float | int) and isinstance(have, float | int) and not isinstance(wanted, bool):
+        return [] if float(wanted) == float(have) else [path]
+    if isinstance(wanted, str) and isinstance(have, str) and path.endswith(".at"):
+        return [] if datetime.fromisoformat(wanted) == datetime.fromisoformat(have) else [path]
+    return [] if wanted == have else [path]
+
+
+# -- the API --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Api:
+    client: httpx.Client
+    problems: list[str] = field(default_factory=list)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise DeclareError(f"cannot reach the API at {self.client.base_url}: {exc}") from None
+        if response.status_code >= 400:
+            raise DeclareError(f"{method} {path}: {response.status_code} {_detail(response)}")
+        return response.json() if response.content else None
+
+    def every(self, path: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = self.call("GET", path, params={"limit": 500, **({"cursor": cursor} if cursor else {})})
+            items += page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return items
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
+
+
+def _current(api: Api) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every task and workflow the API holds, by kind and name."""
+    return {
+        "task": {t["name"]: t for t in api.every("/tasks")},
+        "workflow": {w["name"]: w for w in api.every("/workflows")},
+    }
+
+
+def _body(doc: Document) -> dict[str, Any]:
+    """The request body: the document's own fields (the API fills in the defaults)."""
+    body: dict[str, Any] = json.loads(json.dumps(doc.data, default=str))
+    return body
+
+
+def _server_error(doc: Document, exc: DeclareError, response_errors: list[dict[str, Any]] | None) -> str:
+    if not response_errors:
+        return f"{doc.path}:{doc.line_of(())}: {doc.kind} {doc.name}: {exc}"
+    return "\n".join(
+        doc.problem(tuple(int(p) if p.isdigit() else p for p in e["field"].split(".")), e["reason"])
+        for e in response_errors
+    )
+
+
+def apply(api: Api, docs: list[Document], *, dry_run: bool = False, prune: bool = False) -> list[str]:
+    """Makes the API match the documents; returns a line per object (`task/x created`, `workflow/y changed
+    (schedule.cron)`, `... unchanged`, `... deleted`)."""
+    current = _current(api)
+    report: list[str] = []
+    suffix = " (dry run)" if dry_run else ""
+    for doc in docs:
+        assert doc.spec is not None
+        wanted = _wanted(doc.spec)
+        existing = current[doc.kind].get(doc.name)
+        label = f"{doc.kind}/{doc.name}"
+        if existing is None:
+            if not dry_run:
+                _write(api, doc, "POST", f"/{doc.kind}s")
+            report.append(f"{label} created{suffix}")
+            continue
+        changed = differences(wanted, _have(existing, wanted))
+        if not changed:
+            report.append(f"{label} unchanged")
+            continue
+        if not dry_run:
+            target = f"/tasks/{existing['id']}" if doc.kind == "task" else f"/workflows/{doc.name}"
+            _write(api, doc, "PUT", target)
+        report.append(f"{label} changed ({', '.join(changed)}){suffix}")
+    if prune:
+        named = {(d.kind, d.name) for d in docs}
+        for kind, objects in current.items():
+            for name, obj in sorted(objects.items()):
+                if (kind, name) in named or name.startswith(RUNTIME_PREFIXES):
+                    continue
+                if not dry_run:
+                    api.call("DELETE", f"/tasks/{obj['id']}" if kind == "task" else f"/workflows/{name}")
+                report.append(f"{kind}/{name} deleted{suffix}")
+    return report
+
+
+def _write(api: Api, doc: Document, method: str, path: str) -> None:
+    try:
+        response = api.client.request(method, path, json=_body(doc))
+    except httpx.HTTPError as exc:
+        raise DeclareError(f"cannot reach the API at {api.client.base_url}: {exc}") from None
+    if response.status_code < 400:
+        return
+    errors = None
+    try:
+        errors = response.json().get("errors")
+    except ValueError:
+        pass
+    raise DeclareError(_server_error(doc, DeclareError(f"{response.status_code} {_detail(response)}"), errors))
+
+
+# -- get ------------------------------------------------------------------------------------------------------------
+
+
+def _definition(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    """An object as the API returned it, as a document `apply` takes back unchanged."""
+    out: dict[str, Any] = {"kind": kind}
+    for name, value in obj.items():
+        if name in _SERVER_ONLY or (name == "secrets" and not value):
+            continue
+        if name == "secrets":
+            continue  # write-only: `apply` keeps them when the file names none
+        if name == "schedule" and value is not None:
+            value = {k: v for k, v in value.items() if v is not None}
+        if name == "tasks":
+            value = [{k: v for k, v in step.items() if k != "secrets" or v} for step in value]
+            for step in value:
+                step.pop("secrets", None)
+        out[name] = value
+    return out
+
+
+def get(api: Api, what: str, name: str | None, output: str) -> str:
+    kind = PLURAL.get(what)
+    if kind is None:
+        raise DeclareError(f"get: tasks or workflows, not {what!r}")
+    if name is not None:
+        found = [o for o in _current(api)[kind].values() if o["name"] == name]
+        if not found:
+            raise DeclareError(f"no {kind} named {name!r}")
+    else:
+        found = [o for o in _current(api)[kind].values() if not o["name"].startswith(RUNTIME_PREFIXES)]
+    docs = [_definition(kind, o) for o in found]
+    if output == "json":
+        return json.dumps(docs if name is None else docs[0], indent=2)
+    return yaml.safe_dump_all(docs, sort_keys=False, allow_unicode=True, explicit_start=len(docs) > 1)
