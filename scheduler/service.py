@@ -11,6 +11,7 @@ import asyncpg
 
 from scheduler.janitor import janitor_loop, purge, tend_days
 from scheduler.materialize import materialize
+from scheduler.workflows import materialize_workflows
 from taskmill.db import is_transient, role_pool
 from taskmill.loops import Backoff, run_loops, unless_stopped
 from taskmill.settings import Settings
@@ -52,7 +53,9 @@ async def _materialize_loop(pool: asyncpg.Pool, settings: Settings, wakeup: Wake
 async def _materialize_once(pool: asyncpg.Pool, settings: Settings) -> bool:
     """One pass; False when the database could not be reached (logged). Any other error is raised."""
     try:
-        inserted = await materialize(pool, settings, datetime.now(UTC))
+        now = datetime.now(UTC)
+        inserted = await materialize(pool, settings, now)
+        inserted += await materialize_workflows(pool, settings, now)
     except Exception as exc:
         if not is_transient(exc):
             raise

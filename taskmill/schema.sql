@@ -419,6 +419,12 @@ CREATE TRIGGER tasks_notify AFTER INSERT OR UPDATE OF payload, schedule_kind, cr
     timezone, active, deleted_at ON tasks
     FOR EACH STATEMENT EXECUTE FUNCTION tasks_notify();
 
+-- A change to a workflow's schedule wakes the schedulers, as for tasks.
+CREATE TRIGGER workflows_notify AFTER INSERT OR UPDATE OF schedule_kind, cron, every_seconds, run_at, timezone,
+    active, deleted_at ON workflows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasks_notify();
+
+
 -- The run message (taskmill/messages.py, version 1), built here so a claimed row goes to the broker untouched. The
 -- keys are the wire format: timeout_s and retry_delay_s as first published. Secrets travel as ciphertext.
 CREATE FUNCTION run_message(run_id bigint, task_id bigint, attempt integer, lost integer, scheduled_time timestamptz,

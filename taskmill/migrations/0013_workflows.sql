@@ -34,6 +34,11 @@ CREATE UNIQUE INDEX workflows_name_key ON workflows (name) WHERE deleted_at IS N
 CREATE INDEX workflows_to_materialize ON workflows (materialized_until NULLS FIRST)
     WHERE active AND deleted_at IS NULL AND schedule_kind IS NOT NULL;
 
+-- A change to a workflow's schedule wakes the schedulers, as for tasks.
+CREATE TRIGGER workflows_notify AFTER INSERT OR UPDATE OF schedule_kind, cron, every_seconds, run_at, timezone,
+    active, deleted_at ON workflows
+    FOR EACH STATEMENT EXECUTE FUNCTION tasks_notify();
+
 -- A workflow's steps are tasks of their own (the pipeline runs them like any other), named within their workflow.
 -- A spawned child is a task too, named `spawn:<parent run>:<key>`: the key makes a re-run parent's spawns no-ops.
 ALTER TABLE tasks

@@ -77,6 +77,9 @@ async def type_means(conn: Connection) -> dict[str, float]:
 # (asyncpg's copy_from_query wraps the SELECT in `COPY (...) TO STDOUT` itself.)
 SCHEDULED_RUNS = """
 SELECT task_id, scheduled_time FROM task_schedule WHERE status = 'scheduled' AND scheduled_time < $1
+UNION ALL
+-- Workflow steps and reduces waiting for their dependencies: they will run (counted as due now).
+SELECT task_id, scheduled_time FROM task_schedule WHERE status = 'blocked' AND scheduled_time < $1
 """
 # COPY binary: an 11-byte signature, 4 bytes of flags and a 4-byte extension length, then per row a field count
 # (int16) and each field's length (int32) and value, big-endian; timestamptz is int64 microseconds since
@@ -114,12 +117,21 @@ FROM tasks t
 LEFT JOIN unnest($2::text[], $3::float8[]) AS c(type, ms) ON c.type = t.type
 WHERE t.active AND t.deleted_at IS NULL AND t.schedule_kind IN ('cron', 'interval')
   AND (t.materialized_until IS NULL OR t.materialized_until < $1)
+UNION ALL
+-- Scheduled workflows, whose runs the scheduler creates minutes ahead: each firing is a run of every step.
+SELECT t.id, w.schedule_kind::text, w.cron, w.every_seconds, w.timezone, w.schedule_from, w.materialized_until,
+       coalesce(c.ms, t.estimated_ms)::float8
+FROM workflows w
+JOIN tasks t ON t.workflow_id = w.id AND t.deleted_at IS NULL
+LEFT JOIN unnest($2::text[], $3::float8[]) AS c(type, ms) ON c.type = t.type
+WHERE w.active AND w.deleted_at IS NULL AND w.schedule_kind IN ('cron', 'interval')
+  AND (w.materialized_until IS NULL OR w.materialized_until < $1)
 """
 
 
 @dataclass(frozen=True, slots=True)
 class LaggingTask:
-    id: int
+    id: int  # a task's, or a workflow step's (whose schedule is its workflow's)
     kind: str
     cron: str | None
     every_seconds: int | None
