@@ -24,7 +24,7 @@ STEPS = [
 
 
 async def _workflow(db: asyncpg.Connection, name: str, schedule: Schedule) -> int:
-    stored = await create_workflow(db, WorkflowCreate(name=name, schedule=schedule, tasks=STEPS))  # type: ignore[arg-type]
+    stored = await create_workflow(db, WorkflowCreate(name=name, schedule=schedule, tasks=STEPS))
     return stored.workflow.id
 
 
@@ -59,7 +59,7 @@ async def test_a_once_workflow_fires_once_and_an_unscheduled_one_never(
 ) -> None:
     at = datetime.now(UTC) + timedelta(seconds=30)
     once = await _workflow(db, "once", Schedule(kind="once", at=at))
-    await create_workflow(db, WorkflowCreate(name="manual", tasks=STEPS))  # type: ignore[arg-type]
+    await create_workflow(db, WorkflowCreate(name="manual", tasks=STEPS))
     now = datetime.now(UTC)
     assert await materialize_workflows(pool, settings, now) == 1
     assert await materialize_workflows(pool, settings, now + timedelta(minutes=10)) == 0
