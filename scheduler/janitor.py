@@ -20,7 +20,7 @@ from taskmill.db import Connection, is_transient
 from taskmill.loops import wait_or_stop
 from taskmill.settings import Settings
 from taskmill.store.partitions import Retired, prepare, retire
-from taskmill.store.retention import Purged, purge_audit, purge_results, purge_runs
+from taskmill.store.retention import Purged, purge_audit, purge_flow, purge_results, purge_runs
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +35,15 @@ class PurgeReport:
     results: int = 0
     audit: int = 0
     batches: int = 0
+    flow: int = 0
 
     def plus(self, purged: Purged) -> PurgeReport:
         return PurgeReport(
-            self.runs + purged.runs, self.results + purged.results, self.audit + purged.audit, self.batches + 1
+            self.runs + purged.runs,
+            self.results + purged.results,
+            self.audit + purged.audit,
+            self.batches + 1,
+            self.flow + purged.flow,
         )
 
 
@@ -68,6 +73,7 @@ async def purge(pool: asyncpg.Pool, days: int, batch: int, stop: asyncio.Event |
         (purge_runs, lambda p: p.runs),  # first: its results and audit rows go with it
         (purge_results, lambda p: p.results),
         (purge_audit, lambda p: p.audit),
+        (purge_flow, lambda p: p.flow),
     ]
     for step, counted in steps:
         while stop is None or not stop.is_set():

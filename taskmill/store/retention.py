@@ -51,6 +51,30 @@ DELETE FROM run_audit_default WHERE ctid = ANY (ARRAY(SELECT ctid FROM doomed))
 """
 
 
+# What workflows and subtasks keep beside their runs (migration 0013): the edges, the children's counts and the
+# workflow runs, once as old as the retention (a workflow run only once it ended).
+PURGE_FLOW = """
+WITH links AS (
+    DELETE FROM run_links WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM run_links WHERE created_at < now() - make_interval(days => $1) LIMIT $2
+        FOR UPDATE SKIP LOCKED))
+    RETURNING 1
+), children AS (
+    DELETE FROM run_children WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM run_children WHERE created_at < now() - make_interval(days => $1) LIMIT $2
+        FOR UPDATE SKIP LOCKED))
+    RETURNING 1
+), workflow_runs AS (
+    DELETE FROM workflow_runs WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM workflow_runs
+        WHERE status <> 'running' AND coalesce(finished_at, created_at) < now() - make_interval(days => $1) LIMIT $2
+        FOR UPDATE SKIP LOCKED))
+    RETURNING 1
+)
+SELECT greatest((SELECT count(*) FROM links), (SELECT count(*) FROM children), (SELECT count(*) FROM workflow_runs))
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Purged:
     """Rows one batch deleted."""
@@ -58,6 +82,7 @@ class Purged:
     runs: int = 0
     results: int = 0
     audit: int = 0
+    flow: int = 0  # the most rows of one kind of flow rows (edges, children's counts, workflow runs)
 
 
 async def purge_runs(conn: Connection, days: int, batch: int) -> Purged:
@@ -75,3 +100,8 @@ async def purge_results(conn: Connection, days: int, batch: int) -> Purged:
 async def purge_audit(conn: Connection, days: int, batch: int) -> Purged:
     status: str = await conn.execute(PURGE_AUDIT, days, batch)
     return Purged(audit=int(status.rsplit(" ", 1)[1]))
+
+
+async def purge_flow(conn: Connection, days: int, batch: int) -> Purged:
+    flow: int = await conn.fetchval(PURGE_FLOW, days, batch)
+    return Purged(flow=flow)

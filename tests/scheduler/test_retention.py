@@ -90,7 +90,7 @@ async def test_old_terminal_runs_go_with_their_results_and_audit_and_nothing_rec
         assert await counts(db, ids) == (1, 0, 0), status
     assert await counts(db, [created]) == (1, 0, 1)
     assert (done.runs, done.results, done.audit) == (5, 4, 5 * 2 + 4 * 2)
-    assert await purge(pool, 90, 1000) == type(done)(batches=3)  # nothing left: one short batch per kind
+    assert await purge(pool, 90, 1000) == type(done)(batches=4)  # nothing left: one short batch per kind
 
 
 async def test_a_purge_larger_than_one_batch_takes_several_statements_of_at_most_a_batch_each(
@@ -106,7 +106,7 @@ async def test_a_purge_larger_than_one_batch_takes_several_statements_of_at_most
 
     done = await purge(pool, 90, 10)
     assert (done.runs, done.audit) == (15, 30)
-    assert done.batches == 2 + 1 + 1  # runs: 10, then 5 (short: done); then one short batch each of the others
+    assert done.batches == 2 + 1 + 1 + 1  # runs: 10, then 5 (short: done); then one short batch each of the others
     assert await counts(db, ids) == (0, 0, 0)
 
 
@@ -159,3 +159,28 @@ def test_the_retention_is_read_from_the_environment_and_a_bad_one_is_named(monke
     with pytest.raises(ValidationError) as caught:
         Settings()
     assert format_settings_error(caught.value).startswith("bad setting: TASKMILL_RETENTION_DAYS: ")
+
+
+async def test_workflow_edges_children_counts_and_ended_workflow_runs_go_once_past_the_retention(
+    db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    old, recent = "now() - interval '91 days'", "now() - interval '89 days'"
+    for at in (old, recent):
+        await db.execute(f"INSERT INTO run_links (upstream_id, dependent_id, dependent_time, created_at) "
+                         f"VALUES (nextval('tasks_id_seq'), 1, now(), {at})")  # fmt: skip
+        await db.execute(f"INSERT INTO run_children (parent_id, parent_time, created_at) "
+                         f"VALUES (nextval('tasks_id_seq'), now(), {at})")  # fmt: skip
+    workflow = await db.fetchval("INSERT INTO workflows (name) VALUES ('w') RETURNING id")
+    for status, at in (("succeeded", old), ("running", old), ("failed", recent)):
+        await db.execute(
+            f"INSERT INTO workflow_runs (workflow_id, scheduled_time, status, open, created_at, finished_at) "
+            f"VALUES ($1, {at}, $2, 0, {at}, CASE WHEN $2 = 'running' THEN NULL ELSE {at} END)",
+            workflow,
+            status,
+        )
+    done = await purge(pool, 90, 1000)
+    assert done.flow == 1
+    assert await db.fetchval("SELECT count(*) FROM run_links") == 1
+    assert await db.fetchval("SELECT count(*) FROM run_children") == 1
+    kept = await db.fetch("SELECT status FROM workflow_runs ORDER BY status")
+    assert [r["status"] for r in kept] == ["failed", "running"]  # a run not ended stays, whatever its age
