@@ -279,7 +279,7 @@ SELECT r.id, t.type, r.status, {_MESSAGE} AS body FROM r JOIN tasks t ON t.id = 
 # Only runs not yet started can be cancelled; a running one finishes its attempt.
 CANCEL_RUN = """
 UPDATE task_schedule SET status = 'cancelled', finished_at = now(), lease_until = NULL
-WHERE id = $1 AND status IN ('scheduled', 'queued', 'retrying')
+WHERE id = $1 AND status IN ('blocked', 'scheduled', 'queued', 'retrying')
 RETURNING id
 """
 
