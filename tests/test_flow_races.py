@@ -114,4 +114,4 @@ async def test_a_reduce_spawned_after_an_input_failed_is_skipped_and_counted_as_
     skipped = await _row(pool, reduce.run_id)
     assert (skipped["status"], skipped["error"]) == ("skipped", f"dependency run {second.run_id} failed")
     counted = await db.fetchrow("SELECT spawned, open FROM run_children WHERE parent_id = $1", parent["id"])
-    assert (counted["spawned"], counted["open"]) == (3, 0)
+    assert counted is not None and (counted["spawned"], counted["open"]) == (3, 0)
