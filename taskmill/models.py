@@ -49,6 +49,16 @@ def _in_range(value: datetime) -> datetime:
 Instant = Annotated[datetime, AfterValidator(_in_range)]
 
 
+def _printable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("a name cannot contain NUL")
+    return value
+
+
+# A task's, a workflow's or a step's name.
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable)]
+
+
 def json_fault(value: Any, path: str = "") -> str | None:
     """Why PostgreSQL's jsonb would refuse `value` (NUL, an unpaired surrogate, NaN or Infinity), or None."""
     if isinstance(value, str):
@@ -125,7 +135,7 @@ class TaskBody(BaseModel):
     """What a run of a task does and how it is retried: a task of its own and a workflow's step share it."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     type: str
     payload: dict[str, Any] = Field(default_factory=dict)
     max_retries: int = Field(0, ge=0, le=100)
@@ -149,13 +159,6 @@ class TaskBody(BaseModel):
         for name, secret in value.items():
             if "\x00" in secret.get_secret_value() or len(secret.get_secret_value()) > 4096:
                 raise ValueError(f"secret {name!r} must be at most 4096 characters, without NUL")
-        return value
-
-    @field_validator("name")
-    @classmethod
-    def _printable(cls, value: str) -> str:
-        if "\x00" in value:
-            raise ValueError("a name cannot contain NUL")
         return value
 
     @field_validator("type")

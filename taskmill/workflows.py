@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from taskmill.models import Schedule, TaskBody
+from taskmill.models import Name, Schedule, TaskBody
 from taskmill.states import ScheduleKind
 
 MAX_STEPS = 1000
@@ -37,7 +37,7 @@ class Step(TaskBody):
 
 class WorkflowCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     description: str = Field("", max_length=2000)
     # None: the workflow runs only when invoked.
     schedule: Schedule | None = None
@@ -56,13 +56,6 @@ class WorkflowCreate(BaseModel):
                 steps.extend(_expand(key, data.pop(key), [])[0])
         data["tasks"] = steps
         return data
-
-    @field_validator("name")
-    @classmethod
-    def _printable(cls, value: str) -> str:
-        if "\x00" in value:
-            raise ValueError("a name cannot contain NUL")
-        return value
 
     @field_validator("schedule")
     @classmethod

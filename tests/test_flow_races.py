@@ -33,17 +33,22 @@ async def _row(pool: asyncpg.Pool, run_id: int) -> asyncpg.Record:
     return row
 
 
+async def _running_parent(db: asyncpg.Connection, pool: asyncpg.Pool, name: str) -> tuple[asyncpg.Record, Parent]:
+    """A one-off task's run, started: a parent to spawn from."""
+    task = await new_task(db, name, "noop")
+    parent = await _row(pool, await db.fetchval("SELECT id FROM task_schedule WHERE task_id = $1", task.id))
+    await _start(pool, parent)
+    parent = await _row(pool, parent["id"])
+    return parent, Parent(parent["id"], task.id, parent["scheduled_time"], 10, 1000)
+
+
 async def test_a_parent_settles_once_whatever_the_order_of_its_children_and_its_own_wait(
     db: asyncpg.Connection, pool: asyncpg.Pool
 ) -> None:
     rng = random.Random(7)
     for round_ in range(12):
-        task = await new_task(db, f"parent-{round_}", "noop")
-        parent = await _row(pool, await db.fetchval("SELECT id FROM task_schedule WHERE task_id = $1", task.id))
-        await _start(pool, parent)
-        parent = await _row(pool, parent["id"])
+        parent, ref = await _running_parent(db, pool, f"parent-{round_}")
         async with pool.acquire() as conn, conn.transaction():
-            ref = Parent(parent["id"], task.id, parent["scheduled_time"], 10, 1000)
             children = await spawn(conn, ref, [SpawnSpec(type="noop") for _ in range(8)])
         rows = [await _row(pool, c.run_id) for c in children]
         await asyncio.gather(*(_start(pool, r) for r in rows))
@@ -72,12 +77,8 @@ async def test_a_reduce_is_released_once_when_its_inputs_end_at_the_same_time(
     db: asyncpg.Connection, pool: asyncpg.Pool
 ) -> None:
     for round_ in range(8):
-        task = await new_task(db, f"mapper-{round_}", "noop")
-        parent = await _row(pool, await db.fetchval("SELECT id FROM task_schedule WHERE task_id = $1", task.id))
-        await _start(pool, parent)
-        parent = await _row(pool, parent["id"])
+        _, ref = await _running_parent(db, pool, f"mapper-{round_}")
         async with pool.acquire() as conn, conn.transaction():
-            ref = Parent(parent["id"], task.id, parent["scheduled_time"], 10, 1000)
             maps = await spawn(conn, ref, [SpawnSpec(type="noop") for _ in range(10)])
             (reduce,) = await spawn(
                 conn, ref, [SpawnSpec(type="noop", key="sum", depends_on=[m.run_id for m in maps])], first_number=11
@@ -96,11 +97,7 @@ async def test_a_reduce_is_released_once_when_its_inputs_end_at_the_same_time(
 async def test_a_reduce_spawned_after_an_input_failed_is_skipped_and_counted_as_ended(
     db: asyncpg.Connection, pool: asyncpg.Pool
 ) -> None:
-    task = await new_task(db, "late-reduce", "noop")
-    parent = await _row(pool, await db.fetchval("SELECT id FROM task_schedule WHERE task_id = $1", task.id))
-    await _start(pool, parent)
-    parent = await _row(pool, parent["id"])
-    ref = Parent(parent["id"], task.id, parent["scheduled_time"], 10, 1000)
+    parent, ref = await _running_parent(db, pool, "late-reduce")
     async with pool.acquire() as conn, conn.transaction():
         (first, second) = await spawn(conn, ref, [SpawnSpec(type="noop"), SpawnSpec(type="noop")])
     for child, status in ((first, RunState.SUCCEEDED), (second, RunState.FAILED)):
