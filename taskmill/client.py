@@ -5,6 +5,7 @@ async with conn.transaction():
     await schedule(conn, TaskCreate(name=f"reminder-{id}", type="http", payload=...,
                                     schedule=Schedule(kind="once", at=starts_at - timedelta(days=1))))
     await defer(conn, "billing.send_invoice", {"customer_id": 7}, idempotency_key="inv-7")   # one run, now
+    await invoke_workflow(conn, "nightly-etl")                                                   # a workflow run
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from taskmill.models import Schedule, Task, TaskCreate
 from taskmill.states import ScheduleKind
 from taskmill.store.tasks import create_task
 from taskmill.store.tasktypes import registry_for
+from taskmill.store.workflows import get_workflow, invoke
 from taskmill.typecheck import default_timeout, type_problems
 
 
@@ -96,4 +98,15 @@ async def _run_of_task_named(conn: Connection, name: str) -> int | None:
         "WHERE t.name = $1 AND t.workflow_id IS NULL ORDER BY s.id LIMIT 1",
         name,
     )
+    return run_id
+
+
+async def invoke_workflow(conn: Connection, name: str, *, created_by: str | None = None) -> int:
+    """A run of the workflow `name` now, on the caller's connection and inside its transaction; returns the
+    workflow run's id (LookupError when there is no such workflow)."""
+    stored = await get_workflow(conn, name)
+    if stored is None:
+        raise LookupError(f"no workflow named {name!r}")
+    run_id = await invoke(conn, stored.workflow.id, created_by=created_by)
+    assert run_id is not None  # now is clock_timestamp(): never the instant of another run
     return run_id

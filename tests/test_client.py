@@ -5,9 +5,11 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from taskmill.client import DeferError, defer, schedule
+from taskmill.client import DeferError, defer, invoke_workflow, schedule
 from taskmill.models import TaskCreate
 from taskmill.store.tasktypes import Registered, register
+from taskmill.store.workflows import create_workflow
+from taskmill.workflows import WorkflowCreate
 
 
 async def test_a_caller_that_rolls_back_has_scheduled_nothing(db: asyncpg.Connection) -> None:
@@ -80,3 +82,23 @@ async def test_defer_refuses_an_unknown_type_and_a_payload_that_does_not_fit(db:
     with pytest.raises(DeferError, match=r"^payload: does not fit type sleep"):
         await defer(db, "sleep", {"ms": "long"})
     assert await db.fetchval("SELECT count(*) FROM tasks") == 0
+
+
+async def test_invoke_workflow_makes_a_workflow_run_only_if_the_caller_commits(db: asyncpg.Connection) -> None:
+    steps = [{"name": "a", "type": "noop"}, {"name": "b", "type": "noop", "depends_on": ["a"]}]
+    await create_workflow(db, WorkflowCreate.model_validate({"name": "etl", "tasks": steps}))
+    tx = db.transaction()
+    await tx.start()
+    await invoke_workflow(db, "etl")
+    await tx.rollback()
+    assert await db.fetchval("SELECT count(*) FROM workflow_runs") == 0
+    async with db.transaction():
+        run_id = await invoke_workflow(db, "etl")
+    runs = await db.fetch(
+        "SELECT t.name, s.status::text FROM task_schedule s JOIN tasks t ON t.id = s.task_id "
+        "WHERE s.workflow_run_id = $1 ORDER BY t.name",
+        run_id,
+    )
+    assert [tuple(r) for r in runs] == [("a", "scheduled"), ("b", "blocked")]
+    with pytest.raises(LookupError, match="no workflow named 'nope'"):
+        await invoke_workflow(db, "nope")
