@@ -219,6 +219,7 @@ class Task:
     created_at: datetime
     schedule_from: datetime
     secret_names: list[str]
+    workflow_id: int | None = None  # a workflow's step: edited through its workflow
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> Task:

@@ -14,6 +14,7 @@ from api.auth import COMMAND, Principal
 from api.checks import Registry, body_problems, fitted
 from api.deps import AppSettings, Pool, Reader, Writer
 from api.schemas import BulkCreated, BulkItem, RunPublic, TaskPage, TaskPublic, TaskType, task_types
+from taskmill.db import Connection
 from taskmill.models import Task, TaskCreate
 from taskmill.settings import Settings
 from taskmill.store.history import run_detail
@@ -153,6 +154,16 @@ def _found(task: Task | None, task_id: int) -> TaskPublic:
     return TaskPublic.of(task)
 
 
+async def _own_task(conn: Connection, task_id: int) -> Task:
+    """The task, which must be one of its own: a workflow's step changes with its workflow (409 otherwise)."""
+    task = await get_task(conn, task_id)
+    if task is None:
+        raise HTTPException(404, f"no task {task_id}")
+    if task.workflow_id is not None:
+        raise HTTPException(409, f"task {task_id} is a step of a workflow: change it through PUT /workflows/{{name}}")
+    return task
+
+
 @router.get("/tasks/{task_id}", response_model=TaskPublic)
 async def get(task_id: TaskId, db: Pool, _: Reader) -> TaskPublic:
     return _found(await get_task(db, task_id), task_id)
@@ -163,8 +174,8 @@ async def replace(task_id: TaskId, body: TaskCreate, db: Pool, settings: AppSett
     """Replaces the definition; future scheduled runs are dropped and materialized again, history stays."""
     spec = _checked(body, settings, await registry_for(db, [body.type]))
     async with db.acquire() as conn:
-        existing = await get_task(conn, task_id)
-        may_write(who, body.type, existing.type if existing else "")
+        existing = await _own_task(conn, task_id)
+        may_write(who, body.type, existing.type)
         try:
             task = await update_task(conn, task_id, spec, secret_key=settings.secret_key)
         except asyncpg.UniqueViolationError:
@@ -175,12 +186,14 @@ async def replace(task_id: TaskId, body: TaskCreate, db: Pool, settings: AppSett
 @router.put("/tasks/{task_id}/inactive", response_model=TaskPublic)
 async def deactivate(task_id: TaskId, db: Pool, _: Writer) -> TaskPublic:
     async with db.acquire() as conn:
+        await _own_task(conn, task_id)
         return _found(await set_active(conn, task_id, False), task_id)
 
 
 @router.put("/tasks/{task_id}/active", response_model=TaskPublic)
 async def activate(task_id: TaskId, db: Pool, _: Writer) -> TaskPublic:
     async with db.acquire() as conn:
+        await _own_task(conn, task_id)
         return _found(await set_active(conn, task_id, True), task_id)
 
 
@@ -188,6 +201,7 @@ async def activate(task_id: TaskId, db: Pool, _: Writer) -> TaskPublic:
 async def delete(task_id: TaskId, db: Pool, _: Writer) -> None:
     """Cancels the runs not yet handed out; the task's history stays (its name is freed)."""
     async with db.acquire() as conn:
+        await _own_task(conn, task_id)
         if not await delete_task(conn, task_id):
             raise HTTPException(404, f"no task {task_id}")
 

@@ -186,3 +186,25 @@ async def test_sequence_and_parallel_expand_to_the_same_edges(client: httpx.Asyn
     assert created.status_code == 201, created.text
     edges = {t["name"]: t["depends_on"] for t in created.json()["tasks"]}
     assert edges == {"extract": [], "clean": ["extract"], "x1": ["extract"], "x2": ["x1"], "load": ["clean", "x2"]}
+
+
+async def test_a_step_is_not_listed_with_the_tasks_and_is_changed_only_through_its_workflow(
+    db: asyncpg.Connection, client: httpx.AsyncClient
+) -> None:
+    noop = {"name": "a", "type": "noop"}
+    created = await client.post("/workflows", json={"name": "wf", "tasks": [noop]}, headers=WRITE)
+    assert created.status_code == 201, created.text
+    own = await client.post("/tasks", json={"name": "a", "type": "noop"}, headers=WRITE)  # a step's name is free
+    assert own.status_code == 201, own.text
+    listed = (await client.get("/tasks", headers=WRITE)).json()["items"]
+    assert [t["name"] for t in listed] == ["a"] and listed[0]["id"] == own.json()["id"]
+    step_id = await db.fetchval("SELECT id FROM tasks WHERE workflow_id IS NOT NULL")
+    for method, path in (
+        ("PUT", f"/tasks/{step_id}"),
+        ("PUT", f"/tasks/{step_id}/inactive"),
+        ("DELETE", f"/tasks/{step_id}"),
+    ):
+        body = {"name": "a", "type": "noop"} if path.endswith(str(step_id)) and method == "PUT" else None
+        refused = await client.request(method, path, json=body, headers=WRITE)
+        assert refused.status_code == 409, (method, path, refused.text)
+        assert "is a step of a workflow" in refused.json()["detail"]
