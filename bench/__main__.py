@@ -8,6 +8,8 @@ pg-burst, pg-at  the same over the PostgreSQL transport (no RabbitMQ), in a data
 capacity  the capacity forecast over a million scheduled runs (bench/capacity.py); needs no roles.
 cron   (only when named: minutes) N every-minute cron tasks over M whole minutes: start lateness.
 history  (only when named: minutes) the claim's plan with 50 million runs of history behind it.
+workflow  (only when named) a workflow of a wide level and a chain (bench/workflows.py): the level's runs/s and the
+       hand-off from a step's finish to its dependent's start.
 celery-burst, celery-at, pgqueuer-burst, pgqueuer-at, celery-cron
        the same workloads through Celery and pgqueuer, as references (bench/references/); then a `ratios` line.
 """
@@ -27,7 +29,7 @@ from urllib.parse import urlsplit
 import aio_pika
 import asyncpg
 
-from bench import capacity, cost, history, pipeline, references
+from bench import capacity, cost, history, pipeline, references, workflows
 from bench.references.common import database_for, drop_database
 from bench.stack import Setup, Stack
 from taskmill import topology
@@ -35,11 +37,11 @@ from taskmill.db import connect
 from taskmill.migrate import migrate
 
 WORKLOADS = ("burst", "at", "pg-burst", "pg-at", "capacity", "scale", *references.WORKLOADS)
-PIPELINE = ("burst", "at", "cron", "pg-burst", "pg-at")
+PIPELINE = ("burst", "at", "cron", "workflow", "pg-burst", "pg-at")
 # The curve: (distributors, processors) for the `scale` workload.
 SCALE = ((1, 1), (1, 2), (1, 4), (2, 2), (2, 4))
 # Only when named: each takes minutes.
-EXTRA_WORKLOADS = ("cron", "history", *references.EXTRA_WORKLOADS)
+EXTRA_WORKLOADS = ("cron", "history", "workflow", *references.EXTRA_WORKLOADS)
 DSN = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/taskmill_bench")
 # The PostgreSQL transport's stack: a database of its own, so the two stacks never share runs.
 PG_DSN = database_for(DSN, "postgres")
@@ -111,6 +113,9 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--pgqueuer-batch-size", type=int, default=10, help="pgq run --batch-size (its default: 10)")
     parser.add_argument("--cron-entries", type=int, default=200, help="every-minute cron tasks in cron and celery-cron")
     parser.add_argument("--cron-minutes", type=int, default=3, help="minutes cron and celery-cron measure")
+    parser.add_argument("--workflow-width", type=int, default=1000, help="steps of the workflow's wide level")
+    parser.add_argument("--workflow-chain", type=int, default=10, help="steps of the workflow's chain")
+    parser.add_argument("--workflow-repeats", type=int, default=5, help="workflow runs, one after the other")
     args = parser.parse_args(argv)
     args.workloads = args.workloads or list(WORKLOADS)
     if unknown := set(args.workloads) - set(WORKLOADS) - set(EXTRA_WORKLOADS):
@@ -186,6 +191,8 @@ async def pipeline_workload(workload: str, stacks: Stacks, args: argparse.Namesp
         result = await pipeline.burst(conn, stack, args.runs, await cpu_groups(conn, stack))
     elif kind == "cron":
         result = await pipeline.cron(conn, stack, args.cron_entries, args.cron_minutes)
+    elif kind == "workflow":
+        result = await workflows.run(conn, stack, args.workflow_width, args.workflow_chain, args.workflow_repeats)
     else:
         result = await pipeline.at(conn, stack, args.at_runs, args.at_ahead)
     if transport == "postgres":

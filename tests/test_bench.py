@@ -131,3 +131,14 @@ def test_the_ratios_line_divides_each_taskmill_burst_rate_by_each_references_and
         "at_p99_ms": {"taskmill": 90.0, "taskmill-postgres": 150.0, "celery": 300.0},
     }
     assert references.ratios(lines[:4]) is None and references.ratios(lines[4:]) is None
+
+
+@pytest.mark.slow
+def test_the_workflow_workload_reports_its_level_rate_and_hand_offs_with_every_run_succeeded() -> None:
+    (line,) = _run_bench(
+        "workflow", "--workflow-width", "50", "--workflow-chain", "3", "--workflow-repeats", "2",
+        "--processors", "1", "--concurrency", "50",
+    )  # fmt: skip
+    assert (line["workload"], line["steps"], line["repeats"], line["failed"]) == ("workflow", 55, 2, 0)
+    assert line["wide_level_runs_per_s_median"] > 0
+    assert 0 < line["handoff_ms"]["p50"] <= line["handoff_ms"]["max"]

@@ -1,6 +1,6 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright) against the real API, database and
 broker: paste a token, create a cron task through the form, see it in the grid, the forecast drawn from data,
-edit the task, deactivate it, read a run's logs."""
+edit the task, deactivate it, read a run's logs; run a workflow and watch its graph follow the run."""
 
 from __future__ import annotations
 
@@ -14,12 +14,14 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, Response, expect
 
+import distributor.service
+import processor.service
 from taskmill.models import Schedule, TaskCreate
 from taskmill.settings import Settings
 from taskmill.store.tasks import create_tasks
 from taskmill.store.tasktypes import Registered, register
 from tests.api.conftest import SECRET, bearer, served_api
-from tests.helpers import new_task
+from tests.helpers import new_task, running
 
 # A name that would run script if the page ever rendered data as HTML.
 NAME = '<img src=x onerror="window.__pwned=1">nightly'
@@ -322,3 +324,120 @@ async def finished_run(db: asyncpg.Connection, task_id: int) -> int:
         result,
     )
     return run_id
+
+
+# A diamond: b and c after a, d after both; b takes long enough for the page to see d wait on it.
+DIAMOND = {
+    "name": "diamond",
+    "description": "a, then b and c, then d",
+    "tasks": [
+        {"name": "a", "type": "noop"},
+        {"name": "b", "type": "sleep", "payload": {"ms": 2500}, "depends_on": ["a"]},
+        {"name": "c", "type": "noop", "depends_on": ["a"]},
+        {"name": "d", "type": "noop", "depends_on": ["b", "c"]},
+    ],
+}
+
+# Every node's status, read in one go once b runs (a poll may redraw the graph between two separate reads): while b
+# runs, a has succeeded and d waits on b, whatever c is doing.
+WHILE_B_RUNS = """() => {
+    const nodes = [...document.querySelectorAll("#workflow-graph .node")];
+    const status = Object.fromEntries(nodes.map((n) => [n.dataset.step, n.dataset.status]));
+    if (status.b !== "running") return null;
+    return { status, cancel: !document.querySelector("#workflow-cancel").hidden };
+}"""
+
+# Each node's left edge, to check the layout by level.
+NODE_X = """() => Object.fromEntries([...document.querySelectorAll("#workflow-graph .node")].map(
+    (n) => [n.dataset.step, n.getBoundingClientRect().left]))"""
+
+
+async def test_the_dashboard_runs_a_workflow_and_its_graph_follows_the_run_live(
+    browser: Browser, settings: Settings, tmp_path: Path
+) -> None:
+    page = await browser.new_page(viewport={"width": 1366, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        async with (
+            served_api(settings.model_copy(update={"jwt_secret": SECRET})) as (base, _),
+            httpx.AsyncClient(base_url=base, headers=bearer()) as api,
+            running(distributor.service.run, settings),
+            running(processor.service.run, settings),
+        ):
+            created = await api.post("/workflows", json=DIAMOND)
+            assert created.status_code == 201, created.text
+            await run_the_diamond(page, base, api)
+    except BaseException:
+        await page.screenshot(path=tmp_path / "workflow.png", full_page=True)
+        print(f"screenshot: {tmp_path / 'workflow.png'}; page errors: {errors}")
+        raise
+    assert errors == []
+
+
+async def run_the_diamond(page: Page, base: str, api: httpx.AsyncClient) -> None:
+    # --- Listed: its schedule (none: it runs when invoked), its four steps, no run yet; a token that may only read
+    # is not offered Run now.
+    await page.goto(f"{base}/")
+    await page.get_by_label("Token", exact=True).fill(bearer("tasks:read")["Authorization"].removeprefix("Bearer "))
+    await page.get_by_role("button", name="Use this token").click()
+    panel = page.locator("section#workflows")
+    await expect(panel.get_by_role("heading", name="Workflows", exact=True)).to_be_visible()
+    row = panel.locator("#workflow-grid tbody tr", has=page.get_by_role("rowheader", name="diamond", exact=True))
+    await expect(row).to_have_count(1)
+    await expect(row.locator("td")).to_have_text(["when invoked", "4", "No runs yet", "Show runs"])
+    await row.get_by_role("button", name="Show runs").click()
+    await expect(panel.get_by_role("heading", name="Runs of diamond")).to_be_focused()
+    await expect(page.locator("#workflow-runs-status")).to_have_text("No runs yet.")
+    await page.get_by_role("button", name="API token…").click()
+    await page.get_by_label("Token", exact=True).fill(api.headers["Authorization"].removeprefix("Bearer "))
+    await page.get_by_role("button", name="Use this token").click()
+    await expect(row.locator("td")).to_have_text(["when invoked", "4", "No runs yet", "Run nowShow runs"])
+    await expect(page.locator("#workflow-runs-status")).to_have_text("No runs yet: start one with Run now.")
+    await page.evaluate("() => { window.__samePage = true; }")  # gone if anything reloads the page
+
+    # --- Run now: the new run drawn at once, a node per step, an arrow per dependency, a column per level.
+    await row.get_by_role("button", name="Run now").click()
+    graph = page.get_by_role("img", name=re.compile(r"^Steps of workflow run #\d+ of diamond"))
+    await expect(graph).to_be_visible()
+    nodes = graph.locator(".node")
+    await expect(nodes).to_have_count(4)
+    await expect(graph.locator(".edge")).to_have_count(4)
+    edges = await graph.locator(".edge").evaluate_all("es => es.map((e) => e.dataset.from + '>' + e.dataset.to)")
+    assert sorted(edges) == ["a>b", "a>c", "b>d", "c>d"]
+    x = await page.evaluate(NODE_X)
+    assert x["a"] < x["b"] == x["c"] < x["d"], x
+    (run,) = (await api.get("/workflows/diamond/runs", params={"limit": 5})).json()
+    await expect(page.locator("#workflow-run-title")).to_contain_text(f"Run #{run['id']} of diamond")
+    await expect(page.locator("#workflow-run-grid tbody tr[aria-current=true]")).to_contain_text(f"#{run['id']}")
+
+    # --- While b sleeps: a has succeeded and d waits on b; the run may be cancelled.
+    seen = await (await page.wait_for_function(WHILE_B_RUNS, timeout=15_000, polling=50)).json_value()
+    assert seen["status"]["a"] == "succeeded", seen
+    assert seen["status"]["d"] == "blocked", seen
+    assert seen["cancel"] is True, seen
+
+    # --- Without a reload, every node ends succeeded; the run's end shows in its title, its workflow's runs and
+    # the list, and Cancel run goes.
+    for step in ("a", "b", "c", "d"):
+        await expect(graph.locator(f'.node[data-step="{step}"]')).to_have_attribute(
+            "data-status", "succeeded", timeout=20_000
+        )
+    await expect(page.locator("#workflow-run-title .badge")).to_have_text("succeeded")
+    await expect(page.get_by_role("button", name="Cancel run")).to_be_hidden()
+    await expect(page.locator("#workflow-run-grid tbody tr").first.locator(".badge")).to_have_text("succeeded")
+    await expect(row.locator("td.latest .badge")).to_have_text("succeeded")
+    # The text alternative says the same, with each step's level.
+    steps = page.locator("#workflow-step-table tbody tr")
+    await expect(steps.locator("th")).to_have_text(["a", "b", "c", "d"])
+    await expect(steps.locator("td:nth-child(2)")).to_have_text(["0", "1", "1", "2"])
+    await expect(steps.locator(".badge")).to_have_text(["succeeded"] * 4)
+    assert await page.evaluate("() => window.__samePage") is True
+
+    # --- Hide runs: the runs and the graph go, the focus back to the row's Show runs.
+    await panel.get_by_role("button", name="Hide runs").click()
+    await expect(page.locator("#workflow-detail")).to_be_hidden()
+    await expect(row.get_by_role("button", name="Show runs")).to_be_focused()
+    ended = (await api.get(f"/workflow-runs/{run['id']}")).json()
+    assert ended["status"] == "succeeded"
+    assert {r["task"]: r["status"] for r in ended["runs"]} == dict.fromkeys("abcd", "succeeded")

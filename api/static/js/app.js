@@ -1,6 +1,6 @@
 // The dashboard: asks for a token once (kept in localStorage), asks the API what it may do (GET /me) and shows only
-// the controls it can use, then loads the task grid, the runs, the metrics and the three-hour forecast, which it
-// polls every 15 s.
+// the controls it can use, then loads the task grid, the workflows, the runs, the metrics and the three-hour
+// forecast, which it polls every 15 s (a workflow run's graph follows its run every second, see workflows.js).
 
 import { NOBODY, showIdentity, whoAmI } from "./access.js";
 import { onUnauthorized, setToken, token, api } from "./api.js";
@@ -9,6 +9,7 @@ import { $, clockTime, h, ms, toast } from "./dom.js";
 import { RecentRuns } from "./runs.js";
 import { TaskForm } from "./taskform.js";
 import { TaskGrid } from "./tasks.js";
+import { Workflows } from "./workflows.js";
 
 // `?poll=SECONDS` overrides the period (at least 1 s): the browser test watches a refresh without waiting 15 s.
 const POLL_MS = Math.max(1, Number(new URLSearchParams(window.location.search).get("poll")) || 15) * 1000;
@@ -27,12 +28,14 @@ const form = new TaskForm({
   },
 });
 const grid = new TaskGrid({ onEdit: (id) => form.openEdit(id), onShowRuns: (task) => runs.forTask(task) });
+const workflows = new Workflows({ onOpenStepRun: (runId, step) => runs.open(runId, step) });
 
 /** Shows what the token may do: its subject and scopes beside the token control, and only the controls it can use. */
 function showAccess(access) {
   showIdentity($("#whoami"), access);
   $("#new-task").hidden = !access.may_write;
   grid.setAccess(access);
+  workflows.setAccess(access);
   form.setAccess(access);
 }
 
@@ -154,7 +157,7 @@ async function refreshHealth() {
 async function poll() {
   if (document.hidden) return;
   polls += 1;
-  await Promise.allSettled([refreshCapacity(), runs.refresh(), refreshHealth(),
+  await Promise.allSettled([refreshCapacity(), runs.refresh(), workflows.refresh(), refreshHealth(),
     polls % METRICS_EVERY === 0 ? refreshMetrics() : null]);
 }
 
@@ -185,7 +188,8 @@ async function start() {
     }
     return;
   }
-  await Promise.allSettled([grid.load(), runs.load(), refreshCapacity(), refreshMetrics(), refreshHealth()]);
+  await Promise.allSettled([grid.load(), workflows.load(), runs.load(), refreshCapacity(), refreshMetrics(),
+    refreshHealth()]);
   clearInterval(timer);
   timer = setInterval(poll, POLL_MS);
 }

@@ -35,6 +35,11 @@ export function s(tag, attrs = {}, ...children) {
 
 export const $ = (selector, root = document) => root.querySelector(selector);
 
+/** A run's (or a workflow run's) status, coloured by style.css. */
+export function badge(status) {
+  return h("span", { class: `badge ${status}` }, status);
+}
+
 const dateTime = new Intl.DateTimeFormat(undefined, {
   year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit",
 });

@@ -2,11 +2,7 @@
 // error, and its status changes (GET /runs/{id}).
 
 import { api } from "./api.js";
-import { $, h, latestOnly, ms, toast, tookMs, when } from "./dom.js";
-
-function badge(status) {
-  return h("span", { class: `badge ${status}` }, status);
-}
+import { $, badge, h, latestOnly, ms, toast, tookMs, when } from "./dom.js";
 
 function block(title, text) {
   return h("div", { class: "log" }, h("h4", {}, title), h("pre", { tabindex: "0" }, text));
