@@ -113,7 +113,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--pgqueuer-batch-size", type=int, default=10, help="pgq run --batch-size (its default: 10)")
     parser.add_argument("--cron-entries", type=int, default=200, help="every-minute cron tasks in cron and celery-cron")
     parser.add_argument("--cron-minutes", type=int, default=3, help="minutes cron and celery-cron measure")
-    parser.add_argument("--workflow-width", type=int, default=1000, help="steps of the workflow's wide level")
+    parser.add_argument("--workflow-width", type=int, default=500, help="steps of the workflow's wide level")
     parser.add_argument("--workflow-chain", type=int, default=10, help="steps of the workflow's chain")
     parser.add_argument("--workflow-repeats", type=int, default=5, help="workflow runs, one after the other")
     args = parser.parse_args(argv)
