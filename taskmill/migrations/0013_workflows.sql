@@ -118,7 +118,8 @@ INSERT INTO run_transitions VALUES
 -- ended releases its dependents (or skips them), counts down its parent's children and its workflow run; a run
 -- that started waiting for its children ends at once if they all ended already. Its own updates of task_schedule
 -- fire the audit trigger again, so a skip goes down the graph and a settled parent up the tree.
--- Joins here touch a few rows by key: nested loops (the audit trigger that calls this switches them off).
+-- Joins here touch a few rows by key: nested loops (the audit trigger that calls this switches them off). A run
+-- settled here ends at clock_timestamp(): now() is when the transaction began, perhaps before its last child ended.
 CREATE FUNCTION run_flow(ids bigint[], times timestamptz[], task_ids bigint[], tos run_status[], errors text[],
                          wruns bigint[], parents bigint[])
 RETURNS void LANGUAGE plpgsql SET enable_nestloop = on AS $$
@@ -132,7 +133,7 @@ BEGIN
     ), settled AS (
         UPDATE task_schedule s
         SET status = CASE WHEN c.error IS NULL THEN 'succeeded' ELSE 'failed' END::run_status,
-            error = c.error, finished_at = now()
+            error = c.error, finished_at = clock_timestamp()
         FROM e LEFT JOIN c ON c.parent_id = e.id
         WHERE s.id = e.id AND s.scheduled_time = e.at AND s.status = 'waiting'
           AND (c.parent_id IS NULL OR c.open <= 0 OR c.error IS NOT NULL)
@@ -162,7 +163,7 @@ BEGIN
         status = CASE WHEN l.reason IS NOT NULL THEN 'skipped'
                       WHEN d.blockers - l.n <= 0 THEN 'scheduled' ELSE 'blocked' END::run_status,
         error = l.reason,
-        finished_at = CASE WHEN l.reason IS NOT NULL THEN now() END,
+        finished_at = CASE WHEN l.reason IS NOT NULL THEN clock_timestamp() END,
         lease_until = NULL
     FROM l WHERE d.id = l.dependent_id AND d.scheduled_time = l.dependent_time AND d.status = 'blocked';
 
@@ -181,7 +182,7 @@ BEGIN
     ), settled AS (
         UPDATE task_schedule p
         SET status = CASE WHEN c.error IS NULL THEN 'succeeded' ELSE 'failed' END::run_status,
-            error = c.error, finished_at = now()
+            error = c.error, finished_at = clock_timestamp()
         FROM c
         WHERE c.waiting AND (c.open <= 0 OR c.error IS NOT NULL)
           AND p.id = c.parent_id AND p.scheduled_time = c.parent_time AND p.status = 'waiting'
@@ -202,7 +203,7 @@ BEGIN
     SET open = greatest(w.open - k.n, 0), failed = w.failed + k.bad,
         status = CASE WHEN w.status <> 'running' OR w.open - k.n > 0 THEN w.status
                       WHEN w.failed + k.bad > 0 THEN 'failed' ELSE 'succeeded' END,
-        finished_at = CASE WHEN w.open - k.n <= 0 THEN coalesce(w.finished_at, now()) END
+        finished_at = CASE WHEN w.open - k.n <= 0 THEN coalesce(w.finished_at, clock_timestamp()) END
     FROM k WHERE w.id = k.wrun;
 END $$;
 
