@@ -138,7 +138,8 @@ async def test_a_parent_run_twice_spawns_its_children_once(stack: Stack, api: ht
     await stack.start(distributor=1)
     await stack.add("processor", *FLOWS, "--concurrency", "4", crash="after_side_effect")
     await registered(stack)
-    root = await _run_of(stack.db, await _task(api, "twice", "flows.map", {"n": 5}))
+    # A short timeout: the run lost with its processor is handed on once its timeout and grace have passed.
+    root = await _run_of(stack.db, await _task(api, "twice", "flows.map", {"n": 5}, timeout_seconds=3))
 
     async def first_attempt_spawned() -> bool:
         n: int = await stack.db.fetchval("SELECT count(*) FROM task_schedule WHERE parent_id = $1", root)

@@ -100,11 +100,12 @@ async def test_a_processor_killed_mid_workflow_loses_nothing_and_repeats_nothing
     step's row is there exactly once when the workflow run has succeeded on the processor that is left."""
     await stack.start(distributor=1)
     first = await stack.add("processor", "--import", "tests.handlers.flows", "--concurrency", "4")
+    # Short timeouts: a run lost with its processor is handed on once its timeout and grace have passed.
     tasks = [
-        step("a", record=True),
-        step("b", "a", ms=3000, record=True),
-        step("c", "a", ms=3000, record=True),
-        step("d", "b", "c", record=True),
+        {**step("a", record=True), "timeout_seconds": 5},
+        {**step("b", "a", ms=3000, record=True), "timeout_seconds": 5},
+        {**step("c", "a", ms=3000, record=True), "timeout_seconds": 5},
+        {**step("d", "b", "c", record=True), "timeout_seconds": 5},
     ]
     await _define(api, {"name": "survivor", "tasks": tasks})
     run_id = await _invoke(api, "survivor")
