@@ -142,20 +142,6 @@ def find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
-def levels(edges: dict[str, list[str]]) -> dict[str, int]:
-    """Each step's level: 0 for steps without dependencies, else one more than its deepest dependency's."""
-    out: dict[str, int] = {}
-
-    def level(name: str) -> int:
-        if name not in out:
-            out[name] = 1 + max((level(d) for d in edges.get(name, [])), default=-1)
-        return out[name]
-
-    for name in edges:
-        level(name)
-    return out
-
-
 @dataclass(frozen=True, slots=True)
 class Workflow:
     id: int
