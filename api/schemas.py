@@ -28,6 +28,11 @@ class TaskPublic(BaseModel):
     created_by: str | None
     created_at: datetime
     secrets: list[str]  # names only: the values never leave the server
+    misfire: str
+    misfire_grace_seconds: int
+    catchup_window_seconds: int
+    window_seconds: int
+    completed: bool  # a one-off whose runs have all ended
 
     @classmethod
     def of(cls, task: Task) -> TaskPublic:
@@ -53,6 +58,11 @@ class TaskPublic(BaseModel):
             created_by=task.created_by,
             created_at=task.created_at,
             secrets=task.secret_names,
+            misfire=task.misfire,
+            misfire_grace_seconds=task.misfire_grace_seconds,
+            catchup_window_seconds=task.catchup_window_seconds,
+            window_seconds=task.window_seconds,
+            completed=task.completed,
         )
 
 

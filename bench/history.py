@@ -107,7 +107,7 @@ async def _time_calls(conn: asyncpg.Connection, calls: int = 9) -> dict[str, flo
         await claim.start()
         try:
             started = time.perf_counter()
-            claimed = await conn.fetchval("SELECT count(*) FROM claim_due_runs(1000, 300, 2)")
+            claimed = await conn.fetchval("SELECT count(*) FROM claim_due_runs(1000, 300, 2, NULL)")
             times.append((time.perf_counter() - started) * 1000)
         finally:
             await claim.rollback()  # the next call claims the same runs

@@ -12,6 +12,7 @@ from taskmill.cron import ScheduleError, cron_times, interval_times, zone
 from taskmill.metrics import MATERIALIZED
 from taskmill.models import Task
 from taskmill.settings import Settings
+from taskmill.spread import placed
 from taskmill.states import ScheduleKind
 from taskmill.store.schedule import advance_watermarks, insert_runs, tasks_to_materialize
 
@@ -40,17 +41,22 @@ def run_times(task: Task, start: datetime, end: datetime) -> list[datetime]:
 
 
 def _expand(
-    batch: list[tuple[Task, datetime | None]], day_start: datetime, horizon: datetime
+    batch: list[tuple[Task, datetime | None]], day_start: datetime, horizon: datetime, floor: datetime
 ) -> tuple[list[int], list[datetime]]:
+    """Each task's occurrences from its watermark (or the start of the day for a task never expanded) to the
+    horizon, placed in its window. A watermark before today (the scheduler was down across midnight) is caught up
+    from, back to `floor`: every expected occurrence becomes a row, and the claim applies the misfire policy."""
     task_ids: list[int] = []
     times: list[datetime] = []
     for task, until in batch:
-        start = max(day_start, task.schedule_from, until or day_start)
+        start = max(task.schedule_from, until if until is not None else day_start, floor)
         try:
             found = run_times(task, start, horizon)
         except ScheduleError as exc:
             log.error("cannot expand the schedule of task %s: %s", task.id, exc, extra={"task_id": task.id})
             continue
+        if task.window_seconds > 1:
+            found = [placed(task.id, at, task.window_seconds) for at in found]
         task_ids.extend([task.id] * len(found))
         times.extend(found)
     return task_ids, times
@@ -83,7 +89,8 @@ async def _materialize_until(pool: asyncpg.Pool, settings: Settings, day_start: 
             if not batch:
                 return inserted
             # croniter is pure Python: expanding a large batch would stall this process's other work.
-            task_ids, times = await asyncio.to_thread(_expand, batch, day_start, horizon)
+            floor = day_start - timedelta(days=settings.retention_days)
+            task_ids, times = await asyncio.to_thread(_expand, batch, day_start, horizon, floor)
             new = await insert_runs(conn, task_ids, times)
             MATERIALIZED.inc(new)
             inserted += new

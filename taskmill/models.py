@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from pydantic import (
@@ -196,6 +196,22 @@ class TaskBody(BaseModel):
 class TaskCreate(TaskBody):
     schedule: Schedule = Field(default_factory=Schedule)
     active: bool = True
+    # What happens to an occurrence that could not start within `misfire_grace_seconds` of its time (README
+    # "Missed runs"), and the window an occurrence is placed in to spread a crowd of tasks at one time.
+    misfire: Literal["skip", "once", "all"] = "once"
+    misfire_grace_seconds: int = Field(60, ge=1, le=31_622_400)
+    catchup_window_seconds: int = Field(86_400, ge=0, le=31_622_400)
+    window_seconds: int = Field(0, ge=0, le=86_400)
+
+    @model_validator(mode="after")
+    def _window_fits_schedule(self) -> TaskCreate:
+        kind = self.schedule.kind
+        if self.window_seconds and kind not in (ScheduleKind.CRON, ScheduleKind.INTERVAL):
+            raise ValueError("window_seconds: only a cron or interval schedule is spread over a window")
+        every = self.schedule.every_seconds
+        if self.window_seconds and kind is ScheduleKind.INTERVAL and every is not None and self.window_seconds > every:
+            raise ValueError(f"window_seconds: at most the interval ({every} s), or occurrences would change order")
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,9 +236,16 @@ class Task:
     schedule_from: datetime
     secret_names: list[str]
     workflow_id: int | None = None  # a workflow's step: edited through its workflow
+    misfire: str = "once"
+    misfire_grace_seconds: int = 60
+    catchup_window_seconds: int = 86_400
+    window_seconds: int = 0
+    # A one-off (once or immediate) whose runs have all ended; read by GET_TASK and the listing only.
+    completed: bool = False
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> Task:
-        values = {name: r[name] for name in cls.__slots__}
+        present = set(r.keys())
+        values = {name: r[name] for name in cls.__slots__ if name in present}
         values["schedule_kind"] = ScheduleKind(values["schedule_kind"])
         return cls(**values)

@@ -84,6 +84,14 @@ CREATE TABLE tasks (
     parent_run_id       bigint,
     -- 0 for a task of its own; a spawned child's is its parent's plus one (TASKMILL_SPAWN_MAX_DEPTH).
     spawn_depth         integer NOT NULL DEFAULT 0 CHECK (spawn_depth >= 0),
+    -- A run that could not start within the grace of its time is missed: `skip` records it skipped, `once` runs the
+    -- latest missed one of the task (the others skipped), `all` runs those within the catch-up window, oldest
+    -- first (older ones skipped).
+    misfire             text NOT NULL DEFAULT 'once' CHECK (misfire IN ('skip', 'once', 'all')),
+    misfire_grace_seconds integer NOT NULL DEFAULT 60 CHECK (misfire_grace_seconds BETWEEN 1 AND 31622400),
+    catchup_window_seconds integer NOT NULL DEFAULT 86400 CHECK (catchup_window_seconds BETWEEN 0 AND 31622400),
+    -- Each occurrence placed at a fixed point of [t, t + window) chosen from the task and the occurrence.
+    window_seconds      integer NOT NULL DEFAULT 0 CHECK (window_seconds BETWEEN 0 AND 86400),
     CHECK (CASE schedule_kind
         WHEN 'cron' THEN cron IS NOT NULL
         WHEN 'interval' THEN every_seconds IS NOT NULL
@@ -146,6 +154,8 @@ CREATE TABLE task_schedule (
     parent_id      bigint,
     -- While blocked: the runs it depends on that have not ended.
     blockers       integer NOT NULL DEFAULT 0,
+    -- Made by a backfill: past on purpose, so never missed.
+    backfill       boolean NOT NULL DEFAULT false,
     -- A run's key is its id and its time: the time names its partition.
     CONSTRAINT task_schedule_pkey PRIMARY KEY (id, scheduled_time),
     CONSTRAINT task_schedule_task_id_scheduled_time_key UNIQUE (task_id, scheduled_time)
@@ -444,29 +454,60 @@ $$;
 -- one partition a row: no hash or merge join, which would read every day's partition whole. PL/pgSQL, so the plan
 -- (over every partition) is made once per session, not at every call. No JIT: that plan's cost crosses the JIT
 -- thresholds, and compiling it took 3 s a claim with 50 million runs of history (the claim itself, 7 ms).
-CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision)
+-- Missed runs are decided as they are taken (misfire, migration 0014): a run past its grace is never handed out
+-- before its task's policy has had its say; skipped ones are not returned. Only runs a schedule made are ever missed:
+-- not a workflow's steps, not spawned children, not backfills. `at`: the clock (now() when NULL).
+CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision, at timestamptz)
 RETURNS TABLE (id bigint, type text, status run_status, body text)
 LANGUAGE plpgsql SET enable_sort = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
     SET jit = off
 AS $$
 #variable_conflict use_column
+DECLARE
+    clock timestamptz := coalesce(at, now());
 BEGIN
     RETURN QUERY
     WITH due AS (
-        SELECT s.id, s.scheduled_time FROM task_schedule s
-        WHERE s.status = 'scheduled' AND s.scheduled_time <= now() + make_interval(secs => lead_s)
-          AND (s.lease_until IS NULL OR s.lease_until <= now())
+        SELECT s.id, s.scheduled_time, s.task_id,
+               NOT s.backfill AND s.workflow_run_id IS NULL AND s.parent_id IS NULL AS schedulable
+        FROM task_schedule s
+        WHERE s.status = 'scheduled' AND s.scheduled_time <= clock + make_interval(secs => lead_s)
+          AND (s.lease_until IS NULL OR s.lease_until <= clock)
         ORDER BY s.scheduled_time
         LIMIT batch
         FOR UPDATE SKIP LOCKED
+    ), decided AS (
+        SELECT due.id, due.scheduled_time,
+               CASE WHEN NOT due.schedulable
+                         OR due.scheduled_time >= clock - make_interval(secs => t.misfire_grace_seconds) THEN NULL
+                    WHEN t.misfire = 'skip' THEN 'skip'
+                    WHEN t.misfire = 'all' AND due.scheduled_time < clock - make_interval(secs => t.catchup_window_seconds)
+                         THEN 'older than the catch-up window'
+                    WHEN t.misfire = 'once' AND EXISTS (
+                        SELECT 1 FROM task_schedule n
+                        WHERE n.task_id = due.task_id AND n.scheduled_time > due.scheduled_time
+                          AND n.scheduled_time < clock - make_interval(secs => t.misfire_grace_seconds)
+                          AND NOT n.backfill)
+                         THEN 'a later missed occurrence runs'
+               END AS missed,
+               t.misfire, t.misfire_grace_seconds AS grace
+        FROM due JOIN tasks t ON t.id = due.task_id
     ), r AS (
         UPDATE task_schedule s
-        SET status = 'queued', queued_at = now(), lease_until = now() + make_interval(secs => lease_s)
-        FROM due WHERE s.id = due.id AND s.scheduled_time = due.scheduled_time
+        SET status = CASE WHEN d.missed IS NULL THEN 'queued' ELSE 'skipped' END::run_status,
+            queued_at = CASE WHEN d.missed IS NULL THEN clock END,
+            lease_until = CASE WHEN d.missed IS NULL THEN clock + make_interval(secs => lease_s) END,
+            finished_at = CASE WHEN d.missed IS NOT NULL THEN clock END,
+            error = CASE WHEN d.missed IS NOT NULL THEN format(
+                'missed: %s s late, past its grace of %s s (misfire %s: %s)',
+                round(extract(epoch FROM clock - s.scheduled_time)), d.grace, d.misfire,
+                CASE d.missed WHEN 'skip' THEN 'skipped' ELSE d.missed END) END
+        FROM decided d WHERE s.id = d.id AND s.scheduled_time = d.scheduled_time
         RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status
     )
     SELECT r.id, t.type, r.status, run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, t)
-    FROM r JOIN tasks t ON t.id = r.task_id;
+    FROM r JOIN tasks t ON t.id = r.task_id
+    WHERE r.status = 'queued';
 END $$;
 
 -- Capacity planning (seed 004): how long each task type takes, from the attempts that finished in the past year.

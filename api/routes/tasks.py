@@ -130,6 +130,7 @@ async def tasks_page(
     type: Annotated[str | None, Query(max_length=100, pattern=NO_NUL)] = None,
     active: bool | None = None,
     name_prefix: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
+    completed: Annotated[bool | None, Query(description="one-offs whose runs have all ended, or not")] = None,
     sort: SortKey = "id",
     cursor: Annotated[str | None, Query(max_length=2000, description="next_cursor of the page before")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -138,7 +139,14 @@ async def tasks_page(
     column = sort.lstrip("-")
     after = _after(cursor, column) if cursor else None
     tasks = await list_tasks(
-        db, type=type, active=active, name_prefix=name_prefix, sort=sort, after=after, limit=limit + 1
+        db,
+        type=type,
+        active=active,
+        name_prefix=name_prefix,
+        completed=completed,
+        sort=sort,
+        after=after,
+        limit=limit + 1,
     )
     next_cursor = None
     if len(tasks) > limit:

@@ -22,6 +22,7 @@ import numpy as np
 
 from taskmill.cron import ScheduleError, cron_times, zone
 from taskmill.planning.forecast import FloatArray, Runs
+from taskmill.spread import offsets_s
 from taskmill.store.capacity import LaggingTask
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,14 @@ def project(tasks: Sequence[LaggingTask], now: datetime, origin: datetime, end: 
     """The runs of `tasks` before `end` not yet materialized, as offsets in seconds from `origin`."""
     day_start = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     parts = [_project_intervals([t for t in tasks if t.kind == "interval"], day_start, now, origin, end)]
-    by_expression: dict[tuple[str, str], list[LaggingTask]] = defaultdict(list)
+    by_expression: dict[tuple[str, str, bool], list[LaggingTask]] = defaultdict(list)
     for task in tasks:
         if task.kind == "cron" and task.cron:
-            by_expression[(task.cron, task.timezone)].append(task)
-    for (expr, tz), group in by_expression.items():
+            by_expression[(task.cron, task.timezone, task.window_seconds > 1)].append(task)
+    for (expr, tz, spread), group in by_expression.items():
+        project_one = _project_spread_cron if spread else _project_cron
         try:
-            parts.append(_project_cron(expr, tz, group, day_start, now, origin, end))
+            parts.append(project_one(expr, tz, group, day_start, now, origin, end))
         except ScheduleError as exc:  # stored before a validation rule existed: the scheduler logs it too
             log.warning("cannot project cron %r (%s): %s", expr, tz, exc)
     return Runs.concat(parts)
@@ -76,7 +78,34 @@ def _project_intervals(
     task_of = np.repeat(np.arange(len(tasks)), count)
     position = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
     k = first[task_of] + position
-    return Runs(_offsets(anchor[task_of] + k * step[task_of], now, origin), ms[task_of], np.ones(total))
+    times = anchor[task_of] + k * step[task_of]
+    ids = np.array([t.id for t in tasks], dtype=np.int64)
+    windows = np.array([t.window_seconds for t in tasks], dtype=np.int64)
+    times = times + offsets_s(ids[task_of], times.astype(np.int64), windows[task_of]).astype(np.float64)
+    return Runs(_offsets(times, now, origin), ms[task_of], np.ones(total))
+
+
+def _project_spread_cron(
+    expr: str,
+    tz: str,
+    tasks: Sequence[LaggingTask],
+    day_start: datetime,
+    now: datetime,
+    origin: datetime,
+    end: datetime,
+) -> Runs:
+    """Tasks whose runs are spread: each firing of each task at its own placed time (an occurrence is one run)."""
+    starts = np.array([_epoch(_start(t, day_start)) for t in tasks])
+    earliest = datetime.fromtimestamp(float(starts.min()), UTC)
+    firings = np.array([_epoch(t) for t in cron_times(expr, zone(tz), earliest, end)])
+    if firings.size == 0:
+        return Runs.empty()
+    task_of, firing_of = np.nonzero(firings[None, :] >= starts[:, None])
+    ids = np.array([t.id for t in tasks], dtype=np.int64)[task_of]
+    windows = np.array([t.window_seconds for t in tasks], dtype=np.int64)[task_of]
+    times = firings[firing_of] + offsets_s(ids, firings[firing_of].astype(np.int64), windows).astype(np.float64)
+    ms = np.array([t.ms for t in tasks])[task_of]
+    return Runs(_offsets(times, now, origin), ms, np.ones(len(times)))
 
 
 def _project_cron(

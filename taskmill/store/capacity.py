@@ -112,7 +112,7 @@ def parse_runs(data: bytes) -> tuple[IntArray, FloatArray]:
 # Active recurring tasks whose watermark lags the horizon: their runs past the watermark are not rows yet.
 LAGGING_TASKS = """
 SELECT t.id, t.schedule_kind::text AS kind, t.cron, t.every_seconds, t.timezone, t.schedule_from,
-       t.materialized_until, coalesce(c.ms, t.estimated_ms)::float8 AS ms
+       t.materialized_until, coalesce(c.ms, t.estimated_ms)::float8 AS ms, t.window_seconds
 FROM tasks t
 LEFT JOIN unnest($2::text[], $3::float8[]) AS c(type, ms) ON c.type = t.type
 WHERE t.active AND t.deleted_at IS NULL AND t.schedule_kind IN ('cron', 'interval')
@@ -120,7 +120,7 @@ WHERE t.active AND t.deleted_at IS NULL AND t.schedule_kind IN ('cron', 'interva
 UNION ALL
 -- Scheduled workflows, whose runs the scheduler creates minutes ahead: each firing is a run of every step.
 SELECT t.id, w.schedule_kind::text, w.cron, w.every_seconds, w.timezone, w.schedule_from, w.materialized_until,
-       coalesce(c.ms, t.estimated_ms)::float8
+       coalesce(c.ms, t.estimated_ms)::float8, 0
 FROM workflows w
 JOIN tasks t ON t.workflow_id = w.id AND t.deleted_at IS NULL
 LEFT JOIN unnest($2::text[], $3::float8[]) AS c(type, ms) ON c.type = t.type
@@ -139,6 +139,7 @@ class LaggingTask:
     schedule_from: datetime
     materialized_until: datetime | None
     ms: float
+    window_seconds: int = 0  # its runs are spread (taskmill/spread.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,16 +32,20 @@ class Outbound:
 
 
 # The statement lives in the database (claim_due_runs in 0001_schema.sql) to carry its planner settings.
-CLAIM_DUE = "SELECT id, type, status, body FROM claim_due_runs($1, $2, $3)"
+CLAIM_DUE = "SELECT id, type, status, body FROM claim_due_runs($1, $2, $3, $4)"
 
 
 def _outbound(records: list[asyncpg.Record]) -> list[Outbound]:
     return [Outbound(r["id"], r["type"], r["body"].encode(), RunState(r["status"])) for r in records]
 
 
-async def claim_due(conn: Conn, limit: int, lease_s: float, lead_s: float = 0.0) -> list[Outbound]:
-    """Moves up to `limit` runs due within `lead_s` from scheduled to queued, oldest first; returns their messages."""
-    return _outbound(await conn.fetch(CLAIM_DUE, limit, lease_s, lead_s))
+async def claim_due(
+    conn: Conn, limit: int, lease_s: float, lead_s: float = 0.0, at: datetime | None = None
+) -> list[Outbound]:
+    """Moves up to `limit` runs due within `lead_s` from scheduled to queued, oldest first, and those missed past
+    their grace to skipped as their tasks' misfire policies say; returns the queued ones' messages. `at`: the clock
+    (the database's when None)."""
+    return _outbound(await conn.fetch(CLAIM_DUE, limit, lease_s, lead_s, at))
 
 
 # On a scheduled row, lease_until holds the run back from the claim for a moment, so a broker that refuses

@@ -16,11 +16,12 @@ from taskmill.store.runs import cancel_unpublished_runs
 
 # The columns a definition sets, in the order _definition gives them, then who created it and its secrets.
 _COLUMNS = """name, type, payload, schedule_kind, cron, every_seconds, run_at, timezone, active, max_retries,
-    retry_delay_seconds, backoff, timeout_seconds, estimated_ms, created_by, secrets, secret_names"""
+    retry_delay_seconds, backoff, timeout_seconds, estimated_ms, created_by, secrets, secret_names, misfire,
+    misfire_grace_seconds, catchup_window_seconds, window_seconds"""
 
 INSERT_TASK = f"""
 INSERT INTO tasks ({_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
 RETURNING *
 """
 
@@ -30,6 +31,11 @@ VALUES ($1, coalesce($2, now()), $3)
 ON CONFLICT (task_id, scheduled_time) DO NOTHING
 RETURNING id
 """
+
+
+def _policy(spec: TaskCreate) -> tuple[object, ...]:
+    """The schedule policy columns, in the order INSERT_TASK and UPDATE_TASK take them (after the secrets)."""
+    return (spec.misfire, spec.misfire_grace_seconds, spec.catchup_window_seconds, spec.window_seconds)
 
 
 def _definition(spec: TaskCreate) -> tuple[object, ...]:
@@ -66,6 +72,7 @@ async def create_task(
             created_by,
             seal(secret_key, spec.secret_values()),
             sorted(spec.secrets),
+            *_policy(spec),
         )
         assert record is not None
         task = Task.from_record(record)
@@ -94,14 +101,31 @@ RETURNING *
 """
 
 
+# A one-off keeps its run while paused, held back from the claim (a scheduled row's lease holds it); resumed, it is
+# released, and if its time passed meanwhile the claim treats it as its misfire policy says.
+HOLD_ONE_OFF_RUNS = """
+UPDATE task_schedule SET lease_until = CASE WHEN $2 THEN NULL ELSE 'infinity'::timestamptz END
+WHERE task_id = $1 AND status = 'scheduled'
+"""
+SET_ACTIVE = "UPDATE tasks SET active = $2, updated_at = now() WHERE id = $1 RETURNING *"
+
+
 async def set_active(conn: Connection, task_id: int, active: bool) -> Task | None:
-    """Deactivating drops the future runs; activating schedules from now on (missed runs are not caught up).
-    None when there is no such task."""
+    """A recurring task: deactivating drops its future runs, activating schedules from now on (occurrences while
+    it was paused were not expected). A one-off keeps its run, held while paused (see HOLD_ONE_OFF_RUNS). None
+    when there is no such task."""
     async with conn.transaction():
-        if await conn.fetchval(LOCK_TASK, task_id) is None:
+        kind = await conn.fetchval(
+            "SELECT schedule_kind::text FROM tasks WHERE id = $1 AND deleted_at IS NULL FOR UPDATE", task_id
+        )
+        if kind is None:
             return None
-        await conn.execute(DROP_FUTURE_RUNS, task_id)
-        record = await conn.fetchrow(RESTART_SCHEDULE, task_id, active)
+        if kind in (ScheduleKind.ONCE, ScheduleKind.IMMEDIATE):
+            await conn.execute(HOLD_ONE_OFF_RUNS, task_id, active)
+            record = await conn.fetchrow(SET_ACTIVE, task_id, active)
+        else:
+            await conn.execute(DROP_FUTURE_RUNS, task_id)
+            record = await conn.fetchrow(RESTART_SCHEDULE, task_id, active)
     assert record is not None
     return Task.from_record(record)
 
@@ -111,7 +135,8 @@ UPDATE tasks SET name = $2, type = $3, payload = $4, schedule_kind = $5, cron = 
     run_at = $8, timezone = $9, active = $10, max_retries = $11, retry_delay_seconds = $12, backoff = $13,
     timeout_seconds = $14, estimated_ms = $15, materialized_until = NULL, schedule_from = now(), updated_at = now(),
     secrets = CASE WHEN $16 THEN $17 ELSE secrets END,
-    secret_names = CASE WHEN $16 THEN $18 ELSE secret_names END
+    secret_names = CASE WHEN $16 THEN $18 ELSE secret_names END,
+    misfire = $19, misfire_grace_seconds = $20, catchup_window_seconds = $21, window_seconds = $22
 WHERE id = $1
 RETURNING *
 """
@@ -135,6 +160,7 @@ async def update_task(conn: Connection, task_id: int, spec: TaskCreate, *, secre
             replace_secrets,
             sealed,
             sorted(spec.secrets),
+            *_policy(spec),
         )
         assert record is not None
         task = Task.from_record(record)
@@ -165,11 +191,11 @@ INSERT_TASKS = f"""
 WITH new AS (
     INSERT INTO tasks ({_COLUMNS})
     SELECT n, ty, p::jsonb, k, c, e, a, tz, act, mr, rd, b, t, est, $15, sec,
-           ARRAY(SELECT jsonb_array_elements_text(sn::jsonb))
+           ARRAY(SELECT jsonb_array_elements_text(sn::jsonb)), mf, mg, cw, w
     FROM unnest($1::text[], $2::text[], $3::text[], $4::schedule_kind[], $5::text[], $6::int[], $7::timestamptz[],
                 $8::text[], $9::bool[], $10::int[], $11::float8[], $12::float8[], $13::float8[], $14::int[],
-                $16::bytea[], $17::text[])
-        AS b(n, ty, p, k, c, e, a, tz, act, mr, rd, b, t, est, sec, sn)
+                $16::bytea[], $17::text[], $18::text[], $19::int[], $20::int[], $21::int[])
+        AS b(n, ty, p, k, c, e, a, tz, act, mr, rd, b, t, est, sec, sn, mf, mg, cw, w)
     RETURNING id, name, schedule_kind, run_at, active, created_by
 ), runs AS (
     INSERT INTO task_schedule (task_id, scheduled_time, created_by)
@@ -192,11 +218,17 @@ async def create_tasks(
         created_by,
         [seal(secret_key, t.secret_values()) for t in specs],
         [jsonb(sorted(t.secrets)) for t in specs],
+        *[list(column) for column in zip(*(_policy(t) for t in specs), strict=True)],
     )
     return [(r["id"], r["name"]) for r in rows]
 
 
-GET_TASK = "SELECT * FROM tasks WHERE id = $1 AND deleted_at IS NULL"
+# A one-off is completed once it has runs and none of them is still to end.
+COMPLETED = """(t.schedule_kind IN ('once', 'immediate')
+    AND EXISTS (SELECT 1 FROM task_schedule s WHERE s.task_id = t.id)
+    AND NOT EXISTS (SELECT 1 FROM task_schedule s WHERE s.task_id = t.id
+                    AND s.status NOT IN ('succeeded', 'failed', 'dead', 'cancelled', 'skipped')))"""
+GET_TASK = f"SELECT t.*, {COMPLETED} AS completed FROM tasks t WHERE t.id = $1 AND t.deleted_at IS NULL"
 # Deleted tasks keep their history: their runs can still be read.
 TASK_EVER_EXISTED = "SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1)"
 TAKEN_NAMES = "SELECT name FROM tasks WHERE name = ANY($1::text[]) AND workflow_id IS NULL ORDER BY name"
@@ -225,11 +257,12 @@ SortKey = Literal["id", "-id", "name", "-name", "created_at", "-created_at", "ty
 def _list_sql(column: str, descending: bool) -> str:
     order = "DESC" if descending else "ASC"
     return f"""
-SELECT * FROM tasks
+SELECT t.*, {COMPLETED} AS completed FROM tasks t
 -- A workflow's steps and spawned children are listed with their workflow and their parent run.
 WHERE deleted_at IS NULL AND workflow_id IS NULL AND parent_run_id IS NULL AND ($1::text IS NULL OR type = $1)
   AND ($2::boolean IS NULL OR active = $2) AND ($3::text IS NULL OR starts_with(name, $3))
   AND ($4::{SORTS[column]} IS NULL OR ({column}, id) {"<" if descending else ">"} ($4::{SORTS[column]}, $5::bigint))
+  AND ($7::boolean IS NULL OR {COMPLETED} = $7)
 ORDER BY {column} {order}, id {order} LIMIT $6
 """
 
@@ -240,6 +273,7 @@ async def list_tasks(
     type: str | None = None,
     active: bool | None = None,
     name_prefix: str | None = None,
+    completed: bool | None = None,
     sort: SortKey = "id",
     after: tuple[Any, int] | None = None,
     limit: int = 50,
@@ -248,7 +282,9 @@ async def list_tasks(
     sort column's type (an int, a str, an aware datetime). Stable under inserts, one index range a page."""
     column = sort.lstrip("-")
     value, last_id = after if after is not None else (None, 0)
-    rows = await conn.fetch(_list_sql(column, sort.startswith("-")), type, active, name_prefix, value, last_id, limit)
+    rows = await conn.fetch(
+        _list_sql(column, sort.startswith("-")), type, active, name_prefix, value, last_id, limit, completed
+    )
     return [Task.from_record(r) for r in rows]
 
 
