@@ -8,12 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from taskmill.cron import ScheduleError, cron_times, interval_times, zone
+from taskmill.cron import ScheduleError
 from taskmill.metrics import MATERIALIZED
 from taskmill.models import Task
+from taskmill.schedules import run_times
 from taskmill.settings import Settings
 from taskmill.spread import placed
-from taskmill.states import ScheduleKind
 from taskmill.store.schedule import advance_watermarks, insert_runs, tasks_to_materialize
 
 log = logging.getLogger(__name__)
@@ -30,14 +30,6 @@ def window(now: datetime, lookahead_hours: float) -> tuple[datetime, datetime]:
     hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
     ahead = hour + timedelta(hours=lookahead_hours + 1)
     return day_start, max(day_start + timedelta(days=1), ahead)
-
-
-def run_times(task: Task, start: datetime, end: datetime) -> list[datetime]:
-    if task.schedule_kind is ScheduleKind.CRON and task.cron:
-        return cron_times(task.cron, zone(task.timezone), start, end)
-    if task.schedule_kind is ScheduleKind.INTERVAL and task.every_seconds:
-        return interval_times(task.every_seconds, task.schedule_from, start, end)
-    return []
 
 
 def _expand(

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, Body, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from api import cursors
 from api.auth import COMMAND, Principal
 from api.checks import Registry, body_problems, fitted
 from api.deps import AppSettings, Pool, Reader, Writer
+from api.errors import invalid
 from api.schemas import BulkCreated, BulkItem, RunPublic, TaskPage, TaskPublic, TaskType, task_types
+from taskmill.cron import ScheduleError
 from taskmill.db import Connection
-from taskmill.models import Task, TaskCreate
+from taskmill.models import Instant, Task, TaskCreate
+from taskmill.schedules import occurrences
 from taskmill.settings import Settings
+from taskmill.states import ScheduleKind
 from taskmill.store.history import run_detail
+from taskmill.store.schedule import insert_backfill
 from taskmill.store.tasks import (
     SortKey,
     add_run,
@@ -232,3 +239,40 @@ async def invoke(task_id: TaskId, db: Pool, who: Writer) -> RunPublic:
 async def types(db: Pool, _: Reader) -> list[TaskType]:
     """The built-in types, then the Python handlers processors registered, with their payload JSON schemas."""
     return task_types(list((await registered(db)).values()))
+
+
+MAX_BACKFILL = 10_000
+
+
+class Backfill(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    start: Instant = Field(alias="from")
+    to: Instant
+
+
+class Backfilled(BaseModel):
+    created: int  # occurrences made now
+    existing: int  # occurrences that had a run already (whatever became of it)
+
+
+@router.post("/tasks/{task_id}/backfill", status_code=201, response_model=Backfilled)
+async def backfill(task_id: TaskId, body: Backfill, db: Pool, who: Writer) -> Backfilled:
+    """The occurrences of [from, to) as runs, now: at most 10,000, in the past, idempotent (a repeat makes none)."""
+    if body.start >= body.to:
+        raise invalid(("body", "to"), "must be after `from`")
+    async with db.acquire() as conn:
+        task = await _own_task(conn, task_id)
+        if task.schedule_kind not in (ScheduleKind.CRON, ScheduleKind.INTERVAL):
+            reason = f"task {task_id} has a {task.schedule_kind} schedule: only cron and interval tasks backfill"
+            raise HTTPException(409, reason)
+        now: datetime = await conn.fetchval("SELECT now()")
+        if body.to > now:
+            raise invalid(("body", "to"), "is in the future: a backfill is of a past range")
+        try:
+            times = await asyncio.to_thread(occurrences, task, body.start, body.to, MAX_BACKFILL + 1)
+        except ScheduleError as exc:
+            raise HTTPException(409, f"task {task_id}'s schedule cannot be expanded: {exc}") from None
+        if len(times) > MAX_BACKFILL:
+            raise invalid(("body", "to"), f"the range holds more than {MAX_BACKFILL} occurrences: backfill it in parts")
+        created = await insert_backfill(conn, task_id, times, who.subject)
+    return Backfilled(created=created, existing=len(times) - created)

@@ -50,3 +50,18 @@ async def insert_runs(conn: Connection, task_ids: Sequence[int], times: Sequence
 
 async def advance_watermarks(conn: Connection, task_ids: Sequence[int], until: datetime) -> None:
     await conn.execute(ADVANCE_WATERMARKS, list(task_ids), [until] * len(task_ids))
+
+
+# A backfill's occurrences: past on purpose, never missed (the claim leaves backfills alone), and only those not
+# there yet (a repeat of the same range makes none).
+INSERT_BACKFILL = """
+INSERT INTO task_schedule (task_id, scheduled_time, backfill, created_by)
+SELECT $1, t, true, $3 FROM unnest($2::timestamptz[]) AS t
+ON CONFLICT (task_id, scheduled_time) DO NOTHING
+RETURNING id
+"""
+
+
+async def insert_backfill(conn: Connection, task_id: int, times: Sequence[datetime], created_by: str | None) -> int:
+    """Inserts the occurrences not there yet; returns how many were new."""
+    return len(await conn.fetch(INSERT_BACKFILL, task_id, list(times), created_by))

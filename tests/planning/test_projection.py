@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from scheduler.materialize import run_times
 from taskmill.models import Task
 from taskmill.planning.plan import Options, compute
 from taskmill.planning.projection import project
+from taskmill.schedules import run_times
 from taskmill.states import ScheduleKind
 from taskmill.store.capacity import LaggingTask, Upcoming
 
