@@ -5,13 +5,21 @@ DST policy, for a cron expression evaluated in a task's timezone:
   02:30 on a day that jumps from 02:00 to 03:00 runs at 03:30; if that instant is already a run, once;
 - a wall time that happens twice (fall back overlap) runs once, at its first occurrence, unless the hour field
   is `*`: an expression that fires every hour keeps firing through the repeated hour (as Vixie cron does).
+  An occurrence moved past a gap never leaves the hours its expression names when it can stay in them: moved to
+  an hour the expression does not name, it runs at the end of the gap instead, if that hour is named
+  (`*/15 2-3 * * *` on a day that jumps from 02:45 to 03:45 runs once at 03:45, not at 04:00-04:30).
 So a DST change neither skips a daily run nor doubles one, and `*/15 * * * *` stays every 15 minutes of real time.
+
+Syntax beyond the five fields (or six, seconds first): `@hourly`, `@daily` (`@midnight`), `@weekly`, `@monthly`,
+`@yearly` (`@annually`); in the day of month `L` (the last day), `nW` (the weekday nearest day n, within its month)
+and `LW` (the last weekday); in the day of week `nL` (the last such day of the month: `5L` the last Friday).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -50,14 +58,75 @@ def zone(name: str) -> ZoneInfo:
         raise ScheduleError(f"unknown timezone {name!r}") from exc
 
 
+_ALIASES = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
+# Every month's last weekday is one of its days 26 to 31: LW fires on those that are weekdays, then keeps the last.
+_LAST_WEEKDAY_DAYS = "26-31"
+
+
+@dataclass(frozen=True, slots=True)
+class Spelled:
+    """An expression as croniter reads it, and whether its day of month was `LW` (filtered after expansion)."""
+
+    expr: str
+    last_weekday: bool
+
+
+def unaliased(expr: str) -> str:
+    """`@hourly` and its kin as the five fields they stand for; any other expression as it is."""
+    return _ALIASES.get(expr.strip().lower(), expr)
+
+
+def spelled(expr: str) -> Spelled:
+    """The aliases and the forms croniter lacks, rewritten: `nL` in the day of week is croniter's `Ln`, and `LW`
+    is days 26-31 on weekdays, of which cron_times keeps each month's last."""
+    expr = unaliased(expr)
+    fields = expr.split()
+    if len(fields) not in (5, 6):
+        return Spelled(expr, False)
+    dom, dow = len(fields) - 3, len(fields) - 1
+    fields[dow] = ",".join(
+        f"L{item[0]}" if len(item) == 2 and item[0].isdigit() and item[1] in "Ll" else item
+        for item in fields[dow].split(",")
+    )
+    last_weekday = fields[dom].upper() == "LW"
+    if last_weekday:
+        if fields[dow] != "*":
+            raise ScheduleError("invalid cron expression: day of month: LW cannot go with a day of week")
+        fields[dom], fields[dow] = _LAST_WEEKDAY_DAYS, "1-5"
+    return Spelled(" ".join(fields), last_weekday)
+
+
+def _last_weekday(day: datetime) -> bool:
+    """Whether `day` is the last weekday (Monday to Friday) of its month."""
+    following = day + timedelta(days=1)
+    while following.month == day.month:
+        if following.weekday() < 5:
+            return False
+        following += timedelta(days=1)
+    return day.weekday() < 5
+
+
 def _iterator(expr: str, start: datetime) -> croniter:
+    spelling = spelled(expr)
+    expr = spelling.expr
     fields = expr.split()
     if len(fields) not in (5, 6):
         raise ScheduleError(f"a cron expression has 5 fields (6 with seconds first), not {len(fields)}")
     if not expr.isascii() or "\x00" in expr:
         raise ScheduleError("a cron expression is plain ASCII")
     try:
-        return croniter(expr, start, second_at_beginning=len(fields) == 6, max_years_between_matches=5)
+        # day_or=False: LW's "days 26-31 that are weekdays" needs both fields to hold, and an expression that
+        # restricts both otherwise keeps Vixie cron's either-or.
+        day_or = not spelling.last_weekday
+        return croniter(expr, start, second_at_beginning=len(fields) == 6, max_years_between_matches=5, day_or=day_or)
     except (CroniterBadCronError, CroniterBadDateError, ValueError, KeyError) as exc:
         raise ScheduleError(f"invalid cron expression: {exc}") from exc
 
@@ -118,16 +187,22 @@ def cron_times(expr: str, tz: ZoneInfo, start: datetime, end: datetime) -> list[
     local_start = start.astimezone(tz).replace(tzinfo=None) - margin
     local_stop = end.astimezone(tz).replace(tzinfo=None) + margin
     it = _iterator(expr, local_start)
-    fields = expr.split()
+    spelling = spelled(expr)
+    fields = spelling.expr.split()
     every_hour = fields[len(fields) - 4] in ("*", "*/1")
+    hours: list[int | str] = list(it.expanded[1])
     found: set[datetime] = set()
     try:
         while True:
             wall: datetime = it.get_next(datetime)
             if wall > local_stop:
                 break
+            if spelling.last_weekday and not _last_weekday(wall):
+                continue
             # fold=0: the first of two equal wall times; in a gap, the offset from before the gap.
             instant = wall.replace(tzinfo=tz, fold=0).astimezone(UTC)
+            if "*" not in hours and instant.astimezone(tz).hour not in hours:
+                instant = _gap_end_if_named(wall, instant, tz, hours)
             if start <= instant < end:
                 found.add(instant)
             if every_hour:
@@ -137,6 +212,24 @@ def cron_times(expr: str, tz: ZoneInfo, start: datetime, end: datetime) -> list[
     except CroniterBadDateError:
         pass  # no more firings within croniter's search window
     return sorted(found)
+
+
+def _gap_end_if_named(wall: datetime, moved: datetime, tz: ZoneInfo, hours: list[int | str]) -> datetime:
+    """A wall time in a spring-forward gap, moved past it to an hour its expression does not name: the end of the
+    gap instead when that hour is named (the moved instant otherwise: a daily 02:30 in a gap of 02:00-03:00 still
+    runs once, at 03:30)."""
+    before = wall.replace(tzinfo=tz, fold=1).astimezone(UTC)  # the other reading of the missing wall time
+    low, high = min(before, moved), max(before, moved)
+    if low.astimezone(tz).utcoffset() == high.astimezone(tz).utcoffset():
+        return moved  # not in a gap: the hour is simply not named (no such firing is made)
+    while high - low > timedelta(seconds=1):  # the transition, to the second
+        mid = low + (high - low) / 2
+        if mid.astimezone(tz).utcoffset() == low.astimezone(tz).utcoffset():
+            low = mid
+        else:
+            high = mid
+    end = high.replace(microsecond=0) + (timedelta(seconds=1) if high.microsecond else timedelta(0))
+    return end if end.astimezone(tz).hour in hours else moved
 
 
 def next_times(expr: str, tz: ZoneInfo, after: datetime, count: int) -> list[datetime]:

@@ -37,7 +37,7 @@ PLURAL = {"tasks": "task", "workflows": "workflow"}
 # Names the runtime makes (taskmill.client.defer, taskmill/spawn.py): never pruned, never written by `get`.
 RUNTIME_PREFIXES = ("defer:", "spawn:")
 # Fields the API returns that a definition does not hold.
-_SERVER_ONLY = {"id", "created_by", "created_at", "updated_at"}
+_SERVER_ONLY = {"id", "created_by", "created_at", "updated_at", "completed"}
 
 
 class DeclareError(Exception):

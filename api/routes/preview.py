@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from api.deps import Reader
 from api.errors import invalid
-from taskmill.cron import interval_times, next_times, zone
+from taskmill.cron import interval_times, next_times, unaliased, zone
 from taskmill.models import Schedule
 from taskmill.states import ScheduleKind
 
@@ -28,6 +28,7 @@ class SchedulePreview(BaseModel):
 
 
 def describe_cron(expr: str) -> str:
+    expr = unaliased(expr)
     fields = expr.split()
     # Seven fields are never ambiguous: cron-descriptor would read a 6-field one with `?` as minutes-first + year.
     text = " ".join([*fields, "*"]) if len(fields) == 6 else expr

@@ -144,3 +144,47 @@ def test_the_margin_free_scan_agrees_with_the_padded_one(tz_name: str, monkeypat
                 m.setattr(taskmill.cron, "_fixed_offset", lambda *_: False)
                 padded = cron_times(expr, tz, start, end)
             assert fast == padded, (expr, start, end)
+
+
+def _local(expr: str, tz_name: str, start: datetime, days: float) -> list[str]:
+    tz = zone(tz_name)
+    return [
+        t.astimezone(tz).strftime("%a %m-%d %H:%M") for t in cron_times(expr, tz, start, start + timedelta(days=days))
+    ]
+
+
+def test_a_moved_occurrence_never_leaves_the_hours_its_expression_names() -> None:
+    """Pacific/Chatham jumps from 02:45 to 03:45 on 2026-09-27: the quarters of 02:45 to 03:30 do not exist. They
+    used to run at 04:00-04:30 (the same offset past the gap), outside hours 2-3; the end of the gap is in them."""
+    got = _local("*/15 2-3 * * *", "Pacific/Chatham", datetime(2026, 9, 26, 10, tzinfo=UTC), 1)
+    assert got == ["Sun 09-27 02:00", "Sun 09-27 02:15", "Sun 09-27 02:30", "Sun 09-27 03:45"]
+    # A daily run whose whole hour is missing still runs once, past the gap (the documented policy).
+    assert _local("30 2 * * *", "Europe/Paris", datetime(2026, 3, 28, 12, tzinfo=UTC), 1) == ["Sun 03-29 03:30"]
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("0 9 * * 5L", ["Fri 01-30 09:00", "Fri 02-27 09:00", "Fri 03-27 09:00", "Fri 04-24 09:00"]),
+        ("0 9 LW * *", ["Fri 01-30 09:00", "Fri 02-27 09:00", "Tue 03-31 09:00", "Thu 04-30 09:00"]),
+        ("0 9 L * *", ["Sat 01-31 09:00", "Sat 02-28 09:00", "Tue 03-31 09:00", "Thu 04-30 09:00"]),
+        ("0 9 1W * *", ["Thu 01-01 09:00", "Mon 02-02 09:00", "Mon 03-02 09:00", "Wed 04-01 09:00"]),
+        ("@monthly", ["Thu 01-01 00:00", "Sun 02-01 00:00", "Sun 03-01 00:00", "Wed 04-01 00:00"]),
+    ],
+)
+def test_last_and_weekday_forms_and_aliases_fire_in_their_usual_meanings(expr: str, expected: list[str]) -> None:
+    validate_cron(expr)
+    assert _local(expr, "UTC", datetime(2026, 1, 1, tzinfo=UTC), 120) == expected
+
+
+@pytest.mark.parametrize(("expr", "times"), [("@hourly", 24), ("@daily", 1), ("@midnight", 1), ("@yearly", 0)])
+def test_aliases_fire_as_their_expressions(expr: str, times: int) -> None:
+    assert (
+        len(cron_times(expr, zone("UTC"), datetime(2026, 6, 10, tzinfo=UTC), datetime(2026, 6, 11, tzinfo=UTC)))
+        == times
+    )
+
+
+def test_lw_with_a_day_of_week_is_refused() -> None:
+    with pytest.raises(ScheduleError, match="LW cannot go with a day of week"):
+        validate_cron("0 9 LW * 1")
