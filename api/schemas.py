@@ -32,6 +32,7 @@ class TaskPublic(BaseModel):
     misfire_grace_seconds: int
     catchup_window_seconds: int
     window_seconds: int
+    overlap: str
     completed: bool  # a one-off whose runs have all ended
 
     @classmethod
@@ -62,6 +63,7 @@ class TaskPublic(BaseModel):
             misfire_grace_seconds=task.misfire_grace_seconds,
             catchup_window_seconds=task.catchup_window_seconds,
             window_seconds=task.window_seconds,
+            overlap=task.overlap,
             completed=task.completed,
         )
 

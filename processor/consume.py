@@ -20,6 +20,7 @@ import asyncpg
 import httpx
 from pydantic import ValidationError
 
+from processor.cancel import Stopper
 from processor.claim import Claimer
 from processor.execute import Attempt, context, execute
 from processor.intake import Delivery, Intake
@@ -76,6 +77,7 @@ class Consumer:
         self._jail = jail
         self._claimer = Claimer(pool, worker, settings.db_retry_max_s)
         self._recorder = Recorder(settings, pool, publisher, worker)
+        self._stopper = Stopper(pool, settings.cancel_check_s)
         self._intake = intake
         self._handler_pool = handler_pool  # Python handlers' transactions (taskmill/handlers.py)
         self._spawn_pool = handler_pool or pool  # where http and command runs' spawns are created
@@ -89,6 +91,7 @@ class Consumer:
     def start(self) -> None:
         self._claimer.start()
         self._recorder.start()
+        self._stopper.start()
 
     async def drain(self) -> None:
         """Lets every run in flight finish and record its outcome; deliveries not yet started go back."""
@@ -99,6 +102,7 @@ class Consumer:
         await self._intake.close()
         await self._claimer.close()
         await self._recorder.close()
+        await self._stopper.close()
 
     async def failed(self) -> None:
         """Raises the first error a delivery's handling could not survive (for the processor's loops)."""
@@ -216,7 +220,9 @@ class Consumer:
             # No attempt on this processor can read it: the run is dead and its message dead-lettered, retries or not.
             await self._recorder.record(message, Attempt(False, None, str(exc), 0.0, permanent=True), RunState.DEAD)
             return
-        attempt = await execute(message, ctx)
+        attempt = await self._stopper.run(message.run_id, message.scheduled_time, execute(message, ctx))
+        if attempt is None:
+            return  # cancelled while it ran (overlap cancel_previous): nothing to record
         self._crash.at(CrashPoint.AFTER_SIDE_EFFECT)
         await self._recorder.record(message, attempt)
 

@@ -202,6 +202,8 @@ class TaskCreate(TaskBody):
     misfire_grace_seconds: int = Field(60, ge=1, le=31_622_400)
     catchup_window_seconds: int = Field(86_400, ge=0, le=31_622_400)
     window_seconds: int = Field(0, ge=0, le=86_400)
+    # An occurrence falling due while the task's previous run is in flight (README "Overlaps").
+    overlap: Literal["allow", "skip", "queue_one", "cancel_previous"] = "allow"
 
     @model_validator(mode="after")
     def _window_fits_schedule(self) -> TaskCreate:
@@ -240,6 +242,7 @@ class Task:
     misfire_grace_seconds: int = 60
     catchup_window_seconds: int = 86_400
     window_seconds: int = 0
+    overlap: str = "allow"
     # A one-off (once or immediate) whose runs have all ended; read by GET_TASK and the listing only.
     completed: bool = False
 

@@ -92,6 +92,10 @@ CREATE TABLE tasks (
     catchup_window_seconds integer NOT NULL DEFAULT 86400 CHECK (catchup_window_seconds BETWEEN 0 AND 31622400),
     -- Each occurrence placed at a fixed point of [t, t + window) chosen from the task and the occurrence.
     window_seconds      integer NOT NULL DEFAULT 0 CHECK (window_seconds BETWEEN 0 AND 86400),
+    -- An occurrence that falls due while the task's previous run is in flight: `allow` runs it beside, `skip`
+    -- records it skipped, `queue_one` holds the latest such occurrence until the previous run ends (older ones
+    -- skipped), `cancel_previous` cancels the previous run (its processor stops it) and runs it.
+    overlap             text NOT NULL DEFAULT 'allow' CHECK (overlap IN ('allow', 'skip', 'queue_one', 'cancel_previous')),
     CHECK (CASE schedule_kind
         WHEN 'cron' THEN cron IS NOT NULL
         WHEN 'interval' THEN every_seconds IS NOT NULL
@@ -264,7 +268,8 @@ INSERT INTO run_transitions VALUES
     ('running', 'queued'), ('running', 'skipped'),
     ('retrying', 'running'), ('retrying', 'cancelled'), ('retrying', 'dead'),
     ('blocked', 'scheduled'), ('blocked', 'skipped'), ('blocked', 'cancelled'),
-    ('running', 'waiting'), ('waiting', 'succeeded'), ('waiting', 'failed'), ('waiting', 'cancelled');
+    ('running', 'waiting'), ('waiting', 'succeeded'), ('waiting', 'failed'), ('waiting', 'cancelled'),
+    ('running', 'cancelled');
 
 -- One statement-level trigger per direction: a batch of a thousand moves costs one audit INSERT, not a thousand.
 CREATE FUNCTION task_schedule_audit_insert() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -456,7 +461,9 @@ $$;
 -- thresholds, and compiling it took 3 s a claim with 50 million runs of history (the claim itself, 7 ms).
 -- Missed runs are decided as they are taken (misfire, migration 0014): a run past its grace is never handed out
 -- before its task's policy has had its say; skipped ones are not returned. Only runs a schedule made are ever missed:
--- not a workflow's steps, not spawned children, not backfills. `at`: the clock (now() when NULL).
+-- not a workflow's steps, not spawned children, not backfills. Overlaps too (migration 0015): the previous run is
+-- the task's latest occurrence before this one that was not skipped, found backwards on (task_id, scheduled_time)
+-- only for tasks whose policy is not `allow`. `at`: the clock (now() when NULL).
 CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision, at timestamptz)
 RETURNS TABLE (id bigint, type text, status run_status, body text)
 LANGUAGE plpgsql SET enable_sort = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
@@ -476,8 +483,8 @@ BEGIN
         ORDER BY s.scheduled_time
         LIMIT batch
         FOR UPDATE SKIP LOCKED
-    ), decided AS (
-        SELECT due.id, due.scheduled_time,
+    ), missed AS (
+        SELECT due.id, due.scheduled_time, due.task_id, due.schedulable,
                CASE WHEN NOT due.schedulable
                          OR due.scheduled_time >= clock - make_interval(secs => t.misfire_grace_seconds) THEN NULL
                     WHEN t.misfire = 'skip' THEN 'skip'
@@ -490,18 +497,53 @@ BEGIN
                           AND NOT n.backfill)
                          THEN 'a later missed occurrence runs'
                END AS missed,
-               t.misfire, t.misfire_grace_seconds AS grace
+               t.misfire, t.misfire_grace_seconds AS grace, t.overlap
         FROM due JOIN tasks t ON t.id = due.task_id
+    ), decided AS (
+        SELECT m.*, p.id AS prev_id, p.scheduled_time AS prev_time,
+               CASE WHEN m.missed IS NOT NULL OR p.id IS NULL OR m.overlap = 'allow' THEN NULL
+                    WHEN m.overlap = 'skip' THEN 'skip'
+                    WHEN m.overlap = 'cancel_previous' THEN 'cancel'
+                    WHEN EXISTS (
+                        SELECT 1 FROM task_schedule n
+                        WHERE n.task_id = m.task_id AND n.scheduled_time > m.scheduled_time
+                          AND n.scheduled_time <= clock AND n.status = 'scheduled')
+                         THEN 'skip'
+                    ELSE 'hold'
+               END AS overlapping
+        FROM missed m
+        LEFT JOIN LATERAL (
+            SELECT p.id, p.scheduled_time, p.status FROM task_schedule p
+            WHERE m.schedulable AND m.overlap <> 'allow' AND m.missed IS NULL
+              AND p.task_id = m.task_id AND p.scheduled_time < m.scheduled_time AND p.status <> 'skipped'
+            ORDER BY p.scheduled_time DESC
+            LIMIT 1
+        ) p ON p.status IN ('queued', 'running', 'retrying')
+    ), cancelled AS (
+        UPDATE task_schedule p
+        SET status = 'cancelled', finished_at = clock, lease_until = NULL,
+            error = format('cancelled: the next occurrence (run %s) fell due (overlap cancel_previous)', d.id)
+        FROM decided d
+        WHERE d.overlapping = 'cancel' AND p.id = d.prev_id AND p.scheduled_time = d.prev_time
+          AND p.status IN ('queued', 'running', 'retrying')
     ), r AS (
         UPDATE task_schedule s
-        SET status = CASE WHEN d.missed IS NULL THEN 'queued' ELSE 'skipped' END::run_status,
-            queued_at = CASE WHEN d.missed IS NULL THEN clock END,
-            lease_until = CASE WHEN d.missed IS NULL THEN clock + make_interval(secs => lease_s) END,
-            finished_at = CASE WHEN d.missed IS NOT NULL THEN clock END,
+        SET status = CASE WHEN d.missed IS NOT NULL OR d.overlapping = 'skip' THEN 'skipped'
+                          WHEN d.overlapping = 'hold' THEN 'scheduled' ELSE 'queued' END::run_status,
+            queued_at = CASE WHEN d.missed IS NULL AND d.overlapping IS DISTINCT FROM 'skip'
+                                  AND d.overlapping IS DISTINCT FROM 'hold' THEN clock END,
+            -- held: looked at again in a second
+            lease_until = CASE WHEN d.missed IS NOT NULL OR d.overlapping = 'skip' THEN NULL
+                               WHEN d.overlapping = 'hold' THEN clock + interval '1 second'
+                               ELSE clock + make_interval(secs => lease_s) END,
+            finished_at = CASE WHEN d.missed IS NOT NULL OR d.overlapping = 'skip' THEN clock END,
             error = CASE WHEN d.missed IS NOT NULL THEN format(
-                'missed: %s s late, past its grace of %s s (misfire %s: %s)',
-                round(extract(epoch FROM clock - s.scheduled_time)), d.grace, d.misfire,
-                CASE d.missed WHEN 'skip' THEN 'skipped' ELSE d.missed END) END
+                             'missed: %s s late, past its grace of %s s (misfire %s: %s)',
+                             round(extract(epoch FROM clock - s.scheduled_time)), d.grace, d.misfire,
+                             CASE d.missed WHEN 'skip' THEN 'skipped' ELSE d.missed END)
+                         WHEN d.overlapping = 'skip' THEN format(
+                             'overlap %s: run %s of this task was still %s', d.overlap, d.prev_id,
+                             'in flight') END
         FROM decided d WHERE s.id = d.id AND s.scheduled_time = d.scheduled_time
         RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status
     )

@@ -174,6 +174,8 @@ class Settings(BaseSettings):
     # 30 s and this, and a processor cuts every run at its own. Past 25 min raise RabbitMQ's consumer_timeout too.
     max_timeout_s: float = Field(30.0, gt=0, le=86_400)
     output_cap_bytes: int = Field(64 * 1024, ge=256)
+    # How often a processor looks for runs cancelled while it runs them (overlap cancel_previous), to stop them.
+    cancel_check_s: float = Field(1.0, gt=0, le=60)
     # Subtasks (taskmill/spawn.py): how deep children may spawn children, and how many one run may spawn.
     spawn_max_depth: int = Field(10, ge=1, le=1000)
     spawn_max_children: int = Field(10_000, ge=1, le=1_000_000)

@@ -294,6 +294,19 @@ WHERE task_id = $1 AND status = 'scheduled'
 """
 
 
+CANCELLED_AMONG = """
+SELECT b.id FROM unnest($1::bigint[], $2::timestamptz[]) AS b(id, at)
+JOIN task_schedule s ON s.id = b.id AND s.scheduled_time = b.at
+WHERE s.status = 'cancelled'
+"""
+
+
+async def cancelled_among(conn: Conn, keys: Sequence[tuple[int, datetime]]) -> list[int]:
+    """Which of these runs (id, scheduled time) are cancelled now."""
+    rows = await conn.fetch(CANCELLED_AMONG, [k[0] for k in keys], [k[1] for k in keys])
+    return [r["id"] for r in rows]
+
+
 async def cancel_run(conn: Conn, run_id: int) -> bool:
     """False when the run has started, ended or does not exist."""
     return await conn.fetchval(CANCEL_RUN, run_id) is not None

@@ -1,6 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright) against the real API, database and
-broker: paste a token, create a cron task through the form, see it in the grid, the forecast drawn from data,
-edit the task, deactivate it, read a run's logs; run a workflow and watch its graph follow the run."""
+broker: paste a token, create a cron task through the form (with its misfire policy and spread window), see it in
+the grid, the forecast drawn from data, edit the task, deactivate it, read a run's logs, find a completed one-off;
+run a workflow and watch its graph follow the run."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ from tests.helpers import new_task, running
 NAME = '<img src=x onerror="window.__pwned=1">nightly'
 
 pytestmark = pytest.mark.slow
+
+# What a task's definition says of its missed runs and spread window, and whether a one-off has ended.
+POLICY = ("misfire", "misfire_grace_seconds", "catchup_window_seconds", "window_seconds", "completed")
 
 
 async def once_runs(db: asyncpg.Connection, prefix: str, at: datetime, count: int, estimated_ms: int) -> None:
@@ -214,6 +218,19 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     await expect(form).to_be_visible()
     await form.get_by_label("Timeout (seconds, at most 30)").fill("10")
     await form.get_by_label("Retries").fill("2")
+    # Missed runs: the catch-up window is asked for only when every missed run is to run; a cron task may be spread.
+    misfire = form.get_by_label("When a run is missed")
+    catchup = form.get_by_label("Catch-up window (seconds)")
+    await expect(misfire).to_have_value("once")
+    await expect(catchup).to_be_hidden()
+    await misfire.select_option("all")
+    await expect(page.locator("#h-misfire")).to_have_text(
+        "Every missed run within the catch-up window runs, oldest first; older ones are recorded as skipped."
+    )
+    await expect(catchup).to_have_value("86400")
+    await catchup.fill("3600")
+    await form.get_by_label("Grace (seconds)").fill("120")
+    await form.get_by_label("Spread window (seconds)").fill("300")
     await form.get_by_role("button", name="Create task").click()
     await expect(form).to_be_hidden()
 
@@ -235,6 +252,14 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
         "every_seconds": None,
         "at": None,
     }
+    stored = (await api.get(f"/tasks/{task['id']}")).json()
+    assert {key: stored[key] for key in POLICY} == {
+        "misfire": "all",
+        "misfire_grace_seconds": 120,
+        "catchup_window_seconds": 3600,
+        "window_seconds": 300,
+        "completed": False,
+    }
 
     # --- Live: more runs ahead show on the next poll, with no reload.
     later = (datetime.now(UTC) + timedelta(minutes=100)).replace(second=0, microsecond=0)
@@ -254,7 +279,16 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     await expect(edit.get_by_label("Cron expression")).to_have_value("0 2 * * *")
     await expect(edit.get_by_label("Time zone")).to_have_value("Europe/Paris")
     await expect(edit.get_by_label("Timeout (seconds, at most 30)")).to_have_value("10")
+    await expect(edit.get_by_label("When a run is missed")).to_have_value("all")
+    await expect(edit.get_by_label("Catch-up window (seconds)")).to_have_value("3600")
+    await expect(edit.get_by_label("Grace (seconds)")).to_have_value("120")
+    await expect(edit.get_by_label("Spread window (seconds)")).to_have_value("300")
     await edit.get_by_label("Cron expression").fill("30 3 * * 1-5")
+    # Skip: the catch-up window goes from the form and keeps its value (a PUT replaces the whole definition).
+    await edit.get_by_label("When a run is missed").select_option("skip")
+    await expect(edit.get_by_label("Catch-up window (seconds)")).to_be_hidden()
+    await edit.get_by_label("Grace (seconds)").fill("90")
+    await edit.get_by_label("Spread window (seconds)").fill("120")
     await expect(page.locator("#preview-description")).to_have_text(
         "At 03:30 AM, Monday through Friday (Europe/Paris time)"
     )
@@ -264,6 +298,47 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     edited = (await api.get(f"/tasks/{task['id']}")).json()
     assert edited["schedule"]["cron"] == "30 3 * * 1-5"
     assert (edited["name"], edited["max_retries"], edited["timeout_seconds"], edited["active"]) == (NAME, 2, 10.0, True)
+    assert {key: edited[key] for key in POLICY} == {
+        "misfire": "skip",
+        "misfire_grace_seconds": 90,
+        "catchup_window_seconds": 3600,
+        "window_seconds": 120,
+        "completed": False,
+    }
+
+    # --- The server's verdict on the missed-run and spread fields, beside each; a one-off is never spread, so the
+    # window the form still holds is not sent for one.
+    await page.get_by_role("button", name="New task").click()
+    form = page.get_by_role("dialog", name="New task")
+    await form.get_by_label("Name").fill("spread-too-wide")
+    await form.get_by_label("Type", exact=True).select_option("noop")
+    spread = form.get_by_label("Spread window (seconds)")
+    await expect(spread).to_be_hidden()  # immediately: nothing to spread
+    await form.get_by_label("Every N seconds").check()
+    await form.get_by_label("Every (seconds)").fill("60")
+    await spread.fill("300")
+    await form.get_by_label("Grace (seconds)").fill("0")
+    await form.get_by_role("button", name="Create task").click()
+    await expect(page.locator("#e-misfire_grace_seconds")).to_have_text("Input should be greater than or equal to 1")
+    await expect(form.get_by_label("Grace (seconds)")).to_have_attribute("aria-invalid", "true")
+    await form.get_by_label("Grace (seconds)").fill("60")
+    await form.get_by_role("button", name="Create task").click()
+    await expect(page.locator("#e-window_seconds")).to_have_text(
+        "at most the interval (60 s), or occurrences would change order"
+    )
+    await expect(spread).to_have_attribute("aria-invalid", "true")
+    await expect(spread).to_be_focused()
+    await expect(page.locator("#e-misfire_grace_seconds")).to_be_empty()
+    await expect(page.locator("#form-error")).to_be_hidden()  # beside the field, not at the top
+    await expect(form).to_be_visible()
+    await form.get_by_label("Once, at a time").check()
+    await expect(spread).to_be_hidden()
+    tomorrow = datetime.now() + timedelta(days=1)  # the browser's zone is this machine's
+    await form.get_by_label(re.compile(r"^Run at")).fill(tomorrow.strftime("%Y-%m-%dT%H:%M:%S"))
+    await form.get_by_role("button", name="Create task").click()
+    await expect(form).to_be_hidden()
+    (one_off,) = (await api.get("/tasks", params={"name_prefix": "spread-too-wide"})).json()["items"]
+    assert (one_off["schedule"]["kind"], one_off["window_seconds"], one_off["misfire_grace_seconds"]) == ("once", 0, 60)
 
     # --- Deactivate with the row's switch: the grid and the API agree.
     switch = row.get_by_role("switch", name=f"Active: {NAME}")
@@ -300,6 +375,26 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     await expect(notice.locator("li")).to_have_text(
         ["billing.send_invoice: 1 due run (no live processor serves this type)"]
     )
+
+    # --- A one-off whose run has ended is marked completed, and found by the filter (no processor runs here: its
+    # run is settled in the database, in the transaction that makes it, so no poll sees it due).
+    async with db.transaction():
+        done = await new_task(db, "one-off-done")
+        await db.execute(
+            "UPDATE task_schedule SET status = 'running', attempt = 1, started_at = now() WHERE task_id = $1", done.id
+        )
+        await db.execute(
+            "UPDATE task_schedule SET status = 'succeeded', finished_at = now() WHERE task_id = $1", done.id
+        )
+    assert (await api.get(f"/tasks/{done.id}")).json()["completed"] is True
+    await page.get_by_label("State").select_option("")
+    await page.get_by_label("Completion").select_option("true")
+    await expect(names).to_have_text(["one-off-done"])
+    await expect(rows.first.locator("td.active .badge")).to_have_text("completed")
+    await page.get_by_label("Completion").select_option("false")  # invoice-7's run is still due: not completed
+    await expect(page.get_by_role("rowheader", name="invoice-7", exact=True)).to_be_visible()
+    await expect(page.get_by_role("rowheader", name="one-off-done", exact=True)).to_have_count(0)
+    await expect(page.locator("#task-grid td.active .badge")).to_have_count(0)
 
 
 async def finished_run(db: asyncpg.Connection, task_id: int) -> int:

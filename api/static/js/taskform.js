@@ -1,19 +1,33 @@
 // Create and edit a task in a dialog. A cron, interval or one-off schedule is previewed as the user types
 // (POST /schedule-preview); the server's 422s are shown beside the field they name. Only the types the token may
-// write are offered: `command` needs tasks:command.
+// write are offered: `command` needs tasks:command. A field shown for some schedule kinds only names them in its
+// data-kind ("cron interval"); the catch-up window is shown for misfire "all" only (data-misfire).
 
 import { COMMAND_TYPE, NOBODY, mayWriteType } from "./access.js";
 import { ApiError, api } from "./api.js";
 import { $, debounce, h, latestOnly, toast } from "./dom.js";
 
-const FIELDS = ["name", "type", "payload", "schedule", "at", "cron", "timezone", "every_seconds", "max_retries",
-  "timeout_seconds"];
+const FIELDS = ["name", "type", "payload", "schedule", "at", "cron", "timezone", "every_seconds", "window_seconds",
+  "misfire", "misfire_grace_seconds", "catchup_window_seconds", "max_retries", "timeout_seconds"];
 // Where a field the API names is shown: "schedule.cron" beside the cron input, "payload.url" beside the payload.
 function fieldOf(name) {
   const parts = name.split(".");
   const key = parts[0] === "schedule" && parts.length > 1 ? parts[1] : parts[0];
   return FIELDS.includes(key) ? key : null;
 }
+
+// A check across fields fails on the whole body ("(body)") and names its field first in the reason:
+// "window_seconds: at most the interval (60 s), ...".
+const NAMED = /^([a-z_.]+): (.+)$/s;
+
+// What each misfire policy does with the runs that could not start within the grace of their time.
+const MISFIRE = {
+  skip: "Every missed run is recorded as skipped.",
+  once: "Only the latest missed run runs; the ones before it are recorded as skipped.",
+  all: "Every missed run within the catch-up window runs, oldest first; older ones are recorded as skipped.",
+};
+// The schedule kinds a run may be spread over a window in.
+const SPREAD = ["cron", "interval"];
 
 function pad(n) { return String(n).padStart(2, "0"); }
 
@@ -56,6 +70,7 @@ export class TaskForm {
     const preview = debounce(() => this.preview(), 250);
     for (const id of ["#f-cron", "#f-timezone", "#f-every", "#f-at"]) $(id).addEventListener("input", preview);
     $("#f-type").addEventListener("change", () => this.typeChanged());
+    $("#f-misfire").addEventListener("change", () => this.misfireChanged());
     $("#task-cancel").addEventListener("click", () => this.dialog.close());
     this.form.addEventListener("submit", (e) => { e.preventDefault(); this.submit(); });
   }
@@ -97,8 +112,14 @@ export class TaskForm {
   kind() { return this.form.elements.kind.value; }
 
   kindChanged() {
-    for (const el of this.form.querySelectorAll("[data-kind]")) el.hidden = el.dataset.kind !== this.kind();
+    for (const el of this.form.querySelectorAll("[data-kind]")) el.hidden = !el.dataset.kind.split(" ").includes(this.kind());
     this.preview();
+  }
+
+  misfireChanged() {
+    const misfire = $("#f-misfire").value;
+    for (const el of this.form.querySelectorAll("[data-misfire]")) el.hidden = el.dataset.misfire !== misfire;
+    $("#h-misfire").textContent = MISFIRE[misfire] || "";
   }
 
   typeChanged() {
@@ -200,6 +221,10 @@ export class TaskForm {
     $("#f-timezone").value = task.schedule.timezone || "UTC";
     $("#f-every").value = task.schedule.every_seconds ?? "";
     $("#f-at").value = task.schedule.at ? localInput(task.schedule.at) : "";
+    $("#f-window").value = task.window_seconds;
+    $("#f-misfire").value = task.misfire;
+    $("#f-grace").value = task.misfire_grace_seconds;
+    $("#f-catchup").value = task.catchup_window_seconds;
     $("#f-retries").value = task.max_retries;
     $("#f-timeout").value = task.timeout_seconds;
     const secrets = $("#f-secrets");
@@ -212,6 +237,7 @@ export class TaskForm {
     this.clearErrors();
     this.typeChanged();
     this.kindChanged();
+    this.misfireChanged();
     this.dialog.showModal();
     $("#f-name").focus();
   }
@@ -272,9 +298,9 @@ export class TaskForm {
   showErrors(error, prefix = "") {
     const loose = [];
     for (const [field, reason] of Object.entries(error.fields)) {
-      const path = field === "(body)" ? prefix.replace(/\.$/, "") : prefix + field;
-      const key = path ? fieldOf(path) : null;
-      if (key) this.fieldError(key, reason);
+      const named = field === "(body)" && !prefix ? NAMED.exec(reason) : null;
+      const key = named ? fieldOf(named[1]) : fieldOf(field === "(body)" ? prefix.replace(/\.$/, "") : prefix + field);
+      if (key) this.fieldError(key, named ? named[2] : reason);
       else loose.push(`${field}: ${reason}`);
     }
     if (!Object.keys(error.fields).length || loose.length) {
@@ -296,19 +322,28 @@ export class TaskForm {
       return;
     }
     const number = (id) => ($(id).value === "" ? undefined : Number($(id).value));
+    const schedule = this.schedule();
+    const misfire = $("#f-misfire").value;
     const body = {
       name: $("#f-name").value,
       type: $("#f-type").value,
       payload,
-      schedule: this.schedule(),
+      schedule,
+      misfire,
+      misfire_grace_seconds: number("#f-grace"),
       max_retries: number("#f-retries"),
       timeout_seconds: number("#f-timeout"),
     };
+    // Only a cron or interval schedule is spread (the API refuses a window for the others); the catch-up window
+    // counts for misfire "all" only.
+    body.window_seconds = number("#f-window");
+    if (misfire === "all") body.catchup_window_seconds = number("#f-catchup");
     if (this.editing) {
       // PUT replaces the definition: what this form does not show keeps its value (secrets are kept when absent).
       const t = this.editing;
       Object.assign(body, { active: t.active, retry_delay_seconds: t.retry_delay_seconds, backoff: t.backoff,
         estimated_ms: t.estimated_ms });
+      if (misfire !== "all") body.catchup_window_seconds = t.catchup_window_seconds;
     }
     const submit = $("#task-submit");
     submit.disabled = true;

@@ -1,5 +1,6 @@
-// The task grid: sort by a column either way, filter by type, state and name prefix, keyset pages, an active
-// switch and an edit button per row when the token may change the task.
+// The task grid: sort by a column either way, filter by type, state, completion and name prefix, keyset pages, an
+// active switch and an edit button per row when the token may change the task. A one-off whose runs have all ended
+// is marked completed.
 
 import { NOBODY, mayWriteType } from "./access.js";
 import { api } from "./api.js";
@@ -33,6 +34,7 @@ export class TaskGrid {
     $("#filter-name").addEventListener("input", debounce(refilter, 300));
     $("#filter-type").addEventListener("change", refilter);
     $("#filter-active").addEventListener("change", refilter);
+    $("#filter-completed").addEventListener("change", refilter);
     $("#task-filters").addEventListener("submit", (e) => { e.preventDefault(); refilter(); });
     $("#tasks-next").addEventListener("click", () => { this.cursors.push(this.next); this.load(); });
     $("#tasks-prev").addEventListener("click", () => { this.cursors.pop(); this.load(); });
@@ -77,6 +79,7 @@ export class TaskGrid {
       name_prefix: $("#filter-name").value,
       type: $("#filter-type").value,
       active: $("#filter-active").value,
+      completed: $("#filter-completed").value,
       cursor: this.cursors[this.cursors.length - 1],
     };
     this.status.textContent = "Loading tasks…";
@@ -95,7 +98,7 @@ export class TaskGrid {
     this.next = page.next_cursor;
     this.items = page.items;
     this.body.replaceChildren(...page.items.map((task) => this.row(task, task.id === highlight)));
-    const filtered = query.name_prefix || query.type || query.active;
+    const filtered = query.name_prefix || query.type || query.active || query.completed;
     this.status.textContent = page.items.length
       ? `${page.items.length} task${page.items.length === 1 ? "" : "s"} on this page`
       : filtered ? "No task matches these filters."
@@ -119,7 +122,8 @@ export class TaskGrid {
       h("td", { class: "schedule" }, scheduleText(task.schedule)),
       h("td", { class: "active" }, toggle
         ? h("label", { class: "switch" }, toggle, h("span", { "aria-hidden": "true" }, state))
-        : state),
+        : state,
+      task.completed ? [" ", h("span", { class: "badge completed" }, "completed")] : null),
       h("td", {}, when(task.created_at)),
       h("td", { class: "actions" },
         mayWriteType(this.access, task.type)
