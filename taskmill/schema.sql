@@ -462,7 +462,7 @@ $$;
 -- Missed runs are decided as they are taken (misfire, migration 0014): a run past its grace is never handed out
 -- before its task's policy has had its say; skipped ones are not returned. Only runs a schedule made are ever missed:
 -- not a workflow's steps, not spawned children, not backfills. Overlaps too (migration 0015): the previous run is
--- the task's latest occurrence before this one that was not skipped, found backwards on (task_id, scheduled_time)
+-- the task's latest occurrence before this one that was handed out, found backwards on (task_id, scheduled_time)
 -- only for tasks whose policy is not `allow`. `at`: the clock (now() when NULL).
 CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision, at timestamptz)
 RETURNS TABLE (id bigint, type text, status run_status, body text)
@@ -515,7 +515,8 @@ BEGIN
         LEFT JOIN LATERAL (
             SELECT p.id, p.scheduled_time, p.status FROM task_schedule p
             WHERE m.schedulable AND m.overlap <> 'allow' AND m.missed IS NULL
-              AND p.task_id = m.task_id AND p.scheduled_time < m.scheduled_time AND p.status <> 'skipped'
+              AND p.task_id = m.task_id AND p.scheduled_time < m.scheduled_time
+              AND p.status NOT IN ('skipped', 'scheduled')
             ORDER BY p.scheduled_time DESC
             LIMIT 1
         ) p ON p.status IN ('queued', 'running', 'retrying')

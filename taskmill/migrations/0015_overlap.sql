@@ -8,8 +8,8 @@ ALTER TABLE tasks ADD COLUMN overlap text NOT NULL DEFAULT 'allow'
 INSERT INTO run_transitions VALUES ('running', 'cancelled');
 
 -- The claim, as in 0014, deciding overlaps too. The previous run is the task's latest occurrence before this one
--- that was not skipped (found backwards on the (task_id, scheduled_time) key, only for tasks whose policy is not
--- `allow`); it is in flight while queued, running or retrying.
+-- that was handed out (not skipped, not still scheduled), found backwards on the (task_id, scheduled_time) key and
+-- only for tasks whose policy is not `allow`; it is in flight while queued, running or retrying.
 DROP FUNCTION claim_due_runs(integer, double precision, double precision, timestamptz);
 
 CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision, at timestamptz)
@@ -63,7 +63,8 @@ BEGIN
         LEFT JOIN LATERAL (
             SELECT p.id, p.scheduled_time, p.status FROM task_schedule p
             WHERE m.schedulable AND m.overlap <> 'allow' AND m.missed IS NULL
-              AND p.task_id = m.task_id AND p.scheduled_time < m.scheduled_time AND p.status <> 'skipped'
+              AND p.task_id = m.task_id AND p.scheduled_time < m.scheduled_time
+              AND p.status NOT IN ('skipped', 'scheduled')
             ORDER BY p.scheduled_time DESC
             LIMIT 1
         ) p ON p.status IN ('queued', 'running', 'retrying')

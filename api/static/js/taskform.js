@@ -336,7 +336,7 @@ export class TaskForm {
     };
     // Only a cron or interval schedule is spread (the API refuses a window for the others); the catch-up window
     // counts for misfire "all" only.
-    body.window_seconds = number("#f-window");
+    if (SPREAD.includes(schedule.kind)) body.window_seconds = number("#f-window");
     if (misfire === "all") body.catchup_window_seconds = number("#f-catchup");
     if (this.editing) {
       // PUT replaces the definition: what this form does not show keeps its value (secrets are kept when absent).
