@@ -272,7 +272,9 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     assert newer["total_runs"] >= wanted
     assert max(b["required_ms"] for b in newer["buckets"]) >= 18_000
 
-    # --- Edit: the form comes back filled in; the preview and the grid follow the change.
+    # --- Edit: the form comes back filled in; the preview and the grid follow the change; what the form does not
+    # show (the overlap policy, set here behind its back) is kept.
+    await db.execute("UPDATE tasks SET overlap = 'skip' WHERE id = $1", task["id"])
     await row.get_by_role("button", name=f"Edit {NAME}").click()
     edit = page.get_by_role("dialog", name=f"Edit {NAME}")
     await expect(edit).to_be_visible()
@@ -298,6 +300,7 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     edited = (await api.get(f"/tasks/{task['id']}")).json()
     assert edited["schedule"]["cron"] == "30 3 * * 1-5"
     assert (edited["name"], edited["max_retries"], edited["timeout_seconds"], edited["active"]) == (NAME, 2, 10.0, True)
+    assert edited["overlap"] == "skip"
     assert {key: edited[key] for key in POLICY} == {
         "misfire": "skip",
         "misfire_grace_seconds": 90,

@@ -342,7 +342,7 @@ export class TaskForm {
       // PUT replaces the definition: what this form does not show keeps its value (secrets are kept when absent).
       const t = this.editing;
       Object.assign(body, { active: t.active, retry_delay_seconds: t.retry_delay_seconds, backoff: t.backoff,
-        estimated_ms: t.estimated_ms });
+        estimated_ms: t.estimated_ms, overlap: t.overlap });
       if (misfire !== "all") body.catchup_window_seconds = t.catchup_window_seconds;
     }
     const submit = $("#task-submit");

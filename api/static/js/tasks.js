@@ -123,7 +123,7 @@ export class TaskGrid {
       h("td", { class: "active" }, toggle
         ? h("label", { class: "switch" }, toggle, h("span", { "aria-hidden": "true" }, state))
         : state,
-      ["once","immediate"].includes(task.schedule.kind) ? [" ", h("span", { class: "badge completed" }, "completed")] : null),
+      task.completed ? [" ", h("span", { class: "badge completed" }, "completed")] : null),
       h("td", {}, when(task.created_at)),
       h("td", { class: "actions" },
         mayWriteType(this.access, task.type)
