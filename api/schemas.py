@@ -33,6 +33,8 @@ class TaskPublic(BaseModel):
     catchup_window_seconds: int
     window_seconds: int
     overlap: str
+    max_concurrency: int | None
+    concurrency_key: str | None
     completed: bool  # a one-off whose runs have all ended
 
     @classmethod
@@ -64,6 +66,8 @@ class TaskPublic(BaseModel):
             catchup_window_seconds=task.catchup_window_seconds,
             window_seconds=task.window_seconds,
             overlap=task.overlap,
+            max_concurrency=task.max_concurrency,
+            concurrency_key=task.concurrency_key,
             completed=task.completed,
         )
 

@@ -204,6 +204,16 @@ class TaskCreate(TaskBody):
     window_seconds: int = Field(0, ge=0, le=86_400)
     # An occurrence falling due while the task's previous run is in flight (README "Overlaps").
     overlap: Literal["allow", "skip", "queue_one", "cancel_previous"] = "allow"
+    # At most this many runs in flight at once across every processor, counted per concurrency_key (the task's own
+    # when none is given: several tasks naming one key share the count, each held to its own cap).
+    max_concurrency: int | None = Field(None, ge=1, le=100_000)
+    concurrency_key: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[^\x00]*$")
+
+    @model_validator(mode="after")
+    def _key_has_a_cap(self) -> TaskCreate:
+        if self.concurrency_key is not None and self.max_concurrency is None:
+            raise ValueError("concurrency_key: give max_concurrency too (the cap the key's runs are held to)")
+        return self
 
     @model_validator(mode="after")
     def _window_fits_schedule(self) -> TaskCreate:
@@ -243,6 +253,8 @@ class Task:
     catchup_window_seconds: int = 86_400
     window_seconds: int = 0
     overlap: str = "allow"
+    max_concurrency: int | None = None
+    concurrency_key: str | None = None
     # A one-off (once or immediate) whose runs have all ended; read by GET_TASK and the listing only.
     completed: bool = False
 

@@ -96,6 +96,10 @@ CREATE TABLE tasks (
     -- records it skipped, `queue_one` holds the latest such occurrence until the previous run ends (older ones
     -- skipped), `cancel_previous` cancels the previous run (its processor stops it) and runs it.
     overlap             text NOT NULL DEFAULT 'allow' CHECK (overlap IN ('allow', 'skip', 'queue_one', 'cancel_previous')),
+    -- At most this many runs of the task in flight at once, across every processor; the count is shared by the
+    -- tasks of one concurrency_key (each held to its own cap). NULL: no cap.
+    max_concurrency     integer CHECK (max_concurrency BETWEEN 1 AND 100000),
+    concurrency_key     text CHECK (length(concurrency_key) BETWEEN 1 AND 200),
     CHECK (CASE schedule_kind
         WHEN 'cron' THEN cron IS NOT NULL
         WHEN 'interval' THEN every_seconds IS NOT NULL
@@ -160,6 +164,8 @@ CREATE TABLE task_schedule (
     blockers       integer NOT NULL DEFAULT 0,
     -- Made by a backfill: past on purpose, so never missed.
     backfill       boolean NOT NULL DEFAULT false,
+    -- The key it counts under while in flight (its task's cap), set when it is handed out.
+    concurrency_key text,
     -- A run's key is its id and its time: the time names its partition.
     CONSTRAINT task_schedule_pkey PRIMARY KEY (id, scheduled_time),
     CONSTRAINT task_schedule_task_id_scheduled_time_key UNIQUE (task_id, scheduled_time)
@@ -203,6 +209,13 @@ CREATE TABLE run_children (
 );
 
 CREATE INDEX run_children_created ON run_children (created_at);
+
+-- The runs in flight per concurrency key (migration 0016): the claim takes a run only while its key's count is
+-- under the cap, under this row's lock; the audit trigger counts down a run that leaves flight.
+CREATE TABLE concurrency_slots (
+    key  text PRIMARY KEY,
+    held integer NOT NULL DEFAULT 0 CHECK (held >= 0)
+);
 
 
 
@@ -411,6 +424,16 @@ BEGIN
             PERFORM run_flow(f.ids, f.times, f.task_ids, f.tos, f.errors, f.wruns, f.parents);
         END IF;
     END IF;
+    IF EXISTS (SELECT 1 FROM new_rows n WHERE n.concurrency_key IS NOT NULL
+               AND n.status NOT IN ('queued', 'running', 'retrying')) THEN
+        UPDATE concurrency_slots c SET held = greatest(c.held - k.n, 0)
+        FROM (SELECT n.concurrency_key AS key, count(*) AS n
+              FROM old_rows o JOIN new_rows n USING (id)
+              WHERE o.status IN ('queued', 'running', 'retrying') AND n.status NOT IN ('queued', 'running', 'retrying')
+                AND n.concurrency_key IS NOT NULL
+              GROUP BY 1) k
+        WHERE c.key = k.key;
+    END IF;
     IF EXISTS (SELECT 1 FROM new_rows WHERE status = 'scheduled') THEN
         PERFORM pg_notify('taskmill_schedule', '');
     END IF;
@@ -434,6 +457,21 @@ END $$;
 CREATE TRIGGER tasks_notify AFTER INSERT OR UPDATE OF payload, schedule_kind, cron, every_seconds, run_at,
     timezone, active, deleted_at ON tasks
     FOR EACH STATEMENT EXECUTE FUNCTION tasks_notify();
+
+-- Every key a task counts under has its row before any of its runs is claimed (the claim locks it).
+CREATE FUNCTION tasks_concurrency_slots() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO concurrency_slots (key)
+    SELECT DISTINCT coalesce(n.concurrency_key, 'task:' || n.id) FROM new_rows n WHERE n.max_concurrency IS NOT NULL
+    ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER tasks_concurrency_slots_insert AFTER INSERT ON tasks
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tasks_concurrency_slots();
+
+CREATE TRIGGER tasks_concurrency_slots_update AFTER UPDATE ON tasks
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION tasks_concurrency_slots();
 
 -- A change to a workflow's schedule wakes the schedulers, as for tasks.
 CREATE TRIGGER workflows_notify AFTER INSERT OR UPDATE OF schedule_kind, cron, every_seconds, run_at, timezone,
@@ -463,7 +501,8 @@ $$;
 -- before its task's policy has had its say; skipped ones are not returned. Only runs a schedule made are ever missed:
 -- not a workflow's steps, not spawned children, not backfills. Overlaps too (migration 0015): the previous run is
 -- the task's latest occurrence before this one that was handed out, found backwards on (task_id, scheduled_time)
--- only for tasks whose policy is not `allow`. `at`: the clock (now() when NULL).
+-- only for tasks whose policy is not `allow`. Concurrency caps (migration 0016): a run whose key is at its cap waits,
+-- looked at again in a second. `at`: the clock (now() when NULL).
 CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision, at timestamptz)
 RETURNS TABLE (id bigint, type text, status run_status, body text)
 LANGUAGE plpgsql SET enable_sort = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
@@ -497,7 +536,8 @@ BEGIN
                           AND NOT n.backfill)
                          THEN 'a later missed occurrence runs'
                END AS missed,
-               t.misfire, t.misfire_grace_seconds AS grace, t.overlap
+               t.misfire, t.misfire_grace_seconds AS grace, t.overlap, t.max_concurrency,
+               CASE WHEN t.max_concurrency IS NOT NULL THEN coalesce(t.concurrency_key, 'task:' || t.id) END AS ckey
         FROM due JOIN tasks t ON t.id = due.task_id
     ), decided AS (
         SELECT m.*, p.id AS prev_id, p.scheduled_time AS prev_time,
@@ -520,32 +560,57 @@ BEGIN
             ORDER BY p.scheduled_time DESC
             LIMIT 1
         ) p ON p.status IN ('queued', 'running', 'retrying')
+    ), keyed AS (
+        -- Runs about to be handed out whose task has a cap: each key's runs in time order, numbered.
+        SELECT d.id, d.ckey, d.max_concurrency,
+               row_number() OVER (PARTITION BY d.ckey ORDER BY d.scheduled_time, d.id) AS n
+        FROM decided d
+        WHERE d.ckey IS NOT NULL AND d.missed IS NULL AND d.overlapping IS NULL
+    ), slots AS (
+        -- Locked in key order, so two claims never wait on each other in a cycle.
+        SELECT c.key, c.held FROM concurrency_slots c
+        WHERE c.key IN (SELECT ckey FROM keyed)
+        ORDER BY c.key
+        FOR UPDATE
+    ), fits AS (
+        SELECT k.id, k.ckey FROM keyed k JOIN slots c ON c.key = k.ckey WHERE c.held + k.n <= k.max_concurrency
+    ), taken AS (
+        UPDATE concurrency_slots c SET held = c.held + f.n
+        FROM (SELECT ckey, count(*) AS n FROM fits GROUP BY ckey) f
+        WHERE c.key = f.ckey
+    ), final AS (
+        -- Over its cap a run waits, looked at again in a second, like a run held by queue_one.
+        SELECT d.*, CASE WHEN d.ckey IS NOT NULL AND d.missed IS NULL AND d.overlapping IS NULL
+                              AND NOT EXISTS (SELECT 1 FROM fits f WHERE f.id = d.id) THEN 'hold'
+                         ELSE d.overlapping END AS action
+        FROM decided d
     ), cancelled AS (
         UPDATE task_schedule p
         SET status = 'cancelled', finished_at = clock, lease_until = NULL,
             error = format('cancelled: the next occurrence (run %s) fell due (overlap cancel_previous)', d.id)
-        FROM decided d
-        WHERE d.overlapping = 'cancel' AND p.id = d.prev_id AND p.scheduled_time = d.prev_time
+        FROM final d
+        WHERE d.action = 'cancel' AND p.id = d.prev_id AND p.scheduled_time = d.prev_time
           AND p.status IN ('queued', 'running', 'retrying')
     ), r AS (
         UPDATE task_schedule s
-        SET status = CASE WHEN d.missed IS NOT NULL OR d.overlapping = 'skip' THEN 'skipped'
-                          WHEN d.overlapping = 'hold' THEN 'scheduled' ELSE 'queued' END::run_status,
-            queued_at = CASE WHEN d.missed IS NULL AND d.overlapping IS DISTINCT FROM 'skip'
-                                  AND d.overlapping IS DISTINCT FROM 'hold' THEN clock END,
+        SET status = CASE WHEN d.missed IS NOT NULL OR d.action = 'skip' THEN 'skipped'
+                          WHEN d.action = 'hold' THEN 'scheduled' ELSE 'queued' END::run_status,
+            queued_at = CASE WHEN d.missed IS NULL AND d.action IS DISTINCT FROM 'skip'
+                                  AND d.action IS DISTINCT FROM 'hold' THEN clock END,
             -- held: looked at again in a second
-            lease_until = CASE WHEN d.missed IS NOT NULL OR d.overlapping = 'skip' THEN NULL
-                               WHEN d.overlapping = 'hold' THEN clock + interval '1 second'
+            lease_until = CASE WHEN d.missed IS NOT NULL OR d.action = 'skip' THEN NULL
+                               WHEN d.action = 'hold' THEN clock + interval '1 second'
                                ELSE clock + make_interval(secs => lease_s) END,
-            finished_at = CASE WHEN d.missed IS NOT NULL OR d.overlapping = 'skip' THEN clock END,
+            finished_at = CASE WHEN d.missed IS NOT NULL OR d.action = 'skip' THEN clock END,
+            concurrency_key = CASE WHEN d.missed IS NULL AND d.action IS NULL THEN d.ckey END,
             error = CASE WHEN d.missed IS NOT NULL THEN format(
                              'missed: %s s late, past its grace of %s s (misfire %s: %s)',
                              round(extract(epoch FROM clock - s.scheduled_time)), d.grace, d.misfire,
                              CASE d.missed WHEN 'skip' THEN 'skipped' ELSE d.missed END)
-                         WHEN d.overlapping = 'skip' THEN format(
+                         WHEN d.action = 'skip' THEN format(
                              'overlap %s: run %s of this task was still %s', d.overlap, d.prev_id,
                              'in flight') END
-        FROM decided d WHERE s.id = d.id AND s.scheduled_time = d.scheduled_time
+        FROM final d WHERE s.id = d.id AND s.scheduled_time = d.scheduled_time
         RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status
     )
     SELECT r.id, t.type, r.status, run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, t)

@@ -17,11 +17,11 @@ from taskmill.store.runs import cancel_unpublished_runs
 # The columns a definition sets, in the order _definition gives them, then who created it and its secrets.
 _COLUMNS = """name, type, payload, schedule_kind, cron, every_seconds, run_at, timezone, active, max_retries,
     retry_delay_seconds, backoff, timeout_seconds, estimated_ms, created_by, secrets, secret_names, misfire,
-    misfire_grace_seconds, catchup_window_seconds, window_seconds, overlap"""
+    misfire_grace_seconds, catchup_window_seconds, window_seconds, overlap, max_concurrency, concurrency_key"""
 
 INSERT_TASK = f"""
 INSERT INTO tasks ({_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
 RETURNING *
 """
 
@@ -35,7 +35,15 @@ RETURNING id
 
 def _policy(spec: TaskCreate) -> tuple[object, ...]:
     """The schedule policy columns, in the order INSERT_TASK and UPDATE_TASK take them (after the secrets)."""
-    return (spec.misfire, spec.misfire_grace_seconds, spec.catchup_window_seconds, spec.window_seconds, spec.overlap)
+    return (
+        spec.misfire,
+        spec.misfire_grace_seconds,
+        spec.catchup_window_seconds,
+        spec.window_seconds,
+        spec.overlap,
+        spec.max_concurrency,
+        spec.concurrency_key,
+    )
 
 
 def _definition(spec: TaskCreate) -> tuple[object, ...]:
@@ -136,7 +144,8 @@ UPDATE tasks SET name = $2, type = $3, payload = $4, schedule_kind = $5, cron = 
     timeout_seconds = $14, estimated_ms = $15, materialized_until = NULL, schedule_from = now(), updated_at = now(),
     secrets = CASE WHEN $16 THEN $17 ELSE secrets END,
     secret_names = CASE WHEN $16 THEN $18 ELSE secret_names END,
-    misfire = $19, misfire_grace_seconds = $20, catchup_window_seconds = $21, window_seconds = $22, overlap = $23
+    misfire = $19, misfire_grace_seconds = $20, catchup_window_seconds = $21, window_seconds = $22, overlap = $23,
+    max_concurrency = $24, concurrency_key = $25
 WHERE id = $1
 RETURNING *
 """
@@ -191,11 +200,12 @@ INSERT_TASKS = f"""
 WITH new AS (
     INSERT INTO tasks ({_COLUMNS})
     SELECT n, ty, p::jsonb, k, c, e, a, tz, act, mr, rd, b, t, est, $15, sec,
-           ARRAY(SELECT jsonb_array_elements_text(sn::jsonb)), mf, mg, cw, w, ov
+           ARRAY(SELECT jsonb_array_elements_text(sn::jsonb)), mf, mg, cw, w, ov, mc, ck
     FROM unnest($1::text[], $2::text[], $3::text[], $4::schedule_kind[], $5::text[], $6::int[], $7::timestamptz[],
                 $8::text[], $9::bool[], $10::int[], $11::float8[], $12::float8[], $13::float8[], $14::int[],
-                $16::bytea[], $17::text[], $18::text[], $19::int[], $20::int[], $21::int[], $22::text[])
-        AS b(n, ty, p, k, c, e, a, tz, act, mr, rd, b, t, est, sec, sn, mf, mg, cw, w, ov)
+                $16::bytea[], $17::text[], $18::text[], $19::int[], $20::int[], $21::int[], $22::text[],
+                $23::int[], $24::text[])
+        AS b(n, ty, p, k, c, e, a, tz, act, mr, rd, b, t, est, sec, sn, mf, mg, cw, w, ov, mc, ck)
     RETURNING id, name, schedule_kind, run_at, active, created_by
 ), runs AS (
     INSERT INTO task_schedule (task_id, scheduled_time, created_by)
