@@ -1,7 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright) against the real API, database and
-broker: paste a token, create a cron task through the form (with its misfire policy and spread window), see it in
-the grid, the forecast drawn from data, edit the task, deactivate it, read a run's logs, find a completed one-off;
-run a workflow and watch its graph follow the run."""
+broker: paste a token, create a cron task through the form (with its misfire policy, spread window, overlap policy
+and concurrency cap), see it in the grid, the forecast drawn from data, edit the task, deactivate it, read a run's
+logs, find a completed one-off; run a workflow and watch its graph follow the run."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ pytestmark = pytest.mark.slow
 
 # What a task's definition says of its missed runs and spread window, and whether a one-off has ended.
 POLICY = ("misfire", "misfire_grace_seconds", "catchup_window_seconds", "window_seconds", "completed")
+# What it says of overlapping runs and of how many may be in flight at once.
+LIMITS = ("overlap", "max_concurrency", "concurrency_key")
 
 
 async def once_runs(db: asyncpg.Connection, prefix: str, at: datetime, count: int, estimated_ms: int) -> None:
@@ -231,6 +233,19 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     await catchup.fill("3600")
     await form.get_by_label("Grace (seconds)").fill("120")
     await form.get_by_label("Spread window (seconds)").fill("300")
+    # Overlaps and limits: a hint per overlap policy; the key is asked for once a cap is set.
+    overlap = form.get_by_label("If the previous run is still in flight")
+    await expect(overlap).to_have_value("allow")
+    await expect(page.locator("#h-overlap")).to_have_text("It runs beside the previous run.")
+    await overlap.select_option("queue_one")
+    await expect(page.locator("#h-overlap")).to_have_text(
+        "The latest such run waits until the previous run ends; older ones are recorded as skipped."
+    )
+    key_input = form.get_by_label("Concurrency key")
+    await expect(key_input).to_be_hidden()
+    await form.get_by_label("At most at once").fill("3")
+    await expect(key_input).to_be_visible()
+    await key_input.fill("printer")
     await form.get_by_role("button", name="Create task").click()
     await expect(form).to_be_hidden()
 
@@ -239,7 +254,10 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     await expect(row).to_have_count(1)
     await expect(names.first).to_have_text(NAME)  # newest first: a task just created is on top
     await expect(page.locator("#task-grid th[data-sort=id]")).to_have_attribute("aria-sort", "descending")
-    await expect(row.locator("td.schedule")).to_have_text("cron 0 2 * * * (Europe/Paris)")
+    await expect(row.locator("td.schedule")).to_have_text("cron 0 2 * * * (Europe/Paris) ≤3 at once")
+    await expect(row.locator("td.schedule .cap")).to_have_attribute(
+        "title", 'At most 3 runs in flight at once, counted with every task keyed "printer"'
+    )
     assert await row.locator("img").count() == 0
     created = (await api.get("/tasks", params={"name_prefix": "<img"})).json()["items"]
     assert len(created) == 1
@@ -260,6 +278,11 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
         "window_seconds": 300,
         "completed": False,
     }
+    assert {key: stored[key] for key in LIMITS} == {
+        "overlap": "queue_one",
+        "max_concurrency": 3,
+        "concurrency_key": "printer",
+    }
 
     # --- Live: more runs ahead show on the next poll, with no reload.
     later = (datetime.now(UTC) + timedelta(minutes=100)).replace(second=0, microsecond=0)
@@ -273,8 +296,9 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     assert max(b["required_ms"] for b in newer["buckets"]) >= 18_000
 
     # --- Edit: the form comes back filled in; the preview and the grid follow the change; what the form does not
-    # show (the overlap policy, set here behind its back) is kept.
-    await db.execute("UPDATE tasks SET overlap = 'skip' WHERE id = $1", task["id"])
+    # show (the run estimate, set here behind its back) is kept, and so are the overlap policy and the cap left as
+    # they were.
+    await db.execute("UPDATE tasks SET estimated_ms = 4321 WHERE id = $1", task["id"])
     await row.get_by_role("button", name=f"Edit {NAME}").click()
     edit = page.get_by_role("dialog", name=f"Edit {NAME}")
     await expect(edit).to_be_visible()
@@ -285,6 +309,9 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     await expect(edit.get_by_label("Catch-up window (seconds)")).to_have_value("3600")
     await expect(edit.get_by_label("Grace (seconds)")).to_have_value("120")
     await expect(edit.get_by_label("Spread window (seconds)")).to_have_value("300")
+    await expect(edit.get_by_label("If the previous run is still in flight")).to_have_value("queue_one")
+    await expect(edit.get_by_label("At most at once")).to_have_value("3")
+    await expect(edit.get_by_label("Concurrency key")).to_have_value("printer")
     await edit.get_by_label("Cron expression").fill("30 3 * * 1-5")
     # Skip: the catch-up window goes from the form and keeps its value (a PUT replaces the whole definition).
     await edit.get_by_label("When a run is missed").select_option("skip")
@@ -296,11 +323,16 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     )
     await edit.get_by_role("button", name="Save changes").click()
     await expect(edit).to_be_hidden()
-    await expect(row.locator("td.schedule")).to_have_text("cron 30 3 * * 1-5 (Europe/Paris)")
+    await expect(row.locator("td.schedule")).to_have_text("cron 30 3 * * 1-5 (Europe/Paris) ≤3 at once")
     edited = (await api.get(f"/tasks/{task['id']}")).json()
     assert edited["schedule"]["cron"] == "30 3 * * 1-5"
     assert (edited["name"], edited["max_retries"], edited["timeout_seconds"], edited["active"]) == (NAME, 2, 10.0, True)
-    assert edited["overlap"] == "skip"
+    assert edited["estimated_ms"] == 4321
+    assert {key: edited[key] for key in LIMITS} == {
+        "overlap": "queue_one",
+        "max_concurrency": 3,
+        "concurrency_key": "printer",
+    }
     assert {key: edited[key] for key in POLICY} == {
         "misfire": "skip",
         "misfire_grace_seconds": 90,
@@ -309,39 +341,76 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
         "completed": False,
     }
 
-    # --- The server's verdict on the missed-run and spread fields, beside each; a one-off is never spread, so the
-    # window the form still holds is not sent for one.
+    # --- The server's verdict on the missed-run, limit and spread fields, beside each; a one-off is never spread and
+    # has no overlaps, so the window and the overlap policy the form still holds are not sent for one.
     await page.get_by_role("button", name="New task").click()
     form = page.get_by_role("dialog", name="New task")
     await form.get_by_label("Name").fill("spread-too-wide")
     await form.get_by_label("Type", exact=True).select_option("noop")
     spread = form.get_by_label("Spread window (seconds)")
-    await expect(spread).to_be_hidden()  # immediately: nothing to spread
+    overlap = form.get_by_label("If the previous run is still in flight")
+    cap = form.get_by_label("At most at once")
+    key_input = form.get_by_label("Concurrency key")
+    await expect(spread).to_be_hidden()  # immediately: nothing to spread, nothing to overlap
+    await expect(overlap).to_be_hidden()
+    await expect(cap).to_have_value("")  # a new task's form starts uncapped, whatever the last one held
+    await expect(key_input).to_be_hidden()
     await form.get_by_label("Every N seconds").check()
     await form.get_by_label("Every (seconds)").fill("60")
-    await spread.fill("300")
+    await expect(overlap).to_have_value("allow")
+    await overlap.select_option("skip")
+    await expect(page.locator("#h-overlap")).to_have_text("It is recorded as skipped.")
     await form.get_by_label("Grace (seconds)").fill("0")
+    await cap.fill("0")
     await form.get_by_role("button", name="Create task").click()
     await expect(page.locator("#e-misfire_grace_seconds")).to_have_text("Input should be greater than or equal to 1")
+    await expect(page.locator("#e-max_concurrency")).to_have_text("Input should be greater than or equal to 1")
     await expect(form.get_by_label("Grace (seconds)")).to_have_attribute("aria-invalid", "true")
+    await expect(cap).to_have_attribute("aria-invalid", "true")
     await form.get_by_label("Grace (seconds)").fill("60")
+    # A key without a cap: the field keeps the key in view when the cap is emptied, and the server's reason (a check
+    # across fields, naming concurrency_key first) is shown beside it.
+    await cap.fill("2")
+    await key_input.fill("printer")
+    await cap.fill("")
+    await expect(key_input).to_be_visible()
+    await form.get_by_role("button", name="Create task").click()
+    await expect(page.locator("#e-concurrency_key")).to_have_text(
+        "give max_concurrency too (the cap the key's runs are held to)"
+    )
+    await expect(key_input).to_have_attribute("aria-invalid", "true")
+    await expect(key_input).to_be_focused()
+    await expect(page.locator("#e-max_concurrency")).to_be_empty()
+    await expect(page.locator("#e-misfire_grace_seconds")).to_be_empty()
+    await expect(page.locator("#form-error")).to_be_hidden()  # beside the field, not at the top
+    await key_input.fill("")
+    await spread.fill("300")
     await form.get_by_role("button", name="Create task").click()
     await expect(page.locator("#e-window_seconds")).to_have_text(
         "at most the interval (60 s), or occurrences would change order"
     )
     await expect(spread).to_have_attribute("aria-invalid", "true")
     await expect(spread).to_be_focused()
-    await expect(page.locator("#e-misfire_grace_seconds")).to_be_empty()
-    await expect(page.locator("#form-error")).to_be_hidden()  # beside the field, not at the top
+    await expect(page.locator("#e-concurrency_key")).to_be_empty()
+    await expect(page.locator("#form-error")).to_be_hidden()
     await expect(form).to_be_visible()
     await form.get_by_label("Once, at a time").check()
     await expect(spread).to_be_hidden()
+    await expect(overlap).to_be_hidden()
     tomorrow = datetime.now() + timedelta(days=1)  # the browser's zone is this machine's
     await form.get_by_label(re.compile(r"^Run at")).fill(tomorrow.strftime("%Y-%m-%dT%H:%M:%S"))
     await form.get_by_role("button", name="Create task").click()
     await expect(form).to_be_hidden()
     (one_off,) = (await api.get("/tasks", params={"name_prefix": "spread-too-wide"})).json()["items"]
     assert (one_off["schedule"]["kind"], one_off["window_seconds"], one_off["misfire_grace_seconds"]) == ("once", 0, 60)
+    assert {key: one_off[key] for key in LIMITS} == {
+        "overlap": "allow",
+        "max_concurrency": None,
+        "concurrency_key": None,
+    }
+    one_off_row = page.locator("#task-grid tbody tr", has=page.get_by_role("rowheader", name="spread-too-wide"))
+    await expect(one_off_row).to_have_count(1)
+    await expect(one_off_row.locator("td.schedule .cap")).to_have_count(0)  # uncapped: no limit beside it
 
     # --- Deactivate with the row's switch: the grid and the API agree.
     switch = row.get_by_role("switch", name=f"Active: {NAME}")

@@ -1,14 +1,16 @@
 // Create and edit a task in a dialog. A cron, interval or one-off schedule is previewed as the user types
 // (POST /schedule-preview); the server's 422s are shown beside the field they name. Only the types the token may
 // write are offered: `command` needs tasks:command. A field shown for some schedule kinds only names them in its
-// data-kind ("cron interval"); the catch-up window is shown for misfire "all" only (data-misfire).
+// data-kind ("cron interval"); the catch-up window is shown for misfire "all" only (data-misfire), the concurrency
+// key once a cap is set (or while it still holds a key).
 
 import { COMMAND_TYPE, NOBODY, mayWriteType } from "./access.js";
 import { ApiError, api } from "./api.js";
 import { $, debounce, h, latestOnly, toast } from "./dom.js";
 
 const FIELDS = ["name", "type", "payload", "schedule", "at", "cron", "timezone", "every_seconds", "window_seconds",
-  "misfire", "misfire_grace_seconds", "catchup_window_seconds", "max_retries", "timeout_seconds"];
+  "misfire", "misfire_grace_seconds", "catchup_window_seconds", "overlap", "max_concurrency", "concurrency_key",
+  "max_retries", "timeout_seconds"];
 // Where a field the API names is shown: "schedule.cron" beside the cron input, "payload.url" beside the payload.
 function fieldOf(name) {
   const parts = name.split(".");
@@ -26,7 +28,14 @@ const MISFIRE = {
   once: "Only the latest missed run runs; the ones before it are recorded as skipped.",
   all: "Every missed run within the catch-up window runs, oldest first; older ones are recorded as skipped.",
 };
-// The schedule kinds a run may be spread over a window in.
+// What each overlap policy does with a run that falls due while the task's previous run is still in flight.
+const OVERLAP = {
+  allow: "It runs beside the previous run.",
+  skip: "It is recorded as skipped.",
+  queue_one: "The latest such run waits until the previous run ends; older ones are recorded as skipped.",
+  cancel_previous: "The previous run is cancelled (its processor stops it) and the new one runs.",
+};
+// The schedule kinds a run may be spread over a window in, and whose runs may overlap.
 const SPREAD = ["cron", "interval"];
 
 function pad(n) { return String(n).padStart(2, "0"); }
@@ -71,6 +80,8 @@ export class TaskForm {
     for (const id of ["#f-cron", "#f-timezone", "#f-every", "#f-at"]) $(id).addEventListener("input", preview);
     $("#f-type").addEventListener("change", () => this.typeChanged());
     $("#f-misfire").addEventListener("change", () => this.misfireChanged());
+    $("#f-overlap").addEventListener("change", () => this.overlapChanged());
+    $("#f-cap").addEventListener("input", () => this.capChanged());
     $("#task-cancel").addEventListener("click", () => this.dialog.close());
     this.form.addEventListener("submit", (e) => { e.preventDefault(); this.submit(); });
   }
@@ -120,6 +131,16 @@ export class TaskForm {
     const misfire = $("#f-misfire").value;
     for (const el of this.form.querySelectorAll("[data-misfire]")) el.hidden = el.dataset.misfire !== misfire;
     $("#h-misfire").textContent = MISFIRE[misfire] || "";
+  }
+
+  overlapChanged() {
+    $("#h-overlap").textContent = OVERLAP[$("#f-overlap").value] || "";
+  }
+
+  /** The key counts only with a cap: shown once one is set, and kept in view while it holds a key (what was typed
+   *  is not dropped unseen; the server says a key needs a cap). Emptying the key does not hide it under the cursor. */
+  capChanged() {
+    $("#key-field").hidden = $("#f-cap").value === "" && $("#f-key").value === "";
   }
 
   typeChanged() {
@@ -225,6 +246,9 @@ export class TaskForm {
     $("#f-misfire").value = task.misfire;
     $("#f-grace").value = task.misfire_grace_seconds;
     $("#f-catchup").value = task.catchup_window_seconds;
+    $("#f-overlap").value = task.overlap;
+    $("#f-cap").value = task.max_concurrency ?? "";
+    $("#f-key").value = task.concurrency_key ?? "";
     $("#f-retries").value = task.max_retries;
     $("#f-timeout").value = task.timeout_seconds;
     const secrets = $("#f-secrets");
@@ -238,6 +262,8 @@ export class TaskForm {
     this.typeChanged();
     this.kindChanged();
     this.misfireChanged();
+    this.overlapChanged();
+    this.capChanged();
     this.dialog.showModal();
     $("#f-name").focus();
   }
@@ -331,19 +357,24 @@ export class TaskForm {
       schedule,
       misfire,
       misfire_grace_seconds: number("#f-grace"),
+      max_concurrency: number("#f-cap") ?? null,
+      concurrency_key: !$("#key-field").hidden && $("#f-key").value !== "" ? $("#f-key").value : null,
       max_retries: number("#f-retries"),
       timeout_seconds: number("#f-timeout"),
     };
-    // Only a cron or interval schedule is spread (the API refuses a window for the others); the catch-up window
-    // counts for misfire "all" only.
-    if (SPREAD.includes(schedule.kind)) body.window_seconds = number("#f-window");
+    // Only a cron or interval schedule is spread (the API refuses a window for the others) or overlaps (a one-off
+    // keeps the default); the catch-up window counts for misfire "all" only.
+    if (SPREAD.includes(schedule.kind)) {
+      Object.assign(body, { window_seconds: number("#f-window"), overlap: $("#f-overlap").value });
+    }
     if (misfire === "all") body.catchup_window_seconds = number("#f-catchup");
     if (this.editing) {
       // PUT replaces the definition: what this form does not show keeps its value (secrets are kept when absent).
       const t = this.editing;
       Object.assign(body, { active: t.active, retry_delay_seconds: t.retry_delay_seconds, backoff: t.backoff,
-        estimated_ms: t.estimated_ms, overlap: t.overlap });
+        estimated_ms: t.estimated_ms });
       if (misfire !== "all") body.catchup_window_seconds = t.catchup_window_seconds;
+      if (!SPREAD.includes(schedule.kind)) body.overlap = t.overlap;
     }
     const submit = $("#task-submit");
     submit.disabled = true;

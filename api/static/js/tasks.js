@@ -1,6 +1,6 @@
 // The task grid: sort by a column either way, filter by type, state, completion and name prefix, keyset pages, an
 // active switch and an edit button per row when the token may change the task. A one-off whose runs have all ended
-// is marked completed.
+// is marked completed; a task with a concurrency cap shows it beside its schedule.
 
 import { NOBODY, mayWriteType } from "./access.js";
 import { api } from "./api.js";
@@ -13,6 +13,14 @@ export function scheduleText(schedule) {
     case "once": return h("span", {}, "once at ", when(schedule.at));
     default: return "immediately";
   }
+}
+
+/** A capped task's limit, beside its schedule: "≤3 at once", the key it shares (if any) in its title. */
+function capText(task) {
+  const key = task.concurrency_key;
+  const shared = key === null ? "" : `, counted with every task keyed ${JSON.stringify(key)}`;
+  return h("span", { class: "muted cap", title: `At most ${task.max_concurrency} runs in flight at once${shared}` },
+    `≤${task.max_concurrency} at once`);
 }
 
 export class TaskGrid {
@@ -119,7 +127,7 @@ export class TaskGrid {
       h("td", { class: "num" }, task.id),
       h("th", { scope: "row", class: "name" }, task.name),
       h("td", {}, task.type),
-      h("td", { class: "schedule" }, scheduleText(task.schedule)),
+      h("td", { class: "schedule" }, scheduleText(task.schedule), task.max_concurrency ? [" ", capText(task)] : null),
       h("td", { class: "active" }, toggle
         ? h("label", { class: "switch" }, toggle, h("span", { "aria-hidden": "true" }, state))
         : state,
