@@ -5,7 +5,6 @@ process group goes with it). Nothing is recorded for them: the run is cancelled 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Coroutine
 from datetime import datetime
@@ -26,6 +25,7 @@ class Stopper:
         self._pool = pool
         self._every_s = every_s
         self._running: dict[int, tuple[datetime, asyncio.Task[Any]]] = {}
+        self._stopped: set[int] = set()  # cancelled by us: their CancelledError is ours
         self._loop: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -37,20 +37,22 @@ class Stopper:
             await asyncio.gather(self._loop, return_exceptions=True)
 
     async def run(self, run_id: int, scheduled_time: datetime, work: Coroutine[Any, Any, T]) -> T | None:
-        """`work` as a task of its own; None when it was stopped because its run was cancelled."""
-        task = asyncio.create_task(work)
+        """Awaits `work` in the calling task (no task of its own: this is every run's path); None when it was
+        stopped because its run was cancelled."""
+        task = asyncio.current_task()
+        assert task is not None
         self._running[run_id] = (scheduled_time, task)
         try:
-            return await task
+            return await work
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                task.cancel()  # we are cancelled ourselves: the attempt goes too
-                raise
+            if run_id not in self._stopped or task.cancelling() > 1:
+                raise  # cancelled by someone else too (a shutdown): that goes on
+            task.uncancel()
             log.info("run %s was cancelled while running: stopped", run_id, extra={"run_id": run_id})
             return None
         finally:
             self._running.pop(run_id, None)
+            self._stopped.discard(run_id)
 
     async def _watch(self) -> None:
         while True:
@@ -65,6 +67,6 @@ class Stopper:
                     raise
                 continue  # the database is away: asked again next time
             for run_id in found:
-                if (held := self._running.get(run_id)) is not None:
-                    with contextlib.suppress(Exception):
-                        held[1].cancel()
+                if (held := self._running.get(run_id)) is not None and run_id not in self._stopped:
+                    self._stopped.add(run_id)
+                    held[1].cancel()
