@@ -210,7 +210,7 @@ CREATE TABLE run_children (
 
 CREATE INDEX run_children_created ON run_children (created_at);
 
--- The runs in flight per concurrency key (migration 0016): the claim takes a run only while its key's count is
+-- The runs in flight per concurrency key (migration 0014): the claim takes a run only while its key's count is
 -- under the cap, under this row's lock; the audit trigger counts down a run that leaves flight.
 CREATE TABLE concurrency_slots (
     key  text PRIMARY KEY,
@@ -499,9 +499,9 @@ $$;
 -- thresholds, and compiling it took 3 s a claim with 50 million runs of history (the claim itself, 7 ms).
 -- Missed runs are decided as they are taken (misfire, migration 0014): a run past its grace is never handed out
 -- before its task's policy has had its say; skipped ones are not returned. Only runs a schedule made are ever missed:
--- not a workflow's steps, not spawned children, not backfills. Overlaps too (migration 0015): the previous run is
+-- not a workflow's steps, not spawned children, not backfills. Overlaps too (migration 0014): the previous run is
 -- the task's latest occurrence before this one that was handed out, found backwards on (task_id, scheduled_time)
--- only for tasks whose policy is not `allow`. Concurrency caps (migration 0016): a run whose key is at its cap waits,
+-- only for tasks whose policy is not `allow`. Concurrency caps (migration 0014): a run whose key is at its cap waits,
 -- looked at again in a second. `at`: the clock (now() when NULL).
 CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision, at timestamptz)
 RETURNS TABLE (id bigint, type text, status run_status, body text)
