@@ -78,8 +78,11 @@ ALTER TABLE task_schedule
     -- While blocked: the runs it depends on that have not ended.
     ADD COLUMN blockers integer NOT NULL DEFAULT 0;
 
-CREATE INDEX task_schedule_workflow_run ON task_schedule (workflow_run_id) WHERE workflow_run_id IS NOT NULL;
-CREATE INDEX task_schedule_parent ON task_schedule (parent_id) WHERE parent_id IS NOT NULL;
+-- IF NOT EXISTS: on a large installation build them first by hand, a partition at a time with CREATE INDEX
+-- CONCURRENTLY then attached to an index ON ONLY task_schedule (same names), as PostgreSQL's manual describes.
+CREATE INDEX IF NOT EXISTS task_schedule_workflow_run ON task_schedule (workflow_run_id)
+    WHERE workflow_run_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS task_schedule_parent ON task_schedule (parent_id) WHERE parent_id IS NOT NULL;
 
 -- The edges between runs: `dependent` may start once `upstream` succeeded (or ended, with continue_on_failure).
 -- Kept after use: a reduce reads its inputs' results through them.
