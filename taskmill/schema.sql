@@ -537,7 +537,8 @@ BEGIN
                          THEN 'a later missed occurrence runs'
                END AS missed,
                t.misfire, t.misfire_grace_seconds AS grace, t.overlap, t.max_concurrency,
-               CASE WHEN t.max_concurrency IS NOT NULL THEN coalesce(t.concurrency_key, 'task:' || t.id) END AS ckey
+               CASE WHEN t.max_concurrency IS NOT NULL THEN coalesce(t.concurrency_key, 'task:' || t.id) END AS ckey,
+               t AS task  -- the whole row, for the message: tasks is joined once
         FROM due JOIN tasks t ON t.id = due.task_id
     ), decided AS (
         SELECT m.*, p.id AS prev_id, p.scheduled_time AS prev_time,
@@ -611,10 +612,11 @@ BEGIN
                              'overlap %s: run %s of this task was still %s', d.overlap, d.prev_id,
                              'in flight') END
         FROM final d WHERE s.id = d.id AND s.scheduled_time = d.scheduled_time
-        RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status
+        RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status, d.task
     )
-    SELECT r.id, t.type, r.status, run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, t)
-    FROM r JOIN tasks t ON t.id = r.task_id
+    SELECT r.id, (r.task).type, r.status,
+           run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, r.task)
+    FROM r
     WHERE r.status = 'queued';
 END $$;
 
