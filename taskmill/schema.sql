@@ -394,6 +394,9 @@ CREATE FUNCTION task_schedule_audit_update() RETURNS trigger LANGUAGE plpgsql SE
 DECLARE
     bad record;
     f record;
+    flows boolean;
+    counted boolean;
+    scheduled boolean;
 BEGIN
     WITH moved AS (
         INSERT INTO run_audit (run_id, task_id, from_status, to_status, attempt, worker)
@@ -411,9 +414,15 @@ BEGIN
         RAISE EXCEPTION 'illegal run transition % -> % (run %)', bad.from_status, bad.to_status, bad.run_id
             USING ERRCODE = 'check_violation';
     END IF;
-    IF EXISTS (SELECT 1 FROM new_rows n WHERE n.status = 'waiting'
-               OR (n.status IN ('succeeded', 'failed', 'dead', 'cancelled', 'skipped')
-                   AND (n.workflow_run_id IS NOT NULL OR n.parent_id IS NOT NULL))) THEN
+    -- What else the batch asks for, in one pass over the new rows (most batches ask for nothing more).
+    SELECT coalesce(bool_or(n.status = 'waiting'
+                            OR (n.status IN ('succeeded', 'failed', 'dead', 'cancelled', 'skipped')
+                                AND (n.workflow_run_id IS NOT NULL OR n.parent_id IS NOT NULL))), false),
+           coalesce(bool_or(n.concurrency_key IS NOT NULL AND n.status NOT IN ('queued', 'running', 'retrying')), false),
+           coalesce(bool_or(n.status = 'scheduled'), false)
+    INTO flows, counted, scheduled
+    FROM new_rows n;
+    IF flows THEN
         SELECT array_agg(n.id) AS ids, array_agg(n.scheduled_time) AS times, array_agg(n.task_id) AS task_ids,
                array_agg(n.status) AS tos, array_agg(n.error) AS errors,
                array_agg(n.workflow_run_id) AS wruns, array_agg(n.parent_id) AS parents
@@ -424,8 +433,7 @@ BEGIN
             PERFORM run_flow(f.ids, f.times, f.task_ids, f.tos, f.errors, f.wruns, f.parents);
         END IF;
     END IF;
-    IF EXISTS (SELECT 1 FROM new_rows n WHERE n.concurrency_key IS NOT NULL
-               AND n.status NOT IN ('queued', 'running', 'retrying')) THEN
+    IF counted THEN
         UPDATE concurrency_slots c SET held = greatest(c.held - k.n, 0)
         FROM (SELECT n.concurrency_key AS key, count(*) AS n
               FROM old_rows o JOIN new_rows n USING (id)
@@ -434,7 +442,7 @@ BEGIN
               GROUP BY 1) k
         WHERE c.key = k.key;
     END IF;
-    IF EXISTS (SELECT 1 FROM new_rows WHERE status = 'scheduled') THEN
+    IF scheduled THEN
         PERFORM pg_notify('taskmill_schedule', '');
     END IF;
     RETURN NULL;
