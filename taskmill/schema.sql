@@ -109,6 +109,8 @@ CREATE TABLE tasks (
 
 CREATE UNIQUE INDEX tasks_name_key ON tasks (name) WHERE workflow_id IS NULL;
 CREATE UNIQUE INDEX tasks_step_name_key ON tasks (workflow_id, name) WHERE workflow_id IS NOT NULL AND deleted_at IS NULL;
+-- The tasks spread over a window (migration 0014), for the forecast's peak before spreading.
+CREATE INDEX tasks_spread ON tasks (id) WHERE window_seconds > 1 AND active AND deleted_at IS NULL;
 
 -- One row per triggering of a workflow: one run per step, all at its scheduled time. `open` counts the steps not
 -- ended, `failed` those that failed or died; the last step to end settles the status.

@@ -41,6 +41,9 @@ class ScheduledSummary(BaseModel):
     buffer: float
     total_runs: int
     peak_instances: int
+    # The most runs in one bucket, and what it would be were no task spread over its window (`window_seconds`).
+    peak_runs: int
+    peak_runs_before_spreading: int
     buckets: list[Bucket]
 
 
@@ -95,5 +98,9 @@ async def scheduled_tasks_summary(
         buffer=options.buffer,
         total_runs=int(f.runs.sum()),
         peak_instances=plan.peak(),
+        peak_runs=int(f.runs.max(initial=0)),
+        peak_runs_before_spreading=(
+            plan.unspread_peak_runs if plan.unspread_peak_runs is not None else int(f.runs.max(initial=0))
+        ),
         buckets=buckets,
     )

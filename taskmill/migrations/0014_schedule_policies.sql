@@ -12,6 +12,9 @@ ALTER TABLE tasks
     -- Each occurrence placed at a fixed point of [t, t + window) chosen from the task and the occurrence.
     ADD COLUMN window_seconds integer NOT NULL DEFAULT 0 CHECK (window_seconds BETWEEN 0 AND 86400);
 
+-- The tasks spread over a window, for the forecast's peak before spreading.
+CREATE INDEX tasks_spread ON tasks (id) WHERE window_seconds > 1 AND active AND deleted_at IS NULL;
+
 -- A run made by a backfill: past on purpose, so never missed.
 ALTER TABLE task_schedule ADD COLUMN backfill boolean NOT NULL DEFAULT false;
 

@@ -6,7 +6,7 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -43,6 +43,8 @@ class Plan:
     start: datetime  # the first bucket's start: `generated_at` rounded down to a whole bucket
     options: Options
     forecast: Forecast
+    # The most runs any bucket would hold were no task spread over its window (None: no task is).
+    unspread_peak_runs: int | None = None
 
     def bucket_starts(self) -> list[datetime]:
         step = timedelta(seconds=self.options.bucket_s)
@@ -138,4 +140,26 @@ def compute(seen: Upcoming, options: Options) -> Plan:
     result = forecast(
         scheduled, projected, horizon_s=span, bucket_s=bucket, capacity_ms=options.capacity_ms, buffer=options.buffer
     )
-    return Plan(seen.now, start, options, result)
+    return Plan(seen.now, start, options, result, _unspread_peak(seen, scheduled, start, end, span, options))
+
+
+def _unspread_peak(seen: Upcoming, scheduled: Runs, start: datetime, end: datetime, span: int, options: Options
+                   ) -> int | None:  # fmt: skip
+    """The peak runs per bucket with the spread tasks' occurrences at their nominal times, from now on: their rows
+    and projections are left out, and every occurrence of theirs projected unplaced instead."""
+    if not seen.spread:
+        return None
+    spread_ids = np.asarray(sorted(t.id for t in seen.spread), dtype=np.int64)
+    keep = ~np.isin(seen.run_task_ids, spread_ids)
+    others = Runs(scheduled.offsets_s[keep], scheduled.ms[keep], scheduled.count[keep])
+    nominal = [replace(t, window_seconds=0, materialized_until=seen.now) for t in seen.spread]
+    lagging = [t for t in seen.lagging if t.window_seconds <= 1] + nominal
+    unspread = forecast(
+        others,
+        project(lagging, seen.now, start, end),
+        horizon_s=span,
+        bucket_s=options.bucket_s,
+        capacity_ms=options.capacity_ms,
+        buffer=options.buffer,
+    )
+    return int(unspread.runs.max(initial=0))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
@@ -129,6 +129,17 @@ WHERE w.active AND w.deleted_at IS NULL AND w.schedule_kind IN ('cron', 'interva
 """
 
 
+# Tasks whose runs are spread over a window (taskmill/spread.py): the peak before spreading projects all of their
+# occurrences at their nominal times (tasks_spread keeps this off a scan of every task).
+SPREAD_TASKS = """
+SELECT t.id, t.schedule_kind::text AS kind, t.cron, t.every_seconds, t.timezone, t.schedule_from,
+       NULL::timestamptz AS materialized_until, coalesce(c.ms, t.estimated_ms)::float8 AS ms, t.window_seconds
+FROM tasks t
+LEFT JOIN unnest($1::text[], $2::float8[]) AS c(type, ms) ON c.type = t.type
+WHERE t.window_seconds > 1 AND t.active AND t.deleted_at IS NULL AND t.schedule_kind IN ('cron', 'interval')
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class LaggingTask:
     id: int  # a task's, or a workflow step's (whose schedule is its workflow's)
@@ -150,6 +161,7 @@ class Upcoming:
     cost_ids: list[int]  # sorted ids of the tasks with runs ahead...
     cost_ms: list[float]  # ...and the compute a run of each needs
     lagging: list[LaggingTask]
+    spread: list[LaggingTask] = field(default_factory=list)  # every task whose runs are spread
 
 
 def distinct_ids(ids: IntArray) -> IntArray:
@@ -184,5 +196,14 @@ async def upcoming(conn: Connection, horizon_s: float, means: Awaitable[Mapping[
         types, ms = list(known), list(known.values())
         costs = await conn.fetchrow(RUN_COSTS, tasks, types, ms)
         lagging = await conn.fetch(LAGGING_TASKS, horizon, types, ms)
+        spread = await conn.fetch(SPREAD_TASKS, types, ms)
     assert costs is not None
-    return Upcoming(now, ids, times, costs["ids"], costs["ms"], [LaggingTask(**dict(r)) for r in lagging])
+    return Upcoming(
+        now,
+        ids,
+        times,
+        costs["ids"],
+        costs["ms"],
+        [LaggingTask(**dict(r)) for r in lagging],
+        [LaggingTask(**dict(r)) for r in spread],
+    )

@@ -108,6 +108,8 @@ async def test_the_horizon_bucket_capacity_and_buffer_are_query_parameters(
         assert b["required_ms"] == 3000 * b["runs"]
         assert b["required_instances"] == b["runs"]  # 3,000 ms a run over 6,000 * (1 - 0.5) usable ms an instance
     assert body["peak_instances"] == max(b["runs"] for b in buckets)
+    # No task is spread over a window: the peak is the same before spreading.
+    assert body["peak_runs"] == body["peak_runs_before_spreading"] == max(b["runs"] for b in buckets)
 
 
 async def test_a_recurring_task_not_yet_materialized_is_projected(client: httpx.AsyncClient) -> None:

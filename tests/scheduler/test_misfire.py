@@ -219,3 +219,6 @@ async def test_a_thousand_tasks_at_the_hour_spread_over_their_window_each_placed
     await db.execute("UPDATE tasks SET materialized_until = NULL, schedule_from = now()")
     plan = await make_plan(pool, History(), Options(horizon_s=3 * 3600, bucket_s=60))
     assert 2000 <= plan.forecast.runs.sum() <= 3000 and plan.forecast.runs.max() < 150
+    summary = (await client.get("/scheduled-tasks-summary?hours=3&bucket=60", headers=WRITE)).json()
+    assert summary["peak_runs"] < 150
+    assert summary["peak_runs_before_spreading"] == 1000  # all at :00
