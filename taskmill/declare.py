@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -218,10 +218,17 @@ def differences(wanted: Any, have: Any, path: str = "") -> list[str]:
 # -- the API --------------------------------------------------------------------------------------------------------
 
 
+class Refused(DeclareError):
+    """The API answered 4xx or 5xx; `errors` are its fields and reasons when it named them (a 422)."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
 @dataclass
 class Api:
     client: httpx.Client
-    problems: list[str] = field(default_factory=list)
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -229,7 +236,13 @@ class Api:
         except httpx.HTTPError as exc:
             raise DeclareError(f"cannot reach the API at {self.client.base_url}: {exc}") from None
         if response.status_code >= 400:
-            raise DeclareError(f"{method} {path}: {response.status_code} {_detail(response)}")
+            try:
+                body = response.json()
+            except ValueError:
+                body = response.text[:500]
+            errors = body.get("errors") if isinstance(body, dict) else None
+            detail = body.get("detail", body) if isinstance(body, dict) else body
+            raise Refused(f"{method} {path}: {response.status_code} {detail}", errors or [])
         return response.json() if response.content else None
 
     def every(self, path: str) -> list[dict[str, Any]]:
@@ -241,14 +254,6 @@ class Api:
             cursor = page.get("next_cursor")
             if not cursor:
                 return items
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:500]
-    return str(body.get("detail", body)) if isinstance(body, dict) else str(body)
 
 
 def _current(api: Api) -> dict[str, dict[str, dict[str, Any]]]:
@@ -263,15 +268,6 @@ def _body(doc: Document) -> dict[str, Any]:
     """The request body: the document's own fields (the API fills in the defaults)."""
     body: dict[str, Any] = json.loads(json.dumps(doc.data, default=str))
     return body
-
-
-def _server_error(doc: Document, exc: DeclareError, response_errors: list[dict[str, Any]] | None) -> str:
-    if not response_errors:
-        return f"{doc.path}:{doc.line_of(())}: {doc.kind} {doc.name}: {exc}"
-    return "\n".join(
-        doc.problem(tuple(int(p) if p.isdigit() else p for p in e["field"].split(".")), e["reason"])
-        for e in response_errors
-    )
 
 
 def apply(api: Api, docs: list[Document], *, dry_run: bool = False, prune: bool = False) -> list[str]:
@@ -311,18 +307,17 @@ def apply(api: Api, docs: list[Document], *, dry_run: bool = False, prune: bool 
 
 
 def _write(api: Api, doc: Document, method: str, path: str) -> None:
+    """Sends the document; a refusal comes back at the document's lines (each field the API named at its own)."""
     try:
-        response = api.client.request(method, path, json=_body(doc))
-    except httpx.HTTPError as exc:
-        raise DeclareError(f"cannot reach the API at {api.client.base_url}: {exc}") from None
-    if response.status_code < 400:
-        return
-    errors = None
-    try:
-        errors = response.json().get("errors")
-    except ValueError:
-        pass
-    raise DeclareError(_server_error(doc, DeclareError(f"{response.status_code} {_detail(response)}"), errors))
+        api.call(method, path, json=_body(doc))
+    except Refused as exc:
+        if not exc.errors:
+            raise DeclareError(f"{doc.path}:{doc.line_of(())}: {doc.kind} {doc.name}: {exc}") from None
+        problems = (
+            doc.problem(tuple(int(p) if p.isdigit() else p for p in e["field"].split(".")), e["reason"])
+            for e in exc.errors
+        )
+        raise DeclareError("\n".join(problems)) from None
 
 
 # -- get ------------------------------------------------------------------------------------------------------------
