@@ -115,14 +115,20 @@ WHERE s.workflow_run_id = $1 AND s.scheduled_time = $2
 ORDER BY s.id
 """
 
-CANCEL_RUN = """
+# The workflow runs still running, of one run ($1) or of a whole workflow ($2), and their steps not started; the
+# workflow runs cancelled come back.
+CANCEL_RUNS = """
 WITH w AS (
-    UPDATE workflow_runs SET status = 'cancelled' WHERE id = $1 AND status = 'running' RETURNING id, scheduled_time
+    UPDATE workflow_runs SET status = 'cancelled'
+    WHERE (id = $1 OR workflow_id = $2) AND status = 'running'
+    RETURNING id, scheduled_time
+), steps AS (
+    UPDATE task_schedule s SET status = 'cancelled', finished_at = now(), lease_until = NULL, error = 'cancelled'
+    FROM w
+    WHERE s.workflow_run_id = w.id AND s.scheduled_time = w.scheduled_time
+      AND s.status IN ('blocked', 'scheduled', 'queued', 'retrying')
 )
-UPDATE task_schedule s SET status = 'cancelled', finished_at = now(), lease_until = NULL, error = 'cancelled'
-FROM w
-WHERE s.workflow_run_id = w.id AND s.scheduled_time = w.scheduled_time
-  AND s.status IN ('blocked', 'scheduled', 'queued', 'retrying')
+SELECT id FROM w
 """
 
 
@@ -204,10 +210,7 @@ async def delete_workflow(conn: Connection, workflow_id: int) -> None:
     """Soft-deletes the workflow and its steps, and cancels what its runs have not started."""
     async with conn.transaction():
         await conn.execute(DROP_FUTURE_RUNS, workflow_id)
-        for run_id in await conn.fetch(
-            "SELECT id FROM workflow_runs WHERE workflow_id = $1 AND status = 'running'", workflow_id
-        ):
-            await conn.execute(CANCEL_RUN, run_id["id"])
+        await conn.execute(CANCEL_RUNS, None, workflow_id)
         await conn.execute(RETIRE_STEPS, workflow_id)
         await conn.execute(
             "UPDATE workflows SET deleted_at = now(), active = false, updated_at = now() WHERE id = $1", workflow_id
@@ -271,8 +274,4 @@ async def recent_runs(conn: Connection | asyncpg.Pool, workflow_id: int, limit: 
 
 async def cancel_workflow_run(conn: Connection | asyncpg.Pool, run_id: int) -> bool:
     """Cancels the steps not started (those running finish); False when the run had ended or does not exist."""
-    status = await conn.fetchval("SELECT status FROM workflow_runs WHERE id = $1", run_id)
-    if status != "running":
-        return False
-    await conn.execute(CANCEL_RUN, run_id)
-    return True
+    return bool(await conn.fetch(CANCEL_RUNS, run_id, None))
