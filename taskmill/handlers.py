@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict
 
 from taskmill.db import Connection
 from taskmill.models import HANDLER_NAME
-from taskmill.spawn import Child, Flow, Input, SpawnError, SpawnSpec, inputs, parse_specs
+from taskmill.spawn import Child, Flow, Input, SpawnError, SpawnSpec, inputs, spec_of
 from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskType, cap_text
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class Context:
         """Several children in one round trip (each a SpawnSpec or its fields as a dict)."""
         if self.flow is None:
             raise SpawnError("this run cannot spawn children (no processor flow)")
-        parsed, _ = parse_specs([s.model_dump() if isinstance(s, SpawnSpec) else s for s in specs], "spawn")
+        parsed = [s if isinstance(s, SpawnSpec) else spec_of(s, f"spawn {i}") for i, s in enumerate(specs, 1)]
         return await self.flow.spawn(self.conn, parsed)
 
     def wait_for_children(self) -> None:

@@ -109,13 +109,18 @@ def parse_specs(items: Sequence[Any], where: str) -> tuple[list[SpawnSpec], bool
         if isinstance(item, dict) and item.keys() == {"wait"}:
             wait = wait or item["wait"] is True
             continue
-        try:
-            specs.append(SpawnSpec.model_validate(item))
-        except ValidationError as exc:
-            e = exc.errors()[0]
-            field = ".".join(map(str, e["loc"])) or "(item)"
-            raise SpawnError(f"{where} {i}: {field}: {e['msg']}") from None
+        specs.append(spec_of(item, f"{where} {i}"))
     return specs, wait
+
+
+def spec_of(item: Any, where: str) -> SpawnSpec:
+    """One spec from its JSON fields; SpawnError naming `where` and the field."""
+    try:
+        return SpawnSpec.model_validate(item)
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        field = ".".join(map(str, e["loc"])) or "(item)"
+        raise SpawnError(f"{where}: {field}: {e['msg']}") from None
 
 
 def read_spawn_file(text: str) -> tuple[list[SpawnSpec], bool]:
