@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import numpy as np
 
 from taskmill.cron import ScheduleError, cron_times, zone
-from taskmill.planning.forecast import FloatArray, Runs
+from taskmill.planning.forecast import FloatArray, IntArray, Runs
 from taskmill.spread import offsets_s
 from taskmill.store.capacity import LaggingTask
 
@@ -78,11 +78,21 @@ def _project_intervals(
     task_of = np.repeat(np.arange(len(tasks)), count)
     position = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
     k = first[task_of] + position
-    times = anchor[task_of] + k * step[task_of]
-    ids = np.array([t.id for t in tasks], dtype=np.int64)
-    windows = np.array([t.window_seconds for t in tasks], dtype=np.int64)
-    times = times + offsets_s(ids[task_of], times.astype(np.int64), windows[task_of]).astype(np.float64)
+    times = _placed(tasks, task_of, anchor[task_of] + k * step[task_of])
     return Runs(_offsets(times, now, origin), ms[task_of], np.ones(total))
+
+
+def _placed(tasks: Sequence[LaggingTask], task_of: IntArray, times: FloatArray) -> FloatArray:
+    """`times` (run i one of `tasks[task_of[i]]`), each moved to its place in its task's window (spread.py)."""
+    ids = np.array([t.id for t in tasks], dtype=np.int64)[task_of]
+    windows = np.array([t.window_seconds for t in tasks], dtype=np.int64)[task_of]
+    return times + offsets_s(ids, times.astype(np.int64), windows).astype(np.float64)
+
+
+def _firings(expr: str, tz: str, starts: FloatArray, end: datetime) -> FloatArray:
+    """The expression's firings from the earliest of `starts` to `end`, in epoch seconds."""
+    earliest = datetime.fromtimestamp(float(starts.min()), UTC)
+    return np.array([_epoch(t) for t in cron_times(expr, zone(tz), earliest, end)])
 
 
 def _project_spread_cron(
@@ -96,14 +106,11 @@ def _project_spread_cron(
 ) -> Runs:
     """Tasks whose runs are spread: each firing of each task at its own placed time (an occurrence is one run)."""
     starts = np.array([_epoch(_start(t, day_start)) for t in tasks])
-    earliest = datetime.fromtimestamp(float(starts.min()), UTC)
-    firings = np.array([_epoch(t) for t in cron_times(expr, zone(tz), earliest, end)])
+    firings = _firings(expr, tz, starts, end)
     if firings.size == 0:
         return Runs.empty()
     task_of, firing_of = np.nonzero(firings[None, :] >= starts[:, None])
-    ids = np.array([t.id for t in tasks], dtype=np.int64)[task_of]
-    windows = np.array([t.window_seconds for t in tasks], dtype=np.int64)[task_of]
-    times = firings[firing_of] + offsets_s(ids, firings[firing_of].astype(np.int64), windows).astype(np.float64)
+    times = _placed(tasks, task_of, firings[firing_of])
     ms = np.array([t.ms for t in tasks])[task_of]
     return Runs(_offsets(times, now, origin), ms, np.ones(len(times)))
 
@@ -121,8 +128,7 @@ def _project_cron(
     order = np.argsort(starts, kind="stable")
     starts = starts[order]
     cumulative_ms = np.cumsum(np.array([t.ms for t in tasks])[order])
-    earliest = datetime.fromtimestamp(float(starts[0]), UTC)
-    firings = np.array([_epoch(t) for t in cron_times(expr, zone(tz), earliest, end)])
+    firings = _firings(expr, tz, starts, end)
     if firings.size == 0:
         return Runs.empty()
     # For each firing, how many tasks (and how much compute) have started by then.
