@@ -5,16 +5,13 @@ start and finish times."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
-import pytest
 
 from taskmill.models import Schedule
-from taskmill.settings import Settings
 from taskmill.states import ScheduleKind
 from taskmill.store.runs import claim_due
-from tests.faults.harness import Stack, view_of
+from tests.faults.harness import Stack
 from tests.helpers import new_task, wait_until
 
 T0 = (datetime.now(UTC) + timedelta(days=40)).replace(hour=10, minute=0, second=0, microsecond=0)
@@ -63,15 +60,6 @@ async def test_tasks_sharing_a_key_share_its_count(db: asyncpg.Connection, pool:
     await db.execute("UPDATE task_schedule SET status = 'running' WHERE id = $1", a)
     await db.execute("UPDATE task_schedule SET status = 'failed' WHERE id = $1", a)
     assert await _claim(pool, T0 + timedelta(seconds=7)) == [b]
-
-
-@pytest.fixture
-async def stack(settings: Settings, db: asyncpg.Connection, tmp_path: Path) -> object:
-    opened = await Stack.open(settings, db, tmp_path, broker_view=view_of(settings))
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def test_max_concurrency_holds_across_two_processors(stack: Stack, db: asyncpg.Connection) -> None:

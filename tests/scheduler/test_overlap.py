@@ -7,10 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-import pytest
 
 from taskmill.models import Schedule
-from taskmill.settings import Settings
 from taskmill.states import ScheduleKind
 from taskmill.store.runs import claim_due
 from tests.faults.harness import Stack
@@ -97,19 +95,6 @@ async def test_cancel_previous_cancels_the_run_in_flight_and_runs_the_new_occurr
         "cancelled",
         f"cancelled: the next occurrence (run {second}) fell due (overlap cancel_previous)",
     )
-
-
-@pytest.fixture
-async def stack(settings: Settings, db: asyncpg.Connection, tmp_path: object) -> object:
-    from pathlib import Path
-
-    from tests.faults.harness import view_of
-
-    opened = await Stack.open(settings, db, Path(str(tmp_path)), broker_view=view_of(settings))
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def test_a_processor_stops_the_run_it_executes_when_the_next_occurrence_cancels_it(
