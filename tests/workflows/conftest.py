@@ -4,30 +4,26 @@ defined through the API in this process."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
-from taskmill.settings import Settings
 from tests.api.conftest import SECRET, api_settings, app_client, bearer, client  # noqa: F401 (fixtures)
-from tests.faults.harness import Stack, view_of
+from tests.faults import conftest as faults
+from tests.faults.harness import Stack
 from tests.helpers import wait_until
 
+stack = faults.stack  # the fault scenarios' stack of role processes (a fixture)
 FLOWS = ("--import", "tests.handlers.flows")
 WRITE = bearer("tasks:read tasks:write")
 
 
-@pytest.fixture
-async def stack(settings: Settings, db: asyncpg.Connection, tmp_path: Path) -> AsyncIterator[Stack]:
+@pytest.fixture(autouse=True)
+async def steps_done(db: asyncpg.Connection) -> None:
+    """Where the flows.step handler records its runs, in its own transaction."""
     await db.execute("CREATE TABLE steps_done (run_id bigint NOT NULL, at timestamptz NOT NULL DEFAULT now())")
-    opened = await Stack.open(settings, db, tmp_path, broker_view=view_of(settings))
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 @pytest.fixture
