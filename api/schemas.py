@@ -35,6 +35,7 @@ class TaskPublic(BaseModel):
     overlap: str
     max_concurrency: int | None
     concurrency_key: str | None
+    priority: int
     completed: bool  # a one-off whose runs have all ended
 
     @classmethod
@@ -68,6 +69,7 @@ class TaskPublic(BaseModel):
             overlap=task.overlap,
             max_concurrency=task.max_concurrency,
             concurrency_key=task.concurrency_key,
+            priority=task.priority,
             completed=task.completed,
         )
 

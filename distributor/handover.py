@@ -29,9 +29,11 @@ async def hand_over(pool: asyncpg.Pool, publisher: Publisher, batch: int = 500) 
             for message in found:
                 if message.delay_s > 0:
                     delay_ms = max(1, round(message.delay_s * 1000))
-                    await publisher.publish_delayed(message.body, message.run_id, message.type, delay_ms)
+                    await publisher.publish_delayed(
+                        message.body, message.run_id, message.type, delay_ms, message.priority
+                    )
                 else:
-                    await publisher.forward(message.body, message.run_id, message.type)
+                    await publisher.forward(message.body, message.run_id, message.type, message.priority)
             await queue.delete(conn, [m.id for m in found])
         moved += len(found)
         if found:

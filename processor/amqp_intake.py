@@ -44,8 +44,7 @@ class AmqpIntake:
 
     async def ready(self) -> int:
         assert self._subscription is not None, "not subscribed"
-        ready, _ = await probe_queue(self._connection, self._subscription.queue.name)
-        return ready
+        return sum([(await probe_queue(self._connection, queue.name))[0] for queue in self._subscription.queues])
 
     def done(self, delivery: Delivery) -> None:
         self._acker.done(cast(AbstractIncomingMessage, delivery))

@@ -151,7 +151,7 @@ class Consumer:
                     verdicts.append(poison)
                     continue
                 await self._claimer.until_due(message)
-                await self._slots.take()
+                await self._slots.take(message.priority)
                 verdicts.append(group.create_task(self._handle_run(message)))
         await self._settle(delivery, runs, [v.result() if isinstance(v, asyncio.Task) else v for v in verdicts])
 

@@ -1,10 +1,14 @@
 """Deliveries from PostgreSQL (the `run_queue` table): claimed a batch at a time with `FOR UPDATE SKIP LOCKED`,
-never more held than the concurrency (the prefetch), leased and renewed while held, settled in batches.
+never more held than the concurrency (the prefetch) in each of two lanes, leased and renewed while held, settled in
+batches. The lanes are those of RabbitMQ's work queue and its urgent lane: messages of priority 1-9 are held apart
+from those of 0, so an urgent message is taken while a backlog's messages fill the normal lane (and then takes the
+next free slot, processor/slots.py).
 
-The fetch loop claims as many messages as there is room for; when it got fewer it sleeps until a NOTIFY says
-work was added, until the next message falls ready (a retry's delay, an expired lease), or `max_idle_s`; when it
-is full it sleeps until a settlement makes room. Every third of `queue_lease_s` it renews the leases of what it
-holds: a processor that died stops renewing, and its messages are handed out again when their leases run out.
+The fetch loop claims as many messages as each lane has room for; when it got fewer it sleeps until a NOTIFY says
+work was added, until the next message falls ready (a retry's delay, an expired lease), until a settlement makes
+room in a full lane, or `max_idle_s`; when both lanes are full it sleeps until a settlement makes room. Every third
+of `queue_lease_s` it renews the leases of what it holds: a processor that died stops renewing, and its messages are
+handed out again when their leases run out.
 """
 
 from __future__ import annotations
@@ -118,12 +122,18 @@ class PgIntake:
                 await asyncio.sleep(backoff.next())
         log.warning("gave up the %s of %d messages: their leases bring them back", what, len(messages))
 
+    def _rooms(self) -> dict[bool, int]:
+        """Room in each lane (urgent: True)."""
+        urgent = sum(1 for message in self._held.values() if message.priority > 0)
+        held = {True: urgent, False: len(self._held) - urgent}
+        return {lane: self._settings.concurrency - n for lane, n in held.items()}
+
     async def _fetch_loop(self, stop: asyncio.Event, wakeup: Wakeup) -> None:
         backoff = Backoff(self._settings.db_retry_max_s)
         while not stop.is_set() and self._consuming:
-            room = self._settings.concurrency - len(self._held)
-            if room <= 0:
-                self._room.clear()
+            self._room.clear()  # before the rooms are counted: a settlement from here on wakes the sleep below
+            rooms = {lane: room for lane, room in self._rooms().items() if room > 0}
+            if not rooms:
                 await unless_stopped(stop, self._room.wait())
                 continue
             try:
@@ -131,19 +141,27 @@ class PgIntake:
                     only, excluded = self._types, []
                 else:  # every type but those live dedicated processors serve
                     only, excluded = [], sorted(await self._routes.dedicated())
-                got = await queue.claim(self._pool, room, self._worker, self._settings.queue_lease_s, only, excluded)
-                wait_s = None if len(got) == room else await queue.next_ready_in(self._pool)
+                filled = False
+                for urgent, room in sorted(rooms.items(), reverse=True):  # the urgent lane first
+                    got = await queue.claim(
+                        self._pool, room, self._worker, self._settings.queue_lease_s, only, excluded, urgent
+                    )
+                    await self._hand_out(got)
+                    filled = filled or len(got) == room
+                wait_s = None if filled else await queue.next_ready_in(self._pool)
             except Exception as exc:
                 await pause_if_transient(exc, backoff, stop, "fetch")
                 continue
             backoff.reset()
-            await self._hand_out(got)
-            if len(got) == room:
-                continue  # more may be ready
+            if filled:
+                continue  # a lane took all it had room for: more may be ready
             idle_s = self._settings.max_idle_s if wait_s is None else min(max(wait_s, 0.0), self._settings.max_idle_s)
-            await unless_stopped(stop, wakeup.wait(idle_s))
+            # A lane that was full gets room when a settlement comes: a wait for work alone would leave it idle.
+            await unless_stopped(stop, _first(wakeup.wait(idle_s), self._room.wait() if len(rooms) < 2 else None))
 
     async def _hand_out(self, got: list[queue.Delivery]) -> None:
+        if not got:
+            return
         assert self._handler is not None, "not subscribed"
         limit = self._settings.delivery_limit
         over = [message for message in got if message.delivery > limit]
@@ -165,3 +183,14 @@ class PgIntake:
                 await queue.renew(self._pool, held, lease_s)
             except Exception as exc:  # not fatal: at worst a message is handed out twice, and dropped as a duplicate
                 log.warning("cannot renew the leases of %d messages: %s", len(held), exc)
+
+
+async def _first(*waits: Awaitable[object] | None) -> None:
+    """Returns when the first of `waits` (None: left out) returns; the others are cancelled."""
+    jobs = [asyncio.ensure_future(w) for w in waits if w is not None]
+    try:
+        await asyncio.wait(jobs, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)

@@ -87,7 +87,9 @@ class Recorder:
         self._crash.at(CrashPoint.AFTER_RECORD)
         try:
             if status is RunState.RETRYING:
-                await self._publisher.publish_delayed(message.next_attempt(), message.run_id, message.type, delay_ms)
+                await self._publisher.publish_delayed(
+                    message.next_attempt(), message.run_id, message.type, delay_ms, message.priority
+                )
             elif status is RunState.DEAD:
                 await self._publisher.publish_dead(message.wire(), message.run_id, attempt.error or "failed")
             else:

@@ -2,7 +2,8 @@
 
 asyncio.Semaphore's acquire checks every waiter (`locked()` looks for one not cancelled): with thousands of runs of
 coalesced messages waiting, each acquire and release went through them all. Here a waiter costs O(1) to add and to
-wake, first come first served.
+wake. A freed slot goes to the most urgent waiter (priority 9 down to 0), first come first served among equals: an
+urgent run that reached a processor busy with a backlog starts next.
 """
 
 from __future__ import annotations
@@ -10,19 +11,23 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+PRIORITIES = 10
+
 
 class Slots:
     def __init__(self, n: int) -> None:
         self._free = n
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._waiting: list[deque[asyncio.Future[None]]] = [deque() for _ in range(PRIORITIES)]
+        self._waiters = 0  # in every line, cancelled ones included until they are passed over
 
-    async def take(self) -> None:
+    async def take(self, priority: int = 0) -> None:
         """Returns when a slot is this caller's; `give` it back when done."""
-        if self._free > 0 and not self._waiting:
+        if self._free > 0 and not self._waiters:
             self._free -= 1
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append(waiter)
+        self._waiting[priority].append(waiter)
+        self._waiters += 1
         try:
             await waiter
         except asyncio.CancelledError:
@@ -31,10 +36,13 @@ class Slots:
             raise
 
     def give(self) -> None:
-        """Hands the slot to the longest waiter, or frees it."""
-        while self._waiting:
-            waiter = self._waiting.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+        """Hands the slot to the most urgent longest waiter, or frees it."""
+        if self._waiters:
+            for line in reversed(self._waiting):
+                while line:
+                    waiter = line.popleft()
+                    self._waiters -= 1
+                    if not waiter.done():
+                        waiter.set_result(None)
+                        return
         self._free += 1

@@ -61,7 +61,9 @@ class ConsumerLost(RuntimeError):
 
 
 class Subscription:
-    """A consumer of the work queue with a prefetch of `concurrency`, counting what reaches it."""
+    """Consumers of the work queue and of its urgent lane, each with a prefetch of `concurrency` (per consumer: the
+    urgent lane's runs reach a processor whose prefetch the backlog fills, and take its next free slot), counting
+    what reaches them."""
 
     def __init__(
         self, connection: AbstractRobustConnection, settings: Settings, handler: Handler, types: Sequence[str] = ()
@@ -71,8 +73,8 @@ class Subscription:
         self._handler = handler
         self._types = list(types)  # dedicated to these (their own queue), or every type (the work queue)
         self._channel: AbstractRobustChannel | None = None
-        self._queue: AbstractQueue | None = None
-        self._tag: str | None = None
+        self._queues: list[AbstractQueue] = []
+        self._tags: list[str] = []
         self.received = 0
         # (deliveries received, messages ready, room for more) at the previous check
         self._last: tuple[int, int, bool] | None = None
@@ -83,9 +85,15 @@ class Subscription:
         return self._channel
 
     @property
+    def queues(self) -> list[AbstractQueue]:
+        """The queue consumed and its urgent lane."""
+        assert self._queues, "not subscribed"
+        return self._queues
+
+    @property
     def queue(self) -> AbstractQueue:
-        assert self._queue is not None, "not subscribed"
-        return self._queue
+        """The queue consumed (the work queue, or the dedicated processors' own)."""
+        return self.queues[0]
 
     async def subscribe(self) -> None:
         """Declares the topology and consumes (on a new channel if there is none or it closed)."""
@@ -98,24 +106,23 @@ class Subscription:
             self._channel = await self._connection.channel()
         await self._channel.set_qos(prefetch_count=self._settings.concurrency)
         topology = await declare(self._channel, self._settings)
-        self._queue = (
-            await declare_dedicated(self._channel, topology, self._settings, self._types)
-            if self._types
-            else topology.work
-        )
-        self._tag = await self._queue.consume(self._deliver)
+        if self._types:
+            queue, urgent = await declare_dedicated(self._channel, topology, self._settings, self._types)
+        else:
+            queue, urgent = topology.work, topology.urgent
+        self._queues = [queue, urgent]
+        self._tags = [await q.consume(self._deliver) for q in self._queues]
         self._last = None
 
     async def cancel(self) -> None:
         """Stops taking work (also from aio-pika's list of consumers to restore); deliveries held stay unacked."""
-        if self._queue is None or self._tag is None:
-            return
-        tag, self._tag = self._tag, None
-        try:
-            async with asyncio.timeout(self._settings.publish_timeout_s):
-                await self._queue.cancel(tag)
-        except Exception as exc:  # the channel is gone: so is the consumer
-            log.info("cancelling consumer %s: %s", tag, exc)
+        tags, self._tags = self._tags, []
+        for queue, tag in zip(self._queues, tags, strict=True):
+            try:
+                async with asyncio.timeout(self._settings.publish_timeout_s):
+                    await queue.cancel(tag)
+            except Exception as exc:  # the channel is gone: so is the consumer
+                log.info("cancelling consumer %s: %s", tag, exc)
 
     async def resubscribe(self) -> None:
         await self.cancel()
@@ -148,7 +155,7 @@ class Subscription:
             async with asyncio.timeout(self._settings.publish_timeout_s):
                 await self.channel.ready()  # restored after a reconnect, its consumers with it
                 underlay = cast(aiormq.Channel, await self.channel.get_underlay_channel())
-                registered = self._tag is not None and self._tag in underlay.consumers
+                registered = bool(self._tags) and all(tag in underlay.consumers for tag in self._tags)
                 ready = await self._ready()
         except aiormq.exceptions.ChannelNotFoundEntity:
             self._last = None
@@ -163,15 +170,14 @@ class Subscription:
             return None
         previous, self._last = self._last, (self.received, ready, room)
         if not registered:
-            return "its consumer tag is no longer registered on the channel"
+            return "a consumer tag of it is no longer registered on the channel"
         if previous is not None and previous[2] and room and previous[1] and ready and previous[0] == self.received:
             return f"{ready} messages wait in the queue and none reached it since the last check"
         return None
 
     async def _ready(self) -> int:
-        """Messages ready in the work queue."""
-        ready, _ = await probe_queue(self._connection, self.queue.name)
-        return ready
+        """Messages ready in the work queue and its urgent lane."""
+        return sum([(await probe_queue(self._connection, queue.name))[0] for queue in self.queues])
 
 
 async def watch(subscription: Subscription, room: Callable[[], bool], settings: Settings, stop: asyncio.Event) -> None:

@@ -20,7 +20,7 @@ from taskmill.store.runs import Outbound
 from taskmill.tls import tls_context
 from taskmill.topology import Topology, declare, declare_delay_queue
 from taskmill.transport import coalesce
-from taskmill.transport.routes import Routes
+from taskmill.transport.routes import Routes, lane_key
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,10 @@ class AmqpPublisher:
         channel = await confirmed_channel(connection)
         return cls(channel, await declare(channel, settings), settings.publish_timeout_s, connection, routes)
 
-    async def _routing_key(self, task_type: str) -> str:
-        return task_type if self.routes is None else await self.routes.routing_key(task_type)
+    async def _routing_key(self, task_type: str, priority: int) -> str:
+        if self.routes is None:
+            return lane_key(task_type, priority)
+        return await self.routes.routing_key(task_type, priority)
 
     async def publish_runs(self, runs: Sequence[Outbound], per_message: int = 1) -> list[bool]:
         """Publishes the runs, up to `per_message` of one type in a message (dead ones alone, to the dead-letter
@@ -134,7 +136,7 @@ class AmqpPublisher:
         await channel.basic_publish(
             body,
             exchange=self.topology.names.runs_exchange,
-            routing_key=await self._routing_key(first.type),
+            routing_key=await self._routing_key(first.type, first.priority),
             properties=properties(first.run_id, headers),
             mandatory=True,
             wait=False,
@@ -146,21 +148,21 @@ class AmqpPublisher:
             _, consumers = await probe_queue(self.connection, self.topology.names.work_queue)
         return consumers
 
-    async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int) -> None:
+    async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int, priority: int = 0) -> None:
         """Into the delay queue of `delay_ms` for the type, declared first (it expires when idle). TimeoutError
         after `publish_timeout_s`, also while the connection is down."""
         async with asyncio.timeout(self.timeout_s):
             channel = await self.channel.get_underlay_channel()
             # Named by, and dead-lettering with, the routing key: a dedicated type's retry returns to its processors.
-            key = await self._routing_key(task_type)
+            key = await self._routing_key(task_type, priority)
             queue = await declare_delay_queue(channel, self.topology.names, delay_ms, key)
             await self.channel.default_exchange.publish(amqp_message(body, run_id), routing_key=queue, mandatory=True)
 
-    async def forward(self, body: bytes, run_id: int, task_type: str) -> None:
+    async def forward(self, body: bytes, run_id: int, task_type: str, priority: int = 0) -> None:
         """To the runs exchange under its type, as the distributor publishes. TimeoutError after
         `publish_timeout_s`, also while the connection is down."""
         async with asyncio.timeout(self.timeout_s):
-            key = await self._routing_key(task_type)
+            key = await self._routing_key(task_type, priority)
             await self.topology.runs.publish(amqp_message(body, run_id), routing_key=key, mandatory=True)
 
     async def publish_dead(self, body: bytes, run_id: int | None, reason: str, *, kind: str = "gave up") -> None:

@@ -47,6 +47,7 @@ async def defer(
     max_retries: int = 0,
     retry_delay_seconds: float = 10.0,
     timeout_seconds: float | None = None,
+    priority: int = 0,
     created_by: str | None = None,
 ) -> int:
     """One run of `task_type` now (or `at`), on the caller's connection and inside its transaction; returns the
@@ -62,6 +63,7 @@ async def defer(
         "schedule": Schedule(kind=ScheduleKind.ONCE, at=at) if at else Schedule(kind=ScheduleKind.IMMEDIATE),
         "max_retries": max_retries,
         "retry_delay_seconds": retry_delay_seconds,
+        "priority": priority,
     }
     try:
         spec = TaskCreate(**fields)

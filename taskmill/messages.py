@@ -3,7 +3,7 @@
 Version 1 fields: v, run_id, task_id, type, payload (object), attempt (1 for the first try), scheduled_time
 (ISO 8601), timeout_s, max_retries, retry_delay_s, backoff, deadline (ISO 8601: when the rescuer may hand the
 run out again if it has not started), secrets (Fernet ciphertext or null), lost (earlier attempts of the run whose
-processor was lost; 0 when absent). The AMQP message id is the run id.
+processor was lost; 0 when absent), priority (0-9, higher first; 0 when absent). The AMQP message id is the run id.
 
 The keys are the wire format, kept as first published so that messages already queued (a retry can wait a day in
 a delay queue) and processors written elsewhere keep working. In Python the fields carry the names a task's own
@@ -52,6 +52,7 @@ class RunMessage(BaseModel):
     deadline: AwareDatetime | None = None
     secrets: str | None = None  # Fernet ciphertext of the task's secrets (taskmill/secrets.py)
     lost: int = Field(0, ge=0, le=_INTEGER)
+    priority: int = Field(0, ge=0, le=9)  # higher passes a backlog; 0 when absent (a message of an older version)
 
     def retry_delay_ms(self) -> int:
         """The wait before the next attempt: retry_delay * backoff^(attempt - 1), at most MAX_RETRY_DELAY_S (an

@@ -145,6 +145,8 @@ class TaskBody(BaseModel):
     # a processor cuts every run at its own setting.
     timeout_seconds: float = Field(DEFAULT_TIMEOUT_S, gt=0, le=MAX_TIMEOUT_CAP_S)
     estimated_ms: int = Field(1000, ge=0, le=86_400_000)
+    # 0-9, higher first: an urgent run passes a backlog (README "Priorities").
+    priority: int = Field(0, ge=0, le=9)
     # Values are write-only: stored encrypted, shown by name only, masked in every repr and log line.
     secrets: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], SecretStr] = Field(
         default_factory=dict, max_length=50
@@ -255,6 +257,7 @@ class Task:
     overlap: str = "allow"
     max_concurrency: int | None = None
     concurrency_key: str | None = None
+    priority: int = 0
     # A one-off (once or immediate) whose runs have all ended; read by GET_TASK and the listing only.
     completed: bool = False
 

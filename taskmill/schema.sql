@@ -100,6 +100,9 @@ CREATE TABLE tasks (
     -- tasks of one concurrency_key (each held to its own cap). NULL: no cap.
     max_concurrency     integer CHECK (max_concurrency BETWEEN 1 AND 100000),
     concurrency_key     text CHECK (length(concurrency_key) BETWEEN 1 AND 200),
+    -- 0-9, higher first: an urgent run passes a backlog (on RabbitMQ 1-9 share the urgent lane; in run_queue and in
+    -- a processor's slots every level counts).
+    priority            smallint NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 9),
     CHECK (CASE schedule_kind
         WHEN 'cron' THEN cron IS NOT NULL
         WHEN 'interval' THEN every_seconds IS NOT NULL
@@ -498,7 +501,7 @@ RETURNS text LANGUAGE sql STABLE AS $$
         'v', 1, 'run_id', run_id, 'task_id', task_id, 'type', t.type, 'payload', t.payload,
         'attempt', attempt + 1, 'scheduled_time', scheduled_time, 'timeout_s', t.timeout_seconds,
         'max_retries', t.max_retries, 'retry_delay_s', t.retry_delay_seconds, 'backoff', t.backoff,
-        'deadline', deadline, 'secrets', convert_from(t.secrets, 'UTF8'), 'lost', lost)::text
+        'deadline', deadline, 'secrets', convert_from(t.secrets, 'UTF8'), 'lost', lost, 'priority', t.priority)::text
 $$;
 
 -- The distributor's claim: the oldest runs due within `lead_s`, skipping rows another replica holds, moved to
@@ -514,7 +517,7 @@ $$;
 -- only for tasks whose policy is not `allow`. Concurrency caps (migration 0014): a run whose key is at its cap waits,
 -- looked at again in a second. `at`: the clock (now() when NULL).
 CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision, at timestamptz)
-RETURNS TABLE (id bigint, type text, status run_status, body text)
+RETURNS TABLE (id bigint, type text, status run_status, body text, priority smallint)
 LANGUAGE plpgsql SET enable_sort = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
     SET jit = off
 AS $$
@@ -625,7 +628,7 @@ BEGIN
         RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status, d.task
     )
     SELECT r.id, (r.task).type, r.status,
-           run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, r.task)
+           run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, r.task), (r.task).priority
     FROM r
     WHERE r.status = 'queued';
 END $$;
@@ -660,15 +663,16 @@ CREATE TABLE run_queue (
     leased_by    text,
     deliveries   integer NOT NULL DEFAULT 0,
     reason       text,
-    enqueued_at  timestamptz NOT NULL DEFAULT now()
+    enqueued_at  timestamptz NOT NULL DEFAULT now(),
+    priority     smallint NOT NULL DEFAULT 0
 ) WITH (
     -- Every message is inserted and deleted within seconds: vacuum it often, or dead rows and their index entries
     -- pile up under a steady load and the claim walks over them.
     autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 2000, autovacuum_vacuum_cost_delay = 0
 );
 
--- The claim: the oldest available work first (dead letters stay out of it).
-CREATE INDEX run_queue_available ON run_queue (available_at, id) WHERE queue = 'work';
+-- The claim: the most urgent available work first, then the oldest (dead letters stay out of it).
+CREATE INDEX run_queue_available ON run_queue (priority DESC, available_at, id) WHERE queue = 'work';
 
 -- Python handlers (taskmill/handlers.py): each processor registers the task types it serves at start, with their
 -- payload JSON schemas, so the API validates payloads and lists types without importing anyone's code.

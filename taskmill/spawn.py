@@ -55,6 +55,7 @@ class SpawnSpec(BaseModel):
     backoff: float = Field(1.0, ge=1, le=10)
     timeout_seconds: float | None = Field(None, gt=0, le=MAX_TIMEOUT_CAP_S)
     estimated_ms: int = Field(1000, ge=0, le=86_400_000)
+    priority: int | None = Field(None, ge=0, le=9)  # None: the parent's
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,14 +152,15 @@ def from_http_answer(body: Any) -> tuple[list[SpawnSpec], bool]:
     return specs, ask.get("wait") is True
 
 
-DEPTH = "SELECT spawn_depth FROM tasks WHERE id = $1"
+PARENT_TASK = "SELECT spawn_depth, priority FROM tasks WHERE id = $1"
 
 INSERT_CHILDREN = """
 INSERT INTO tasks (name, type, payload, schedule_kind, max_retries, retry_delay_seconds, backoff, timeout_seconds,
-                   estimated_ms, parent_run_id, spawn_depth, created_by)
-SELECT n, ty, p::jsonb, 'immediate', mr, rd, b, t, est, $9, $10, $11
-FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::float8[], $7::float8[], $8::int[])
-    AS b(n, ty, p, mr, rd, b, t, est)
+                   estimated_ms, parent_run_id, spawn_depth, created_by, priority)
+SELECT n, ty, p::jsonb, 'immediate', mr, rd, b, t, est, $9, $10, $11, pr
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::float8[], $7::float8[], $8::int[],
+            $12::smallint[])
+    AS b(n, ty, p, mr, rd, b, t, est, pr)
 ON CONFLICT (name) WHERE workflow_id IS NULL DO NOTHING
 RETURNING id, name
 """
@@ -207,7 +209,7 @@ _ENDED = {"succeeded", "failed", "dead", "cancelled", "skipped"}
 
 
 async def _checked_bodies(
-    conn: Connection, parent: Parent, specs: Sequence[SpawnSpec], keys: list[str]
+    conn: Connection, parent: Parent, specs: Sequence[SpawnSpec], keys: list[str], priority: int
 ) -> list[TaskBody]:
     """Each child as a task body, its type known and its payload fitting it (SpawnError naming the spec)."""
     registry = await registry_for(conn, {s.type for s in specs})
@@ -223,6 +225,7 @@ async def _checked_bodies(
                 backoff=spec.backoff,
                 timeout_seconds=spec.timeout_seconds or DEFAULT_TIMEOUT_S,
                 estimated_ms=spec.estimated_ms,
+                priority=priority if spec.priority is None else spec.priority,
             )
         except ValidationError as exc:
             e = exc.errors()[0]
@@ -250,9 +253,10 @@ async def spawn(
     `first_number`."""
     if not specs:
         return []
-    depth = await conn.fetchval(DEPTH, parent.task_id)
-    if depth is None:
+    task = await conn.fetchrow(PARENT_TASK, parent.task_id)
+    if task is None:
         raise SpawnError(f"spawn: run {parent.run_id}'s task is gone")
+    depth = task["spawn_depth"]
     if depth + 1 > parent.max_depth:
         raise SpawnError(
             f"spawn: a child here would be {depth + 1} levels deep, past TASKMILL_SPAWN_MAX_DEPTH ({parent.max_depth})"
@@ -260,7 +264,7 @@ async def spawn(
     keys = [spec.key or str(first_number + i) for i, spec in enumerate(specs)]
     if len(set(keys)) != len(keys):
         raise SpawnError("spawn: two children with the same key")
-    bodies = await _checked_bodies(conn, parent, specs, keys)
+    bodies = await _checked_bodies(conn, parent, specs, keys, task["priority"])
     async with conn.transaction():
         created = await conn.fetch(
             INSERT_CHILDREN,
@@ -275,6 +279,7 @@ async def spawn(
             parent.run_id,
             depth + 1,
             created_by,
+            [b.priority for b in bodies],
         )
         new_tasks = {r["name"]: r["id"] for r in created}
         # The runs of the keys that exist already: repeats, and siblings that specs depend on by key.

@@ -7,8 +7,9 @@ queue with its reason in the header `x-taskmill-reason`.
     {"v": 1, "type": "billing.send_invoice", "payload": {"customer_id": 7}, "idempotency_key": "inv-7"}
     {"v": 1, "task": "nightly-report", "at": "2026-12-01T02:00:00Z"}
 
-`type` (with `payload`, `idempotency_key`, `max_retries`, `retry_delay_seconds`, `timeout_seconds`) defers one run of
-that type; `task` makes one run of an existing task, by name. `at` (ISO 8601 with a zone) is when; now if absent.
+`type` (with `payload`, `idempotency_key`, `max_retries`, `retry_delay_seconds`, `timeout_seconds`, `priority`)
+defers one run of that type; `task` makes one run of an existing task, by name. `at` (ISO 8601 with a zone) is
+when; now if absent.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class SubmitRequest(BaseModel):
     max_retries: int = Field(0, ge=0, le=100)
     retry_delay_seconds: float = Field(10.0, ge=0)
     timeout_seconds: float | None = Field(None, gt=0)
+    priority: int = Field(0, ge=0, le=9)
 
     @model_validator(mode="after")
     def _one_target(self) -> SubmitRequest:
@@ -69,6 +71,7 @@ async def submit(conn: Connection, body: bytes, *, created_by: str = "submit") -
                     max_retries=request.max_retries,
                     retry_delay_seconds=request.retry_delay_seconds,
                     timeout_seconds=request.timeout_seconds,
+                    priority=request.priority,
                     created_by=created_by,
                 )
             except DeferError as exc:

@@ -1,6 +1,8 @@
 """The whole RabbitMQ topology in one place: names, arguments and declaration.
 
 publishers --> exchange <p>.runs (direct, key = task type) --> queue <p>.work --> processors
+priority 1-9: key urgent.<type> --> queue <p>.work.urgent --> the same processors, a consumer of its own (the urgent
+    lane: a backlog in <p>.work does not hold it up; RabbitMQ 3.x quorum queues have no priorities of their own)
 failed attempt --> default exchange --> queue <p>.delay.<ms>.<type> (TTL) --dead-letter--> <p>.runs
 gave up / poison / over the delivery limit --> exchange <p>.dead (fanout) --> queue <p>.dead
 """
@@ -19,7 +21,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 from taskmill.handlers import HANDLERS
 from taskmill.settings import Settings
 from taskmill.tasktypes import BUILTIN
-from taskmill.transport.routes import DEDICATED_PREFIX
+from taskmill.transport.routes import DEDICATED_PREFIX, lane_key
 
 # An idle delay queue is removed this long after its last use; its messages have all expired by then.
 _DELAY_QUEUE_IDLE_MS = 3_600_000
@@ -55,6 +57,11 @@ class Names:
         digest = hashlib.sha256(",".join(sorted(types)).encode()).hexdigest()[:12]
         return f"{self.prefix}.only.{digest}"
 
+    @staticmethod
+    def urgent(queue: str) -> str:
+        """The urgent lane beside a work queue: runs of priority 1-9 go there, and its processors consume both."""
+        return f"{queue}.urgent"
+
     def delay_queue(self, delay_ms: int, task_type: str) -> str:
         return f"{self.prefix}.delay.{delay_ms}.{task_type}"
 
@@ -65,6 +72,7 @@ class Topology:
     runs: AbstractExchange
     dead: AbstractExchange
     work: AbstractQueue
+    urgent: AbstractQueue  # the work queue's urgent lane
     dead_letters: AbstractQueue
 
 
@@ -82,33 +90,45 @@ async def declare(channel: AbstractChannel, settings: Settings) -> Topology:
     names = Names(settings.broker_prefix)
     runs = await channel.declare_exchange(names.runs_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
     dead = await channel.declare_exchange(names.dead_exchange, aio_pika.ExchangeType.FANOUT, durable=True)
-    work = await channel.declare_queue(names.work_queue, durable=True, arguments=work_queue_arguments(settings, names))
+    work, urgent = await _lanes(channel, settings, names, names.work_queue)
     # The built-in types, and the handlers this process registered (a processor's: the bindings stay on the broker,
     # so every distributor's publishes of those types reach the work queue from then on).
     for type_name in (*BUILTIN, *HANDLERS):
-        await work.bind(runs, routing_key=type_name)
+        await _bind(runs, work, urgent, type_name)
     dead_letters = await channel.declare_queue(
         names.dead_queue,
         durable=True,
         arguments={"x-queue-type": "quorum"} if settings.queue_type == "quorum" else {},
     )
     await dead_letters.bind(dead)
-    return Topology(names, runs, dead, work, dead_letters)
+    return Topology(names, runs, dead, work, urgent, dead_letters)
+
+
+async def _lanes(
+    channel: AbstractChannel, settings: Settings, names: Names, name: str
+) -> tuple[AbstractQueue, AbstractQueue]:
+    """A work queue and its urgent lane, alike but for their names."""
+    arguments = work_queue_arguments(settings, names)
+    queue = await channel.declare_queue(name, durable=True, arguments=arguments)
+    urgent = await channel.declare_queue(Names.urgent(name), durable=True, arguments=arguments)
+    return queue, urgent
+
+
+async def _bind(runs: AbstractExchange, queue: AbstractQueue, urgent: AbstractQueue, key: str) -> None:
+    await queue.bind(runs, routing_key=key)
+    await urgent.bind(runs, routing_key=lane_key(key, 9))
 
 
 async def declare_dedicated(
     channel: AbstractChannel, topology: Topology, settings: Settings, types: Sequence[str]
-) -> AbstractQueue:
-    """The queue of processors dedicated to `types` (beside the topology `declare` made), bound to the runs exchange
-    under `only.<type>` for each: the routing key publishers use for a type that live dedicated processors serve
-    (taskmill/transport/routes.py)."""
-    names = topology.names
-    queue = await channel.declare_queue(
-        names.dedicated_queue(types), durable=True, arguments=work_queue_arguments(settings, names)
-    )
+) -> tuple[AbstractQueue, AbstractQueue]:
+    """The queue of processors dedicated to `types` and its urgent lane (beside the topology `declare` made), bound
+    to the runs exchange under `only.<type>` (and `urgent.only.<type>`) for each: the routing keys publishers use for
+    a type that live dedicated processors serve (taskmill/transport/routes.py)."""
+    queue, urgent = await _lanes(channel, settings, topology.names, topology.names.dedicated_queue(types))
     for task_type in types:
-        await queue.bind(topology.runs, routing_key=f"{DEDICATED_PREFIX}{task_type}")
-    return queue
+        await _bind(topology.runs, queue, urgent, f"{DEDICATED_PREFIX}{task_type}")
+    return queue, urgent
 
 
 async def declare_delay_queue(channel: aiormq.abc.AbstractChannel, names: Names, delay_ms: int, task_type: str) -> str:
@@ -138,8 +158,9 @@ async def declare_submit(channel: AbstractChannel, settings: Settings) -> Abstra
 
 
 async def delete(channel: AbstractChannel, names: Names) -> None:
-    """Removes the work, submit and dead-letter queues and the exchanges (delay queues expire by themselves)."""
-    for queue in (names.work_queue, names.submit_queue, names.dead_queue):
+    """Removes the work queue and its urgent lane, the submit and dead-letter queues and the exchanges (delay queues
+    expire by themselves)."""
+    for queue in (names.work_queue, Names.urgent(names.work_queue), names.submit_queue, names.dead_queue):
         await channel.queue_delete(queue)
     for exchange in (names.runs_exchange, names.dead_exchange):
         await channel.exchange_delete(exchange)

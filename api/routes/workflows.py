@@ -49,6 +49,7 @@ class StepPublic(BaseModel):
     backoff: float
     timeout_seconds: float
     estimated_ms: int
+    priority: int
     secrets: list[str]  # names only
 
 

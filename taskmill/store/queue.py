@@ -29,6 +29,7 @@ class Message:
     run_id: int | None
     delay_s: float = 0.0
     reason: str | None = None
+    priority: int = 0  # 0-9: the claim hands out the most urgent ready message first
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,15 +40,16 @@ class Delivery:
     delivery: int  # how many times it has been handed out, this time included
     type: str
     body: bytes
+    priority: int = 0
 
 
 ENQUEUE = """
 WITH added AS (
-    INSERT INTO run_queue (queue, type, body, run_id, available_at, reason)
+    INSERT INTO run_queue (queue, type, body, run_id, available_at, reason, priority)
     SELECT CASE WHEN m.reason IS NULL THEN 'work' ELSE 'dead' END, m.type, m.body, m.run_id,
-           now() + make_interval(secs => m.delay_s), m.reason
-    FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::float8[], $5::text[])
-        AS m(type, body, run_id, delay_s, reason)
+           now() + make_interval(secs => m.delay_s), m.reason, m.priority
+    FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::float8[], $5::text[], $6::smallint[])
+        AS m(type, body, run_id, delay_s, reason, priority)
     RETURNING queue, available_at
 )
 -- CASE: the only order of evaluation SQL promises (a dead letter must not wake anyone).
@@ -68,25 +70,35 @@ async def enqueue(conn: Conn, messages: Sequence[Message]) -> None:
             [m.run_id for m in messages],
             [m.delay_s for m in messages],
             [m.reason for m in messages],
+            [m.priority for m in messages],
         )
 
 
-# The oldest ready messages, leased to the processor: `available_at` moves to the lease's end, so the message is
-# handed out again then unless the processor settles or renews it first. `$4` empty: every type but `$5`.
-CLAIM = """
+# The most urgent ready messages, the oldest first among equals, leased to the processor: `available_at` moves to
+# the lease's end, so the message is handed out again then unless the processor settles or renews it first. `$4`
+# empty: every type but `$5`. `{lane}`: a condition on the priority, spelled out so the index scan starts where the
+# lane does (a parameter would leave it a filter, walked over a backlog of the other lane).
+_CLAIM = """
 WITH picked AS (
     SELECT id FROM run_queue
     WHERE queue = 'work' AND available_at <= now() AND (cardinality($4::text[]) = 0 OR type = ANY($4::text[]))
-      AND type <> ALL($5::text[])
-    ORDER BY available_at, id
+      AND type <> ALL($5::text[]) {lane}
+    ORDER BY priority DESC, available_at, id
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
 UPDATE run_queue q
 SET available_at = now() + make_interval(secs => $3), leased_by = $2, deliveries = q.deliveries + 1
 FROM picked WHERE q.id = picked.id
-RETURNING q.id, q.deliveries, q.type, q.body
+RETURNING q.id, q.deliveries, q.type, q.body, q.priority
 """
+# A processor takes messages in two lanes, as from RabbitMQ's work queue and its urgent lane: each holds up to its
+# concurrency, so an urgent message is taken while the normal lane is full of a backlog's messages.
+CLAIM = {
+    None: _CLAIM.format(lane=""),
+    False: _CLAIM.format(lane="AND priority = 0"),
+    True: _CLAIM.format(lane="AND priority > 0"),
+}
 
 
 async def claim(
@@ -96,10 +108,13 @@ async def claim(
     lease_s: float,
     types: Sequence[str] = (),
     excluded: Sequence[str] = (),
+    urgent: bool | None = None,
 ) -> list[Delivery]:
-    """Up to `limit` ready messages (of `types`, or any but `excluded`), oldest first, leased for `lease_s`."""
-    rows = await conn.fetch(CLAIM, limit, worker, lease_s, list(types), list(excluded))
-    return sorted((Delivery(r["id"], r["deliveries"], r["type"], r["body"]) for r in rows), key=lambda d: d.id)
+    """Up to `limit` ready messages (of `types`, or any but `excluded`; of priority 1-9 when `urgent`, 0 when not
+    urgent, any when None), the most urgent first, then the oldest, leased for `lease_s`; returned in that order."""
+    rows = await conn.fetch(CLAIM[urgent], limit, worker, lease_s, list(types), list(excluded))
+    found = (Delivery(r["id"], r["deliveries"], r["type"], r["body"], r["priority"]) for r in rows)
+    return sorted(found, key=lambda d: (-d.priority, d.id))
 
 
 _DELIVERIES = "unnest($1::bigint[], $2::int[]) AS d(id, n) WHERE q.id = d.id AND q.deliveries = d.n"
@@ -156,7 +171,13 @@ async def ready(conn: Conn) -> int:
     return count
 
 
-NEXT_READY_IN = "SELECT extract(epoch FROM min(available_at) - now())::float8 FROM run_queue WHERE queue = 'work'"
+# The earliest of each priority's first message: ten short walks of the claim's index, not a walk of all of it.
+NEXT_READY_IN = """
+SELECT extract(epoch FROM min(first.available_at) - now())::float8
+FROM generate_series(0, 9) AS p(priority),
+LATERAL (SELECT available_at FROM run_queue q
+         WHERE q.queue = 'work' AND q.priority = p.priority ORDER BY q.available_at LIMIT 1) AS first
+"""
 
 
 async def next_ready_in(conn: Conn) -> float | None:
@@ -169,7 +190,7 @@ async def next_ready_in(conn: Conn) -> float | None:
 # What a processor of the PostgreSQL transport does not hold: ready messages, retries waiting out their delay, and
 # messages whose lease ran out (their processor died). Locked until the transaction that takes them ends.
 LEFTOVERS = """
-SELECT id, type, body, run_id, greatest(0, extract(epoch FROM available_at - now()))::float8 AS delay_s
+SELECT id, type, body, run_id, greatest(0, extract(epoch FROM available_at - now()))::float8 AS delay_s, priority
 FROM run_queue
 WHERE queue = 'work' AND (leased_by IS NULL OR available_at <= now())
 ORDER BY id
@@ -185,12 +206,13 @@ class Leftover:
     body: bytes
     run_id: int
     delay_s: float
+    priority: int
 
 
 async def leftovers(conn: Connection, limit: int) -> list[Leftover]:
     """Up to `limit` messages no processor holds, locked for the caller's transaction."""
     rows = await conn.fetch(LEFTOVERS, limit)
-    return [Leftover(r["id"], r["type"], r["body"], r["run_id"] or 0, r["delay_s"]) for r in rows]
+    return [Leftover(r["id"], r["type"], r["body"], r["run_id"] or 0, r["delay_s"], r["priority"]) for r in rows]
 
 
 async def delete(conn: Connection, ids: Sequence[int]) -> None:

@@ -29,14 +29,15 @@ class Outbound:
     type: str
     body: bytes
     status: RunState
+    priority: int = 0  # the task's, 0-9: higher passes a backlog (routed to the urgent lane on RabbitMQ)
 
 
 # The statement lives in the database (claim_due_runs in 0001_schema.sql) to carry its planner settings.
-CLAIM_DUE = "SELECT id, type, status, body FROM claim_due_runs($1, $2, $3, $4)"
+CLAIM_DUE = "SELECT id, type, status, body, priority FROM claim_due_runs($1, $2, $3, $4)"
 
 
 def _outbound(records: list[asyncpg.Record]) -> list[Outbound]:
-    return [Outbound(r["id"], r["type"], r["body"].encode(), RunState(r["status"])) for r in records]
+    return [Outbound(r["id"], r["type"], r["body"].encode(), RunState(r["status"]), r["priority"]) for r in records]
 
 
 async def claim_due(
@@ -244,7 +245,7 @@ WITH stale AS (
     FROM stale WHERE s.id = stale.id AND s.scheduled_time = stale.scheduled_time
     RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status
 )
-SELECT r.id, t.type, r.status, {_MESSAGE} AS body FROM r JOIN tasks t ON t.id = r.task_id
+SELECT r.id, t.type, r.status, {_MESSAGE} AS body, t.priority FROM r JOIN tasks t ON t.id = r.task_id
 """
 
 # A processor that died mid-run is not the task failing: the run goes to another processor as its next attempt, the
@@ -276,7 +277,7 @@ WITH lost AS (
     FROM r JOIN tasks t ON t.id = r.task_id
     ON CONFLICT (run_id, scheduled_time, attempt) DO NOTHING
 )
-SELECT r.id, t.type, r.status, {_MESSAGE} AS body FROM r JOIN tasks t ON t.id = r.task_id
+SELECT r.id, t.type, r.status, {_MESSAGE} AS body, t.priority FROM r JOIN tasks t ON t.id = r.task_id
 """
 
 

@@ -17,11 +17,13 @@ from taskmill.store.runs import cancel_unpublished_runs
 # The columns a definition sets, in the order _definition gives them, then who created it and its secrets.
 _COLUMNS = """name, type, payload, schedule_kind, cron, every_seconds, run_at, timezone, active, max_retries,
     retry_delay_seconds, backoff, timeout_seconds, estimated_ms, created_by, secrets, secret_names, misfire,
-    misfire_grace_seconds, catchup_window_seconds, window_seconds, overlap, max_concurrency, concurrency_key"""
+    misfire_grace_seconds, catchup_window_seconds, window_seconds, overlap, max_concurrency, concurrency_key,
+    priority"""
 
 INSERT_TASK = f"""
 INSERT INTO tasks ({_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24,
+        $25)
 RETURNING *
 """
 
@@ -43,6 +45,7 @@ def _policy(spec: TaskCreate) -> tuple[object, ...]:
         spec.overlap,
         spec.max_concurrency,
         spec.concurrency_key,
+        spec.priority,
     )
 
 
@@ -145,7 +148,7 @@ UPDATE tasks SET name = $2, type = $3, payload = $4, schedule_kind = $5, cron = 
     secrets = CASE WHEN $16 THEN $17 ELSE secrets END,
     secret_names = CASE WHEN $16 THEN $18 ELSE secret_names END,
     misfire = $19, misfire_grace_seconds = $20, catchup_window_seconds = $21, window_seconds = $22, overlap = $23,
-    max_concurrency = $24, concurrency_key = $25
+    max_concurrency = $24, concurrency_key = $25, priority = $26
 WHERE id = $1
 RETURNING *
 """
@@ -200,12 +203,12 @@ INSERT_TASKS = f"""
 WITH new AS (
     INSERT INTO tasks ({_COLUMNS})
     SELECT n, ty, p::jsonb, k, c, e, a, tz, act, mr, rd, b, t, est, $15, sec,
-           ARRAY(SELECT jsonb_array_elements_text(sn::jsonb)), mf, mg, cw, w, ov, mc, ck
+           ARRAY(SELECT jsonb_array_elements_text(sn::jsonb)), mf, mg, cw, w, ov, mc, ck, pr
     FROM unnest($1::text[], $2::text[], $3::text[], $4::schedule_kind[], $5::text[], $6::int[], $7::timestamptz[],
                 $8::text[], $9::bool[], $10::int[], $11::float8[], $12::float8[], $13::float8[], $14::int[],
                 $16::bytea[], $17::text[], $18::text[], $19::int[], $20::int[], $21::int[], $22::text[],
-                $23::int[], $24::text[])
-        AS b(n, ty, p, k, c, e, a, tz, act, mr, rd, b, t, est, sec, sn, mf, mg, cw, w, ov, mc, ck)
+                $23::int[], $24::text[], $25::smallint[])
+        AS b(n, ty, p, k, c, e, a, tz, act, mr, rd, b, t, est, sec, sn, mf, mg, cw, w, ov, mc, ck, pr)
     RETURNING id, name, schedule_kind, run_at, active, created_by
 ), runs AS (
     INSERT INTO task_schedule (task_id, scheduled_time, created_by)

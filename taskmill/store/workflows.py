@@ -24,6 +24,7 @@ _STEP_FIELDS = (
     "backoff",
     "timeout_seconds",
     "estimated_ms",
+    "priority",
     "depends_on",
     "continue_on_failure",
 )
@@ -43,12 +44,14 @@ RETURNING *
 
 INSERT_STEPS = """
 INSERT INTO tasks (workflow_id, schedule_kind, created_by, name, type, payload, max_retries, retry_delay_seconds,
-                   backoff, timeout_seconds, estimated_ms, depends_on, continue_on_failure, secrets, secret_names)
+                   backoff, timeout_seconds, estimated_ms, depends_on, continue_on_failure, secrets, secret_names,
+                   priority)
 SELECT $1, 'immediate', $2, n, ty, p::jsonb, mr, rd, b, t, est,
-       ARRAY(SELECT jsonb_array_elements_text(d::jsonb)), cof, sec, ARRAY(SELECT jsonb_array_elements_text(sn::jsonb))
+       ARRAY(SELECT jsonb_array_elements_text(d::jsonb)), cof, sec, ARRAY(SELECT jsonb_array_elements_text(sn::jsonb)),
+       pr
 FROM unnest($3::text[], $4::text[], $5::text[], $6::int[], $7::float8[], $8::float8[], $9::float8[], $10::int[],
-            $11::text[], $12::bool[], $13::bytea[], $14::text[])
-    AS b(n, ty, p, mr, rd, b, t, est, d, cof, sec, sn)
+            $11::text[], $12::bool[], $13::bytea[], $14::text[], $15::smallint[])
+    AS b(n, ty, p, mr, rd, b, t, est, d, cof, sec, sn, pr)
 """
 
 STEPS = f"""
@@ -166,6 +169,7 @@ async def _insert_steps(
         [s.continue_on_failure for s in steps],
         [seal(secret_key, s.secret_values()) for s in steps],
         [jsonb(sorted(s.secrets)) for s in steps],
+        [s.priority for s in steps],
     )
 
 

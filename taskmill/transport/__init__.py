@@ -32,11 +32,11 @@ class Publisher(Protocol):
         """Processors taking work now (for how many runs to put in a message)."""
         ...
 
-    async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int) -> None:
+    async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int, priority: int = 0) -> None:
         """A retry, handed out `delay_ms` from now. Raises when the transport did not take it."""
         ...
 
-    async def forward(self, body: bytes, run_id: int, task_type: str) -> None:
+    async def forward(self, body: bytes, run_id: int, task_type: str, priority: int = 0) -> None:
         """A message as it came (version 1 or 2) to the processors of its type, now. Raises when the transport did
         not take it."""
         ...
@@ -78,17 +78,18 @@ async def open_link(settings: Settings, name: str, pool: asyncpg.Pool) -> Link:
 
 
 def coalesce(runs: Sequence[Outbound], per_message: int) -> list[list[Outbound]]:
-    """The messages that carry `runs`: up to `per_message` runs of one type each, in the order they came (a dead
-    run alone: it goes to the dead letters)."""
+    """The messages that carry `runs`: up to `per_message` runs of one type and priority each, in the order they
+    came (a dead run alone: it goes to the dead letters)."""
     messages: list[list[Outbound]] = []
-    open_by_type: dict[str, list[Outbound]] = {}
+    open_by_kind: dict[tuple[str, int], list[Outbound]] = {}
     for run in runs:
         if run.status is RunState.DEAD or per_message <= 1:
             messages.append([run])
             continue
-        current = open_by_type.get(run.type)
+        kind = (run.type, run.priority)
+        current = open_by_kind.get(kind)
         if current is None or len(current) >= per_message:
-            current = open_by_type[run.type] = []
+            current = open_by_kind[kind] = []
             messages.append(current)
         current.append(run)
     return messages

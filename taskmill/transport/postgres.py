@@ -48,13 +48,14 @@ class PgPublisher:
         async with asyncio.timeout(self.timeout_s):
             return await live_count(self.pool, LIVE_WITHIN_S)
 
-    async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int) -> None:
+    async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int, priority: int = 0) -> None:
+        message = queue.Message(task_type, body, run_id, delay_s=delay_ms / 1000, priority=priority)
         async with asyncio.timeout(self.timeout_s):
-            await queue.enqueue(self.pool, [queue.Message(task_type, body, run_id, delay_s=delay_ms / 1000)])
+            await queue.enqueue(self.pool, [message])
 
-    async def forward(self, body: bytes, run_id: int, task_type: str) -> None:
+    async def forward(self, body: bytes, run_id: int, task_type: str, priority: int = 0) -> None:
         async with asyncio.timeout(self.timeout_s):
-            await queue.enqueue(self.pool, [queue.Message(task_type, body, run_id)])
+            await queue.enqueue(self.pool, [queue.Message(task_type, body, run_id, priority=priority)])
 
     async def publish_dead(self, body: bytes, run_id: int | None, reason: str, *, kind: str = "gave up") -> None:
         DEAD_LETTERED.labels(kind).inc()
@@ -67,4 +68,4 @@ def _message(runs: list[Outbound]) -> queue.Message:
     if first.status is RunState.DEAD:
         return queue.Message(first.type, first.body, first.run_id, reason="processor lost on the last attempt")
     body = first.body if len(runs) == 1 else batch_body([run.body for run in runs])
-    return queue.Message(first.type, body, first.run_id)
+    return queue.Message(first.type, body, first.run_id, priority=first.priority)

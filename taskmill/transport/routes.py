@@ -15,8 +15,15 @@ from taskmill.store.processors import LIVE_WITHIN_S, dedicated
 
 log = logging.getLogger(__name__)
 
-# Over RabbitMQ a dedicated type is published with this prefix to its routing key (taskmill/topology.py).
+# Over RabbitMQ a dedicated type is published with this prefix to its routing key (taskmill/topology.py), and a
+# run of priority 1-9 with URGENT_PREFIX before that, to the urgent twin of the queue it would go to.
 DEDICATED_PREFIX = "only."
+URGENT_PREFIX = "urgent."
+
+
+def lane_key(key: str, priority: int) -> str:
+    """The routing key of a run of `priority` whose type routes to `key`: the urgent lane's for 1-9."""
+    return f"{URGENT_PREFIX}{key}" if priority > 0 else key
 
 
 class Routes:
@@ -45,6 +52,7 @@ class Routes:
     def _stale(self) -> bool:
         return time.monotonic() - self._read > self._refresh_s
 
-    async def routing_key(self, task_type: str) -> str:
-        """The RabbitMQ routing key for a run of `task_type`."""
-        return f"{DEDICATED_PREFIX}{task_type}" if task_type in await self.dedicated() else task_type
+    async def routing_key(self, task_type: str, priority: int = 0) -> str:
+        """The RabbitMQ routing key for a run of `task_type` and `priority`."""
+        key = f"{DEDICATED_PREFIX}{task_type}" if task_type in await self.dedicated() else task_type
+        return lane_key(key, priority)

@@ -220,6 +220,7 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     await expect(form).to_be_visible()
     await form.get_by_label("Timeout (seconds, at most 30)").fill("10")
     await form.get_by_label("Retries").fill("2")
+    await form.get_by_label("Priority (0-9)").fill("7")
     # Missed runs: the catch-up window is asked for only when every missed run is to run; a cron task may be spread.
     misfire = form.get_by_label("When a run is missed")
     catchup = form.get_by_label("Catch-up window (seconds)")
@@ -258,6 +259,7 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     await expect(row.locator("td.schedule .cap")).to_have_attribute(
         "title", 'At most 3 runs in flight at once, counted with every task keyed "printer"'
     )
+    await expect(row.locator(".priority")).to_have_text("p7")
     assert await row.locator("img").count() == 0
     created = (await api.get("/tasks", params={"name_prefix": "<img"})).json()["items"]
     assert len(created) == 1
@@ -312,6 +314,7 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     await expect(edit.get_by_label("If the previous run is still in flight")).to_have_value("queue_one")
     await expect(edit.get_by_label("At most at once")).to_have_value("3")
     await expect(edit.get_by_label("Concurrency key")).to_have_value("printer")
+    await expect(edit.get_by_label("Priority (0-9)")).to_have_value("7")
     await edit.get_by_label("Cron expression").fill("30 3 * * 1-5")
     # Skip: the catch-up window goes from the form and keeps its value (a PUT replaces the whole definition).
     await edit.get_by_label("When a run is missed").select_option("skip")
@@ -328,6 +331,7 @@ async def exercise(page: Page, forecasts: Forecasts, base: str, api: httpx.Async
     assert edited["schedule"]["cron"] == "30 3 * * 1-5"
     assert (edited["name"], edited["max_retries"], edited["timeout_seconds"], edited["active"]) == (NAME, 2, 10.0, True)
     assert edited["estimated_ms"] == 4321
+    assert edited["priority"] == 7  # kept through the edit, as the form showed it
     assert {key: edited[key] for key in LIMITS} == {
         "overlap": "queue_one",
         "max_concurrency": 3,

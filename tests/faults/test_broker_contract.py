@@ -91,17 +91,19 @@ async def test_every_queue_and_exchange_is_durable_with_the_arguments_that_keep_
         for q in await _rabbitmqctl("list_queues", "name", "durable", "type", "arguments")
         if q["name"].startswith(names.prefix + ".")
     }
+    # The broker counts deliveries and dead-letters a message that keeps killing its consumers.
+    work = (
+        True,
+        "quorum",
+        {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": settings.delivery_limit,
+            "x-dead-letter-exchange": names.dead_exchange,
+        },
+    )
     assert queues == {
-        # The broker counts deliveries and dead-letters a message that keeps killing its consumers.
-        names.work_queue: (
-            True,
-            "quorum",
-            {
-                "x-queue-type": "quorum",
-                "x-delivery-limit": settings.delivery_limit,
-                "x-dead-letter-exchange": names.dead_exchange,
-            },
-        ),
+        names.work_queue: work,
+        Names.urgent(names.work_queue): work,  # the urgent lane, for runs of priority 1-9
         names.dead_queue: (True, "quorum", {"x-queue-type": "quorum"}),
         # A retry waits its delay here, then goes back to the runs exchange under its type.
         names.delay_queue(30_000, "command"): (

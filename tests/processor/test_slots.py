@@ -43,3 +43,27 @@ async def test_a_waiter_cancelled_as_it_is_given_a_slot_passes_it_on() -> None:
     assert not third.done()  # one slot, held by `second`
     slots.give()
     await asyncio.wait_for(third, 1)
+
+
+async def test_a_freed_slot_goes_to_the_most_urgent_waiter_first_come_among_equals() -> None:
+    slots = Slots(1)
+    await slots.take()
+    order: list[str] = []
+
+    async def job(name: str, priority: int) -> None:
+        await slots.take(priority)
+        order.append(name)
+        slots.give()
+
+    # Queued in this order behind the one slot, which is held.
+    jobs = [("a0", 0), ("b0", 0), ("c5", 5), ("d9", 9), ("e5", 5), ("f0", 0)]
+    waiting = [asyncio.ensure_future(job(name, priority)) for name, priority in jobs]
+    await asyncio.sleep(0)
+    cancelled = asyncio.ensure_future(slots.take(9))  # an urgent waiter that gives up passes its turn on
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    slots.give()
+    await asyncio.wait_for(asyncio.gather(*waiting), 1)
+    assert order == ["d9", "c5", "e5", "a0", "b0", "f0"]
+    await asyncio.wait_for(slots.take(), 1)  # every slot came back

@@ -98,9 +98,9 @@ async def test_a_consumer_that_keeps_up_is_left_alone(settings: Settings, connec
     s = settings.model_copy(update={"concurrency": 2, "consumer_check_s": CHECK_S})
     subscription = Subscription(connection, s, lambda delivery: delivery.ack())
     await subscription.subscribe()
-    tag = subscription._tag
+    tag = subscription._tags
     feeding = asyncio.create_task(_publish(subscription, 200))
     await _watching(subscription, lambda: True, s, seconds=CHECK_S * 6)
     await feeding
-    assert subscription._tag == tag  # the same consumer throughout
+    assert subscription._tags == tag  # the same consumer throughout
     assert subscription.received > 0

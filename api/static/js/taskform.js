@@ -10,7 +10,7 @@ import { $, debounce, h, latestOnly, toast } from "./dom.js";
 
 const FIELDS = ["name", "type", "payload", "schedule", "at", "cron", "timezone", "every_seconds", "window_seconds",
   "misfire", "misfire_grace_seconds", "catchup_window_seconds", "overlap", "max_concurrency", "concurrency_key",
-  "max_retries", "timeout_seconds"];
+  "max_retries", "timeout_seconds", "priority"];
 // Where a field the API names is shown: "schedule.cron" beside the cron input, "payload.url" beside the payload.
 function fieldOf(name) {
   const parts = name.split(".");
@@ -251,6 +251,7 @@ export class TaskForm {
     $("#f-key").value = task.concurrency_key ?? "";
     $("#f-retries").value = task.max_retries;
     $("#f-timeout").value = task.timeout_seconds;
+    $("#f-priority").value = task.priority;
     const secrets = $("#f-secrets");
     secrets.hidden = !task.secrets.length;
     secrets.textContent = `Secrets ${task.secrets.join(", ")} are kept as they are.`;
@@ -361,6 +362,7 @@ export class TaskForm {
       concurrency_key: !$("#key-field").hidden && $("#f-key").value !== "" ? $("#f-key").value : null,
       max_retries: number("#f-retries"),
       timeout_seconds: number("#f-timeout"),
+      priority: number("#f-priority"),
     };
     // Only a cron or interval schedule is spread (the API refuses a window for the others) or overlaps (a one-off
     // keeps the default); the catch-up window counts for misfire "all" only.

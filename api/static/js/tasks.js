@@ -126,7 +126,9 @@ export class TaskGrid {
     return h("tr", { "data-task-id": task.id, class: fresh ? "fresh" : null },
       h("td", { class: "num" }, task.id),
       h("th", { scope: "row", class: "name" }, task.name),
-      h("td", {}, task.type),
+      h("td", {}, task.type, task.priority ? [" ", h("span", { class: "muted priority",
+        title: `Priority ${task.priority} of 9: runs before the waiting runs of lower priorities` },
+      `p${task.priority}`)] : null),
       h("td", { class: "schedule" }, scheduleText(task.schedule), task.max_concurrency ? [" ", capText(task)] : null),
       h("td", { class: "active" }, toggle
         ? h("label", { class: "switch" }, toggle, h("span", { "aria-hidden": "true" }, state))
