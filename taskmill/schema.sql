@@ -553,11 +553,21 @@ BEGIN
                CASE WHEN t.max_concurrency IS NOT NULL THEN coalesce(t.concurrency_key, 'task:' || t.id) END AS ckey,
                t AS task  -- the whole row, for the message: tasks is joined once
         FROM due JOIN tasks t ON t.id = due.task_id
+    ), siblings AS (
+        -- Occurrences of one task taken in this same claim: each after the first falls due while the one before it
+        -- is (being) handed out, so its policy has its say as if that one were in flight already.
+        SELECT m.id, lag(m.id) OVER w AS before_id, lead(m.id) OVER w AS after_id
+        FROM missed m
+        WHERE m.schedulable AND m.missed IS NULL AND m.overlap <> 'allow'
+        WINDOW w AS (PARTITION BY m.task_id ORDER BY m.scheduled_time)
     ), decided AS (
-        SELECT m.*, p.id AS prev_id, p.scheduled_time AS prev_time,
-               CASE WHEN m.missed IS NOT NULL OR p.id IS NULL OR m.overlap = 'allow' THEN NULL
+        SELECT m.*, p.id AS prev_id, p.scheduled_time AS prev_time, b.before_id, b.after_id,
+               CASE WHEN m.missed IS NOT NULL OR m.overlap = 'allow' THEN NULL
+                    -- a later occurrence in this claim supersedes it
+                    WHEN m.overlap = 'cancel_previous' AND b.after_id IS NOT NULL THEN 'skip'
+                    WHEN p.id IS NULL AND b.before_id IS NULL THEN NULL
                     WHEN m.overlap = 'skip' THEN 'skip'
-                    WHEN m.overlap = 'cancel_previous' THEN 'cancel'
+                    WHEN m.overlap = 'cancel_previous' THEN CASE WHEN p.id IS NOT NULL THEN 'cancel' END
                     WHEN EXISTS (
                         SELECT 1 FROM task_schedule n
                         WHERE n.task_id = m.task_id AND n.scheduled_time > m.scheduled_time
@@ -574,6 +584,7 @@ BEGIN
             ORDER BY p.scheduled_time DESC
             LIMIT 1
         ) p ON p.status IN ('queued', 'running', 'retrying')
+        LEFT JOIN siblings b ON b.id = m.id
     ), keyed AS (
         -- Runs about to be handed out whose task has a cap: each key's runs in time order, numbered.
         SELECT d.id, d.ckey, d.max_concurrency,
@@ -621,9 +632,12 @@ BEGIN
                              'missed: %s s late, past its grace of %s s (misfire %s: %s)',
                              round(extract(epoch FROM clock - s.scheduled_time)), d.grace, d.misfire,
                              CASE d.missed WHEN 'skip' THEN 'skipped' ELSE d.missed END)
+                         WHEN d.action = 'skip' AND d.overlap = 'cancel_previous' THEN format(
+                             'overlap cancel_previous: superseded by run %s of this task, due in the same claim',
+                             d.after_id)
                          WHEN d.action = 'skip' THEN format(
-                             'overlap %s: run %s of this task was still %s', d.overlap, d.prev_id,
-                             'in flight') END
+                             'overlap %s: run %s of this task was still %s', d.overlap,
+                             coalesce(d.prev_id, d.before_id), 'in flight') END
         FROM final d WHERE s.id = d.id AND s.scheduled_time = d.scheduled_time
         RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status, d.task
     )

@@ -16,31 +16,43 @@ from tests.api.conftest import SECRET, served_api
 ST = str(Path(sys.executable).with_name("st"))
 
 
+# Two processes, each fuzzing half the operations, not one with two worker threads: in threads, CPython 3.11's
+# ast.parse (hypothesis describing a filter) races on the interpreter's recursion counter and fails now and then
+# with "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905). `/tasks` paths, and the rest.
+HALVES = (("--include-path-regex", "^/tasks"), ("--exclude-path-regex", "^/tasks"))
+
+
 @pytest.mark.slow
 async def test_no_generated_request_makes_the_api_answer_500(api_settings: Settings) -> None:
     async with served_api(api_settings) as (base, _):
-        proc = await asyncio.create_subprocess_exec(
-            ST,
-            "run",
-            f"{base}/openapi.json",
-            "--header",
-            f"Authorization: Bearer {mint(SECRET, 'fuzz', 'admin')}",
-            "--checks",
-            "not_a_server_error",
-            "--max-examples",
-            "40",
-            "--seed",
-            "20261122",
-            "--no-color",
-            # The stateful phase finds no links in this schema (0 covered); two workers halve the wall time.
-            "--phases",
-            "examples,coverage,fuzzing",
-            "--workers",
-            "2",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), 240)
-    report = out.decode()
-    assert proc.returncode == 0, report[-4000:]
-    assert "generated" in report and "Server error" not in report
+        reports = await asyncio.gather(*(_fuzz(base, *half) for half in HALVES))
+    for returncode, report in reports:
+        assert returncode == 0, report[-4000:]
+        assert "generated" in report and "Server error" not in report
+
+
+async def _fuzz(base: str, *selection: str) -> tuple[int | None, str]:
+    proc = await asyncio.create_subprocess_exec(
+        ST,
+        "run",
+        f"{base}/openapi.json",
+        *selection,
+        "--header",
+        f"Authorization: Bearer {mint(SECRET, 'fuzz', 'admin')}",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        "40",
+        "--seed",
+        "20261122",
+        "--no-color",
+        # The stateful phase finds no links in this schema (0 covered).
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--workers",
+        "1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 240)
+    return proc.returncode, out.decode()

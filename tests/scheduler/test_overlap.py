@@ -130,3 +130,42 @@ async def test_a_processor_stops_the_run_it_executes_when_the_next_occurrence_ca
     assert rows[1]["started_at"] - rows[0]["started_at"] < timedelta(seconds=10)
     processor = stack.live("processor")[0]
     assert "was cancelled while running: stopped" in processor.output()
+
+
+async def test_occurrences_due_in_the_same_claim_count_as_overlapping_each_other(
+    db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """Three occurrences of each task, all due (within their grace) when one claim comes, nothing in flight: only one
+    is handed out per task, as the policy says; with `allow` all three."""
+    at = T0 + 2 * MINUTE + timedelta(seconds=5)
+    runs: dict[str, list[int]] = {}
+    for overlap in ("allow", "skip", "queue_one", "cancel_previous"):
+        task = await new_task(db, f"late-{overlap}", schedule=Schedule(kind=ScheduleKind.CRON, cron="* * * * *"),
+                              overlap=overlap, misfire_grace_seconds=3600)  # fmt: skip
+        runs[overlap] = [
+            await db.fetchval(
+                "INSERT INTO task_schedule (task_id, scheduled_time) VALUES ($1, $2) RETURNING id", task.id, t
+            )
+            for t in (T0, T0 + MINUTE, T0 + 2 * MINUTE)
+        ]
+    claimed = set(await _claim(pool, at))
+    assert claimed == {*runs["allow"], runs["skip"][0], runs["queue_one"][0], runs["cancel_previous"][2]}
+    skip = runs["skip"]
+    assert await _states(db, skip[1:]) == [
+        ("skipped", f"overlap skip: run {skip[0]} of this task was still in flight"),
+        ("skipped", f"overlap skip: run {skip[1]} of this task was still in flight"),
+    ]
+    queue_one = runs["queue_one"]
+    assert await _states(db, queue_one[1:]) == [
+        ("skipped", f"overlap queue_one: run {queue_one[0]} of this task was still in flight"),
+        ("scheduled", None),  # the latest, held until the first ends
+    ]
+    cancel = runs["cancel_previous"]
+    assert await _states(db, cancel[:2]) == [
+        ("skipped", f"overlap cancel_previous: superseded by run {cancel[1]} of this task, due in the same claim"),
+        ("skipped", f"overlap cancel_previous: superseded by run {cancel[2]} of this task, due in the same claim"),
+    ]
+    assert await _claim(pool, at + timedelta(seconds=2)) == []  # queue_one's latest still waits for the first
+    await _set(db, queue_one[0], "running")
+    await _set(db, queue_one[0], "succeeded")
+    assert await _claim(pool, at + timedelta(seconds=4)) == [queue_one[2]]
