@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RUNS_FINISHED = Counter(
     "taskmill_runs_finished_total", "Attempts finished, by task type and outcome", ["type", "outcome"]
@@ -27,6 +27,27 @@ MATERIALIZED = Counter("taskmill_runs_materialized_total", "Runs the scheduler i
 CONSUMER_RESUBSCRIBED = Counter(
     "taskmill_consumer_resubscribed_total", "Times the processor found its consumer stopped and subscribed again"
 )
+
+# Queue pressure, kept current by the distributor and the capacity role on their own (taskmill/pressure_watch.py).
+DUE_BACKLOG = Gauge("taskmill_due_backlog_runs", "Runs due and not yet handed to the transport")
+OLDEST_DUE = Gauge("taskmill_oldest_due_run_age_seconds", "How long the oldest due run not yet handed out has waited")
+QUEUE_DEPTH = Gauge("taskmill_queue_depth", "Messages ready in a queue of the transport", ["queue"])
+PROCESSORS_LIVE = Gauge("taskmill_processors_live", "Processors whose heartbeat is recent")
+SCHEDULER_LAG = Gauge(
+    "taskmill_scheduler_lag_seconds",
+    "How far the scheduler's least advanced watermark is behind the horizon it keeps materialized (0: caught up)",
+)
+HTTP_REQUESTS = Counter("taskmill_http_requests_total", "API requests answered", ["method", "route", "status"])
+HTTP_SECONDS = Histogram(
+    "taskmill_http_request_duration_seconds",
+    "Time the API took to answer",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+ALERTS_POSTED = Counter(
+    "taskmill_alert_webhook_posts_total", "Dead-run alerts posted to TASKMILL_ALERT_WEBHOOK_URL", ["outcome"]
+)
+ROLE_INFO = Gauge("taskmill_role_info", "1 for the role this process runs", ["role"])
 
 
 def serve(port: int) -> None:
