@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## What the tests drive besides Python: Debian's chromium for the dashboard's browser test (Playwright's own
-## browser download is not used). Installed with apt-get when this runs as root; otherwise it says what to run.
+## browser download is not used), and promtool from Debian's prometheus package for the alert rules' checks and
+## unit tests (the package's postinst may complain that systemd is not running; promtool is in place all the same).
+## Installed with apt-get when this runs as root; otherwise it says what to run.
 tools:
 	@if [ ! -x /usr/bin/chromium ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -25,6 +27,15 @@ tools:
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; \
 	  else \
 	    echo "make test: chromium is missing: run \`sudo apt-get install chromium\`" >&2; exit 1; \
+	  fi; \
+	fi
+	@if [ ! -x /usr/bin/promtool ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make tools: installing prometheus (for promtool)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null || true; \
+	    test -x /usr/bin/promtool || { echo "make tools: promtool is still missing after installing prometheus" >&2; exit 1; }; \
+	  else \
+	    echo "make test: promtool is missing: run \`sudo apt-get install prometheus\`" >&2; exit 1; \
 	  fi; \
 	fi
 

@@ -10,7 +10,8 @@ from fastapi import FastAPI
 
 from api import errors, limits
 from api.auth import Authenticator
-from api.routes import dashboard, health, me, metrics, preview, runs, summaries, tasks, workflows
+from api.observe import Observe
+from api.routes import dashboard, health, me, metrics, pressure, preview, runs, summaries, tasks, workflows
 from taskmill.broker import connect
 from taskmill.db import role_pool
 from taskmill.planning.plan import History
@@ -36,11 +37,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.history = History(settings.capacity_history_ttl_s)
     errors.install(app)
     app.add_middleware(limits.BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Observe)  # outermost: it measures what the body limit refuses too
     app.include_router(tasks.router)
     app.include_router(runs.router)
     app.include_router(workflows.router)
     app.include_router(metrics.router)
     app.include_router(summaries.router)
+    app.include_router(pressure.router)
     app.include_router(preview.router)
     dashboard.install(app)
 

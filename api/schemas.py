@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 from pydantic import BaseModel
 
 from taskmill.models import Schedule, Task
+from taskmill.store.tasks import ListedTask
 from taskmill.store.tasktypes import Registered
 from taskmill.tasktypes import BUILTIN
 
@@ -38,6 +39,14 @@ class TaskPublic(BaseModel):
     priority: int
     completed: bool  # a one-off whose runs have all ended
 
+    @overload
+    @classmethod
+    def of(cls, task: ListedTask) -> TaskListed: ...
+
+    @overload
+    @classmethod
+    def of(cls, task: Task) -> TaskPublic: ...
+
     @classmethod
     def of(cls, task: Task) -> TaskPublic:
         schedule = Schedule.model_construct(
@@ -47,7 +56,7 @@ class TaskPublic(BaseModel):
             every_seconds=task.every_seconds,
             timezone=task.timezone,
         )
-        return cls(
+        public = cls(
             id=task.id,
             name=task.name,
             type=task.type,
@@ -72,10 +81,38 @@ class TaskPublic(BaseModel):
             priority=task.priority,
             completed=task.completed,
         )
+        return TaskListed.listed(public, task) if isinstance(task, ListedTask) else public
+
+
+class LastRun(BaseModel):
+    id: int
+    status: str
+    scheduled_time: datetime
+    finished_at: datetime | None
+
+
+class TaskListed(TaskPublic):
+    """A task of the listing (GET /tasks), with its next run and its latest one."""
+
+    next_run_at: datetime | None  # the first run after now not started yet; None: none is scheduled
+    last_run: LastRun | None  # the latest run scheduled up to now, whatever became of it; None: none yet
+
+    @classmethod
+    def listed(cls, public: TaskPublic, task: ListedTask) -> TaskListed:
+        last = task.last_run
+        return cls(
+            **dict(public),
+            next_run_at=task.next_run_at,
+            last_run=None
+            if last is None
+            else LastRun(
+                id=last.id, status=last.status, scheduled_time=last.scheduled_time, finished_at=last.finished_at
+            ),
+        )
 
 
 class TaskPage(BaseModel):
-    items: list[TaskPublic]
+    items: list[TaskListed]
     next_cursor: str | None
 
 

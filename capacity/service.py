@@ -7,13 +7,16 @@ import asyncio
 import logging
 import time
 
+import asyncpg
 from prometheus_client import Gauge
 
 from capacity.provision import Hook, HookFailed, Scaler, hook_from
+from taskmill import pressure
 from taskmill.db import is_transient, role_pool
-from taskmill.loops import wait_or_stop
+from taskmill.loops import run_loops, wait_or_stop
 from taskmill.planning.plan import History, Options, Plan, make_plan
 from taskmill.settings import Settings
+from taskmill.store import forecasts
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +57,38 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
     pool = await role_pool(settings.database_url, max_size=2)
     log.info("capacity ready", extra={"action": "ready"})
     try:
-        while True:
-            try:
-                plan = await make_plan(pool, history, options)
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                log.warning("forecast failed, will retry: %s", exc, extra={"action": "forecast"})
-            else:
-                REQUIRED.labels("now").set(plan.now)
-                REQUIRED.labels("peak").set(plan.peak())
-                log.info("required instances: now %d, peak %d", plan.now, plan.peak(), extra={"action": "forecast"})
-                await provision(plan, scaler, hook, settings.capacity_scale_ahead_s, time.monotonic())
-            if until_idle or await wait_or_stop(stop, settings.capacity_interval_s):
-                return
+        forecast = _forecast_loop(pool, settings, history, options, scaler, hook, stop, until_idle)
+        if until_idle:
+            await forecast
+        else:
+            pressure_loop = pressure.keep_current_over_own_link(pool, settings, "taskmill-capacity", stop)
+            await run_loops(stop, forecast=forecast, pressure=pressure_loop)
     finally:
         await pool.close()
+
+
+async def _forecast_loop(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    history: History,
+    options: Options,
+    scaler: Scaler,
+    hook: Hook | None,
+    stop: asyncio.Event,
+    until_idle: bool,
+) -> None:
+    while True:
+        try:
+            plan = await make_plan(pool, history, options)
+            await forecasts.record(pool, plan)  # set beside what its buckets use, once over (the summary's `past`)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("forecast failed, will retry: %s", exc, extra={"action": "forecast"})
+        else:
+            REQUIRED.labels("now").set(plan.now)
+            REQUIRED.labels("peak").set(plan.peak())
+            log.info("required instances: now %d, peak %d", plan.now, plan.peak(), extra={"action": "forecast"})
+            await provision(plan, scaler, hook, settings.capacity_scale_ahead_s, time.monotonic())
+        if until_idle or await wait_or_stop(stop, settings.capacity_interval_s):
+            return

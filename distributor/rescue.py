@@ -9,17 +9,24 @@ from functools import partial
 import asyncpg
 
 from distributor.handover import hand_over
+from distributor.traces import traced
+from taskmill.alerts import Alerter
+from taskmill.messages import read_runs
 from taskmill.metrics import RESCUED
 from taskmill.settings import Settings
+from taskmill.states import RunState
 from taskmill.store.runs import Outbound, rescue_lost, rescue_waiting
 from taskmill.transport import Publisher
 
 log = logging.getLogger(__name__)
 
 
-async def rescue(pool: asyncpg.Pool, publisher: Publisher, settings: Settings, limit: int = 1000) -> int:
+async def rescue(
+    pool: asyncpg.Pool, publisher: Publisher, settings: Settings, limit: int = 1000, alerter: Alerter | None = None
+) -> int:
     """Republishes every run whose lease has run out, and over RabbitMQ first what the PostgreSQL transport left
-    (moving up, distributor/handover.py); returns how many runs and messages it handled."""
+    (moving up, distributor/handover.py); returns how many runs and messages it handled. A run that lost one
+    processor too many is dead: `alerter` is told."""
     handled = await hand_over(pool, publisher) if settings.transport_name != "postgres" else 0
     lease_s = settings.queued_lease_s
     finders: dict[str, Callable[[], Awaitable[list[Outbound]]]] = {
@@ -29,10 +36,21 @@ async def rescue(pool: asyncpg.Pool, publisher: Publisher, settings: Settings, l
     for kind, find in finders.items():
         while runs := await find():
             # A run that fails to publish keeps its new lease and comes round again when it expires.
-            await publisher.publish_runs(runs)
+            with traced(runs) as outbound:
+                await publisher.publish_runs(outbound)
+            if alerter is not None:
+                _alert_dead(alerter, runs)
             handled += len(runs)
             RESCUED.labels(kind).inc(len(runs))
             log.info("rescued %d runs (%s)", len(runs), kind, extra={"action": "rescue"})
             if len(runs) < limit:
                 break
     return handled
+
+
+def _alert_dead(alerter: Alerter, runs: list[Outbound]) -> None:
+    for run in runs:
+        if run.status is RunState.DEAD:
+            message = read_runs(run.body)[0]
+            error = f"processor lost on the last attempt ({message.lost + 1} processors lost)"
+            alerter.dead(run.run_id, message.task_id, run.type, message.attempt, message.scheduled_time, error)

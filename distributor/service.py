@@ -12,6 +12,9 @@ from distributor import requests
 from distributor.dispatch import Spread, publish_or_revert
 from distributor.pacing import pace
 from distributor.rescue import rescue
+from distributor.traces import traced
+from taskmill import pressure
+from taskmill.alerts import Alerter
 from taskmill.crash import Crash
 from taskmill.db import is_transient, role_pool
 from taskmill.loops import Backoff, pause_if_transient, run_loops, unless_stopped, wait_or_stop
@@ -35,30 +38,34 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
         await pool.close()
         raise
     publisher = link.publisher
+    alerter = Alerter(settings.alert_webhook_url)
     try:
         if until_idle:
-            await _drain(pool, publisher, settings)
+            await _drain(pool, publisher, settings, alerter)
             return
         async with Wakeup(settings.database_url, "taskmill_schedule") as wakeup:
             log.info("distributor ready", extra={"action": "ready"})
             loops = {
                 "dispatch": _dispatch_loop(pool, publisher, settings, wakeup, stop),
-                "rescue": _rescue_loop(pool, publisher, settings, stop),
+                "rescue": _rescue_loop(pool, publisher, settings, alerter, stop),
+                "pressure": pressure.keep_current(pool, publisher, settings.pressure_interval_s, stop),
             }
             if link.connection is not None:  # run requests from any language come over RabbitMQ
                 loops["requests"] = requests.serve(link.connection, pool, publisher, settings, stop)
             await run_loops(stop, **loops)
     finally:
+        await alerter.close()
         await link.close()
         await pool.close()
 
 
-async def _drain(pool: asyncpg.Pool, publisher: Publisher, settings: Settings) -> None:
+async def _drain(pool: asyncpg.Pool, publisher: Publisher, settings: Settings, alerter: Alerter) -> None:
     """Publishes everything due now and rescues what is stale, then returns (for tests and scripts)."""
     spread = Spread(publisher, settings.message_runs)
     while runs := await claim_due(pool, settings.claim_batch, settings.queued_lease_s, settings.dispatch_lead_s):
-        await publish_or_revert(pool, publisher, runs, per_message=await spread.per_message(len(runs)))
-    await rescue(pool, publisher, settings)
+        with traced(runs) as outbound:
+            await publish_or_revert(pool, publisher, outbound, per_message=await spread.per_message(len(runs)))
+    await rescue(pool, publisher, settings, alerter=alerter)
 
 
 async def _dispatch_loop(
@@ -98,7 +105,8 @@ async def _publish(
     pool: asyncpg.Pool, publisher: Publisher, runs: list[Outbound], crash: Crash, per_message: int
 ) -> None:
     try:
-        await publish_or_revert(pool, publisher, runs, crash=crash, per_message=per_message)
+        with traced(runs) as outbound:
+            await publish_or_revert(pool, publisher, outbound, crash=crash, per_message=per_message)
     except Exception as exc:
         if not is_transient(exc):
             raise
@@ -107,10 +115,12 @@ async def _publish(
         log.warning("could not revert %d runs (the rescuer will): %s", len(runs), exc, extra={"action": "revert"})
 
 
-async def _rescue_loop(pool: asyncpg.Pool, publisher: Publisher, settings: Settings, stop: asyncio.Event) -> None:
+async def _rescue_loop(
+    pool: asyncpg.Pool, publisher: Publisher, settings: Settings, alerter: Alerter, stop: asyncio.Event
+) -> None:
     while not await wait_or_stop(stop, settings.rescue_interval_s):
         try:
-            await rescue(pool, publisher, settings)
+            await rescue(pool, publisher, settings, alerter=alerter)
         except Exception as exc:
             if not is_transient(exc):
                 raise

@@ -26,6 +26,8 @@ from processor.execute import Attempt, context, execute
 from processor.intake import Delivery, Intake
 from processor.record import Recorder
 from processor.slots import Slots
+from taskmill import logs, tracing
+from taskmill.alerts import Alerter
 from taskmill.crash import Crash, CrashPoint
 from taskmill.loops import first_error
 from taskmill.messages import RunMessage, read_runs
@@ -35,6 +37,7 @@ from taskmill.settings import Settings
 from taskmill.states import RunState
 from taskmill.store.runs import Start
 from taskmill.tasktypes.jail import Jail
+from taskmill.tracing import SpanKind
 from taskmill.transport import Publisher
 
 log = logging.getLogger(__name__)
@@ -76,7 +79,8 @@ class Consumer:
         self._http = http
         self._jail = jail
         self._claimer = Claimer(pool, worker, settings.db_retry_max_s)
-        self._recorder = Recorder(settings, pool, publisher, worker)
+        self._alerter = Alerter(settings.alert_webhook_url)
+        self._recorder = Recorder(settings, pool, publisher, worker, self._alerter)
         self._stopper = Stopper(pool, settings.cancel_check_s)
         self._intake = intake
         self._handler_pool = handler_pool  # Python handlers' transactions (taskmill/handlers.py)
@@ -103,6 +107,7 @@ class Consumer:
         await self._claimer.close()
         await self._recorder.close()
         await self._stopper.close()
+        await self._alerter.close()
 
     async def failed(self) -> None:
         """Raises the first error a delivery's handling could not survive (for the processor's loops)."""
@@ -116,6 +121,10 @@ class Consumer:
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+    def slots_busy(self) -> int:
+        """Execution slots in use now."""
+        return self._settings.concurrency - self._slots.free
 
     async def on_message(self, delivery: Delivery) -> None:
         """Hands the delivery to a task of our own: aiormq cancels its callback tasks when the channel closes, and
@@ -211,7 +220,21 @@ class Consumer:
             self._slots.give()
 
     async def _run(self, message: RunMessage) -> None:
-        """Executes the attempt this process won and records its outcome."""
+        """Executes the attempt this process won and records its outcome, its log lines carrying the run's ids, in
+        a span continuing the trace the message carries (taskmill/tracing.py)."""
+        attributes: dict[str, str | int | float] = {
+            "taskmill.run_id": message.run_id,
+            "taskmill.task_id": message.task_id,
+            "taskmill.task_type": message.type,
+            "taskmill.attempt": message.attempt,
+        }
+        with (
+            logs.run_context(message.run_id, message.task_id),
+            tracing.span(f"run {message.type}", SpanKind.CONSUMER, attributes, message.traceparent),
+        ):
+            await self._attempt(message)
+
+    async def _attempt(self, message: RunMessage) -> None:
         if message.attempt == 1:
             START_LATENESS.observe(max(0.0, (datetime.now(UTC) - message.scheduled_time).total_seconds()))
         try:

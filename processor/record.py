@@ -13,6 +13,7 @@ from functools import partial
 import asyncpg
 
 from processor.execute import Attempt
+from taskmill.alerts import Alerter
 from taskmill.batcher import Batcher
 from taskmill.crash import Crash, CrashPoint
 from taskmill.db import is_transient
@@ -41,8 +42,11 @@ def decide(message: RunMessage, attempt: Attempt) -> RunState:
 
 
 class Recorder:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, publisher: Publisher, worker: str) -> None:
+    def __init__(
+        self, settings: Settings, pool: asyncpg.Pool, publisher: Publisher, worker: str, alerter: Alerter | None = None
+    ) -> None:
         self._settings = settings
+        self._alerter = alerter or Alerter("")
         self._pool = pool
         self._publisher = publisher
         self._worker = worker
@@ -84,6 +88,10 @@ class Recorder:
         )
         if not recorded:
             return  # the rescuer gave this run to someone else meanwhile
+        if status is RunState.DEAD:
+            self._alerter.dead(
+                message.run_id, message.task_id, message.type, message.attempt, message.scheduled_time, outcome.error
+            )
         self._crash.at(CrashPoint.AFTER_RECORD)
         try:
             if status is RunState.RETRYING:

@@ -13,7 +13,7 @@ import asyncpg
 
 from processor.consume import Consumer
 from processor.intake import Intake, open_intake
-from taskmill import handlers
+from taskmill import handlers, metrics
 from taskmill.db import create_pool, is_transient, role_pool
 from taskmill.loops import run_loops, unless_stopped, wait_or_stop
 from taskmill.settings import ConfigError, Settings
@@ -57,6 +57,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
         intake = open_intake(link, settings, pool, worker, types)
         consumer = Consumer(settings, pool, link.publisher, http, jail, worker, intake, handler_pool)
         consumer.start()
+        served_types = types if types is not None else [*BUILTIN, *(h.name for h in served)]
+        metrics.serving(served_types, settings.concurrency, consumer.slots_busy)
         await intake.subscribe(consumer.on_message)
         log.info(
             "processor ready: %d runs at once, over %s%s%s",

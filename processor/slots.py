@@ -20,6 +20,10 @@ class Slots:
         self._waiting: list[deque[asyncio.Future[None]]] = [deque() for _ in range(PRIORITIES)]
         self._waiters = 0  # in every line, cancelled ones included until they are passed over
 
+    @property
+    def free(self) -> int:
+        return self._free
+
     async def take(self, priority: int = 0) -> None:
         """Returns when a slot is this caller's; `give` it back when done."""
         if self._free > 0 and not self._waiters:

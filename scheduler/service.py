@@ -10,11 +10,13 @@ from datetime import UTC, datetime
 import asyncpg
 
 from scheduler.janitor import janitor_loop, purge, tend_days
-from scheduler.materialize import materialize
+from scheduler.materialize import materialize, window
 from scheduler.workflows import materialize_workflows
 from taskmill.db import is_transient, role_pool
 from taskmill.loops import Backoff, run_loops, unless_stopped
+from taskmill.metrics import SCHEDULER_LAG
 from taskmill.settings import Settings
+from taskmill.store.schedule import lag_s
 from taskmill.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
@@ -63,4 +65,8 @@ async def _materialize_once(pool: asyncpg.Pool, settings: Settings) -> bool:
         return False
     if inserted:
         log.info("materialized %d runs", inserted, extra={"action": "materialize"})
+    try:
+        SCHEDULER_LAG.set(await lag_s(pool, window(now, settings.lookahead_hours)[1]))
+    except Exception as exc:  # a metric: the next pass tries again
+        log.info("cannot measure the scheduler's lag: %s", exc)
     return True

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import aio_pika
 import aiormq
@@ -18,7 +18,7 @@ from taskmill.settings import Settings
 from taskmill.states import RunState
 from taskmill.store.runs import Outbound
 from taskmill.tls import tls_context
-from taskmill.topology import Topology, declare, declare_delay_queue
+from taskmill.topology import Names, Topology, declare, declare_delay_queue
 from taskmill.transport import coalesce
 from taskmill.transport.routes import Routes, lane_key
 
@@ -129,8 +129,10 @@ class AmqpPublisher:
         if first.status is RunState.DEAD:
             await self.publish_dead(first.body, first.run_id, "processor lost on the last attempt")
             return
+        headers: dict[str, Any] | None
         if len(runs) == 1:
-            body, headers = first.body, None
+            # The context the run's execution continues (its body has it too, as every run of a batch does).
+            body, headers = first.body, {"traceparent": first.traceparent} if first.traceparent else None
         else:
             body, headers = batch_body([run.body for run in runs]), {"x-taskmill-runs": len(runs)}
         await channel.basic_publish(
@@ -147,6 +149,23 @@ class AmqpPublisher:
         async with asyncio.timeout(self.timeout_s):
             _, consumers = await probe_queue(self.connection, self.topology.names.work_queue)
         return consumers
+
+    async def queue_depths(self) -> dict[str, int]:
+        """The work queue, its urgent lane, the dead letters, and the queues of live dedicated processors (those
+        found) with their lanes."""
+        names = self.topology.names
+        queues = [names.work_queue, Names.urgent(names.work_queue), names.dead_queue]
+        if self.routes is not None:
+            for types in await self.routes.type_sets():
+                queues += [names.dedicated_queue(types), Names.urgent(names.dedicated_queue(types))]
+        depths: dict[str, int] = {}
+        async with asyncio.timeout(self.timeout_s):
+            for queue in queues:
+                try:
+                    depths[queue.removeprefix(f"{names.prefix}.")], _ = await probe_queue(self.connection, queue)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    continue  # a dedicated queue not declared yet
+        return depths
 
     async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int, priority: int = 0) -> None:
         """Into the delay queue of `delay_ms` for the type, declared first (it expires when idle). TimeoutError

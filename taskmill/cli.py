@@ -19,7 +19,7 @@ import asyncpg
 import uvloop
 from pydantic import ValidationError
 
-from taskmill import logs, metrics
+from taskmill import logs, metrics, tracing
 from taskmill.settings import ConfigError, Settings, format_settings_error
 from taskmill.tokens import check_hs256_secret, mint
 
@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("name", nargs="?", help="one of them, by name")
     get.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     _api_options(get, "tasks:read")
+    for role in (*ROLES, "dev"):
+        sub.choices[role].add_argument(
+            "--metrics-port", type=int, help="serve Prometheus metrics on this port (TASKMILL_METRICS_PORT)"
+        )
     return parser
 
 
@@ -182,6 +186,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         ("min_instances", "capacity_min_instances"),
         ("max_instances", "capacity_max_instances"),
         ("cooldown", "capacity_cooldown_s"),
+        ("metrics_port", "metrics_port"),
     ):
         value = getattr(args, arg, None)
         if value is not None:
@@ -275,7 +280,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:  # a secret file that cannot be read, or given twice
         print(f"taskmill: bad setting: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level, settings.log_format)
+    role = args.command if args.command in (*ROLES, "dev") else None
+    logs.configure(settings.log_level, settings.log_format, role)
+    if role is not None:
+        metrics.ROLE_INFO.labels(role).set(1)
+        tracing.configure(role)
     try:
         if args.command not in ("migrate", "token"):
             metrics.serve(settings.metrics_port)
@@ -321,8 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "processor" and settings.jwt_secret:
                 # Each role holds only what it needs: with it, a task that reads this process could mint tokens.
                 log.warning("JWT_SECRET is set for a processor, which never needs it: remove it from its environment")
-            role = load_role(args.command)
-            _run(_until_signal(lambda stop: role(settings, stop=stop)))
+            run_role = load_role(args.command)
+            _run(_until_signal(lambda stop: run_role(settings, stop=stop)))
     except ConfigError as exc:
         print(f"taskmill {args.command}: {exc}", file=sys.stderr)
         return 2
@@ -343,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("stopped by an unexpected error", exc_info=True, extra={"action": "stop"})
         print(f"taskmill {args.command}: stopped by {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        tracing.shutdown()  # the spans still buffered
     return 0
 
 

@@ -36,8 +36,8 @@ KINDS: dict[str, type[BaseModel]] = {"task": TaskCreate, "workflow": WorkflowCre
 PLURAL = {"tasks": "task", "workflows": "workflow"}
 # Names the runtime makes (taskmill.client.defer, taskmill/spawn.py): never pruned, never written by `get`.
 RUNTIME_PREFIXES = ("defer:", "spawn:")
-# Fields the API returns that a definition does not hold.
-_SERVER_ONLY = {"id", "created_by", "created_at", "updated_at", "completed"}
+# The fields a definition holds (what the API returns beside them, ids, times, next and last runs, is the server's).
+_DEFINED = {"task": set(TaskCreate.model_fields), "workflow": set(WorkflowCreate.model_fields)}
 
 
 class DeclareError(Exception):
@@ -327,10 +327,8 @@ def _definition(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
     """An object as the API returned it, as a document `apply` takes back unchanged."""
     out: dict[str, Any] = {"kind": kind}
     for name, value in obj.items():
-        if name in _SERVER_ONLY or (name == "secrets" and not value):
-            continue
-        if name == "secrets":
-            continue  # write-only: `apply` keeps them when the file names none
+        if name not in _DEFINED[kind] or name == "secrets":
+            continue  # secrets are write-only: `apply` keeps them when the file names none
         if name == "schedule" and value is not None:
             value = {k: v for k, v in value.items() if v is not None}
         if name == "tasks":

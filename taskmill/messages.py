@@ -3,7 +3,8 @@
 Version 1 fields: v, run_id, task_id, type, payload (object), attempt (1 for the first try), scheduled_time
 (ISO 8601), timeout_s, max_retries, retry_delay_s, backoff, deadline (ISO 8601: when the rescuer may hand the
 run out again if it has not started), secrets (Fernet ciphertext or null), lost (earlier attempts of the run whose
-processor was lost; 0 when absent), priority (0-9, higher first; 0 when absent). The AMQP message id is the run id.
+processor was lost; 0 when absent), priority (0-9, higher first; 0 when absent), traceparent (the W3C trace
+context the run's execution continues, when traces are on; absent otherwise). The AMQP message id is the run id.
 
 The keys are the wire format, kept as first published so that messages already queued (a retry can wait a day in
 a delay queue) and processors written elsewhere keep working. In Python the fields carry the names a task's own
@@ -17,6 +18,7 @@ cost the processor); a retry, a rescued run and a dead letter are version 1.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -53,6 +55,7 @@ class RunMessage(BaseModel):
     secrets: str | None = None  # Fernet ciphertext of the task's secrets (taskmill/secrets.py)
     lost: int = Field(0, ge=0, le=_INTEGER)
     priority: int = Field(0, ge=0, le=9)  # higher passes a backlog; 0 when absent (a message of an older version)
+    traceparent: str | None = Field(None, max_length=256)  # W3C trace context of the publish (taskmill/tracing.py)
 
     def retry_delay_ms(self) -> int:
         """The wait before the next attempt: retry_delay * backoff^(attempt - 1), at most MAX_RETRY_DELAY_S (an
@@ -87,6 +90,11 @@ def read_runs(body: bytes) -> list[RunMessage]:
     """The runs a message carries, one (version 1) or several (version 2); ValidationError when it is neither."""
     read = _DELIVERY.validate_json(body)
     return [read] if isinstance(read, RunMessage) else read.runs
+
+
+def with_traceparent(body: bytes, traceparent: str) -> bytes:
+    """A version 1 body (a JSON object, as run_message builds it) with `traceparent` added: no parse, no dump."""
+    return body[: body.rindex(b"}")] + b',"traceparent":' + json.dumps(traceparent).encode() + b"}"
 
 
 def batch_body(bodies: Sequence[bytes]) -> bytes:

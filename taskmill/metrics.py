@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RUNS_FINISHED = Counter(
@@ -48,6 +50,18 @@ ALERTS_POSTED = Counter(
     "taskmill_alert_webhook_posts_total", "Dead-run alerts posted to TASKMILL_ALERT_WEBHOOK_URL", ["outcome"]
 )
 ROLE_INFO = Gauge("taskmill_role_info", "1 for the role this process runs", ["role"])
+SLOTS = Gauge("taskmill_processor_slots", "Runs a processor executes at once at most (its concurrency)")
+SLOTS_BUSY = Gauge("taskmill_processor_slots_busy", "A processor's execution slots in use (read at the scrape)")
+
+
+def serving(types: Iterable[str], concurrency: int, busy: Callable[[], int]) -> None:
+    """A processor's series from its start: its slots, and each type's outcomes at 0 (a counter born at its first
+    increment is missed by increase(), as a type's first dead run would be by the alert on dead runs)."""
+    SLOTS.set(concurrency)
+    SLOTS_BUSY.set_function(busy)
+    for task_type in types:
+        for outcome in ("succeeded", "failed", "dead"):
+            RUNS_FINISHED.labels(task_type, outcome)
 
 
 def serve(port: int) -> None:

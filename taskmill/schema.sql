@@ -171,6 +171,8 @@ CREATE TABLE task_schedule (
     backfill       boolean NOT NULL DEFAULT false,
     -- The key it counts under while in flight (its task's cap), set when it is handed out.
     concurrency_key text,
+    -- The W3C trace context of the API request that made it, when traces are on (taskmill/tracing.py).
+    traceparent    text,
     -- A run's key is its id and its time: the time names its partition.
     CONSTRAINT task_schedule_pkey PRIMARY KEY (id, scheduled_time),
     CONSTRAINT task_schedule_task_id_scheduled_time_key UNIQUE (task_id, scheduled_time)
@@ -245,6 +247,12 @@ CREATE TABLE task_results (
 
 CREATE TABLE task_results_default PARTITION OF task_results DEFAULT;
 
+-- The compute used in a span of time (migration 0016): results arrive in the order they finish, so a BRIN index
+-- finds the last hours' attempts for next to nothing per insert. Small ranges: a day's last range, never full, is
+-- never summarized by vacuum, and is read whole.
+CREATE INDEX task_results_finished ON task_results USING brin (finished_at)
+    WITH (pages_per_range = 16, autosummarize = on);
+
 -- Every status change of every run, written by the database itself (the triggers below). Append-only: no key.
 CREATE TABLE run_audit (
     run_id      bigint NOT NULL,
@@ -272,6 +280,16 @@ CREATE TABLE processors (
     types             text[]
 );
 
+-- The capacity role's forecast per bucket (migration 0016), written at every plan for the buckets not yet begun: a
+-- bucket keeps the last forecast made before it began, set beside the compute used once it is over. Kept two days.
+CREATE TABLE capacity_forecasts (
+    bucket_start   timestamptz PRIMARY KEY,
+    bucket_seconds integer NOT NULL CHECK (bucket_seconds > 0),
+    runs           integer NOT NULL,
+    required_ms    double precision NOT NULL,
+    made_at        timestamptz NOT NULL
+);
+
 -- The legal moves of a run. The database refuses any other, whoever writes it.
 CREATE TABLE run_transitions (
     from_status run_status NOT NULL,
@@ -287,7 +305,9 @@ INSERT INTO run_transitions VALUES
     ('retrying', 'running'), ('retrying', 'cancelled'), ('retrying', 'dead'),
     ('blocked', 'scheduled'), ('blocked', 'skipped'), ('blocked', 'cancelled'),
     ('running', 'waiting'), ('waiting', 'succeeded'), ('waiting', 'failed'), ('waiting', 'cancelled'),
-    ('running', 'cancelled');
+    ('running', 'cancelled'),
+    -- An operator's retry (migration 0016): the run's next attempt, its earlier ones kept.
+    ('failed', 'scheduled'), ('dead', 'scheduled');
 
 -- One statement-level trigger per direction: a batch of a thousand moves costs one audit INSERT, not a thousand.
 CREATE FUNCTION task_schedule_audit_insert() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -517,7 +537,7 @@ $$;
 -- only for tasks whose policy is not `allow`. Concurrency caps (migration 0014): a run whose key is at its cap waits,
 -- looked at again in a second. `at`: the clock (now() when NULL).
 CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision, at timestamptz)
-RETURNS TABLE (id bigint, type text, status run_status, body text, priority smallint)
+RETURNS TABLE (id bigint, type text, status run_status, body text, priority smallint, traceparent text)
 LANGUAGE plpgsql SET enable_sort = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
     SET jit = off
 AS $$
@@ -639,10 +659,12 @@ BEGIN
                              'overlap %s: run %s of this task was still %s', d.overlap,
                              coalesce(d.prev_id, d.before_id), 'in flight') END
         FROM final d WHERE s.id = d.id AND s.scheduled_time = d.scheduled_time
-        RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status, d.task
+        RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status, d.task,
+                  s.traceparent
     )
     SELECT r.id, (r.task).type, r.status,
-           run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, r.task), (r.task).priority
+           run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, r.task), (r.task).priority,
+           r.traceparent
     FROM r
     WHERE r.status = 'queued';
 END $$;

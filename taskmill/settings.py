@@ -115,7 +115,8 @@ class Settings(BaseSettings):
     delivery_limit: int = Field(10, ge=1, le=1000)
     db_pool_size: int = Field(10, ge=1, le=500)
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
-    log_format: str = Field("json", pattern=r"^(json|text)$")
+    # auto: readable text on a terminal, JSON lines otherwise (taskmill/logs.py).
+    log_format: str = Field("auto", pattern=r"^(json|text|auto)$")
     # Port for the role's Prometheus endpoint; 0 turns it off.
     metrics_port: int = Field(0, ge=0, le=65535)
 
@@ -143,6 +144,10 @@ class Settings(BaseSettings):
     # next loss makes it dead (a run that kills every processor it touches must not loop for ever).
     lost_limit: int = Field(3, ge=0, le=1000)
     rescue_interval_s: float = Field(10.0, gt=0)
+    # How often the distributor and the capacity role read the queue pressure into their gauges (taskmill/pressure.py).
+    pressure_interval_s: float = Field(5.0, gt=0)
+    # One JSON POST per run that ends dead (taskmill/alerts.py); empty: none.
+    alert_webhook_url: str = Field("", pattern=r"^(https?://\S+)?$")
     publish_timeout_s: float = Field(10.0, gt=0)
     max_idle_s: float = Field(30.0, gt=0)
 

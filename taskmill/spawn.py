@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from taskmill.db import Connection, jsonb
 from taskmill.models import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_CAP_S, TaskBody
 from taskmill.store.tasktypes import registry_for
+from taskmill.tracing import traceparent
 from taskmill.typecheck import default_timeout, type_problems
 
 KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
@@ -181,8 +182,8 @@ FOR SHARE
 """
 
 INSERT_RUNS = """
-INSERT INTO task_schedule (task_id, scheduled_time, status, blockers, parent_id, created_by)
-SELECT task_id, now(), CASE WHEN blockers > 0 THEN 'blocked' ELSE 'scheduled' END::run_status, blockers, $3, $4
+INSERT INTO task_schedule (task_id, scheduled_time, status, blockers, parent_id, created_by, traceparent)
+SELECT task_id, now(), CASE WHEN blockers > 0 THEN 'blocked' ELSE 'scheduled' END::run_status, blockers, $3, $4, $5
 FROM unnest($1::bigint[], $2::int[]) AS b(task_id, blockers)
 RETURNING id, task_id, scheduled_time
 """
@@ -336,7 +337,8 @@ async def _create_runs(
         if failed:
             skip[i] = f"dependency run {failed[0]} {locked[failed[0]]['status']}"
         blockers.append(sum(locked[u]["status"] not in _ENDED for u in upstream[i]) + len(failed[:1]))
-    rows = await conn.fetch(INSERT_RUNS, task_ids, blockers, parent.run_id, created_by)
+    # Children join the trace of the parent's execution (taskmill/tracing.py).
+    rows = await conn.fetch(INSERT_RUNS, task_ids, blockers, parent.run_id, created_by, traceparent())
     run_of_task = {r["task_id"]: r for r in rows}
     ups: list[int] = []
     downs: list[int] = []

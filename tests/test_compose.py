@@ -24,7 +24,7 @@ GRAFANA_DIR = ROOT / "deploy" / "grafana"
 
 ROLES = frozenset({"migrate", "scheduler", "distributor", "processor", "api", "capacity"})
 LONG_RUNNING_ROLES = ROLES - {"migrate"}
-OBSERVABILITY_SERVICES = frozenset({"prometheus", "grafana"})
+OBSERVABILITY_SERVICES = frozenset({"prometheus", "grafana", "loki", "alloy", "tempo", "otel-collector"})
 
 
 def load_yaml(path: Path) -> Any:

@@ -34,6 +34,11 @@ def required() -> list[Tool]:
     rabbit = "sudo apt-get install rabbitmq-server"
     return [
         Tool("chromium (the dashboard's browser test)", CHROMIUM, "make tools, or: sudo apt-get install chromium"),
+        Tool(
+            "promtool (alert rules' checks and unit tests)",
+            Path("/usr/bin/promtool"),
+            "make tools, or: sudo apt-get install prometheus",
+        ),
         Tool("rabbitmqctl (queue cleanup, fault tests)", RABBIT_BIN / "rabbitmqctl", rabbit),
         Tool("rabbitmq-server (the fault tests' private node)", RABBIT_BIN / "rabbitmq-server", rabbit),
         Tool("pg_ctl (the fault tests' private cluster)", pg_bin() / "pg_ctl", "sudo apt-get install postgresql"),

@@ -1,5 +1,5 @@
 """Runs: recent runs across all tasks, a task's past and upcoming runs, one run with its attempts and status
-changes, cancelling."""
+changes, cancelling, retrying."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from api.schemas import AttemptPublic, RunDetail, RunPublic, TransitionPublic
 from taskmill.models import Instant
 from taskmill.states import RunState
 from taskmill.store.history import recent_runs, run_detail, task_runs
-from taskmill.store.runs import cancel_run
+from taskmill.store.runs import Retry, cancel_run, retry_run
 from taskmill.store.tasks import task_ever_existed
 
 router = APIRouter()
@@ -105,4 +105,38 @@ async def cancel(run_id: Id, db: Pool, _: Writer) -> RunPublic:
         raise HTTPException(404, f"no run {run_id}")
     if not cancelled:
         raise HTTPException(409, f"run {run_id} is {detail[0]['status']}: only a run not yet started can be cancelled")
+    return RunPublic.model_validate(dict(detail[0]))
+
+
+def _not_retried(run_id: int, retry: Retry) -> str:
+    """Why a run was not retried, in words."""
+    if retry.status not in (RunState.FAILED, RunState.DEAD):
+        return f"run {run_id} is {retry.status}: only a failed or dead run can be retried"
+    if retry.task_deleted:
+        return f"run {run_id} is of task {retry.task_id}, which was deleted"
+    if retry.workflow_run_id is not None:
+        return (
+            f"run {run_id} is a step of workflow run {retry.workflow_run_id}, which counted its outcome already: "
+            "run the workflow again"
+        )
+    return (
+        f"run {run_id} was spawned by run {retry.parent_id}, which counted its outcome already: a spawned run is not "
+        "retried on its own"
+    )
+
+
+@router.post("/runs/{run_id}/retry", response_model=RunPublic)
+async def retry(run_id: Id, db: Pool, _: Writer) -> RunPublic:
+    """A failed or dead run goes back to be run again as its next attempt: the same run, its earlier attempts and
+    status changes kept, due at once and never taken for missed, with the retries it had not spent (none when it died
+    of spending them). 409 naming the reason for a run in any other state (a second click finds it scheduled), a
+    workflow's step, a spawned child or a deleted task's run. See taskmill/store/runs.py, RETRY_RUN, for why the
+    same run and not a new one."""
+    retried = await retry_run(db, run_id)
+    if retried is None:
+        raise HTTPException(404, f"no run {run_id}")
+    if not retried.retried:
+        raise HTTPException(409, _not_retried(run_id, retried))
+    detail = await run_detail(db, run_id)
+    assert detail is not None
     return RunPublic.model_validate(dict(detail[0]))

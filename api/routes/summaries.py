@@ -1,5 +1,5 @@
-"""Capacity planning over HTTP (seed 004): elapsed time per task type, and the compute and processors the next
-hours need."""
+"""Capacity planning over HTTP (seed 004): elapsed time per task type, the compute and processors the next hours
+need, and for the hours just past, what was forecast beside what was used."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from api.deps import AppSettings, Pool, Reader, TypeHistory
 from api.errors import invalid
 from taskmill.planning.plan import Options, make_plan
 from taskmill.store.capacity import TypeSummary, summaries_since, type_summaries
+from taskmill.store.forecasts import past
 
 router = APIRouter()
 
@@ -33,6 +34,30 @@ class Bucket(BaseModel):
     required_instances: int
 
 
+class PastBucket(BaseModel):
+    start: datetime
+    forecast_ms: float | None  # what the capacity role forecast before the bucket began; None: it made no forecast
+    used_ms: float  # the elapsed time of the attempts that finished in the bucket
+    attempts: int
+    error_ms: float | None  # forecast_ms - used_ms: above 0 the forecast was too high
+    error_percent: float | None  # error_ms over used_ms; None when nothing ran or nothing was forecast
+
+
+class PastSummary(BaseModel):
+    """The hours before the bucket under way, as far back as the forecast looks ahead: the capacity role's forecast
+    for each bucket (the last one it made before the bucket began) beside the compute used. The totals and errors are
+    over the buckets with a forecast."""
+
+    start: datetime
+    used_ms: float  # in every bucket
+    forecast_buckets: int  # buckets with a forecast
+    forecast_ms: float | None
+    error_ms: float | None
+    error_percent: float | None
+    mean_absolute_error_ms: float | None  # per bucket
+    buckets: list[PastBucket]
+
+
 class ScheduledSummary(BaseModel):
     generated_at: datetime
     horizon_hours: float
@@ -45,6 +70,7 @@ class ScheduledSummary(BaseModel):
     peak_runs: int
     peak_runs_before_spreading: int
     buckets: list[Bucket]
+    past: PastSummary
 
 
 @router.get("/task-summary", response_model=TaskSummary)
@@ -69,7 +95,9 @@ async def scheduled_tasks_summary(
 ) -> ScheduledSummary:
     """Per bucket from now to the horizon: runs (materialized, plus recurring runs projected past the scheduler's
     watermark), compute (each run weighted by its type's mean over the past year, or its task's estimate), and
-    `required_instances = ceil(required_ms / (capacity_ms * (1 - buffer)))`."""
+    `required_instances = ceil(required_ms / (capacity_ms * (1 - buffer)))`. `past`: the same span before the bucket
+    under way, in buckets of the same width, each with the capacity role's forecast for it and the compute its
+    attempts used."""
     if hours * 3600 / bucket > MAX_BUCKETS:
         reason = f"gives more than {MAX_BUCKETS:,} buckets in {hours:g} hours: widen it"
         raise invalid(("query", "bucket"), reason)
@@ -79,6 +107,7 @@ async def scheduled_tasks_summary(
     if buffer is not None:
         options = replace(options, buffer=buffer)
     plan = await make_plan(db, history, options)
+    before = await past(db, plan.start, options.horizon_s, bucket)
     f = plan.forecast
     buckets = [
         Bucket(
@@ -103,4 +132,24 @@ async def scheduled_tasks_summary(
             plan.unspread_peak_runs if plan.unspread_peak_runs is not None else int(f.runs.max(initial=0))
         ),
         buckets=buckets,
+        past=PastSummary(
+            start=before.start,
+            used_ms=before.used_ms,
+            forecast_buckets=len(before.with_forecast),
+            forecast_ms=before.forecast_ms,
+            error_ms=before.error_ms,
+            error_percent=before.error_percent,
+            mean_absolute_error_ms=before.mean_absolute_error_ms,
+            buckets=[
+                PastBucket(
+                    start=b.start,
+                    forecast_ms=b.forecast_ms,
+                    used_ms=b.used_ms,
+                    attempts=b.attempts,
+                    error_ms=b.error_ms,
+                    error_percent=b.error_percent,
+                )
+                for b in before.buckets
+            ],
+        ),
     )

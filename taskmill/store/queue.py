@@ -164,11 +164,24 @@ async def reject(conn: Conn, deliveries: Sequence[Delivery], reason: str) -> Non
 
 READY = "SELECT count(*)::int FROM run_queue WHERE queue = 'work' AND available_at <= now()"
 
+# Ready messages per lane, and the dead letters, named as the RabbitMQ queues they stand for.
+DEPTHS = """
+SELECT CASE WHEN queue = 'dead' THEN 'dead' WHEN priority > 0 THEN 'work.urgent' ELSE 'work' END AS name,
+       count(*)::int AS n
+FROM run_queue WHERE queue = 'dead' OR available_at <= now() GROUP BY 1
+"""
+
 
 async def ready(conn: Conn) -> int:
     """Messages ready to be handed out now."""
     count: int = await conn.fetchval(READY)
     return count
+
+
+async def depths(conn: Conn) -> dict[str, int]:
+    """Ready messages in each lane and the dead letters: {"work": n, "work.urgent": n, "dead": n}."""
+    found = {r["name"]: r["n"] for r in await conn.fetch(DEPTHS)}
+    return {name: found.get(name, 0) for name in ("work", "work.urgent", "dead")}
 
 
 # The earliest of each priority's first message: ten short walks of the claim's index, not a walk of all of it.

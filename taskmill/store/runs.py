@@ -30,14 +30,18 @@ class Outbound:
     body: bytes
     status: RunState
     priority: int = 0  # the task's, 0-9: higher passes a backlog (routed to the urgent lane on RabbitMQ)
+    traceparent: str | None = None  # the trace context of the API request that made the run (taskmill/tracing.py)
 
 
 # The statement lives in the database (claim_due_runs in 0001_schema.sql) to carry its planner settings.
-CLAIM_DUE = "SELECT id, type, status, body, priority FROM claim_due_runs($1, $2, $3, $4)"
+CLAIM_DUE = "SELECT id, type, status, body, priority, traceparent FROM claim_due_runs($1, $2, $3, $4)"
 
 
 def _outbound(records: list[asyncpg.Record]) -> list[Outbound]:
-    return [Outbound(r["id"], r["type"], r["body"].encode(), RunState(r["status"]), r["priority"]) for r in records]
+    return [
+        Outbound(r["id"], r["type"], r["body"].encode(), RunState(r["status"]), r["priority"], r["traceparent"])
+        for r in records
+    ]
 
 
 async def claim_due(
@@ -243,9 +247,9 @@ WITH stale AS (
 ), r AS (
     UPDATE task_schedule s SET lease_until = now() + make_interval(secs => $2)
     FROM stale WHERE s.id = stale.id AND s.scheduled_time = stale.scheduled_time
-    RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status
+    RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status, s.traceparent
 )
-SELECT r.id, t.type, r.status, {_MESSAGE} AS body, t.priority FROM r JOIN tasks t ON t.id = r.task_id
+SELECT r.id, t.type, r.status, {_MESSAGE} AS body, t.priority, r.traceparent FROM r JOIN tasks t ON t.id = r.task_id
 """
 
 # A processor that died mid-run is not the task failing: the run goes to another processor as its next attempt, the
@@ -269,15 +273,15 @@ WITH lost AS (
         queued_at = now(),
         lease_until = CASE WHEN s.lost >= $3 THEN NULL ELSE now() + make_interval(secs => $2) END
     FROM lost WHERE s.id = lost.id AND s.scheduled_time = lost.scheduled_time
-    RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status, s.started_at,
-              s.worker, s.error
+    RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status, s.traceparent,
+              s.started_at, s.worker, s.error
 ), kept AS (
     INSERT INTO task_results (run_id, attempt, status, started_at, finished_at, worker, error, type, scheduled_time)
     SELECT r.id, r.attempt, 'failed', r.started_at, now(), r.worker, r.error, t.type, r.scheduled_time
     FROM r JOIN tasks t ON t.id = r.task_id
     ON CONFLICT (run_id, scheduled_time, attempt) DO NOTHING
 )
-SELECT r.id, t.type, r.status, {_MESSAGE} AS body, t.priority FROM r JOIN tasks t ON t.id = r.task_id
+SELECT r.id, t.type, r.status, {_MESSAGE} AS body, t.priority, r.traceparent FROM r JOIN tasks t ON t.id = r.task_id
 """
 
 
@@ -315,6 +319,62 @@ async def cancel_run(conn: Conn, run_id: int) -> bool:
 
 async def cancel_unpublished_runs(conn: Conn, task_id: int) -> None:
     await conn.execute(CANCEL_UNPUBLISHED_RUNS, task_id)
+
+
+# An operator's retry (POST /runs/{id}/retry): a failed or dead run goes back to the claim as the next attempt of the
+# same run, not as a new run. What an operator looks at stays whole: the run they retried ends where its new attempt
+# ends, its earlier attempts stay in task_results (keyed by attempt, which goes on counting) and its status changes
+# in run_audit (failed -> scheduled, migration 0016); an http task calls again under the same Idempotency-Key; and a
+# second click finds the run scheduled and is refused, where a new run per click would run the work twice.
+# - Past on purpose (`backfill`, as a backfill's runs are): the claim never takes it for missed, however old its
+#   time, and no overlap policy skips it or cancels for it; a concurrency cap holds it as any run (its key is set
+#   again when it is handed out, and nothing is counted down here: a failed or dead run is not in flight).
+# - It carries on where it stopped: the attempt number and the processors lost go on, so it has the retries it had
+#   not spent (none, when it died of spending them: its next failure ends it failed or dead again, for the operator
+#   to look at and retry once more) and, like any run, runs whether its task is paused or not (as Run now does).
+# - Its last error stays until the new attempt starts (the start clears it); the dead letter of a dead run stays in
+#   the dead-letter queue, a record of the death.
+# - Refused for a workflow's step and a spawned child, whose outcome their workflow run and parent already counted
+#   (`run_flow`), and for a deleted task's run.
+RETRY_RUN = """
+UPDATE task_schedule s
+SET status = 'scheduled', backfill = true, queued_at = NULL, started_at = NULL, finished_at = NULL, worker = NULL,
+    lease_until = NULL, concurrency_key = NULL
+FROM tasks t
+WHERE s.id = $1 AND s.status IN ('failed', 'dead') AND s.workflow_run_id IS NULL AND s.parent_id IS NULL
+  AND t.id = s.task_id AND t.deleted_at IS NULL
+RETURNING s.id
+"""
+
+RUN_STANDING = """
+SELECT s.status::text AS status, s.task_id, t.deleted_at IS NOT NULL AS task_deleted, s.workflow_run_id, s.parent_id
+FROM task_schedule s JOIN tasks t ON t.id = s.task_id
+WHERE s.id = $1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """What became of a retry, and what decided it."""
+
+    retried: bool
+    status: RunState  # the run's, once the retry was decided (scheduled when it was retried)
+    task_id: int
+    task_deleted: bool
+    workflow_run_id: int | None  # the workflow run it is a step of
+    parent_id: int | None  # the run that spawned it
+
+
+async def retry_run(conn: Conn, run_id: int) -> Retry | None:
+    """Sends a failed or dead run back to the claim as its next attempt (see RETRY_RUN); None when there is no such
+    run. When it was not retried, the result says why."""
+    retried = await conn.fetchval(RETRY_RUN, run_id) is not None
+    row = await conn.fetchrow(RUN_STANDING, run_id)
+    if row is None:
+        return None
+    return Retry(
+        retried, RunState(row["status"]), row["task_id"], row["task_deleted"], row["workflow_run_id"], row["parent_id"]
+    )
 
 
 async def rescue_waiting(conn: Conn, limit: int, lease_s: float) -> list[Outbound]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+import asyncpg
+
 from taskmill.db import Connection
 from taskmill.models import Task
 
@@ -18,6 +20,14 @@ WHERE active AND deleted_at IS NULL AND schedule_kind IN ('cron', 'interval')
 ORDER BY materialized_until NULLS FIRST, id
 LIMIT $2
 FOR UPDATE SKIP LOCKED
+"""
+
+# How far behind `$1` (the horizon) the least advanced active recurring task's watermark is; 0 when none lags.
+LAG = """
+SELECT coalesce(extract(epoch FROM $1 - min(coalesce(materialized_until, schedule_from))), 0)::float8
+FROM tasks
+WHERE active AND deleted_at IS NULL AND schedule_kind IN ('cron', 'interval')
+  AND (materialized_until IS NULL OR materialized_until < $1)
 """
 
 INSERT_RUNS = """
@@ -65,3 +75,9 @@ RETURNING id
 async def insert_backfill(conn: Connection, task_id: int, times: Sequence[datetime], created_by: str | None) -> int:
     """Inserts the occurrences not there yet; returns how many were new."""
     return len(await conn.fetch(INSERT_BACKFILL, task_id, list(times), created_by))
+
+
+async def lag_s(conn: Connection | asyncpg.Pool, horizon: datetime) -> float:
+    """Seconds the least advanced active recurring task's watermark is behind `horizon` (0: caught up)."""
+    lag: float = await conn.fetchval(LAG, horizon)
+    return max(0.0, lag)

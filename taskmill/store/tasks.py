@@ -3,6 +3,7 @@ editing, pausing and deleting them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from taskmill.models import Task, TaskCreate
 from taskmill.secrets import seal
 from taskmill.states import ScheduleKind
 from taskmill.store.runs import cancel_unpublished_runs
+from taskmill.tracing import traceparent
 
 # The columns a definition sets, in the order _definition gives them, then who created it and its secrets.
 _COLUMNS = """name, type, payload, schedule_kind, cron, every_seconds, run_at, timezone, active, max_retries,
@@ -27,9 +29,10 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $
 RETURNING *
 """
 
+# A run made here carries the trace context of the request making it, when traces are on (taskmill/tracing.py).
 INSERT_RUN = """
-INSERT INTO task_schedule (task_id, scheduled_time, created_by)
-VALUES ($1, coalesce($2, now()), $3)
+INSERT INTO task_schedule (task_id, scheduled_time, created_by, traceparent)
+VALUES ($1, coalesce($2, now()), $3, $4)
 ON CONFLICT (task_id, scheduled_time) DO NOTHING
 RETURNING id
 """
@@ -94,7 +97,7 @@ async def create_task(
 
 async def add_run(conn: Connection, task_id: int, at: datetime | None, *, created_by: str | None = None) -> int | None:
     """One run of a task at `at` (now when None); None if that instant already has a run."""
-    run_id: int | None = await conn.fetchval(INSERT_RUN, task_id, at, created_by)
+    run_id: int | None = await conn.fetchval(INSERT_RUN, task_id, at, created_by, traceparent())
     return run_id
 
 
@@ -211,8 +214,8 @@ WITH new AS (
         AS b(n, ty, p, k, c, e, a, tz, act, mr, rd, b, t, est, sec, sn, mf, mg, cw, w, ov, mc, ck, pr)
     RETURNING id, name, schedule_kind, run_at, active, created_by
 ), runs AS (
-    INSERT INTO task_schedule (task_id, scheduled_time, created_by)
-    SELECT id, coalesce(run_at, now()), created_by FROM new WHERE active AND schedule_kind IN ('immediate', 'once')
+    INSERT INTO task_schedule (task_id, scheduled_time, created_by, traceparent)
+    SELECT id, coalesce(run_at, now()), created_by, $26 FROM new WHERE active AND schedule_kind IN ('immediate', 'once')
 )
 SELECT id, name FROM new ORDER BY id
 """
@@ -232,6 +235,7 @@ async def create_tasks(
         [seal(secret_key, t.secret_values()) for t in specs],
         [jsonb(sorted(t.secrets)) for t in specs],
         *[list(column) for column in zip(*(_policy(t) for t in specs), strict=True)],
+        traceparent(),
     )
     return [(r["id"], r["name"]) for r in rows]
 
@@ -267,17 +271,82 @@ SORTS: dict[str, str] = {"id": "bigint", "name": "text", "created_at": "timestam
 SortKey = Literal["id", "-id", "name", "-name", "created_at", "-created_at", "type", "-type"]
 
 
+# Each listed task's next run (the first not started yet after now) and its latest run up to now (whatever became of
+# it), looked up once the page is cut, each on UNIQUE (task_id, scheduled_time). A walk over every day's partition
+# reads one index entry a partition even when the run is in the first: so the day next to now is walked first, and
+# the rest only when it has none (a UNION ALL stops at its LIMIT). On 423,750 runs in 46 partitions, a page of 21
+# tasks run every few minutes read 234 buffers instead of 2,691 (0.8 ms instead of 3.6 ms), one of tasks last run a
+# day ago or more 2,737 (2.0 ms); index scans only. Planning takes 12 ms, as the listing's did before (`completed`
+# looks at every partition too).
+_NEXT_AND_LAST = """
+LEFT JOIN LATERAL (
+    SELECT * FROM (
+        (SELECT s.scheduled_time FROM task_schedule s
+         WHERE s.task_id = page.id AND s.scheduled_time > now() AND s.scheduled_time <= now() + interval '1 day'
+           AND s.status IN ('scheduled', 'queued', 'blocked')
+         ORDER BY s.scheduled_time LIMIT 1)
+        UNION ALL
+        (SELECT s.scheduled_time FROM task_schedule s
+         WHERE s.task_id = page.id AND s.scheduled_time > now() + interval '1 day'
+           AND s.status IN ('scheduled', 'queued', 'blocked')
+         ORDER BY s.scheduled_time LIMIT 1)
+    ) AS next LIMIT 1
+) n ON true
+LEFT JOIN LATERAL (
+    SELECT * FROM (
+        (SELECT s.id, s.status::text AS status, s.scheduled_time, s.finished_at FROM task_schedule s
+         WHERE s.task_id = page.id AND s.scheduled_time <= now() AND s.scheduled_time > now() - interval '1 day'
+         ORDER BY s.scheduled_time DESC LIMIT 1)
+        UNION ALL
+        (SELECT s.id, s.status::text AS status, s.scheduled_time, s.finished_at FROM task_schedule s
+         WHERE s.task_id = page.id AND s.scheduled_time <= now() - interval '1 day'
+         ORDER BY s.scheduled_time DESC LIMIT 1)
+    ) AS last LIMIT 1
+) l ON true
+"""
+
+
 def _list_sql(column: str, descending: bool) -> str:
     order = "DESC" if descending else "ASC"
     return f"""
-SELECT t.*, {COMPLETED} AS completed FROM tasks t
--- A workflow's steps and spawned children are listed with their workflow and their parent run.
-WHERE deleted_at IS NULL AND workflow_id IS NULL AND parent_run_id IS NULL AND ($1::text IS NULL OR type = $1)
-  AND ($2::boolean IS NULL OR active = $2) AND ($3::text IS NULL OR starts_with(name, $3))
-  AND ($4::{SORTS[column]} IS NULL OR ({column}, id) {"<" if descending else ">"} ($4::{SORTS[column]}, $5::bigint))
-  AND ($7::boolean IS NULL OR {COMPLETED} = $7)
-ORDER BY {column} {order}, id {order} LIMIT $6
+SELECT page.*, n.scheduled_time AS next_run_at, l.id AS last_run_id, l.status AS last_run_status,
+       l.scheduled_time AS last_run_at, l.finished_at AS last_run_finished_at
+FROM (
+    SELECT t.*, {COMPLETED} AS completed FROM tasks t
+    -- A workflow's steps and spawned children are listed with their workflow and their parent run.
+    WHERE deleted_at IS NULL AND workflow_id IS NULL AND parent_run_id IS NULL AND ($1::text IS NULL OR type = $1)
+      AND ($2::boolean IS NULL OR active = $2) AND ($3::text IS NULL OR starts_with(name, $3))
+      AND ($4::{SORTS[column]} IS NULL OR ({column}, id) {"<" if descending else ">"} ($4::{SORTS[column]}, $5::bigint))
+      AND ($7::boolean IS NULL OR {COMPLETED} = $7)
+    ORDER BY {column} {order}, id {order} LIMIT $6
+) page
+{_NEXT_AND_LAST}
+ORDER BY page.{column} {order}, page.id {order}
 """
+
+
+@dataclass(frozen=True, slots=True)
+class LastRun:
+    id: int
+    status: str
+    scheduled_time: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListedTask(Task):
+    """A task as the listing gives it: with its next run and its latest one."""
+
+    next_run_at: datetime | None = None  # the first run after now not started yet
+    last_run: LastRun | None = None  # the latest run scheduled up to now, whatever became of it
+
+    @classmethod
+    def of_listing(cls, r: asyncpg.Record) -> ListedTask:
+        task = Task.from_record(r)
+        last = None
+        if r["last_run_id"] is not None:
+            last = LastRun(r["last_run_id"], r["last_run_status"], r["last_run_at"], r["last_run_finished_at"])
+        return cls(**{f.name: getattr(task, f.name) for f in fields(Task)}, next_run_at=r["next_run_at"], last_run=last)
 
 
 async def list_tasks(
@@ -290,15 +359,16 @@ async def list_tasks(
     sort: SortKey = "id",
     after: tuple[Any, int] | None = None,
     limit: int = 50,
-) -> list[Task]:
+) -> list[ListedTask]:
     """Keyset pagination: `after` is the (sort value, id) of the last task of the page before, the value of the
-    sort column's type (an int, a str, an aware datetime). Stable under inserts, one index range a page."""
+    sort column's type (an int, a str, an aware datetime). Stable under inserts, one index range a page. Each task
+    comes with its next run and its latest one."""
     column = sort.lstrip("-")
     value, last_id = after if after is not None else (None, 0)
     rows = await conn.fetch(
         _list_sql(column, sort.startswith("-")), type, active, name_prefix, value, last_id, limit, completed
     )
-    return [Task.from_record(r) for r in rows]
+    return [ListedTask.of_listing(r) for r in rows]
 
 
 # Secret rotation (`taskmill rotate-secrets`): every task's sealed secrets, a batch at a time in id order; a write

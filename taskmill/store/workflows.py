@@ -12,6 +12,7 @@ import asyncpg
 
 from taskmill.db import Connection, jsonb
 from taskmill.secrets import seal
+from taskmill.tracing import traceparent
 from taskmill.workflows import Step, Workflow, WorkflowCreate
 
 # The step columns a definition sets; compared as they are stored, to tell a change from a repeat.
@@ -88,10 +89,10 @@ WITH steps AS (
     ON CONFLICT (workflow_id, scheduled_time) DO NOTHING
     RETURNING id, scheduled_time
 ), runs AS (
-    INSERT INTO task_schedule (task_id, scheduled_time, status, blockers, workflow_run_id, created_by)
+    INSERT INTO task_schedule (task_id, scheduled_time, status, blockers, workflow_run_id, created_by, traceparent)
     SELECT s.id, w.scheduled_time,
            CASE WHEN cardinality(s.depends_on) = 0 THEN 'scheduled' ELSE 'blocked' END::run_status,
-           cardinality(s.depends_on), w.id, $3
+           cardinality(s.depends_on), w.id, $3, $4
     FROM w CROSS JOIN steps s
     RETURNING id, task_id, scheduled_time
 ), links AS (
@@ -253,7 +254,7 @@ async def invoke(
     conn: Connection | asyncpg.Pool, workflow_id: int, at: datetime | None = None, *, created_by: str | None = None
 ) -> int | None:
     """Creates a workflow run at `at` (now when None); None when that instant has one already."""
-    run_id: int | None = await conn.fetchval(INVOKE, workflow_id, at, created_by)
+    run_id: int | None = await conn.fetchval(INVOKE, workflow_id, at, created_by, traceparent())
     return run_id
 
 

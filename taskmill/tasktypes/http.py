@@ -9,13 +9,16 @@ from __future__ import annotations
 import json
 import re
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import httpcore
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from taskmill import tracing
 from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskType, cap_text
 from taskmill.tasktypes.hostguard import GuardedBackend, HostGuard, HostRefused
+from taskmill.tracing import SpanKind
 
 if TYPE_CHECKING:
     from taskmill.spawn import Flow
@@ -99,6 +102,33 @@ async def run(payload: HttpPayload, ctx: RunContext) -> JsonObject:
     headers = {"Idempotency-Key": str(ctx.run_id)}
     for name, value in payload.headers.items():
         headers[name] = _SECRET_REF.sub(lambda m: ctx.secrets.get(m.group(1), m.group(0)), value)
+    # A child of the run's span when traces are on, its context sent on for the target to continue the trace.
+    attributes = {"http.request.method": payload.method, "url.full": _span_url(payload.url)}
+    with tracing.span(f"HTTP {payload.method}", SpanKind.CLIENT, attributes) as span:
+        if span is not None and (context := tracing.traceparent(span)) is not None:
+            headers.setdefault("traceparent", context)
+        response, data, read, complete = await _call(payload, ctx, headers)
+        if span is not None:
+            span.set_attribute("http.response.status_code", response.status_code)
+    body, _ = cap_text(data, ctx.output_cap)
+    result: JsonObject = {
+        "status": response.status_code,
+        "body": body,
+        "body_bytes": read,
+        "complete": complete,
+        "truncated": not complete or read > len(data),
+    }
+    if response.status_code not in payload.expected_statuses:
+        raise TaskFailed(f"unexpected HTTP status {response.status_code}", result)
+    if ctx.flow is not None and complete and "json" in response.headers.get("content-type", ""):
+        _ask_spawns(data, ctx.flow)
+    return result
+
+
+async def _call(
+    payload: HttpPayload, ctx: RunContext, headers: dict[str, str]
+) -> tuple[httpx.Response, bytes, int, bool]:
+    """The response, and its body as far as it is kept: (response, kept bytes, bytes read, read whole)."""
     try:
         async with ctx.http.stream(
             payload.method,
@@ -114,19 +144,15 @@ async def run(payload: HttpPayload, ctx: RunContext) -> JsonObject:
         raise TaskFailed(str(exc), permanent=True) from exc
     except httpx.HTTPError as exc:
         raise TaskFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
-    body, _ = cap_text(data, ctx.output_cap)
-    result: JsonObject = {
-        "status": response.status_code,
-        "body": body,
-        "body_bytes": read,
-        "complete": complete,
-        "truncated": not complete or read > len(data),
-    }
-    if response.status_code not in payload.expected_statuses:
-        raise TaskFailed(f"unexpected HTTP status {response.status_code}", result)
-    if ctx.flow is not None and complete and "json" in response.headers.get("content-type", ""):
-        _ask_spawns(data, ctx.flow)
-    return result
+    return response, data, read, complete
+
+
+def _span_url(url: str) -> str:
+    """The URL as a span may show it: no user, password, query or fragment (where secrets and tokens travel)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _ask_spawns(data: bytes, flow: Flow) -> None:

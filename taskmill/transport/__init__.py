@@ -32,6 +32,11 @@ class Publisher(Protocol):
         """Processors taking work now (for how many runs to put in a message)."""
         ...
 
+    async def queue_depths(self) -> dict[str, int]:
+        """Messages ready in each queue, by name without the prefix: work, work.urgent, dead (and, over RabbitMQ,
+        the queues of dedicated processors)."""
+        ...
+
     async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int, priority: int = 0) -> None:
         """A retry, handed out `delay_ms` from now. Raises when the transport did not take it."""
         ...

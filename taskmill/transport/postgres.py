@@ -48,6 +48,10 @@ class PgPublisher:
         async with asyncio.timeout(self.timeout_s):
             return await live_count(self.pool, LIVE_WITHIN_S)
 
+    async def queue_depths(self) -> dict[str, int]:
+        async with asyncio.timeout(self.timeout_s):
+            return await queue.depths(self.pool)
+
     async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int, priority: int = 0) -> None:
         message = queue.Message(task_type, body, run_id, delay_s=delay_ms / 1000, priority=priority)
         async with asyncio.timeout(self.timeout_s):

@@ -31,6 +31,7 @@ class Routes:
         self._pool = pool
         self._refresh_s = refresh_s
         self._types: frozenset[str] = frozenset()
+        self._sets: list[list[str]] = []
         self._read = -math.inf
         self._reading = asyncio.Lock()
 
@@ -46,8 +47,14 @@ class Routes:
                         log.info("cannot read the dedicated processors: %s", exc)
                     else:
                         self._types = frozenset(t for types in found.values() for t in types)
+                        self._sets = sorted({tuple(sorted(types)): list(types) for types in found.values()}.values())
                     self._read = time.monotonic()
         return self._types
+
+    async def type_sets(self) -> list[list[str]]:
+        """The sets of types live dedicated processors serve: one queue each."""
+        await self.dedicated()
+        return self._sets
 
     def _stale(self) -> bool:
         return time.monotonic() - self._read > self._refresh_s

@@ -71,7 +71,7 @@ FAST: dict[str, Any] = {
     "publish_timeout_s": 5.0,
     "concurrency": 4,
 }
-ROLES = ("scheduler", "distributor", "processor", "api")
+ROLES = ("scheduler", "distributor", "processor", "api", "capacity")
 
 
 def worker_of(pid: int) -> str:

@@ -3,7 +3,7 @@ defined through the API in this process."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -61,15 +61,24 @@ async def finished_run(db: asyncpg.Connection, run_id: int, timeout: float = 40)
     return status
 
 
-async def ended_run(db: asyncpg.Connection, run_id: int, timeout: float = 40) -> asyncpg.Record:
-    """A run (task_schedule row) once it has ended."""
+async def ended_run(
+    db: asyncpg.Connection, run_id: int, timeout: float = 40, logs: Callable[[], str] | None = None
+) -> asyncpg.Record:
+    """A run (task_schedule row) once it has ended. Timed out, it says where every run stands, and `logs()`."""
     ended = ("succeeded", "failed", "dead", "cancelled", "skipped")
 
     async def done() -> bool:
         status = await db.fetchval("SELECT status::text FROM task_schedule WHERE id = $1", run_id)
         return status in ended
 
-    await wait_until(done, timeout=timeout, interval=0.1, what=f"run {run_id} to end")
+    try:
+        await wait_until(done, timeout=timeout, interval=0.1, what=f"run {run_id} to end")
+    except AssertionError as exc:
+        runs = await db.fetch(
+            "SELECT id, parent_id, status::text, attempt, worker, error FROM task_schedule ORDER BY id"
+        )
+        where = "\n".join(str(tuple(r)) for r in runs)
+        raise AssertionError(f"{exc}\n{where}\n{logs() if logs else ''}") from None
     row = await db.fetchrow("SELECT * FROM task_schedule WHERE id = $1", run_id)
     assert row is not None
     return row

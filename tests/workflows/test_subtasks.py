@@ -56,7 +56,7 @@ async def test_three_levels_of_children_each_parent_ending_after_all_of_its_own(
     await stack.start(distributor=1)
     await processors(stack, 2, concurrency=4)
     root = await _run_of(stack.db, await _task(api, "tree", "flows.tree", {"depth": 3, "fanout": 3}))
-    ended = await ended_run(stack.db, root, timeout=60)
+    ended = await ended_run(stack.db, root, timeout=60, logs=stack.logs)
     assert ended["status"] == "succeeded", ended["error"]
     below = await _descendants(stack.db, root)
     assert [sum(1 for r in below if r["level"] == level) for level in (1, 2, 3)] == [3, 9, 27]
@@ -79,7 +79,7 @@ async def test_a_failing_leaf_fails_its_parent_and_every_ancestor_with_its_error
     root = await _run_of(
         stack.db, await _task(api, "bad-tree", "flows.tree", {"depth": 2, "fanout": 2, "fail_leaf": True})
     )
-    ended = await ended_run(stack.db, root, timeout=60)
+    ended = await ended_run(stack.db, root, timeout=60, logs=stack.logs)
     assert ended["status"] == "failed"
     # The root's error names its child, whose error names its own: the leaf's ValueError at the bottom.
     assert ended["error"].startswith("child run ") and "failed: child run " in ended["error"]
@@ -115,7 +115,7 @@ async def test_past_the_depth_limit_the_spawning_run_fails_saying_so(stack: Stac
     await stack.start(distributor=1)
     await stack.add("processor", *FLOWS, "--concurrency", "4", TASKMILL_SPAWN_MAX_DEPTH="2")
     root = await _run_of(stack.db, await _task(api, "deep", "flows.tree", {"depth": 3, "fanout": 1}))
-    ended = await ended_run(stack.db, root, timeout=60)
+    ended = await ended_run(stack.db, root, timeout=60, logs=stack.logs)
     assert ended["status"] == "failed"
     assert "a child here would be 3 levels deep, past TASKMILL_SPAWN_MAX_DEPTH (2)" in ended["error"]
 
@@ -126,7 +126,7 @@ async def test_past_the_fan_out_limit_the_spawning_run_fails_and_spawns_nothing(
     await stack.start(distributor=1)
     await stack.add("processor", *FLOWS, "--concurrency", "4", TASKMILL_SPAWN_MAX_CHILDREN="50")
     root = await _run_of(stack.db, await _task(api, "wide", "flows.map", {"n": 60}))
-    ended = await ended_run(stack.db, root, timeout=60)
+    ended = await ended_run(stack.db, root, timeout=60, logs=stack.logs)
     assert ended["status"] == "failed"
     assert f"run {root} would have 60 children, past TASKMILL_SPAWN_MAX_CHILDREN (50)" in ended["error"]
     assert await stack.db.fetchval("SELECT count(*) FROM task_schedule WHERE parent_id = $1", root) == 0
@@ -147,7 +147,7 @@ async def test_a_parent_run_twice_spawns_its_children_once(stack: Stack, api: ht
 
     await wait_until(first_attempt_spawned, timeout=30, what="the first attempt's children")
     await processors(stack, 1, concurrency=4)
-    ended = await ended_run(stack.db, root, timeout=60)
+    ended = await ended_run(stack.db, root, timeout=60, logs=stack.logs)
     assert ended["status"] == "succeeded", ended["error"]
     assert ended["attempt"] == 2
     assert await stack.db.fetchval("SELECT count(*) FROM task_schedule WHERE parent_id = $1", root) == 6

@@ -1,11 +1,13 @@
 // The dashboard: asks for a token once (kept in localStorage), asks the API what it may do (GET /me) and shows only
-// the controls it can use, then loads the task grid, the workflows, the runs, the metrics and the three-hour
-// forecast, which it polls every 15 s (a workflow run's graph follows its run every second, see workflows.js).
+// the controls it can use, then loads the task grid, the workflows, the runs, the metrics, the queue pressure and
+// the three-hour forecast beside the last three hours' forecast and use, which it polls every 15 s (a workflow run's
+// graph follows its run every second, see workflows.js).
 
 import { NOBODY, showIdentity, whoAmI } from "./access.js";
 import { onUnauthorized, setToken, token, api } from "./api.js";
 import { drawChart } from "./chart.js";
 import { $, clockTime, h, ms, toast } from "./dom.js";
+import { percentText, refreshPressure, signedMs } from "./pressure.js";
 import { RecentRuns } from "./runs.js";
 import { TaskForm } from "./taskform.js";
 import { TaskGrid } from "./tasks.js";
@@ -17,7 +19,8 @@ const POLL_MS = Math.max(1, Number(new URLSearchParams(window.location.search).g
 // (the API's forecast re-reads them every 300 s too).
 const METRICS_EVERY = Math.ceil(300_000 / POLL_MS);
 
-const runs = new RecentRuns();
+// Running a task now, retrying or cancelling a run changes the runs, the grid's next and last runs, and the pressure.
+const runs = new RecentRuns({ onChanged: () => Promise.allSettled([grid.refresh(), refreshPressure()]) });
 const form = new TaskForm({
   onSaved: (task, { created }) => {
     // A new task has the highest id: newest first shows it on top, whatever page the grid was on.
@@ -27,7 +30,11 @@ const form = new TaskForm({
     refreshCapacity();
   },
 });
-const grid = new TaskGrid({ onEdit: (id) => form.openEdit(id), onShowRuns: (task) => runs.forTask(task) });
+const grid = new TaskGrid({
+  onEdit: (id) => form.openEdit(id),
+  onShowRuns: (task) => runs.forTask(task),
+  onRan: () => Promise.allSettled([runs.refresh(), grid.refresh(), refreshPressure()]),
+});
 const workflows = new Workflows({ onOpenStepRun: (runId, step) => runs.open(runId, step) });
 
 /** Shows what the token may do: its subject and scopes beside the token control, and only the controls it can use. */
@@ -35,6 +42,7 @@ function showAccess(access) {
   showIdentity($("#whoami"), access);
   $("#new-task").hidden = !access.may_write;
   grid.setAccess(access);
+  runs.setAccess(access);
   workflows.setAccess(access);
   form.setAccess(access);
 }
@@ -83,16 +91,24 @@ async function refreshCapacity() {
   const times = summary.buckets.map((b) => new Date(b.start));
   const compute = summary.buckets.map((b) => b.required_ms);
   const instances = summary.buckets.map((b) => b.required_instances);
+  // Left of now: what the capacity role forecast for each bucket before it began, beside the compute it used.
+  const past = summary.past;
+  const pastTimes = past.buckets.map((b) => new Date(b.start));
   const chart = $("#capacity-chart");
   drawChart(chart, {
     times,
     series: [
+      { key: "forecast", label: "Forecast made before (ms)", values: past.buckets.map((b) => b.forecast_ms), axis: "left", times: pastTimes },
+      { key: "used", label: "Compute used (ms)", values: past.buckets.map((b) => b.used_ms), axis: "left", times: pastTimes },
       { key: "compute", label: "Required compute (ms)", values: compute, axis: "left" },
       { key: "instances", label: "Required instances", values: instances, axis: "right", integer: true },
     ],
     axes: { left: `Compute (ms per ${summary.bucket_seconds} s)`, right: "Instances" },
     formatTime: (d) => d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }),
+    now: new Date(summary.generated_at),
+    notes: pastTimes.length ? [{ key: "past-error", at: pastTimes[0], text: pastError(past) }] : [],
   });
+  showPast(past);
   chart.classList.toggle("empty", summary.total_runs === 0);
   chart.dataset.generatedAt = summary.generated_at; // which forecast is drawn (the browser test reads it)
   const peakMs = Math.max(0, ...compute);
@@ -110,6 +126,34 @@ async function refreshCapacity() {
         h("td", {}, clockTime(new Date(b.start))), h("td", { class: "num" }, b.runs), h("td", { class: "num" }, b.projected_runs),
         h("td", { class: "num" }, ms(b.required_ms)), h("td", { class: "num" }, b.required_instances)))))
     : h("p", { class: "muted" }, "No runs in the next 3 hours."));
+}
+
+/** The forecast's error over the past hours, in a few words (beside the past part of the graph). */
+function pastError(past) {
+  if (!past.forecast_buckets) return "No forecast was recorded for these hours";
+  return `Forecast error ${signedMs(past.error_ms)} (${percentText(past.error_percent)})`;
+}
+
+/** The past hours in numbers: the forecast beside the compute used, the error, and a table of the buckets. */
+function showPast(past) {
+  const known = past.forecast_buckets;
+  const over = known && known < past.buckets.length ? ` over the ${known} buckets with a forecast` : "";
+  $("#capacity-past").textContent = known
+    ? `Last 3 hours${over}: forecast ${ms(past.forecast_ms)}, used ${ms(past.forecast_ms - past.error_ms)} · error `
+      + `${signedMs(past.error_ms)} (${percentText(past.error_percent)}) · mean absolute error `
+      + `${ms(past.mean_absolute_error_ms)} per bucket`
+    : `Last 3 hours: ${ms(past.used_ms)} of compute used; no forecast was recorded for them (the capacity role records one).`;
+  const busy = past.buckets.filter((b) => b.forecast_ms || b.used_ms);
+  $("#capacity-past-table").replaceChildren(busy.length
+    ? h("table", { class: "grid compact", id: "capacity-past-grid" },
+      h("caption", {}, "Last 3 hours: forecast beside use"),
+      h("thead", {}, h("tr", {}, ["From", "Forecast", "Used", "Attempts", "Error", "Error %"].map((c) => h("th", { scope: "col" }, c)))),
+      h("tbody", {}, busy.map((b) => h("tr", {},
+        h("td", {}, clockTime(new Date(b.start))), h("td", { class: "num" }, ms(b.forecast_ms)),
+        h("td", { class: "num" }, ms(b.used_ms)), h("td", { class: "num" }, b.attempts),
+        h("td", { class: "num" }, b.error_ms === null ? "—" : signedMs(b.error_ms)),
+        h("td", { class: "num" }, percentText(b.error_percent))))))
+    : h("p", { class: "muted" }, "Nothing was forecast or used in the last 3 hours."));
 }
 
 async function refreshMetrics() {
@@ -157,8 +201,8 @@ async function refreshHealth() {
 async function poll() {
   if (document.hidden) return;
   polls += 1;
-  await Promise.allSettled([refreshCapacity(), runs.refresh(), workflows.refresh(), refreshHealth(),
-    polls % METRICS_EVERY === 0 ? refreshMetrics() : null]);
+  await Promise.allSettled([refreshCapacity(), runs.refresh(), grid.refresh(), workflows.refresh(), refreshHealth(),
+    refreshPressure(), polls % METRICS_EVERY === 0 ? refreshMetrics() : null]);
 }
 
 async function start() {
@@ -189,7 +233,7 @@ async function start() {
     return;
   }
   await Promise.allSettled([grid.load(), workflows.load(), runs.load(), refreshCapacity(), refreshMetrics(),
-    refreshHealth()]);
+    refreshHealth(), refreshPressure()]);
   clearInterval(timer);
   timer = setInterval(poll, POLL_MS);
 }

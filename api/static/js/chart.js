@@ -1,4 +1,5 @@
-// A two-axis line chart drawn as SVG: a series per line, each on the left or the right axis.
+// A two-axis line chart drawn as SVG: a series per line, each on the left or the right axis, each over the shared
+// times or its own; a value of null leaves a gap. A dashed line may mark now, and notes may label spans of time.
 
 import { s } from "./dom.js";
 
@@ -22,21 +23,41 @@ function tickLabel(value) {
   return String(Number(value.toFixed(2)));
 }
 
+/** Runs of consecutive points whose value is not null: a line is drawn along each, a gap left between them. */
+function segments(points) {
+  const runs = [];
+  let current = [];
+  for (const point of points) {
+    if (point === null) {
+      if (current.length) runs.push(current);
+      current = [];
+    } else {
+      current.push(point);
+    }
+  }
+  if (current.length) runs.push(current);
+  return runs;
+}
+
 /**
  * Draws into `svg` (cleared first): `times` (Date per point), `series` [{key, label, values, axis: "left" |
- * "right", integer}], axis titles in `axes` {left, right}, and `xTickMinutes` between time labels.
+ * "right", integer, times}] (a series' own `times` in place of the shared ones; a null value is a gap), axis titles
+ * in `axes` {left, right}, `xTickMinutes` between time labels, a dashed line at `now` (a Date), and `notes`
+ * [{key, at: Date, text}] written at the top of the plot from `at` on.
  */
-export function drawChart(svg, { times, series, axes, xTickMinutes = 30, formatTime }) {
+export function drawChart(svg, { times, series, axes, xTickMinutes = 30, formatTime, now = null, notes = [] }) {
   for (const old of svg.querySelectorAll(":scope > g")) old.remove();
   const plotW = W - M.left - M.right;
   const plotH = H - M.top - M.bottom;
-  const t0 = times.length ? times[0].getTime() : 0;
-  const t1 = times.length > 1 ? times[times.length - 1].getTime() : t0 + 1;
+  const instants = [...times, ...series.flatMap((d) => d.times || [])].map((d) => d.getTime());
+  const t0 = instants.length ? Math.min(...instants) : 0;
+  const last = instants.length ? Math.max(...instants) : 0;
+  const t1 = last > t0 ? last : t0 + 1;
   const x = (t) => M.left + ((t - t0) / (t1 - t0)) * plotW;
   const scales = {};
   for (const side of ["left", "right"]) {
     const onSide = series.filter((d) => d.axis === side);
-    const max = Math.max(0, ...onSide.flatMap((d) => d.values));
+    const max = Math.max(0, ...onSide.flatMap((d) => d.values.filter((v) => v !== null)));
     scales[side] = niceScale(max, { integer: onSide.some((d) => d.integer) });
   }
   const y = (side, v) => M.top + plotH - (v / scales[side].top) * plotH;
@@ -72,9 +93,28 @@ export function drawChart(svg, { times, series, axes, xTickMinutes = 30, formatT
 
   const lines = s("g", { class: "series" });
   for (const d of series) {
-    const points = d.values.map((v, i) => `${x(times[i].getTime()).toFixed(1)},${y(d.axis, v).toFixed(1)}`);
-    lines.append(s("polyline", { class: `line ${d.key}`, "data-series": d.key, points: points.join(" ") },
-      s("title", {}, d.label)));
+    const at = d.times || times;
+    const points = d.values.map((v, i) => (v === null ? null
+      : `${x(at[i].getTime()).toFixed(1)},${y(d.axis, v).toFixed(1)}`));
+    if (points.every((p) => p !== null)) {
+      lines.append(s("polyline", { class: `line ${d.key}`, "data-series": d.key, points: points.join(" ") },
+        s("title", {}, d.label)));
+    } else {
+      // Gaps: one path of as many pieces as there are runs of values.
+      const path = segments(points).map((run) => `M${run.join(" L")}`).join(" ");
+      lines.append(s("path", { class: `line ${d.key}`, "data-series": d.key, d: path || "M0,0" },
+        s("title", {}, d.label)));
+    }
   }
-  svg.append(grid, axisLeft, axisRight, axisX, lines);
+  const marks = s("g", { class: "marks" });
+  if (now) {
+    const xx = x(now.getTime()).toFixed(1);
+    marks.append(s("line", { class: "now", x1: xx, x2: xx, y1: M.top, y2: M.top + plotH }),
+      s("text", { class: "now", x: xx, y: M.top - 4, "text-anchor": "middle" }, "now"));
+  }
+  for (const note of notes) {
+    marks.append(s("text", { class: `note ${note.key}`, "data-note": note.key, x: x(note.at.getTime()) + 6, y: M.top + 12 },
+      note.text));
+  }
+  svg.append(grid, axisLeft, axisRight, axisX, lines, marks);
 }

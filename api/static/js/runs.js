@@ -1,8 +1,14 @@
 // Recent runs across all tasks (GET /runs), and one run's logs on click: its attempts with result, output and
-// error, and its status changes (GET /runs/{id}).
+// error, and its status changes (GET /runs/{id}). A token that may write gets Retry on a failed or dead run (its next
+// attempt) and Cancel on one not started.
 
+import { NOBODY } from "./access.js";
 import { api } from "./api.js";
 import { $, badge, h, latestOnly, ms, toast, tookMs, when } from "./dom.js";
+
+const RETRIABLE = new Set(["failed", "dead"]);
+// Those the cancel button is offered for: not started yet (a run between two attempts may be cancelled too, by the API).
+const CANCELLABLE = new Set(["scheduled", "queued", "blocked"]);
 
 function block(title, text) {
   return h("div", { class: "log" }, h("h4", {}, title), h("pre", { tabindex: "0" }, text));
@@ -28,7 +34,10 @@ function attemptView(attempt) {
 }
 
 export class RecentRuns {
-  constructor() {
+  constructor({ onChanged = () => {} } = {}) {
+    this.onChanged = onChanged; // a run retried or cancelled here
+    this.access = NOBODY;
+    this.items = [];
     this.body = $("#run-grid tbody");
     this.status = $("#runs-status");
     this.task = null; // {id, name} when showing one task's runs
@@ -40,6 +49,11 @@ export class RecentRuns {
     $("#runs-older").addEventListener("click", () => { this.before = this.next; this.load(); });
     $("#runs-newest").addEventListener("click", () => this.first());
     $("#run-task-filter button").addEventListener("click", () => this.forTask(null));
+  }
+
+  setAccess(access) {
+    this.access = access;
+    this.draw(this.items);
   }
 
   forTask(task) {
@@ -78,20 +92,57 @@ export class RecentRuns {
     this.status.classList.remove("error");
     this.next = page.next_cursor;
     const shown = JSON.stringify(page.items);
-    if (shown !== this.shown) this.body.replaceChildren(...page.items.map((run) => h("tr", { "data-run-id": run.id },
-      h("td", {}, h("button", { type: "button", class: "link", "aria-label": `Logs of run ${run.id}`,
-        on: { click: () => this.open(run.id, run.task_name) } }, `#${run.id}`)),
-      h("td", { class: "name" }, run.task_name),
-      h("td", {}, when(run.scheduled_time)),
-      h("td", {}, badge(run.status)),
-      h("td", { class: "num" }, run.attempt),
-      h("td", { class: "num" }, ms(tookMs(run.started_at, run.finished_at))),
-      h("td", {}, run.worker || "—"))));
-    this.shown = shown;
+    if (shown !== this.shown) this.draw(page.items);
     this.status.textContent = page.items.length ? ""
       : this.before ? "No older runs." : "No runs yet: runs show here once they are due.";
     $("#runs-older").disabled = !this.next;
     $("#runs-newest").disabled = !this.before;
+  }
+
+  draw(items) {
+    this.items = items;
+    this.shown = JSON.stringify(items);
+    this.body.replaceChildren(...items.map((run) => h("tr", { "data-run-id": run.id },
+      h("td", {}, h("button", { type: "button", class: "link", "aria-label": `Logs of run ${run.id}`,
+        on: { click: () => this.open(run.id, run.task_name) } }, `#${run.id}`)),
+      h("td", { class: "name" }, run.task_name),
+      h("td", {}, when(run.scheduled_time)),
+      h("td", { class: "status" }, badge(run.status)),
+      h("td", { class: "num attempt" }, run.attempt),
+      h("td", { class: "num" }, ms(tookMs(run.started_at, run.finished_at))),
+      h("td", {}, run.worker || "—"),
+      h("td", { class: "actions" }, this.actions(run)))));
+  }
+
+  actions(run) {
+    if (!this.access.may_write) return null;
+    if (RETRIABLE.has(run.status)) {
+      return h("button", { type: "button", class: "secondary small", "aria-label": `Retry run ${run.id}`,
+        title: `Run it again as attempt ${run.attempt + 1}, its earlier attempts kept`,
+        on: { click: (e) => this.act(run, "retry", e.currentTarget) } }, "Retry");
+    }
+    if (CANCELLABLE.has(run.status)) {
+      return h("button", { type: "button", class: "secondary small", "aria-label": `Cancel run ${run.id}`,
+        on: { click: (e) => this.act(run, "cancel", e.currentTarget) } }, "Cancel");
+    }
+    return null;
+  }
+
+  /** Retries or cancels a run; the API's reason when it refuses (a run that moved on meanwhile, a workflow's step). */
+  async act(run, action, button) {
+    button.disabled = true;
+    let done;
+    try {
+      done = await api("POST", `/runs/${run.id}/${action}`);
+    } catch (error) {
+      button.disabled = false;
+      toast(`Run #${run.id} was not ${action === "retry" ? "retried" : "cancelled"}: ${error.message}`, "error");
+      return;
+    }
+    toast(action === "retry"
+      ? `Run #${done.id} of ${run.task_name} goes again as attempt ${done.attempt + 1}.`
+      : `Run #${done.id} of ${run.task_name} is cancelled.`);
+    await Promise.allSettled([this.load(), this.onChanged(done)]);
   }
 
   async open(runId, taskName) {

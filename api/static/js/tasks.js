@@ -1,10 +1,11 @@
 // The task grid: sort by a column either way, filter by type, state, completion and name prefix, keyset pages, an
-// active switch and an edit button per row when the token may change the task. A one-off whose runs have all ended
-// is marked completed; a task with a concurrency cap shows it beside its schedule.
+// active switch, a Run now and an edit button per row when the token may change the task. A one-off whose runs have
+// all ended is marked completed; a task with a concurrency cap shows it beside its schedule. Each task shows its next
+// run and the status of its latest one, kept current by the page's polls (in place: the rows, and focus, stay).
 
 import { NOBODY, mayWriteType } from "./access.js";
 import { api } from "./api.js";
-import { $, debounce, h, latestOnly, toast, when } from "./dom.js";
+import { $, badge, debounce, h, latestOnly, toast, when } from "./dom.js";
 
 export function scheduleText(schedule) {
   switch (schedule.kind) {
@@ -23,15 +24,29 @@ function capText(task) {
     `≤${task.max_concurrency} at once`);
 }
 
+/** The next run's time, or a dash. */
+function nextRun(task) {
+  return task.next_run_at ? when(task.next_run_at) : h("span", { class: "muted" }, "—");
+}
+
+/** The latest run's status and time, or a dash. */
+function lastRun(task) {
+  const run = task.last_run;
+  if (!run) return h("span", { class: "muted" }, "—");
+  return [badge(run.status), " ", h("span", { class: "muted" }, when(run.scheduled_time))];
+}
+
 export class TaskGrid {
-  constructor({ onEdit, onShowRuns }) {
+  constructor({ onEdit, onShowRuns, onRan = () => {} }) {
     this.onEdit = onEdit;
     this.onShowRuns = onShowRuns;
+    this.onRan = onRan;
     this.sort = "id";
     this.cursors = [null]; // the cursor of each page seen so far: Previous goes back one
     this.next = null;
     this.access = NOBODY; // what the token may do: no switch or edit button until GET /me says so
     this.items = []; // the tasks of the page shown, drawn again when the access changes
+    this.loading = false; // a page is being loaded: polls leave the grid to it
     this.request = latestOnly(); // an older filter's reply must not overwrite a newer one's
     this.body = $("#task-grid tbody");
     this.status = $("#tasks-status");
@@ -79,9 +94,9 @@ export class TaskGrid {
     this.load(taskId);
   }
 
-  /** Loads the current page; the row of `highlight` (a task id), if on it, is marked as just saved. */
-  async load(highlight = null) {
-    const query = {
+  /** The query of the page shown. */
+  query() {
+    return {
       sort: this.sort,
       limit: 20,
       name_prefix: $("#filter-name").value,
@@ -90,18 +105,30 @@ export class TaskGrid {
       completed: $("#filter-completed").value,
       cursor: this.cursors[this.cursors.length - 1],
     };
+  }
+
+  /** Loads the current page; the row of `highlight` (a task id), if on it, is marked as just saved. */
+  async load(highlight = null) {
+    const query = this.query();
     this.status.textContent = "Loading tasks…";
     const current = this.request();
+    this.loading = true;
     let page;
     try {
       page = await api("GET", "/tasks", { query });
     } catch (error) {
       if (!current()) return;
+      this.loading = false;
       this.status.textContent = `Tasks could not be loaded: ${error.message}`;
       this.status.classList.add("error");
       return;
     }
     if (!current()) return;
+    this.loading = false;
+    this.show(page, query, highlight);
+  }
+
+  show(page, query, highlight = null) {
     this.status.classList.remove("error");
     this.next = page.next_cursor;
     this.items = page.items;
@@ -114,6 +141,34 @@ export class TaskGrid {
     $("#tasks-page").textContent = `Page ${this.cursors.length}`;
     $("#tasks-prev").disabled = this.cursors.length < 2;
     $("#tasks-next").disabled = !this.next;
+  }
+
+  /** Polled: the page shown, read again (not while a load is under way). The same tasks keep their rows, and focus:
+   *  only their next and last runs are written again; a page whose tasks changed (one added or deleted elsewhere)
+   *  is drawn anew. */
+  async refresh() {
+    if (this.loading) return;
+    const query = this.query();
+    const current = this.request();
+    let page;
+    try {
+      page = await api("GET", "/tasks", { query });
+    } catch {
+      return; // the next poll tries again (a load says what went wrong)
+    }
+    if (!current()) return;
+    const same = page.items.length === this.items.length && page.items.every((t, i) => t.id === this.items[i].id);
+    if (!same) {
+      this.show(page, query);
+      return;
+    }
+    this.items = page.items;
+    this.next = page.next_cursor;
+    for (const task of page.items) {
+      const row = this.body.querySelector(`tr[data-task-id="${task.id}"]`);
+      row?.querySelector("td.next").replaceChildren(nextRun(task));
+      row?.querySelector("td.last").replaceChildren(...[lastRun(task)].flat());
+    }
   }
 
   row(task, fresh = false) {
@@ -134,19 +189,41 @@ export class TaskGrid {
         ? h("label", { class: "switch" }, toggle, h("span", { "aria-hidden": "true" }, state))
         : state,
       task.completed ? [" ", h("span", { class: "badge completed" }, "completed")] : null),
+      h("td", { class: "next" }, nextRun(task)),
+      h("td", { class: "last" }, lastRun(task)),
       h("td", {}, when(task.created_at)),
       h("td", { class: "actions" },
+        this.access.may_write
+          ? h("button", { type: "button", class: "secondary small", "aria-label": `Run ${task.name} now`, on: { click: (e) => this.runNow(task, e.currentTarget) } }, "Run now")
+          : null,
         mayWriteType(this.access, task.type)
           ? h("button", { type: "button", class: "secondary small", "aria-label": `Edit ${task.name}`, on: { click: () => this.onEdit(task.id) } }, "Edit")
           : null,
         h("button", { type: "button", class: "secondary small", "aria-label": `Runs of ${task.name}`, on: { click: () => this.onShowRuns(task) } }, "Runs")));
   }
 
+  /** One run of the task now (POST /tasks/{id}/invoke). */
+  async runNow(task, button) {
+    button.disabled = true;
+    try {
+      const run = await api("POST", `/tasks/${task.id}/invoke`);
+      toast(`Run #${run.id} of ${task.name} is due now.`);
+      await this.onRan(run);
+    } catch (error) {
+      toast(`Could not run ${task.name}: ${error.message}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   async setActive(task, toggle) {
     const wanted = toggle.checked;
     toggle.disabled = true;
     try {
-      const updated = await api("PUT", `/tasks/${task.id}/${wanted ? "active" : "inactive"}`);
+      // Pausing and resuming answer the definition alone: the runs shown stay until the next poll reads them again.
+      const answer = await api("PUT", `/tasks/${task.id}/${wanted ? "active" : "inactive"}`);
+      const shown = this.items.find((t) => t.id === task.id) || task;
+      const updated = { ...answer, next_run_at: shown.next_run_at, last_run: shown.last_run };
       this.items = this.items.map((t) => (t.id === updated.id ? updated : t));
       const row = this.row(updated);
       this.body.querySelector(`tr[data-task-id="${updated.id}"]`)?.replaceWith(row);

@@ -5,6 +5,10 @@
 ALTER TABLE tasks ADD COLUMN priority smallint NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 9);
 
 ALTER TABLE run_queue ADD COLUMN priority smallint NOT NULL DEFAULT 0;
+
+-- Traces (issue 16): the W3C trace context of the API request that made a run, when traces are on
+-- (taskmill/tracing.py). The claim returns it, for the distributor's publish span to be its child.
+ALTER TABLE task_schedule ADD COLUMN traceparent text;
 DROP INDEX run_queue_available;
 -- The claim: the most urgent available work first, then the oldest (dead letters stay out of it).
 CREATE INDEX run_queue_available ON run_queue (priority DESC, available_at, id) WHERE queue = 'work';
@@ -20,13 +24,13 @@ RETURNS text LANGUAGE sql STABLE AS $$
         'deadline', deadline, 'secrets', convert_from(t.secrets, 'UTF8'), 'lost', lost, 'priority', t.priority)::text
 $$;
 
--- The claim, as in 0014, returning each run's priority too (a new result type: dropped and made again). And the
+-- The claim, as in 0014, returning each run's priority and trace context too (a new result type: dropped and made again). And the
 -- overlap policies now count occurrences of one task taken in the same claim: with nothing in flight, two due at once
 -- were both handed out; now the first goes and the later ones are as if it were in flight already (skip: skipped;
 -- queue_one: the latest held, the others skipped; cancel_previous: the latest goes, the earlier ones skipped).
 DROP FUNCTION claim_due_runs(integer, double precision, double precision, timestamptz);
 CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision, at timestamptz)
-RETURNS TABLE (id bigint, type text, status run_status, body text, priority smallint)
+RETURNS TABLE (id bigint, type text, status run_status, body text, priority smallint, traceparent text)
 LANGUAGE plpgsql SET enable_sort = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
     SET jit = off
 AS $$
@@ -148,10 +152,12 @@ BEGIN
                              'overlap %s: run %s of this task was still %s', d.overlap,
                              coalesce(d.prev_id, d.before_id), 'in flight') END
         FROM final d WHERE s.id = d.id AND s.scheduled_time = d.scheduled_time
-        RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status, d.task
+        RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status, d.task,
+                  s.traceparent
     )
     SELECT r.id, (r.task).type, r.status,
-           run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, r.task), (r.task).priority
+           run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, r.task), (r.task).priority,
+           r.traceparent
     FROM r
     WHERE r.status = 'queued';
 END $$;
