@@ -17,6 +17,7 @@ from taskmill.loops import run_loops, wait_or_stop
 from taskmill.planning.plan import History, Options, Plan, make_plan
 from taskmill.settings import Settings
 from taskmill.store import forecasts
+from taskmill.transport import Link
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +57,17 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
     history = History(settings.capacity_history_ttl_s)
     pool = await role_pool(settings.database_url, max_size=2)
     log.info("capacity ready", extra={"action": "ready"})
+    links: list[Link] = []
     try:
         forecast = _forecast_loop(pool, settings, history, options, scaler, hook, stop, until_idle)
         if until_idle:
             await forecast
         else:
-            pressure_loop = pressure.keep_current_over_own_link(pool, settings, "taskmill-capacity", stop)
+            pressure_loop = pressure.keep_current_over_own_link(pool, settings, "taskmill-capacity", stop, links)
             await run_loops(stop, forecast=forecast, pressure=pressure_loop)
     finally:
+        for link in links:
+            await link.close()
         await pool.close()
 
 

@@ -42,13 +42,18 @@ async def keep_current(pool: asyncpg.Pool, publisher: Publisher | None, interval
             return
 
 
-async def keep_current_over_own_link(pool: asyncpg.Pool, settings: Settings, name: str, stop: asyncio.Event) -> None:
+async def keep_current_over_own_link(
+    pool: asyncpg.Pool, settings: Settings, name: str, stop: asyncio.Event, opened: list[Link]
+) -> None:
     """As `keep_current`, for a role that has no transport of its own (the capacity role): it opens one for the
-    queue depths, and until that succeeds keeps the rest current (the role's own work never waits on the broker)."""
+    queue depths, and until that succeeds keeps the rest current (the role's own work never waits on the broker).
+    The link goes in `opened`, for the role to close once its loops are over: closed here, it could be cancelled
+    half-way when another loop fails, and the broker library's callbacks would outlive the event loop."""
     link: Link | None = None
     while link is None:
         try:
             link = await open_link(settings, name, pool)
+            opened.append(link)
         except Exception as exc:
             log.info("cannot reach the transport for the queue depths: %s", exc, extra={"action": "pressure"})
             try:
@@ -57,7 +62,4 @@ async def keep_current_over_own_link(pool: asyncpg.Pool, settings: Settings, nam
                 log.info("cannot measure the queue pressure: %s", exc, extra={"action": "pressure"})
             if await wait_or_stop(stop, settings.pressure_interval_s):
                 return
-    try:
-        await keep_current(pool, link.publisher, settings.pressure_interval_s, stop)
-    finally:
-        await link.close()
+    await keep_current(pool, link.publisher, settings.pressure_interval_s, stop)
