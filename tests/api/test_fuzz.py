@@ -42,7 +42,7 @@ async def _fuzz(base: str, *selection: str) -> tuple[int | None, str]:
         "--checks",
         "not_a_server_error",
         "--max-examples",
-        "40",
+        "25",
         "--seed",
         "20261122",
         "--no-color",

@@ -130,6 +130,7 @@ async def test_a_processor_stops_the_run_it_executes_when_the_next_occurrence_ca
     assert rows[1]["started_at"] - rows[0]["started_at"] < timedelta(seconds=10)
     processor = stack.live("processor")[0]
     assert "was cancelled while running: stopped" in processor.output()
+    await processor.kill()  # not stopped gently: it would drain the minute-long run in flight for nothing
 
 
 async def test_occurrences_due_in_the_same_claim_count_as_overlapping_each_other(
