@@ -222,17 +222,21 @@ class Consumer:
     async def _run(self, message: RunMessage) -> None:
         """Executes the attempt this process won and records its outcome, its log lines carrying the run's ids, in
         a span continuing the trace the message carries (taskmill/tracing.py)."""
-        attributes: dict[str, str | int | float] = {
-            "taskmill.run_id": message.run_id,
-            "taskmill.task_id": message.task_id,
-            "taskmill.task_type": message.type,
-            "taskmill.attempt": message.attempt,
-        }
-        with (
-            logs.run_context(message.run_id, message.task_id),
-            tracing.span(f"run {message.type}", SpanKind.CONSUMER, attributes, message.traceparent),
-        ):
-            await self._attempt(message)
+        token = logs.enter_run(message.run_id, message.task_id)  # not a context manager: this is the hot path
+        try:
+            if not tracing.enabled():
+                await self._attempt(message)
+                return
+            attributes: dict[str, str | int | float] = {
+                "taskmill.run_id": message.run_id,
+                "taskmill.task_id": message.task_id,
+                "taskmill.task_type": message.type,
+                "taskmill.attempt": message.attempt,
+            }
+            with tracing.span(f"run {message.type}", SpanKind.CONSUMER, attributes, message.traceparent):
+                await self._attempt(message)
+        finally:
+            logs.leave_run(token)
 
     async def _attempt(self, message: RunMessage) -> None:
         if message.attempt == 1:

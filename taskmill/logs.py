@@ -21,14 +21,26 @@ _FIELDS = ("role", "run_id", "task_id", "trace_id", "span_id", "action")
 _RUN: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar("taskmill_run", default=None)
 
 
+RunToken = contextvars.Token[tuple[int, int] | None]
+
+
+def enter_run(run_id: int, task_id: int) -> RunToken:
+    """From here log lines carry the run's ids (in this task and the tasks it starts), until `leave_run`."""
+    return _RUN.set((run_id, task_id))
+
+
+def leave_run(token: RunToken) -> None:
+    _RUN.reset(token)
+
+
 @contextlib.contextmanager
 def run_context(run_id: int, task_id: int) -> Iterator[None]:
-    """Log lines written inside carry the run's ids (in this task and the tasks it starts)."""
-    token = _RUN.set((run_id, task_id))
+    """Log lines written inside carry the run's ids."""
+    token = enter_run(run_id, task_id)
     try:
         yield
     finally:
-        _RUN.reset(token)
+        leave_run(token)
 
 
 class ContextFilter(logging.Filter):
