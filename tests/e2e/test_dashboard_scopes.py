@@ -19,6 +19,7 @@ from taskmill.models import Schedule, TaskCreate
 from taskmill.settings import Settings
 from taskmill.store.tasks import create_tasks
 from tests.api.conftest import SECRET, bearer, served_api
+from tests.e2e.tokens import paste
 
 pytestmark = pytest.mark.slow
 
@@ -58,14 +59,6 @@ async def test_the_dashboard_offers_only_what_the_token_may_do(
         print(f"screenshot: {tmp_path / 'scopes.png'}; page errors: {errors}")
         raise
     assert errors == []
-
-
-async def paste(page: Page, value: str) -> None:
-    dialog = page.get_by_role("dialog", name="API token")
-    if not await dialog.is_visible():
-        await page.get_by_role("button", name="API token…").click()
-    await page.get_by_label("Token", exact=True).fill(value)
-    await page.get_by_role("button", name="Use this token").click()
 
 
 def row(page: Page, name: str) -> Locator:
@@ -177,7 +170,7 @@ async def exercise(page: Page, base: str, db: asyncpg.Connection, every_type: li
     await expect(edit).to_be_hidden()
 
     # --- A token that may not read: asked to be replaced, saying why; nothing that changes a task is left.
-    await paste(page, token("tasks:command", "stranger"))
+    await paste(page, token("tasks:command", "stranger"), accepted=False)
     await expect(page.locator("#token-reason")).to_have_text(
         "The token of stranger lacks the scope 'tasks:read', which the dashboard needs."
     )

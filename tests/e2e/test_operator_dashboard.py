@@ -18,6 +18,7 @@ from taskmill.models import Schedule, Task
 from taskmill.settings import Settings
 from taskmill.store.processors import register
 from tests.api.conftest import SECRET, bearer, served_api
+from tests.e2e.tokens import paste
 from tests.helpers import new_task
 from tests.transports import publish
 
@@ -128,15 +129,6 @@ async def test_the_operator_runs_cancels_and_retries_and_reads_the_pressure_and_
 
 def token(scope: str) -> str:
     return bearer(scope)["Authorization"].removeprefix("Bearer ")
-
-
-async def paste(page: Page, value: str) -> None:
-    dialog = page.get_by_role("dialog", name="API token")
-    if not await dialog.is_visible():
-        await page.get_by_role("button", name="API token…").click()
-    await page.get_by_label("Token", exact=True).fill(value)
-    await page.get_by_role("button", name="Use this token").click()
-    await expect(dialog).to_be_hidden()
 
 
 # Where the chart's past series lie against the line at now, read in one go (a poll may redraw between two reads).
