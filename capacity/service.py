@@ -57,16 +57,20 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
     history = History(settings.capacity_history_ttl_s)
     pool = await role_pool(settings.database_url, max_size=2)
     log.info("capacity ready", extra={"action": "ready"})
-    links: list[Link] = []
+    link: Link | None = None
     try:
-        forecast = _forecast_loop(pool, settings, history, options, scaler, hook, stop, until_idle)
         if until_idle:
-            await forecast
+            await _forecast_loop(pool, settings, history, options, scaler, hook, stop, until_idle)
         else:
-            pressure_loop = pressure.keep_current_over_own_link(pool, settings, "taskmill-capacity", stop, links)
-            await run_loops(stop, forecast=forecast, pressure=pressure_loop)
+            link = await pressure.open_for_depths(settings, "taskmill-capacity", pool)
+            depths = link.publisher if link is not None else None
+            await run_loops(
+                stop,
+                forecast=_forecast_loop(pool, settings, history, options, scaler, hook, stop, until_idle),
+                pressure=pressure.keep_current(pool, depths, settings.pressure_interval_s, stop),
+            )
     finally:
-        for link in links:
+        if link is not None:
             await link.close()
         await pool.close()
 

@@ -42,24 +42,14 @@ async def keep_current(pool: asyncpg.Pool, publisher: Publisher | None, interval
             return
 
 
-async def keep_current_over_own_link(
-    pool: asyncpg.Pool, settings: Settings, name: str, stop: asyncio.Event, opened: list[Link]
-) -> None:
-    """As `keep_current`, for a role that has no transport of its own (the capacity role): it opens one for the
-    queue depths, and until that succeeds keeps the rest current (the role's own work never waits on the broker).
-    The link goes in `opened`, for the role to close once its loops are over: closed here, it could be cancelled
-    half-way when another loop fails, and the broker library's callbacks would outlive the event loop."""
-    link: Link | None = None
-    while link is None:
-        try:
-            link = await open_link(settings, name, pool)
-            opened.append(link)
-        except Exception as exc:
-            log.info("cannot reach the transport for the queue depths: %s", exc, extra={"action": "pressure"})
-            try:
-                await measure(pool, None)
-            except Exception as exc:
-                log.info("cannot measure the queue pressure: %s", exc, extra={"action": "pressure"})
-            if await wait_or_stop(stop, settings.pressure_interval_s):
-                return
-    await keep_current(pool, link.publisher, settings.pressure_interval_s, stop)
+async def open_for_depths(settings: Settings, name: str, pool: asyncpg.Pool) -> Link | None:
+    """For a role that has no transport of its own (the capacity role): one for the queue depths, or None when it
+    cannot be opened within `publish_timeout_s` (the gauges then go without depths; the role's own work never waits
+    on the broker). Opened before the role's loops and closed after them, never from inside one: a loop cancelled
+    half-way through opening or closing a broker connection can leave it hanging past the role's exit."""
+    try:
+        async with asyncio.timeout(settings.publish_timeout_s):
+            return await open_link(settings, name, pool)
+    except Exception as exc:
+        log.warning("no queue depths: cannot reach the transport: %s", exc, extra={"action": "pressure"})
+        return None
