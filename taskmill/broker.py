@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -58,6 +58,24 @@ async def probe_queue(connection: AbstractRobustConnection, name: str) -> tuple[
         if not probe.is_closed:
             await probe.close()
     return int(declared.message_count or 0), int(declared.consumer_count or 0)
+
+
+async def queue_depths(
+    connection: AbstractRobustConnection, names: Names, type_sets: Iterable[Sequence[str]]
+) -> dict[str, int]:
+    """Messages ready in the work queue, its urgent lane, the dead letters, and the queues (and lanes) of the
+    processors dedicated to each of `type_sets`, by name without the prefix. A queue not declared yet (a dedicated
+    processor's before its first run) holds nothing and is left out."""
+    queues = [names.work_queue, Names.urgent(names.work_queue), names.dead_queue]
+    for types in type_sets:
+        queues += [names.dedicated_queue(types), Names.urgent(names.dedicated_queue(types))]
+    depths: dict[str, int] = {}
+    for queue in queues:
+        try:
+            depths[queue.removeprefix(f"{names.prefix}.")], _ = await probe_queue(connection, queue)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            continue
+    return depths
 
 
 async def confirmed_channel(connection: AbstractRobustConnection) -> AbstractChannel:
@@ -151,21 +169,10 @@ class AmqpPublisher:
         return consumers
 
     async def queue_depths(self) -> dict[str, int]:
-        """The work queue, its urgent lane, the dead letters, and the queues of live dedicated processors (those
-        found) with their lanes."""
-        names = self.topology.names
-        queues = [names.work_queue, Names.urgent(names.work_queue), names.dead_queue]
-        if self.routes is not None:
-            for types in await self.routes.type_sets():
-                queues += [names.dedicated_queue(types), Names.urgent(names.dedicated_queue(types))]
-        depths: dict[str, int] = {}
+        """The depths `queue_depths` (the function) reads, with the dedicated processors' type sets of `routes`."""
+        type_sets = await self.routes.type_sets() if self.routes is not None else []
         async with asyncio.timeout(self.timeout_s):
-            for queue in queues:
-                try:
-                    depths[queue.removeprefix(f"{names.prefix}.")], _ = await probe_queue(self.connection, queue)
-                except aiormq.exceptions.ChannelNotFoundEntity:
-                    continue  # a dedicated queue not declared yet
-        return depths
+            return await queue_depths(self.connection, self.topology.names, type_sets)
 
     async def publish_delayed(self, body: bytes, run_id: int, task_type: str, delay_ms: int, priority: int = 0) -> None:
         """Into the delay queue of `delay_ms` for the type, declared first (it expires when idle). TimeoutError

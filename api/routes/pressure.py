@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from api.deps import AppSettings, Pool, Reader, TypeHistory
-from taskmill.broker import probe_queue
+from taskmill.broker import queue_depths
 from taskmill.planning.plan import Options, make_plan
 from taskmill.store import queue
 from taskmill.store.pressure import due_backlog
@@ -80,18 +80,10 @@ async def _broker_depths(broker: AbstractRobustConnection, prefix: str, db: Pool
     dedicated processor's queue before its first run) holds nothing and is left out."""
     if broker.is_closed or not broker.connected.is_set():
         return {}, "the broker cannot be reached"
-    names = Names(prefix)
-    queues = [names.work_queue, Names.urgent(names.work_queue), names.dead_queue]
-    for types in sorted({tuple(types) for types in (await dedicated(db, LIVE_WITHIN_S)).values()}):
-        queues += [names.dedicated_queue(types), Names.urgent(names.dedicated_queue(types))]
-    depths: dict[str, int] = {}
+    type_sets = sorted({tuple(types) for types in (await dedicated(db, LIVE_WITHIN_S)).values()})
     try:
         async with asyncio.timeout(PROBE_TIMEOUT_S):
-            for name in queues:
-                try:
-                    depths[name.removeprefix(f"{prefix}.")], _ = await probe_queue(broker, name)
-                except aiormq.exceptions.ChannelNotFoundEntity:
-                    continue
+            depths = await queue_depths(broker, Names(prefix), type_sets)
     except (TimeoutError, ConnectionError, aiormq.exceptions.AMQPError) as exc:
         log.info("cannot read the queue depths: %r", exc, extra={"action": "pressure"})
         return {}, f"the broker did not answer: {type(exc).__name__}: {exc}" if str(

@@ -18,6 +18,7 @@ import pytest
 import capacity.service
 from api.app import create_app
 from api.routes import pressure
+from taskmill import broker
 from taskmill.models import Schedule
 from taskmill.settings import Settings
 from taskmill.states import RunState
@@ -306,7 +307,7 @@ async def test_pressure_with_the_broker_away_leaves_the_depths_unknown_and_answe
             async def refused(*_: object) -> tuple[int, int]:
                 raise aiormq.exceptions.AMQPConnectionError("connection reset")
 
-            monkeypatch.setattr(pressure, "probe_queue", refused)
+            monkeypatch.setattr(broker, "probe_queue", refused)  # what queue_depths asks
             body = (await c.get("/pressure", headers=READ)).json()
             assert (body["queues"], body["queues_unknown"]) == (
                 [],
@@ -317,7 +318,7 @@ async def test_pressure_with_the_broker_away_leaves_the_depths_unknown_and_answe
                 await asyncio.sleep(30)
                 return 0, 0
 
-            monkeypatch.setattr(pressure, "probe_queue", silent)
+            monkeypatch.setattr(broker, "probe_queue", silent)
             monkeypatch.setattr(pressure, "PROBE_TIMEOUT_S", 0.2)
             body = (await c.get("/pressure", headers=READ)).json()
             assert (body["queues"], body["queues_unknown"]) == ([], "the broker did not answer in time")
