@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import os
 import subprocess
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -43,6 +44,23 @@ def _template_name() -> str:
 _TEMPLATE_LOCK = 0x7A5C_7E57
 
 
+# While a pytest process uses a template it holds a shared advisory lock on the template's name (its own
+# connection, for the whole session): a session of other migrations (another checkout) drops only the templates
+# no one holds.
+def _hold_in_use(name: str) -> None:
+    """Takes the shared lock on a connection of a daemon thread's own loop, kept until the process exits."""
+    ready = threading.Event()
+
+    async def hold() -> None:
+        conn = await asyncpg.connect(PG_ADMIN)
+        await conn.execute("SELECT pg_advisory_lock_shared(hashtext($1))", name)
+        ready.set()
+        await asyncio.Event().wait()
+
+    threading.Thread(target=asyncio.run, args=(hold(),), daemon=True, name="template-in-use").start()
+    ready.wait(30)
+
+
 async def _ensure_template() -> str:
     name = _template_name()
     try:
@@ -53,8 +71,9 @@ async def _ensure_template() -> str:
         await admin.execute("SELECT pg_advisory_lock($1)", _TEMPLATE_LOCK)
         if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
             await _build_template(admin, name)
+        _hold_in_use(name)
     finally:
-        await admin.close()  # the lock goes with the session
+        await admin.close()  # the build lock goes with the session
     return name
 
 
@@ -69,8 +88,11 @@ async def _build_template(admin: asyncpg.Connection, name: str) -> None:
     for old in await admin.fetch(
         "SELECT datname FROM pg_database WHERE datname LIKE 'taskmill\\_template\\_%' AND datname <> $1", name
     ):
+        if not await admin.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", old[0]):
+            continue  # a session of another checkout is using it
         await admin.execute(f'ALTER DATABASE "{old[0]}" WITH IS_TEMPLATE false')
         await admin.execute(f'DROP DATABASE IF EXISTS "{old[0]}" WITH (FORCE)')
+        await admin.execute("SELECT pg_advisory_unlock(hashtext($1))", old[0])
 
 
 async def _check_broker() -> None:
