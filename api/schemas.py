@@ -37,6 +37,9 @@ class TaskPublic(BaseModel):
     max_concurrency: int | None
     concurrency_key: str | None
     priority: int
+    # `api` (POST /tasks, the dashboard, `taskmill apply`), or the one-off row of a single run made by `defer`, the
+    # submit queue or a spawning run (`defer`, `submit`, `spawn`), purged with its run
+    origin: str
     completed: bool  # a one-off whose runs have all ended
 
     @overload
@@ -79,6 +82,7 @@ class TaskPublic(BaseModel):
             max_concurrency=task.max_concurrency,
             concurrency_key=task.concurrency_key,
             priority=task.priority,
+            origin=task.origin,
             completed=task.completed,
         )
         return TaskListed.listed(public, task) if isinstance(task, ListedTask) else public

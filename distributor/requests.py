@@ -13,7 +13,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from taskmill.db import is_transient
 from taskmill.loops import Backoff, wait_or_stop
 from taskmill.settings import Settings
-from taskmill.submit import Refused, submit
+from taskmill.submit import Allowed, Refused, submit
 from taskmill.topology import declare_submit
 from taskmill.transport import Publisher
 
@@ -34,13 +34,14 @@ async def serve(
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=_PREFETCH)
     queue = await declare_submit(channel, settings)
+    allowed = Allowed.of(settings.submit_types)
 
     async def handle(message: AbstractIncomingMessage) -> None:
         backoff = Backoff(settings.db_retry_max_s)
         while True:
             try:
                 async with pool.acquire() as conn:
-                    run_id = await submit(conn, message.body)
+                    run_id = await submit(conn, message.body, allowed=allowed)
             except Refused as exc:
                 await _refuse(publisher, message, str(exc))
                 return

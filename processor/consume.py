@@ -240,7 +240,7 @@ class Consumer:
 
     async def _attempt(self, message: RunMessage) -> None:
         if message.attempt == 1:
-            START_LATENESS.observe(max(0.0, (datetime.now(UTC) - message.scheduled_time).total_seconds()))
+            START_LATENESS.observe(max(0.0, (datetime.now(UTC) - message.due_at()).total_seconds()))
         try:
             ctx = context(message, self._settings, self._http, self._jail, self._handler_pool, self._spawn_pool)
         except SecretsError as exc:

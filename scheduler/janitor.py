@@ -20,7 +20,14 @@ from taskmill.db import Connection, is_transient
 from taskmill.loops import wait_or_stop
 from taskmill.settings import Settings
 from taskmill.store.partitions import Retired, prepare, retire
-from taskmill.store.retention import Purged, purge_audit, purge_flow, purge_results, purge_runs
+from taskmill.store.retention import (
+    Purged,
+    purge_audit,
+    purge_flow,
+    purge_one_off_tasks,
+    purge_results,
+    purge_runs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +43,7 @@ class PurgeReport:
     audit: int = 0
     batches: int = 0
     flow: int = 0
+    tasks: int = 0
 
     def plus(self, purged: Purged) -> PurgeReport:
         return PurgeReport(
@@ -44,6 +52,7 @@ class PurgeReport:
             self.audit + purged.audit,
             self.batches + 1,
             self.flow + purged.flow,
+            self.tasks + purged.tasks,
         )
 
 
@@ -74,6 +83,7 @@ async def purge(pool: asyncpg.Pool, days: int, batch: int, stop: asyncio.Event |
         (purge_results, lambda p: p.results),
         (purge_audit, lambda p: p.audit),
         (purge_flow, lambda p: p.flow),
+        (purge_one_off_tasks, lambda p: p.tasks),  # last: once their runs are gone
     ]
     for step, counted in steps:
         while stop is None or not stop.is_set():
@@ -97,12 +107,14 @@ async def janitor_loop(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Eve
                 raise
             log.warning("retention purge failed, will retry: %s", exc, extra={"action": "purge"})
         else:
-            if done.runs or done.results or done.audit:
+            if done.runs or done.results or done.audit or done.tasks:
                 log.info(
-                    "purged %d runs, %d results, %d audit rows older than %d days in %d batches",
+                    "purged %d runs, %d results, %d audit rows and %d one-off task rows older than %d days in %d "
+                    "batches",
                     done.runs,
                     done.results,
                     done.audit,
+                    done.tasks,
                     settings.retention_days,
                     done.batches,
                     extra={"action": "purge"},

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 from pydantic import ValidationError
@@ -49,10 +49,13 @@ async def defer(
     timeout_seconds: float | None = None,
     priority: int = 0,
     created_by: str | None = None,
+    origin: Literal["defer", "submit"] = "defer",
 ) -> int:
     """One run of `task_type` now (or `at`), on the caller's connection and inside its transaction; returns the
-    run's id. The same `idempotency_key` (per type) gives the run made the first time, not a second one. The type
-    must be built in or registered by a processor, and the payload fit it (DeferError otherwise)."""
+    run's id. The same `idempotency_key` (per type) gives the run made the first time, not a second one (for as long
+    as the run is kept: TASKMILL_RETENTION_DAYS). The type must be built in or registered by a processor, and the
+    payload fit it (DeferError otherwise). The run's task is a one-off row (`origin`), left out of GET /tasks unless
+    asked for and purged with its run."""
     name = _name(task_type, idempotency_key) if idempotency_key else None
     if name is not None and (existing := await _run_of_task_named(conn, name)) is not None:
         return existing
@@ -77,7 +80,8 @@ async def defer(
     if timeout is not None:
         spec = spec.model_copy(update={"timeout_seconds": timeout})
     try:
-        task = await create_task(conn, spec, created_by=created_by)  # a savepoint: the caller's transaction goes on
+        # A savepoint: the caller's transaction goes on.
+        task = await create_task(conn, spec, created_by=created_by, origin=origin)
     except asyncpg.UniqueViolationError:
         if name is None:
             raise

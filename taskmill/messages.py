@@ -4,7 +4,9 @@ Version 1 fields: v, run_id, task_id, type, payload (object), attempt (1 for the
 (ISO 8601), timeout_s, max_retries, retry_delay_s, backoff, deadline (ISO 8601: when the rescuer may hand the
 run out again if it has not started), secrets (Fernet ciphertext or null), lost (earlier attempts of the run whose
 processor was lost; 0 when absent), priority (0-9, higher first; 0 when absent), traceparent (the W3C trace
-context the run's execution continues, when traces are on; absent otherwise). The AMQP message id is the run id.
+context the run's execution continues, when traces are on; absent otherwise), released_at (ISO 8601: when a run that
+waited for others, a workflow step or a reduce, was released; absent for the others). The AMQP message id is the run
+id.
 
 The keys are the wire format, kept as first published so that messages already queued (a retry can wait a day in
 a delay queue) and processors written elsewhere keep working. In Python the fields carry the names a task's own
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import aio_pika
@@ -56,6 +59,13 @@ class RunMessage(BaseModel):
     lost: int = Field(0, ge=0, le=_INTEGER)
     priority: int = Field(0, ge=0, le=9)  # higher passes a backlog; 0 when absent (a message of an older version)
     traceparent: str | None = Field(None, max_length=256)  # W3C trace context of the publish (taskmill/tracing.py)
+    released_at: AwareDatetime | None = None  # when its dependencies released it (a workflow step, a reduce)
+
+    def due_at(self) -> datetime:
+        """When the run became due: its time, or its release when it waited for other runs past that."""
+        if self.released_at is None:
+            return self.scheduled_time
+        return max(self.scheduled_time, self.released_at)
 
     def retry_delay_ms(self) -> int:
         """The wait before the next attempt: retry_delay * backoff^(attempt - 1), at most MAX_RETRY_DELAY_S (an

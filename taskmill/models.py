@@ -258,6 +258,8 @@ class Task:
     max_concurrency: int | None = None
     concurrency_key: str | None = None
     priority: int = 0
+    # Where it came from (migration 0017): `api`, or the one-off row of one run made by defer, submit or spawn.
+    origin: str = "api"
     # A one-off (once or immediate) whose runs have all ended; read by GET_TASK and the listing only.
     completed: bool = False
 

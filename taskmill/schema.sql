@@ -103,6 +103,10 @@ CREATE TABLE tasks (
     -- 0-9, higher first: an urgent run passes a backlog (on RabbitMQ 1-9 share the urgent lane; in run_queue and in
     -- a processor's slots every level counts).
     priority            smallint NOT NULL DEFAULT 0 CHECK (priority BETWEEN 0 AND 9),
+    -- Where it came from: `api` (a person or a deployment: POST /tasks, the dashboard, `taskmill apply`,
+    -- taskmill.client.schedule), or the one-off row of a single run that `defer`, the submit queue or a spawning
+    -- run made. Those are left out of GET /tasks unless asked for, and purged once their run is (migration 0017).
+    origin              text NOT NULL DEFAULT 'api' CHECK (origin IN ('api', 'defer', 'submit', 'spawn')),
     CHECK (CASE schedule_kind
         WHEN 'cron' THEN cron IS NOT NULL
         WHEN 'interval' THEN every_seconds IS NOT NULL
@@ -114,6 +118,8 @@ CREATE UNIQUE INDEX tasks_name_key ON tasks (name) WHERE workflow_id IS NULL;
 CREATE UNIQUE INDEX tasks_step_name_key ON tasks (workflow_id, name) WHERE workflow_id IS NOT NULL AND deleted_at IS NULL;
 -- The tasks spread over a window (migration 0014), for the forecast's peak before spreading.
 CREATE INDEX tasks_spread ON tasks (id) WHERE window_seconds > 1 AND active AND deleted_at IS NULL;
+-- The janitor's list of one-off rows, by the time of their run (a deferred run's `at`, else when it was made).
+CREATE INDEX tasks_one_off ON tasks ((coalesce(run_at, created_at))) WHERE origin <> 'api';
 
 -- One row per triggering of a workflow: one run per step, all at its scheduled time. `open` counts the steps not
 -- ended, `failed` those that failed or died; the last step to end settles the status.
@@ -173,6 +179,9 @@ CREATE TABLE task_schedule (
     concurrency_key text,
     -- The W3C trace context of the API request that made it, when traces are on (taskmill/tracing.py).
     traceparent    text,
+    -- When a run waiting for others (a workflow step, a reduce) was released to the claim: its start lateness counts
+    -- from here (the message's `released_at`), not from its workflow run's time.
+    released_at    timestamptz,
     -- A run's key is its id and its time: the time names its partition.
     CONSTRAINT task_schedule_pkey PRIMARY KEY (id, scheduled_time),
     CONSTRAINT task_schedule_task_id_scheduled_time_key UNIQUE (task_id, scheduled_time)
@@ -212,7 +221,9 @@ CREATE TABLE run_children (
     open        integer NOT NULL DEFAULT 0,
     waiting     boolean NOT NULL DEFAULT false,
     error       text,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- The parent was cancelled: its children were cancelled with it, and it may spawn no more (migration 0017).
+    cancelled   boolean NOT NULL DEFAULT false
 );
 
 CREATE INDEX run_children_created ON run_children (created_at);
@@ -323,15 +334,22 @@ END $$;
 -- fires this trigger, switches it off for its own statement).
 -- What follows from runs that changed state (one element per run, in the same order in every array): a run that
 -- ended releases its dependents (or skips them), counts down its parent's children and its workflow run; a run
--- that started waiting for its children ends at once if they all ended already. Its own updates of task_schedule
--- fire the audit trigger again, so a skip goes down the graph and a settled parent up the tree.
+-- that started waiting for its children ends at once if they all ended already; a cancelled run cancels the children
+-- it spawned that have not ended. Its own updates of task_schedule fire the audit trigger again, so a skip or a
+-- cancel goes down the graph and a settled parent up the tree. A parent is settled only after its count
+-- (run_children) was updated under that row's lock, by a statement of its own (migration 0017).
 -- Joins here touch a few rows by key: nested loops (the audit trigger that calls this switches them off). A run
 -- settled here ends at clock_timestamp(): now() is when the transaction began, perhaps before its last child ended.
 CREATE FUNCTION run_flow(ids bigint[], times timestamptz[], task_ids bigint[], tos run_status[], errors text[],
                          wruns bigint[], parents bigint[])
 RETURNS void LANGUAGE plpgsql SET enable_nestloop = on AS $$
+DECLARE
+    settle_ids bigint[];
+    settle_times timestamptz[];
+    settle_errors text[];
 BEGIN
-    -- Parents that start waiting: settled now if every child ended already (or one failed).
+    -- Parents that start waiting: settled now if every child ended already (or one failed). Their own rows: this
+    -- transaction moved them to waiting.
     WITH e AS (
         SELECT * FROM unnest(ids, times, tos) AS e(id, at, st) WHERE st = 'waiting'
     ), c AS (
@@ -371,10 +389,11 @@ BEGIN
                       WHEN d.blockers - l.n <= 0 THEN 'scheduled' ELSE 'blocked' END::run_status,
         error = l.reason,
         finished_at = CASE WHEN l.reason IS NOT NULL THEN clock_timestamp() END,
+        released_at = CASE WHEN l.reason IS NULL AND d.blockers - l.n <= 0 THEN clock_timestamp() END,
         lease_until = NULL
     FROM l WHERE d.id = l.dependent_id AND d.scheduled_time = l.dependent_time AND d.status = 'blocked';
 
-    -- Parents of the children that ended: counted down; settled if waiting and done (or a child failed).
+    -- Parents of the children that ended: counted down, and decided on under the count's lock...
     WITH k AS (
         SELECT e.parent, count(*) AS n,
                min(format('child run %s %s%s', e.id, e.st, ': ' || left(e.error, 500)))
@@ -386,18 +405,24 @@ BEGIN
         UPDATE run_children c SET open = c.open - k.n, error = coalesce(c.error, k.error)
         FROM k WHERE c.parent_id = k.parent
         RETURNING c.parent_id, c.parent_time, c.open, c.error, c.waiting
-    ), settled AS (
-        UPDATE task_schedule p
-        SET status = CASE WHEN c.error IS NULL THEN 'succeeded' ELSE 'failed' END::run_status,
-            error = c.error, finished_at = clock_timestamp()
-        FROM c
-        WHERE c.waiting AND (c.open <= 0 OR c.error IS NOT NULL)
-          AND p.id = c.parent_id AND p.scheduled_time = c.parent_time AND p.status = 'waiting'
-        RETURNING p.id, p.scheduled_time, p.attempt, p.status, p.error
     )
-    UPDATE task_results r SET status = settled.status, error = coalesce(settled.error, r.error)
-    FROM settled
-    WHERE r.run_id = settled.id AND r.scheduled_time = settled.scheduled_time AND r.attempt = settled.attempt;
+    SELECT array_agg(c.parent_id), array_agg(c.parent_time), array_agg(c.error)
+    INTO settle_ids, settle_times, settle_errors
+    FROM c WHERE c.waiting AND (c.open <= 0 OR c.error IS NOT NULL);
+    -- ...then settled by a statement that sees what committed meanwhile (a parent's move to waiting).
+    IF settle_ids IS NOT NULL THEN
+        WITH settled AS (
+            UPDATE task_schedule p
+            SET status = CASE WHEN c.error IS NULL THEN 'succeeded' ELSE 'failed' END::run_status,
+                error = c.error, finished_at = clock_timestamp()
+            FROM unnest(settle_ids, settle_times, settle_errors) AS c(id, at, error)
+            WHERE p.id = c.id AND p.scheduled_time = c.at AND p.status = 'waiting'
+            RETURNING p.id, p.scheduled_time, p.attempt, p.status, p.error
+        )
+        UPDATE task_results r SET status = settled.status, error = coalesce(settled.error, r.error)
+        FROM settled
+        WHERE r.run_id = settled.id AND r.scheduled_time = settled.scheduled_time AND r.attempt = settled.attempt;
+    END IF;
 
     -- Workflow runs: counted down; the last step to end settles the status.
     WITH k AS (
@@ -412,6 +437,26 @@ BEGIN
                       WHEN w.failed + k.bad > 0 THEN 'failed' ELSE 'succeeded' END,
         finished_at = CASE WHEN w.open - k.n <= 0 THEN coalesce(w.finished_at, clock_timestamp()) END
     FROM k WHERE w.id = k.wrun;
+
+    -- Children of cancelled runs that have not ended: cancelled. First the cancelled runs that ever started (only
+    -- those can have spawned, or be spawning now) mark their count `cancelled`: a spawn that counts its children
+    -- after this commits is refused (taskmill/spawn.py), and one that counted them before has committed them by the
+    -- time this statement has the row's lock, so the next statement sees them. A child is spawned at or after its
+    -- parent's time, which lets that scan skip older days' partitions.
+    IF 'cancelled' = ANY (tos) THEN
+        INSERT INTO run_children (parent_id, parent_time, cancelled)
+        SELECT e.id, e.at, true FROM unnest(ids, times, tos) AS e(id, at, st)
+        JOIN task_schedule s ON s.id = e.id AND s.scheduled_time = e.at
+        WHERE e.st = 'cancelled' AND s.started_at IS NOT NULL
+        ON CONFLICT (parent_id) DO UPDATE SET cancelled = true;
+        UPDATE task_schedule s
+        SET status = 'cancelled', finished_at = clock_timestamp(), lease_until = NULL,
+            error = format('cancelled: its parent run %s was cancelled', e.id)
+        FROM unnest(ids, times, tos) AS e(id, at, st)
+        JOIN run_children c ON c.parent_id = e.id
+        WHERE e.st = 'cancelled' AND s.parent_id = e.id AND s.scheduled_time >= e.at
+          AND s.status IN ('scheduled', 'blocked', 'queued', 'running', 'retrying', 'waiting');
+    END IF;
 END $$;
 
 CREATE FUNCTION task_schedule_audit_update() RETURNS trigger LANGUAGE plpgsql SET enable_nestloop = off
@@ -440,8 +485,8 @@ BEGIN
             USING ERRCODE = 'check_violation';
     END IF;
     -- What else the batch asks for, in one pass over the new rows (most batches ask for nothing more).
-    SELECT coalesce(bool_or(n.status = 'waiting'
-                            OR (n.status IN ('succeeded', 'failed', 'dead', 'cancelled', 'skipped')
+    SELECT coalesce(bool_or(n.status IN ('waiting', 'cancelled')
+                            OR (n.status IN ('succeeded', 'failed', 'dead', 'skipped')
                                 AND (n.workflow_run_id IS NOT NULL OR n.parent_id IS NOT NULL))), false),
            coalesce(bool_or(n.concurrency_key IS NOT NULL AND n.status NOT IN ('queued', 'running', 'retrying')), false),
            coalesce(bool_or(n.status = 'scheduled'), false)
@@ -515,13 +560,15 @@ CREATE TRIGGER workflows_notify AFTER INSERT OR UPDATE OF schedule_kind, cron, e
 -- The run message (taskmill/messages.py, version 1), built here so a claimed row goes to the broker untouched. The
 -- keys are the wire format: timeout_s and retry_delay_s as first published. Secrets travel as ciphertext.
 CREATE FUNCTION run_message(run_id bigint, task_id bigint, attempt integer, lost integer, scheduled_time timestamptz,
-                            deadline timestamptz, t tasks)
+                            deadline timestamptz, t tasks, released timestamptz)
 RETURNS text LANGUAGE sql STABLE AS $$
-    SELECT json_build_object(
+    SELECT CASE WHEN released IS NULL THEN m ELSE left(m, -1) || ',"released_at":' || to_json(released)::text || '}' END
+    FROM (SELECT json_build_object(
         'v', 1, 'run_id', run_id, 'task_id', task_id, 'type', t.type, 'payload', t.payload,
         'attempt', attempt + 1, 'scheduled_time', scheduled_time, 'timeout_s', t.timeout_seconds,
         'max_retries', t.max_retries, 'retry_delay_s', t.retry_delay_seconds, 'backoff', t.backoff,
         'deadline', deadline, 'secrets', convert_from(t.secrets, 'UTF8'), 'lost', lost, 'priority', t.priority)::text
+        AS m) b
 $$;
 
 -- The distributor's claim: the oldest runs due within `lead_s`, skipping rows another replica holds, moved to
@@ -660,10 +707,10 @@ BEGIN
                              coalesce(d.prev_id, d.before_id), 'in flight') END
         FROM final d WHERE s.id = d.id AND s.scheduled_time = d.scheduled_time
         RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status, d.task,
-                  s.traceparent
+                  s.traceparent, s.released_at
     )
     SELECT r.id, (r.task).type, r.status,
-           run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, r.task), (r.task).priority,
+           run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, r.task, r.released_at), (r.task).priority,
            r.traceparent
     FROM r
     WHERE r.status = 'queued';

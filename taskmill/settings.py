@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     # The task types this processor is dedicated to (comma-separated names and fnmatch patterns, `billing.*`);
     # empty: every type. Runs of a type that live dedicated processors serve go to them only.
     types: str = Field("", pattern=r"^[A-Za-z0-9_.*?,\[\]! -]*$")
+    # The task types run requests on `<prefix>.submit` may ask for (comma-separated names and fnmatch patterns). A
+    # pattern never stands for `command`: the queue makes command runs only when it is named (taskmill/submit.py).
+    submit_types: str = Field("*", pattern=r"^[A-Za-z0-9_.*?,\[\]! -]*$")
     # Modules of Python handlers (taskmill/handlers.py) the processor imports at start, comma-separated.
     imports: str = ""
     # Command runs: `namespaces` confines each in PID, mount and IPC namespaces of its own (bubblewrap), with a

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from taskmill.db import Connection, jsonb
 from taskmill.models import DEFAULT_TIMEOUT_S, MAX_TIMEOUT_CAP_S, TaskBody
 from taskmill.store.tasktypes import registry_for
+from taskmill.tasktypes import COMMAND_TYPE
 from taskmill.tracing import traceparent
 from taskmill.typecheck import default_timeout, type_problems
 
@@ -148,7 +149,7 @@ def from_http_answer(body: Any) -> tuple[list[SpawnSpec], bool]:
     # What a server answers must not become a command on our processors: only a task created with the
     # tasks:command scope runs one.
     for i, spec in enumerate(specs, 1):
-        if spec.type == "command":
+        if spec.type == COMMAND_TYPE:
             raise SpawnError(f"taskmill.spawn item {i}: type: an http answer cannot spawn a command run")
     return specs, ask.get("wait") is True
 
@@ -157,8 +158,8 @@ PARENT_TASK = "SELECT spawn_depth, priority FROM tasks WHERE id = $1"
 
 INSERT_CHILDREN = """
 INSERT INTO tasks (name, type, payload, schedule_kind, max_retries, retry_delay_seconds, backoff, timeout_seconds,
-                   estimated_ms, parent_run_id, spawn_depth, created_by, priority)
-SELECT n, ty, p::jsonb, 'immediate', mr, rd, b, t, est, $9, $10, $11, pr
+                   estimated_ms, parent_run_id, spawn_depth, created_by, priority, origin)
+SELECT n, ty, p::jsonb, 'immediate', mr, rd, b, t, est, $9, $10, $11, pr, 'spawn'
 FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::float8[], $6::float8[], $7::float8[], $8::int[],
             $12::smallint[])
     AS b(n, ty, p, mr, rd, b, t, est, pr)
@@ -194,10 +195,12 @@ SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::timestamptz[])
 ON CONFLICT DO NOTHING
 """
 
+# Counted under the row's lock, which a cancel of the parent takes too (run_flow in taskmill/schema.sql): a parent
+# cancelled before this comes back `cancelled`, and spawns nothing; one cancelled after finds these children.
 COUNT_CHILDREN = """
 INSERT INTO run_children (parent_id, parent_time, spawned, open) VALUES ($1, $2, $3, $3)
 ON CONFLICT (parent_id) DO UPDATE SET spawned = run_children.spawned + $3, open = run_children.open + $3
-RETURNING spawned
+RETURNING spawned, cancelled
 """
 
 SKIP = """
@@ -290,7 +293,11 @@ async def spawn(
         runs_by_key = {names[r["name"]]: r["run_id"] for r in rows}
         waiting = [i for i, b in enumerate(bodies) if b.name in new_tasks]
         if waiting:
-            spawned = await conn.fetchval(COUNT_CHILDREN, parent.run_id, parent.scheduled_time, len(waiting))
+            counted = await conn.fetchrow(COUNT_CHILDREN, parent.run_id, parent.scheduled_time, len(waiting))
+            assert counted is not None
+            if counted["cancelled"]:
+                raise SpawnError(f"spawn: run {parent.run_id} was cancelled")
+            spawned = counted["spawned"]
             if spawned > parent.max_children:
                 raise SpawnError(
                     f"spawn: run {parent.run_id} would have {spawned} children, past TASKMILL_SPAWN_MAX_CHILDREN "

@@ -99,12 +99,14 @@ async def get_run(run_id: Id, db: Pool, _: Reader) -> RunDetail:
 
 @router.post("/runs/{run_id}/cancel", response_model=RunPublic)
 async def cancel(run_id: Id, db: Pool, _: Writer) -> RunPublic:
+    """Cancels a run that has not ended: one running is stopped by its processor within TASKMILL_CANCEL_CHECK_S, and
+    the children it spawned that have not ended are cancelled with it. 409 when it has ended."""
     cancelled = await cancel_run(db, run_id)
     detail = await run_detail(db, run_id)
     if detail is None:
         raise HTTPException(404, f"no run {run_id}")
     if not cancelled:
-        raise HTTPException(409, f"run {run_id} is {detail[0]['status']}: only a run not yet started can be cancelled")
+        raise HTTPException(409, f"run {run_id} is {detail[0]['status']}: it has ended, there is nothing to cancel")
     return RunPublic.model_validate(dict(detail[0]))
 
 

@@ -26,6 +26,7 @@ from taskmill.states import ScheduleKind
 from taskmill.store.history import run_detail
 from taskmill.store.schedule import insert_backfill
 from taskmill.store.tasks import (
+    Origin,
     SortKey,
     add_run,
     create_task,
@@ -38,11 +39,11 @@ from taskmill.store.tasks import (
     update_task,
 )
 from taskmill.store.tasktypes import registered, registry_for
+from taskmill.tasktypes import COMMAND_TYPE
 
 router = APIRouter()
 
 MAX_BULK = 10_000
-COMMAND_TYPE = "command"
 NO_NUL = r"^[^\x00]*$"
 
 TaskId = Annotated[int, Path(ge=1, le=2**63 - 1)]
@@ -138,6 +139,13 @@ async def tasks_page(
     active: bool | None = None,
     name_prefix: Annotated[str | None, Query(max_length=200, pattern=NO_NUL)] = None,
     completed: Annotated[bool | None, Query(description="one-offs whose runs have all ended, or not")] = None,
+    origin: Annotated[
+        list[Origin] | None,
+        Query(
+            description="where the tasks came from (repeatable): `api` (the default), or the one-off rows of single "
+            "runs made by `defer`, the submit queue (`submit`) or a spawning run (`spawn`)"
+        ),
+    ] = None,
     sort: SortKey = "id",
     cursor: Annotated[str | None, Query(max_length=2000, description="next_cursor of the page before")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -151,6 +159,7 @@ async def tasks_page(
         active=active,
         name_prefix=name_prefix,
         completed=completed,
+        origins=origin or ["api"],
         sort=sort,
         after=after,
         limit=limit + 1,

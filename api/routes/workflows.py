@@ -233,7 +233,8 @@ async def get_run(run_id: RunId, db: Pool, _: Reader) -> WorkflowRunPublic:
 
 @router.post("/workflow-runs/{run_id}/cancel", response_model=WorkflowRunPublic)
 async def cancel(run_id: RunId, db: Pool, _: Writer) -> WorkflowRunPublic:
-    """Cancels the steps that have not started; those running finish. 409 when the run has ended."""
+    """Cancels the steps that have not ended (a running one is stopped by its processor) and what they spawned. 409
+    when the run has ended."""
     async with db.acquire() as conn, conn.transaction():
         cancelled = await cancel_workflow_run(conn, run_id)
     found = await workflow_run(db, run_id)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import asyncpg
+
 from taskmill.db import Connection
 
 # Terminal runs that ended before the cutoff go with their results and audit rows in the same statement. A run that
@@ -75,6 +77,20 @@ SELECT greatest((SELECT count(*) FROM links), (SELECT count(*) FROM children), (
 """
 
 
+# The one-off rows that defer, the submit queue and spawning runs make for a single run (migration 0017), once that
+# run is gone (its day dropped, or purged above), oldest first. Such a run lies at its row's `run_at` (a deferred
+# run's `at`) or when the row was made, which orders the list (tasks_one_off) and bounds it by the retention.
+PURGE_ONE_OFF_TASKS = """
+DELETE FROM tasks WHERE id IN (
+    SELECT t.id FROM tasks t
+    WHERE t.origin <> 'api' AND coalesce(t.run_at, t.created_at) < now() - make_interval(days => $1)
+      AND NOT EXISTS (SELECT 1 FROM task_schedule s WHERE s.task_id = t.id)
+    ORDER BY coalesce(t.run_at, t.created_at)
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED)
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Purged:
     """Rows one batch deleted."""
@@ -83,6 +99,7 @@ class Purged:
     results: int = 0
     audit: int = 0
     flow: int = 0  # the most rows of one kind of flow rows (edges, children's counts, workflow runs)
+    tasks: int = 0  # one-off task rows
 
 
 async def purge_runs(conn: Connection, days: int, batch: int) -> Purged:
@@ -105,3 +122,14 @@ async def purge_audit(conn: Connection, days: int, batch: int) -> Purged:
 async def purge_flow(conn: Connection, days: int, batch: int) -> Purged:
     flow: int = await conn.fetchval(PURGE_FLOW, days, batch)
     return Purged(flow=flow)
+
+
+async def purge_one_off_tasks(conn: Connection, days: int, batch: int) -> Purged:
+    """One batch of one-off task rows whose run is gone."""
+    try:
+        status: str = await conn.execute(PURGE_ONE_OFF_TASKS, days, batch)
+    except asyncpg.ForeignKeyViolationError:
+        # A run was added to one of them (an invoke of an old deferred run's task) after this statement's snapshot:
+        # nothing of the batch went; the next pass decides again.
+        return Purged()
+    return Purged(tasks=int(status.rsplit(" ", 1)[1]))

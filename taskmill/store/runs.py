@@ -17,8 +17,8 @@ from taskmill.states import RunState
 
 Conn = Connection | asyncpg.Pool
 
-# The run message, built by PostgreSQL (the function run_message in 0001_schema.sql).
-_MESSAGE = "run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, t)"
+# The run message, built by PostgreSQL (the function run_message in taskmill/schema.sql).
+_MESSAGE = "run_message(r.id, r.task_id, r.attempt, r.lost, r.scheduled_time, r.lease_until, t, r.released_at)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +33,7 @@ class Outbound:
     traceparent: str | None = None  # the trace context of the API request that made the run (taskmill/tracing.py)
 
 
-# The statement lives in the database (claim_due_runs in 0001_schema.sql) to carry its planner settings.
+# The statement lives in the database (claim_due_runs in taskmill/schema.sql) to carry its planner settings.
 CLAIM_DUE = "SELECT id, type, status, body, priority, traceparent FROM claim_due_runs($1, $2, $3, $4)"
 
 
@@ -247,7 +247,8 @@ WITH stale AS (
 ), r AS (
     UPDATE task_schedule s SET lease_until = now() + make_interval(secs => $2)
     FROM stale WHERE s.id = stale.id AND s.scheduled_time = stale.scheduled_time
-    RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status, s.traceparent
+    RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status, s.traceparent,
+              s.released_at
 )
 SELECT r.id, t.type, r.status, {_MESSAGE} AS body, t.priority, r.traceparent FROM r JOIN tasks t ON t.id = r.task_id
 """
@@ -274,7 +275,7 @@ WITH lost AS (
         lease_until = CASE WHEN s.lost >= $3 THEN NULL ELSE now() + make_interval(secs => $2) END
     FROM lost WHERE s.id = lost.id AND s.scheduled_time = lost.scheduled_time
     RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status, s.traceparent,
-              s.started_at, s.worker, s.error
+              s.released_at, s.started_at, s.worker, s.error
 ), kept AS (
     INSERT INTO task_results (run_id, attempt, status, started_at, finished_at, worker, error, type, scheduled_time)
     SELECT r.id, r.attempt, 'failed', r.started_at, now(), r.worker, r.error, t.type, r.scheduled_time
@@ -285,10 +286,11 @@ SELECT r.id, t.type, r.status, {_MESSAGE} AS body, t.priority, r.traceparent FRO
 """
 
 
-# Only runs not yet started can be cancelled; a running one finishes its attempt.
+# Any run that has not ended: a running one is stopped by its processor (processor/cancel.py), and the children a
+# run spawned that have not ended are cancelled with it (run_flow, taskmill/schema.sql).
 CANCEL_RUN = """
-UPDATE task_schedule SET status = 'cancelled', finished_at = now(), lease_until = NULL
-WHERE id = $1 AND status IN ('blocked', 'scheduled', 'queued', 'retrying')
+UPDATE task_schedule SET status = 'cancelled', finished_at = now(), lease_until = NULL, error = 'cancelled'
+WHERE id = $1 AND status IN ('blocked', 'scheduled', 'queued', 'retrying', 'running', 'waiting')
 RETURNING id
 """
 
@@ -313,7 +315,7 @@ async def cancelled_among(conn: Conn, keys: Sequence[tuple[int, datetime]]) -> l
 
 
 async def cancel_run(conn: Conn, run_id: int) -> bool:
-    """False when the run has started, ended or does not exist."""
+    """False when the run has ended or does not exist."""
     return await conn.fetchval(CANCEL_RUN, run_id) is not None
 
 

@@ -3,6 +3,7 @@ editing, pausing and deleting them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any, Literal
@@ -23,16 +24,17 @@ _COLUMNS = """name, type, payload, schedule_kind, cron, every_seconds, run_at, t
     priority"""
 
 INSERT_TASK = f"""
-INSERT INTO tasks ({_COLUMNS})
+INSERT INTO tasks ({_COLUMNS}, origin)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24,
-        $25)
+        $25, $26)
 RETURNING *
 """
 
-# A run made here carries the trace context of the request making it, when traces are on (taskmill/tracing.py).
+# A run made here carries the trace context of the request making it, when traces are on (taskmill/tracing.py). A
+# paused one-off's run is held back from the claim (see HOLD_ONE_OFF_RUNS).
 INSERT_RUN = """
-INSERT INTO task_schedule (task_id, scheduled_time, created_by, traceparent)
-VALUES ($1, coalesce($2, now()), $3, $4)
+INSERT INTO task_schedule (task_id, scheduled_time, created_by, traceparent, lease_until)
+VALUES ($1, coalesce($2, now()), $3, $4, CASE WHEN $5 THEN 'infinity'::timestamptz END)
 ON CONFLICT (task_id, scheduled_time) DO NOTHING
 RETURNING id
 """
@@ -73,11 +75,15 @@ def _definition(spec: TaskCreate) -> tuple[object, ...]:
     )
 
 
+Origin = Literal["api", "defer", "submit", "spawn"]
+
+
 async def create_task(
-    conn: Connection, spec: TaskCreate, *, created_by: str | None = None, secret_key: str = ""
+    conn: Connection, spec: TaskCreate, *, created_by: str | None = None, secret_key: str = "", origin: Origin = "api"
 ) -> Task:
     """Inserts a task; an immediate or once task gets its run now. Runs inside the caller's transaction if any,
-    so a caller that rolls back has scheduled nothing."""
+    so a caller that rolls back has scheduled nothing. `origin`: who makes it (`defer` and `submit` make the one-off
+    row of a single run, left out of the listing and purged with its run)."""
     s = spec.schedule
     async with conn.transaction():
         record = await conn.fetchrow(
@@ -87,17 +93,22 @@ async def create_task(
             seal(secret_key, spec.secret_values()),
             sorted(spec.secrets),
             *_policy(spec),
+            origin,
         )
         assert record is not None
         task = Task.from_record(record)
-        if spec.active and s.kind in (ScheduleKind.IMMEDIATE, ScheduleKind.ONCE):
-            await add_run(conn, task.id, s.at if s.kind is ScheduleKind.ONCE else None, created_by=created_by)
+        if s.kind in (ScheduleKind.IMMEDIATE, ScheduleKind.ONCE):  # made paused: its run is held until resumed
+            at = s.at if s.kind is ScheduleKind.ONCE else None
+            await add_run(conn, task.id, at, created_by=created_by, held=not spec.active)
     return task
 
 
-async def add_run(conn: Connection, task_id: int, at: datetime | None, *, created_by: str | None = None) -> int | None:
-    """One run of a task at `at` (now when None); None if that instant already has a run."""
-    run_id: int | None = await conn.fetchval(INSERT_RUN, task_id, at, created_by, traceparent())
+async def add_run(
+    conn: Connection, task_id: int, at: datetime | None, *, created_by: str | None = None, held: bool = False
+) -> int | None:
+    """One run of a task at `at` (now when None), held back from the claim while `held` (a paused one-off's); None if
+    that instant already has a run."""
+    run_id: int | None = await conn.fetchval(INSERT_RUN, task_id, at, created_by, traceparent(), held)
     return run_id
 
 
@@ -109,6 +120,15 @@ LOCK_TASK = "SELECT id FROM tasks WHERE id = $1 AND deleted_at IS NULL FOR UPDAT
 DROP_FUTURE_RUNS = """
 DELETE FROM task_schedule WHERE task_id = $1 AND status = 'scheduled' AND scheduled_time > now()
 """
+# What an edit drops of the runs not handed out yet, by the task's new kind: a `once` task's single run is made
+# again at its (new) time, so all of them; an immediate task keeps the run it was made with; a recurring one drops
+# its future runs and a one-off's run still held by a pause (the task was a one-off before the edit).
+DROP_ON_EDIT = {
+    ScheduleKind.ONCE: "DELETE FROM task_schedule WHERE task_id = $1 AND status = 'scheduled'",
+    ScheduleKind.IMMEDIATE: DROP_FUTURE_RUNS,
+    ScheduleKind.CRON: DROP_FUTURE_RUNS + " OR task_id = $1 AND status = 'scheduled' AND lease_until = 'infinity'",
+}
+DROP_ON_EDIT[ScheduleKind.INTERVAL] = DROP_ON_EDIT[ScheduleKind.CRON]
 RESTART_SCHEDULE = """
 UPDATE tasks SET materialized_until = NULL, schedule_from = now(), updated_at = now(), active = $2 WHERE id = $1
 RETURNING *
@@ -167,7 +187,7 @@ async def update_task(conn: Connection, task_id: int, spec: TaskCreate, *, secre
     async with conn.transaction():
         if await conn.fetchval(LOCK_TASK, task_id) is None:
             return None
-        await conn.execute(DROP_FUTURE_RUNS, task_id)
+        await conn.execute(DROP_ON_EDIT[s.kind], task_id)
         record = await conn.fetchrow(
             UPDATE_TASK,
             task_id,
@@ -179,8 +199,10 @@ async def update_task(conn: Connection, task_id: int, spec: TaskCreate, *, secre
         )
         assert record is not None
         task = Task.from_record(record)
-        if spec.active and s.kind is ScheduleKind.ONCE:
-            await add_run(conn, task.id, s.at, created_by=task.created_by)
+        if s.kind is ScheduleKind.ONCE:  # paused, its run is made held, as pausing would have left it
+            await add_run(conn, task.id, s.at, created_by=task.created_by, held=not spec.active)
+        elif s.kind is ScheduleKind.IMMEDIATE:  # the run it kept: held or released as the edit sets `active`
+            await conn.execute(HOLD_ONE_OFF_RUNS, task.id, spec.active)
     return task
 
 
@@ -214,8 +236,10 @@ WITH new AS (
         AS b(n, ty, p, k, c, e, a, tz, act, mr, rd, b, t, est, sec, sn, mf, mg, cw, w, ov, mc, ck, pr)
     RETURNING id, name, schedule_kind, run_at, active, created_by
 ), runs AS (
-    INSERT INTO task_schedule (task_id, scheduled_time, created_by, traceparent)
-    SELECT id, coalesce(run_at, now()), created_by, $26 FROM new WHERE active AND schedule_kind IN ('immediate', 'once')
+    -- A one-off made paused has its run held until it is resumed, as pausing it would have left it.
+    INSERT INTO task_schedule (task_id, scheduled_time, created_by, traceparent, lease_until)
+    SELECT id, coalesce(run_at, now()), created_by, $26, CASE WHEN NOT active THEN 'infinity'::timestamptz END
+    FROM new WHERE schedule_kind IN ('immediate', 'once')
 )
 SELECT id, name FROM new ORDER BY id
 """
@@ -313,8 +337,9 @@ SELECT page.*, n.scheduled_time AS next_run_at, l.id AS last_run_id, l.status AS
        l.scheduled_time AS last_run_at, l.finished_at AS last_run_finished_at
 FROM (
     SELECT t.*, {COMPLETED} AS completed FROM tasks t
-    -- A workflow's steps and spawned children are listed with their workflow and their parent run.
-    WHERE deleted_at IS NULL AND workflow_id IS NULL AND parent_run_id IS NULL AND ($1::text IS NULL OR type = $1)
+    -- A workflow's steps are listed with their workflow; the one-off rows of defer, submit and spawn only when
+    -- asked for.
+    WHERE deleted_at IS NULL AND workflow_id IS NULL AND origin = ANY ($8::text[]) AND ($1::text IS NULL OR type = $1)
       AND ($2::boolean IS NULL OR active = $2) AND ($3::text IS NULL OR starts_with(name, $3))
       AND ($4::{SORTS[column]} IS NULL OR ({column}, id) {"<" if descending else ">"} ($4::{SORTS[column]}, $5::bigint))
       AND ($7::boolean IS NULL OR {COMPLETED} = $7)
@@ -356,6 +381,7 @@ async def list_tasks(
     active: bool | None = None,
     name_prefix: str | None = None,
     completed: bool | None = None,
+    origins: Sequence[Origin] = ("api",),
     sort: SortKey = "id",
     after: tuple[Any, int] | None = None,
     limit: int = 50,
@@ -366,7 +392,15 @@ async def list_tasks(
     column = sort.lstrip("-")
     value, last_id = after if after is not None else (None, 0)
     rows = await conn.fetch(
-        _list_sql(column, sort.startswith("-")), type, active, name_prefix, value, last_id, limit, completed
+        _list_sql(column, sort.startswith("-")),
+        type,
+        active,
+        name_prefix,
+        value,
+        last_id,
+        limit,
+        completed,
+        list(origins),
     )
     return [ListedTask.of_listing(r) for r in rows]
 

@@ -105,6 +105,9 @@ WITH steps AS (
 )
 SELECT id FROM w
 """
+# A deleted workflow's steps that have not started are cancelled (those out already finish, as a deleted task's do); a
+# cancelled workflow run's steps that have not ended.
+NOT_STARTED = ["blocked", "scheduled", "queued", "retrying"]
 
 WORKFLOW_RUN = """
 SELECT w.id, f.name AS workflow, w.status, w.scheduled_time, w.created_at, w.finished_at, w.created_by
@@ -119,8 +122,9 @@ WHERE s.workflow_run_id = $1 AND s.scheduled_time = $2
 ORDER BY s.id
 """
 
-# The workflow runs still running, of one run ($1) or of a whole workflow ($2), and their steps not started; the
-# workflow runs cancelled come back.
+# The workflow runs still running, of one run ($1) or of a whole workflow ($2), and their steps in one of the states
+# $3 (a running one is stopped by its processor; what a step spawned goes with it, see run_flow); the workflow runs
+# cancelled come back.
 CANCEL_RUNS = """
 WITH w AS (
     UPDATE workflow_runs SET status = 'cancelled'
@@ -130,7 +134,7 @@ WITH w AS (
     UPDATE task_schedule s SET status = 'cancelled', finished_at = now(), lease_until = NULL, error = 'cancelled'
     FROM w
     WHERE s.workflow_run_id = w.id AND s.scheduled_time = w.scheduled_time
-      AND s.status IN ('blocked', 'scheduled', 'queued', 'retrying')
+      AND s.status = ANY ($3::run_status[])
 )
 SELECT id FROM w
 """
@@ -215,7 +219,7 @@ async def delete_workflow(conn: Connection, workflow_id: int) -> None:
     """Soft-deletes the workflow and its steps, and cancels what its runs have not started."""
     async with conn.transaction():
         await conn.execute(DROP_FUTURE_RUNS, workflow_id)
-        await conn.execute(CANCEL_RUNS, None, workflow_id)
+        await conn.execute(CANCEL_RUNS, None, workflow_id, NOT_STARTED)
         await conn.execute(RETIRE_STEPS, workflow_id)
         await conn.execute(
             "UPDATE workflows SET deleted_at = now(), active = false, updated_at = now() WHERE id = $1", workflow_id
@@ -278,5 +282,6 @@ async def recent_runs(conn: Connection | asyncpg.Pool, workflow_id: int, limit: 
 
 
 async def cancel_workflow_run(conn: Connection | asyncpg.Pool, run_id: int) -> bool:
-    """Cancels the steps not started (those running finish); False when the run had ended or does not exist."""
-    return bool(await conn.fetch(CANCEL_RUNS, run_id, None))
+    """Cancels the steps that have not ended (a running one is stopped by its processor) and what they spawned;
+    False when the run had ended or does not exist."""
+    return bool(await conn.fetch(CANCEL_RUNS, run_id, None, [*NOT_STARTED, "running", "waiting"]))

@@ -9,5 +9,8 @@ from taskmill.tasktypes.noop import NOOP
 from taskmill.tasktypes.sleep import SLEEP
 
 BUILTIN: dict[str, TaskType] = {t.name: t for t in (NOOP, SLEEP, HTTP, COMMAND)}
+# The one type whose runs need more than `tasks:write` to be made: `tasks:command` in the API, and to be named in
+# TASKMILL_SUBMIT_TYPES on the submit queue; an http answer never spawns one.
+COMMAND_TYPE = COMMAND.name
 
-__all__ = ["BUILTIN", "RunContext", "TaskFailed", "TaskSkipped", "TaskType"]
+__all__ = ["BUILTIN", "COMMAND_TYPE", "RunContext", "TaskFailed", "TaskSkipped", "TaskType"]

@@ -4,6 +4,7 @@ becomes a run as `defer` makes it; a request no run can come of lands in the dea
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import aio_pika
 import asyncpg
@@ -90,3 +91,43 @@ async def test_requests_no_run_can_come_of_are_dead_lettered_with_the_reason(
     for body, start in bad.items():
         assert reasons[body].startswith(start), (body, reasons[body])
     assert await statuses(db) == {}
+
+
+async def test_the_submit_queue_makes_no_command_run_unless_an_operator_names_command(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Anyone who may publish to the broker may send requests: they get what a tasks:write token gets, no more."""
+    marker = tmp_path / "ran"
+    command = _json(type="command", payload={"argv": ["/bin/touch", str(marker)]})
+    await new_task(db, "touch-it", "command", {"argv": ["/bin/touch", str(marker)]})  # made with tasks:command
+    await db.execute("DELETE FROM task_schedule")
+    async with running(distributor.service.run, settings), running(processor.service.run, settings):
+        await _publish(settings, command, _json(type="command", payload={"argv": ["/bin/true"]}, idempotency_key="x"))
+
+        async def refused() -> bool:
+            return (await counts(settings))["dead"] == 2
+
+        await wait_until(refused, timeout=10, what="both command requests in the dead-letter queue")
+        letters = await take_dead_letters(settings)
+        assert {letter.reason for letter in letters} == {
+            "type: the submit queue does not make command runs (in the API they need the scope tasks:command); an "
+            "operator allows them by naming `command` in TASKMILL_SUBMIT_TYPES"
+        }
+        # A run of the existing command task, by name: what a tasks:write token's invoke may do.
+        await _publish(settings, _json(task="touch-it"))
+        await wait_for_statuses(db, {"succeeded": 1})
+    assert await db.fetchval("SELECT count(*) FROM tasks WHERE type = 'command'") == 1  # no task made of a request
+    marker.unlink()
+
+    allowing = settings.model_copy(update={"submit_types": "noop, command"})
+    async with running(distributor.service.run, allowing), running(processor.service.run, allowing):
+        await _publish(allowing, command, _json(type="sleep", payload={"ms": 1}))
+        await wait_for_statuses(db, {"succeeded": 2})
+
+        async def sleep_refused() -> bool:
+            return (await counts(allowing))["dead"] == 1
+
+        await wait_until(sleep_refused, timeout=10, what="the sleep request in the dead-letter queue")
+    assert marker.exists()
+    (letter,) = await take_dead_letters(allowing)
+    assert letter.reason == "type: 'sleep' is not among the types the submit queue takes (noop, command)"

@@ -30,6 +30,7 @@ class Tree(BaseModel):
     depth: int = Field(ge=0, le=10)
     fanout: int = Field(ge=1, le=100)
     fail_leaf: bool = False
+    leaf_ms: int = Field(0, ge=0, le=60_000)  # how long each leaf runs
 
 
 @handler("flows.tree", payload=Tree)
@@ -37,11 +38,13 @@ async def tree(ctx: Context, payload: Tree) -> dict[str, object]:
     """Spawns `fanout` children one level less deep and waits for them; the leaves are depth 0."""
     if payload.depth > 0:
         for _ in range(payload.fanout):
-            child = {"depth": payload.depth - 1, "fanout": payload.fanout, "fail_leaf": payload.fail_leaf}
+            child = payload.model_copy(update={"depth": payload.depth - 1}).model_dump()
             await ctx.spawn("flows.tree", child)
         ctx.wait_for_children()
     elif payload.fail_leaf:
         raise ValueError("a leaf failed")
+    else:
+        await asyncio.sleep(payload.leaf_ms / 1000)
     return {"depth": payload.depth}
 
 

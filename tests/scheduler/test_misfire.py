@@ -157,6 +157,38 @@ async def test_a_paused_one_off_keeps_its_run_and_resumed_late_follows_its_misfi
     assert [t["name"] for t in open_] == ["runs-late"]
 
 
+@pytest.mark.parametrize("made_paused", [False, True])
+async def test_a_paused_one_off_keeps_its_one_run_through_edits_and_runs_it_once_resumed(
+    db: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    client: httpx.AsyncClient,  # noqa: F811
+    made_paused: bool,
+) -> None:
+    """As the dashboard's form edits it: the whole definition, `active: false` included, a new payload and time."""
+    hour = datetime.now(UTC) + timedelta(hours=1)
+    body: dict[str, Any] = {"name": "later", "type": "noop", "schedule": {"kind": "once", "at": hour.isoformat()}}
+    created = await client.post("/tasks", json=body | {"active": not made_paused}, headers=WRITE)
+    assert created.status_code == 201, created.text
+    task_id = created.json()["id"]
+    if not made_paused:
+        assert (await client.put(f"/tasks/{task_id}/inactive", headers=WRITE)).status_code == 200
+    moved = hour + timedelta(minutes=30)
+    edit = body | {"active": False, "payload": {"edited": True}, "schedule": {"kind": "once", "at": moved.isoformat()}}
+    for _ in range(2):  # edited twice while paused
+        edited = await client.put(f"/tasks/{task_id}", json=edit, headers=WRITE)
+        assert edited.status_code == 200, edited.text
+    runs = await db.fetch(
+        "SELECT scheduled_time, status::text, lease_until = 'infinity' AS held FROM task_schedule WHERE task_id = $1",
+        task_id,
+    )
+    assert [tuple(r) for r in runs] == [(moved, "scheduled", True)]
+    assert await claim_due(pool, 100, 300, 0, moved + timedelta(seconds=1)) == []  # held while paused
+    assert (await client.put(f"/tasks/{task_id}/active", headers=WRITE)).status_code == 200
+    (claimed,) = await claim_due(pool, 100, 300, 0, moved + timedelta(seconds=1))
+    assert b'"edited": true' in claimed.body
+    assert await db.fetchval("SELECT count(*) FROM task_schedule WHERE task_id = $1", task_id) == 1
+
+
 async def test_a_backfill_makes_a_past_range_once_and_its_runs_are_never_missed(
     db: asyncpg.Connection,
     pool: asyncpg.Pool,

@@ -10,9 +10,13 @@ from pydantic import ValidationError
 
 import scheduler.service
 from scheduler.janitor import purge
+from taskmill.client import defer
 from taskmill.db import create_pool
 from taskmill.settings import Settings, format_settings_error
+from taskmill.spawn import Parent, SpawnSpec, spawn
 from taskmill.store.retention import purge_runs
+from taskmill.store.runs import StartRequest, start_runs
+from taskmill.submit import submit
 from tests.helpers import new_task, running, wait_until
 
 TERMINAL = ("succeeded", "failed", "dead", "cancelled", "skipped")
@@ -90,7 +94,7 @@ async def test_old_terminal_runs_go_with_their_results_and_audit_and_nothing_rec
         assert await counts(db, ids) == (1, 0, 0), status
     assert await counts(db, [created]) == (1, 0, 1)
     assert (done.runs, done.results, done.audit) == (5, 4, 5 * 2 + 4 * 2)
-    assert await purge(pool, 90, 1000) == type(done)(batches=4)  # nothing left: one short batch per kind
+    assert await purge(pool, 90, 1000) == type(done)(batches=5)  # nothing left: one short batch per kind
 
 
 async def test_a_purge_larger_than_one_batch_takes_several_statements_of_at_most_a_batch_each(
@@ -106,7 +110,7 @@ async def test_a_purge_larger_than_one_batch_takes_several_statements_of_at_most
 
     done = await purge(pool, 90, 10)
     assert (done.runs, done.audit) == (15, 30)
-    assert done.batches == 2 + 1 + 1 + 1  # runs: 10, then 5 (short: done); then one short batch each of the others
+    assert done.batches == 2 + 1 + 1 + 1 + 1  # runs: 10, then 5 (short: done); then one short batch of each other kind
     assert await counts(db, ids) == (0, 0, 0)
 
 
@@ -184,3 +188,49 @@ async def test_workflow_edges_children_counts_and_ended_workflow_runs_go_once_pa
     assert await db.fetchval("SELECT count(*) FROM run_children") == 1
     kept = await db.fetch("SELECT status FROM workflow_runs ORDER BY status")
     assert [r["status"] for r in kept] == ["failed", "running"]  # a run not ended stays, whatever its age
+
+
+async def _aged(db: asyncpg.Connection, run_id: int, days: int, status: str = "cancelled") -> int:
+    """Back-dates a run (to a day no partition holds: the default one) and its task's row; returns the task's id."""
+    task_id: int = await db.fetchval(
+        "UPDATE task_schedule SET status = $2::run_status, scheduled_time = scheduled_time - make_interval(days => $3),"
+        " finished_at = CASE WHEN $2 = 'cancelled' THEN now() - make_interval(days => $3) END"
+        " WHERE id = $1 RETURNING task_id",
+        run_id,
+        status,
+        days,
+    )
+    await db.execute(
+        "UPDATE tasks SET created_at = created_at - make_interval(days => $2) WHERE id = $1", task_id, days
+    )
+    return task_id
+
+
+async def test_one_off_rows_of_defer_submit_and_spawn_go_once_their_run_is_purged_and_no_other_task_does(
+    db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    by_hand = await new_task(db, "by-hand", "noop")
+    hand_run = await db.fetchval("SELECT id FROM task_schedule WHERE task_id = $1", by_hand.id)
+    old = {
+        "api": await _aged(db, hand_run, 91),
+        "defer": await _aged(db, await defer(db, "noop", {}), 91),
+        "submit": await _aged(db, await submit(db, b'{"v": 1, "type": "noop"}'), 91),
+    }
+    parent = await defer(db, "noop", {})
+    run = await db.fetchrow("SELECT task_id, scheduled_time FROM task_schedule WHERE id = $1", parent)
+    assert run is not None
+    await start_runs(db, "w", [StartRequest(parent, 1, 60, run["scheduled_time"])])
+    async with db.transaction():
+        ref = Parent(parent, run["task_id"], run["scheduled_time"], 10, 10)
+        (child,) = await spawn(db, ref, [SpawnSpec(type="noop")])
+    old["spawn"] = await _aged(db, child.run_id, 91)
+    unfinished = await _aged(db, await defer(db, "noop", {}), 91, status="scheduled")  # a run not over stays
+    recent = await _aged(db, await defer(db, "noop", {}), 30)
+
+    done = await purge(pool, 90, 1000)
+
+    assert done.tasks == 3
+    left = {r["id"] for r in await db.fetch("SELECT id FROM tasks")}
+    assert {old["api"], unfinished, recent} <= left
+    assert not {old["defer"], old["submit"], old["spawn"]} & left
+    assert (await purge(pool, 90, 1000)).tasks == 0

@@ -16,6 +16,7 @@ import httpx
 from tests.api.conftest import bearer
 from tests.faults.harness import Stack
 from tests.helpers import wait_until
+from tests.transports import BOTH
 from tests.workflows.conftest import FLOWS, ended_run, processors, registered
 
 COMMAND = bearer("tasks:read tasks:write tasks:command")
@@ -84,6 +85,41 @@ async def test_a_failing_leaf_fails_its_parent_and_every_ancestor_with_its_error
     # The root's error names its child, whose error names its own: the leaf's ValueError at the bottom.
     assert ended["error"].startswith("child run ") and "failed: child run " in ended["error"]
     assert ended["error"].endswith("ValueError: a leaf failed")
+
+
+@BOTH
+async def test_cancelling_a_waiting_parent_cancels_and_stops_its_descendants(
+    stack: Stack, api: httpx.AsyncClient
+) -> None:
+    await stack.start(distributor=1)
+    await processors(stack, 1, concurrency=8)
+    root = await _run_of(
+        stack.db, await _task(api, "long-tree", "flows.tree", {"depth": 2, "fanout": 2, "leaf_ms": 30_000})
+    )
+
+    async def leaves_running() -> bool:
+        below = await _descendants(stack.db, root)
+        return len(below) == 6 and sum(r["status"] == "running" for r in below if r["level"] == 2) == 4
+
+    await wait_until(leaves_running, timeout=30, what="the four leaves to run")
+    assert await stack.db.fetchval("SELECT status::text FROM task_schedule WHERE id = $1", root) == "waiting"
+    cancelled = await api.post(f"/runs/{root}/cancel", headers=COMMAND)
+    assert cancelled.status_code == 200, cancelled.text
+    below = await _descendants(stack.db, root)
+    assert [r["status"] for r in below] == ["cancelled"] * 6
+    assert {r["error"] for r in below if r["level"] == 2} == {
+        f"cancelled: its parent run {r['id']} was cancelled" for r in below if r["level"] == 1
+    }
+
+    async def leaves_stopped() -> bool:  # each by its processor, within TASKMILL_CANCEL_CHECK_S
+        return stack.logs().count("was cancelled while running: stopped") == 4
+
+    await wait_until(leaves_stopped, timeout=10, what="the four leaves to be stopped")
+    again = await api.post(f"/runs/{root}/cancel", headers=COMMAND)
+    assert again.status_code == 409 and "it has ended" in again.json()["detail"]
+    # The slots are free: a new run goes through at once.
+    quick = await _run_of(stack.db, await _task(api, "after", "noop", {}))
+    assert (await ended_run(stack.db, quick, timeout=15, logs=stack.logs))["status"] == "succeeded"
 
 
 async def test_map_reduce_over_a_hundred_children_reads_every_result_by_reference(

@@ -130,10 +130,13 @@ async def test_a_processor_killed_mid_workflow_loses_nothing_and_repeats_nothing
     assert [r["lost"] for r in lost] == [0, 1, 1, 0]  # b and c were handed on once, nothing else was
 
 
-async def test_cancelling_a_workflow_run_cancels_what_has_not_started(stack: Stack, api: httpx.AsyncClient) -> None:
+@BOTH
+async def test_cancelling_a_workflow_run_cancels_what_has_not_ended_and_stops_what_runs(
+    stack: Stack, api: httpx.AsyncClient
+) -> None:
     await stack.start(distributor=1)
     await processors(stack, 1, concurrency=2)
-    await _define(api, {"name": "long", "tasks": [step("a", ms=2000), step("b", "a"), step("c", "b")]})
+    await _define(api, {"name": "long", "tasks": [step("a", ms=4000), step("b", "a"), step("c", "b")]})
     run_id = await _invoke(api, "long")
 
     async def a_running() -> bool:
@@ -148,9 +151,19 @@ async def test_cancelling_a_workflow_run_cancels_what_has_not_started(stack: Sta
     cancelled = await api.post(f"/workflow-runs/{run_id}/cancel", headers=WRITE)
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled"
-    await asyncio.sleep(2.5)  # a finishes on its own
     runs = {r["task"]: r["status"] for r in (await api.get(f"/workflow-runs/{run_id}", headers=WRITE)).json()["runs"]}
-    assert runs == {"a": "succeeded", "b": "cancelled", "c": "cancelled"}
+    assert runs == {"a": "cancelled", "b": "cancelled", "c": "cancelled"}
+
+    async def a_stopped() -> bool:  # its processor stops it within TASKMILL_CANCEL_CHECK_S
+        return "was cancelled while running: stopped" in stack.logs()
+
+    await wait_until(a_stopped, timeout=10, what="a to be stopped")
+    await asyncio.sleep(4)  # past the end a would have had: nothing was recorded for it
+    recorded = await stack.db.fetchval(
+        "SELECT count(*) FROM task_results r JOIN task_schedule s ON s.id = r.run_id WHERE s.workflow_run_id = $1",
+        run_id,
+    )
+    assert recorded == 0
     again = await api.post(f"/workflow-runs/{run_id}/cancel", headers=WRITE)
     assert again.status_code == 409
 
