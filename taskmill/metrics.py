@@ -17,7 +17,7 @@ RUN_SECONDS = Histogram(
 )
 START_LATENESS = Histogram(
     "taskmill_start_lateness_seconds",
-    "Start of a first attempt after its scheduled time",
+    "Start of a first attempt after it became due: its scheduled time, or its release by the runs it waited for",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 60),
 )
 PUBLISHED = Counter("taskmill_runs_published_total", "Run messages the broker confirmed")
