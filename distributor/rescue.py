@@ -26,7 +26,8 @@ async def rescue(
 ) -> int:
     """Republishes every run whose lease has run out, and over RabbitMQ first what the PostgreSQL transport left
     (moving up, distributor/handover.py); returns how many runs and messages it handled. A run that lost one
-    processor too many is dead: `alerter` is told."""
+    processor too many is dead: `alerter` counts it and sends its alert."""
+    alerter = alerter or Alerter("")
     handled = await hand_over(pool, publisher) if settings.transport_name != "postgres" else 0
     lease_s = settings.queued_lease_s
     finders: dict[str, Callable[[], Awaitable[list[Outbound]]]] = {
@@ -38,8 +39,7 @@ async def rescue(
             # A run that fails to publish keeps its new lease and comes round again when it expires.
             with traced(runs) as outbound:
                 await publisher.publish_runs(outbound)
-            if alerter is not None:
-                _alert_dead(alerter, runs)
+            _alert_dead(alerter, runs)
             handled += len(runs)
             RESCUED.labels(kind).inc(len(runs))
             log.info("rescued %d runs (%s)", len(runs), kind, extra={"action": "rescue"})

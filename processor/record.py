@@ -62,7 +62,6 @@ class Recorder:
     async def record(self, message: RunMessage, attempt: Attempt, status: RunState | None = None) -> None:
         """Records the attempt (waiting out a database that went away), then publishes its retry or dead letter."""
         status = status or decide(message, attempt)
-        RUNS_FINISHED.labels(message.type, status.value).inc()
         RUN_SECONDS.labels(message.type).observe(attempt.duration_ms / 1000)
         delay_ms = message.retry_delay_ms()
         outcome = Outcome(
@@ -88,10 +87,12 @@ class Recorder:
         )
         if not recorded:
             return  # the rescuer gave this run to someone else meanwhile
-        if status is RunState.DEAD:
+        if status is RunState.DEAD:  # counted there, as the rescuer's dead runs are
             self._alerter.dead(
                 message.run_id, message.task_id, message.type, message.attempt, message.scheduled_time, outcome.error
             )
+        else:
+            RUNS_FINISHED.labels(message.type, status.value).inc()
         self._crash.at(CrashPoint.AFTER_RECORD)
         try:
             if status is RunState.RETRYING:

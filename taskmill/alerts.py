@@ -1,6 +1,7 @@
-"""Dead-run alerts (SPEC O4): with TASKMILL_ALERT_WEBHOOK_URL set, one JSON POST per run that ends dead, from the
-process that recorded it so (a processor that gave up on it, or the distributor's rescuer when the run lost too
-many processors): each dead run is recorded by exactly one process, which sends its alert once.
+"""Dead runs (SPEC O4), reported in one place whichever role records them so (a processor that gave up on a run, or
+the distributor's rescuer when a run lost too many processors): each dead run is recorded by exactly one process,
+which counts it in taskmill_runs_finished_total{type, outcome="dead"} (the alert rule TaskmillDeadRuns) and, with
+TASKMILL_ALERT_WEBHOOK_URL set, sends one JSON POST:
 
     {"event": "run.dead", "run_id": 42, "task_id": 7, "type": "http", "attempt": 3,
      "scheduled_time": "...", "error": "...", "at": "..."}
@@ -21,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from taskmill.metrics import ALERTS_POSTED
+from taskmill.metrics import ALERTS_POSTED, RUNS_FINISHED
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ class Alerter:
     def dead(
         self, run_id: int, task_id: int, task_type: str, attempt: int, scheduled_time: datetime, error: str | None
     ) -> None:
-        """Sends the alert of a run that ended dead, in the background (nothing when no webhook is set)."""
+        """Counts a run that ended dead, and sends its alert in the background (when a webhook is set)."""
+        RUNS_FINISHED.labels(task_type, "dead").inc()
         if self._http is None:
             return
         alert = {

@@ -1,5 +1,6 @@
 """Dead-run alerts (taskmill/alerts.py): one JSON POST per dead run to TASKMILL_ALERT_WEBHOOK_URL, tried again on
-failure with the same idempotency key; and from a real processor, for a run that spent its retries."""
+failure with the same idempotency key; from a real processor, for a run that spent its retries, and from the
+distributor's rescuer, for a run that lost too many processors (counted in the metrics by whichever recorded it)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
+import httpx
 
 from taskmill.alerts import Alerter
 from tests.faults.harness import Stack
-from tests.helpers import wait_until
+from tests.helpers import free_port, new_task, wait_until
+from tests.observe.scrape import scrape, value
 from tests.processor.http_targets import Target
 
 
@@ -97,3 +100,38 @@ async def test_a_processor_posts_once_for_a_run_that_spent_its_retries(
     assert run is not None and run["status"] == "dead" and run["attempt"] == 2
     assert [post["run_id"] for _, post in receiver.posts] == [run["id"], run["id"]]
     assert receiver.posts[-1][1]["error"] == "unexpected HTTP status 500"
+
+
+async def test_a_run_the_rescuer_makes_dead_is_counted_and_alerted_once_by_the_distributor(
+    stack: Stack, db: asyncpg.Connection
+) -> None:
+    """TASKMILL_LOST_LIMIT=0: the run dies with its first processor. Counted where it was recorded dead, the rescuer,
+    as a processor counts the dead runs it records: TaskmillDeadRuns sees both."""
+    async with hook() as receiver:
+        port = free_port()
+        await stack.add("distributor", "--metrics-port", str(port), TASKMILL_LOST_LIMIT="0",
+                        TASKMILL_ALERT_WEBHOOK_URL=receiver.url)  # fmt: skip
+        processor = await stack.add("processor")
+        task = await new_task(db, "long", "sleep", {"ms": 20_000}, timeout_seconds=2)
+        assert await stack.running_on(task.id) is processor
+        await processor.kill()
+
+        async def counted() -> bool:
+            try:
+                samples = await scrape(port)
+            except httpx.HTTPError:
+                return False
+            return value(samples, "taskmill_runs_finished_total", type="sleep", outcome="dead") == 1
+
+        await wait_until(counted, timeout=20, what="the distributor to count the dead run")
+        await wait_until(lambda: _posted(receiver), timeout=10, what="the dead run's alert")
+        run = await db.fetchrow("SELECT id, status::text, error FROM task_schedule WHERE task_id = $1", task.id)
+        await asyncio.sleep(1.5)  # the rescuer passes again: nothing more is counted or sent
+        assert value(await scrape(port), "taskmill_runs_finished_total", type="sleep", outcome="dead") == 1
+    assert run is not None and run["status"] == "dead", run
+    assert [post["run_id"] for _, post in receiver.posts] == [run["id"]]
+    assert receiver.posts[0][1]["type"] == "sleep"
+
+
+async def _posted(receiver: Hook) -> bool:
+    return bool(receiver.posts)

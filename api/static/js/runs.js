@@ -1,14 +1,15 @@
 // Recent runs across all tasks (GET /runs), and one run's logs on click: its attempts with result, output and
 // error, and its status changes (GET /runs/{id}). A token that may write gets Retry on a failed or dead run (its next
-// attempt) and Cancel on one not started.
+// attempt) and Cancel on one that has not ended.
 
 import { NOBODY } from "./access.js";
 import { api } from "./api.js";
 import { $, badge, h, latestOnly, ms, toast, tookMs, when } from "./dom.js";
 
 const RETRIABLE = new Set(["failed", "dead"]);
-// Those the cancel button is offered for: not started yet (a run between two attempts may be cancelled too, by the API).
-const CANCELLABLE = new Set(["scheduled", "queued", "blocked"]);
+// Those the cancel button is offered for: every state a run has not ended in. A running one is stopped by its
+// processor; what a run spawned and has not ended goes with it.
+const CANCELLABLE = new Set(["scheduled", "queued", "blocked", "running", "retrying", "waiting"]);
 
 function block(title, text) {
   return h("div", { class: "log" }, h("h4", {}, title), h("pre", { tabindex: "0" }, text));
