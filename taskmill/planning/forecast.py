@@ -81,10 +81,8 @@ def forecast(
     runs, required = _per_bucket(scheduled, horizon_s, bucket_s, buckets)
     extra, extra_ms = _per_bucket(projected or Runs.empty(), horizon_s, bucket_s, buckets)
     required += extra_ms
-    return Forecast(
-        bucket_s,
-        np.rint(runs + extra).astype(np.int64),
-        np.rint(extra).astype(np.int64),
-        required,
-        required_instances(required, capacity_ms, buffer),
-    )
+    total_runs = np.rint(runs + extra).astype(np.int64)
+    # However little compute they need, runs need a processor to run on: a bucket with any asks for one at least
+    # (a backlog with none alive would otherwise ask for none, and an autoscaler at zero never start).
+    instances = np.maximum(required_instances(required, capacity_ms, buffer), (total_runs > 0).astype(np.int64))
+    return Forecast(bucket_s, total_runs, np.rint(extra).astype(np.int64), required, instances)

@@ -130,27 +130,30 @@ def compute(seen: Upcoming, options: Options) -> Plan:
     # Whole buckets, from the one holding `now` to the one holding the horizon.
     span = math.ceil((shift + options.horizon_s) / bucket) * bucket
     end = start + timedelta(seconds=span)
-    # A run already due and still waiting is work still to do: it counts now.
+    # A run already due and still waiting (in the database or in the transport) is work still to do: it counts now.
     offsets = np.maximum(seen.run_times_s, now) - start.timestamp()
-    ms = per_run(
-        seen.run_task_ids, np.asarray(seen.cost_ids, dtype=np.int64), np.asarray(seen.cost_ms, dtype=np.float64)
-    )
-    scheduled = Runs.each(offsets, ms)
+    cost_ids, cost_ms = np.asarray(seen.cost_ids, dtype=np.int64), np.asarray(seen.cost_ms, dtype=np.float64)
+    ms = per_run(seen.run_task_ids, cost_ids, cost_ms)
+    # A run under way needs what its type's mean leaves of it, in the bucket under way.
+    left = np.maximum(per_run(seen.running_task_ids, cost_ids, cost_ms) - seen.running_elapsed_ms, 0.0)
+    scheduled = Runs.concat([Runs.each(offsets, ms), Runs.each(np.full(len(left), shift), left)])
     projected = project(seen.lagging, seen.now, start, end)
     result = forecast(
         scheduled, projected, horizon_s=span, bucket_s=bucket, capacity_ms=options.capacity_ms, buffer=options.buffer
     )
-    return Plan(seen.now, start, options, result, _unspread_peak(seen, scheduled, start, end, span, options))
+    task_ids = np.concatenate([seen.run_task_ids, seen.running_task_ids])  # of each entry of `scheduled`
+    return Plan(seen.now, start, options, result, _unspread_peak(seen, scheduled, task_ids, start, end, span, options))
 
 
-def _unspread_peak(seen: Upcoming, scheduled: Runs, start: datetime, end: datetime, span: int, options: Options
-                   ) -> int | None:  # fmt: skip
+def _unspread_peak(
+    seen: Upcoming, scheduled: Runs, task_ids: IntArray, start: datetime, end: datetime, span: int, options: Options
+) -> int | None:
     """The peak runs per bucket with the spread tasks' occurrences at their nominal times, from now on: their rows
     and projections are left out, and every occurrence of theirs projected unplaced instead."""
     if not seen.spread:
         return None
     spread_ids = np.asarray(sorted(t.id for t in seen.spread), dtype=np.int64)
-    keep = ~np.isin(seen.run_task_ids, spread_ids)
+    keep = ~np.isin(task_ids, spread_ids)
     others = Runs(scheduled.offsets_s[keep], scheduled.ms[keep], scheduled.count[keep])
     nominal = [replace(t, window_seconds=0, materialized_until=seen.now) for t in seen.spread]
     lagging = [t for t in seen.lagging if t.window_seconds <= 1] + nominal

@@ -77,9 +77,19 @@ async def type_means(conn: Connection) -> dict[str, float]:
 # (asyncpg's copy_from_query wraps the SELECT in `COPY (...) TO STDOUT` itself.)
 SCHEDULED_RUNS = """
 SELECT task_id, scheduled_time FROM task_schedule WHERE status = 'scheduled' AND scheduled_time < $1
+  AND (lease_until IS NULL OR lease_until < 'infinity')  -- a paused one-off's run waits for its resume
 UNION ALL
--- Workflow steps and reduces waiting for their dependencies: they will run (counted as due now).
-SELECT task_id, scheduled_time FROM task_schedule WHERE status = 'blocked' AND scheduled_time < $1
+-- Workflow steps and reduces waiting for their dependencies: they will run (counted as due now). And runs handed out
+-- but not started (in the transport, or between two attempts): their whole compute is still to come.
+SELECT task_id, scheduled_time FROM task_schedule
+WHERE status IN ('blocked', 'queued', 'retrying') AND scheduled_time < $1
+"""
+
+# Runs under way: the compute each has used so far, for what it still needs. A few rows (the processors' slots).
+RUNNING_RUNS = """
+SELECT coalesce(array_agg(task_id), '{}') AS task_ids,
+       coalesce(array_agg(extract(epoch FROM now() - started_at)::float8 * 1000), '{}') AS elapsed_ms
+FROM task_schedule WHERE status = 'running'
 """
 # COPY binary: an 11-byte signature, 4 bytes of flags and a 4-byte extension length, then per row a field count
 # (int16) and each field's length (int32) and value, big-endian; timestamptz is int64 microseconds since
@@ -156,12 +166,15 @@ class LaggingTask:
 @dataclass(frozen=True, slots=True)
 class Upcoming:
     now: datetime  # the database's clock
-    run_task_ids: IntArray  # the scheduled runs before the horizon: their tasks...
+    run_task_ids: IntArray  # the runs not started before the horizon (scheduled, blocked, handed out): their tasks...
     run_times_s: FloatArray  # ...and times, in epoch seconds
-    cost_ids: list[int]  # sorted ids of the tasks with runs ahead...
+    cost_ids: list[int]  # sorted ids of the tasks with runs ahead or under way...
     cost_ms: list[float]  # ...and the compute a run of each needs
     lagging: list[LaggingTask]
     spread: list[LaggingTask] = field(default_factory=list)  # every task whose runs are spread
+    # The runs under way: their tasks and the compute each has used so far.
+    running_task_ids: IntArray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    running_elapsed_ms: FloatArray = field(default_factory=lambda: np.empty(0))
 
 
 def distinct_ids(ids: IntArray) -> IntArray:
@@ -177,21 +190,25 @@ def distinct_ids(ids: IntArray) -> IntArray:
     return np.flatnonzero(present).astype(np.int64)
 
 
-def _parse_with_tasks(data: bytes) -> tuple[IntArray, FloatArray, list[int]]:
+def _parse_with_tasks(data: bytes, running: IntArray) -> tuple[IntArray, FloatArray, list[int]]:
     ids, times = parse_runs(data)
-    return ids, times, distinct_ids(ids).tolist()
+    return ids, times, distinct_ids(np.concatenate([ids, running])).tolist()
 
 
 async def upcoming(conn: Connection, horizon_s: float, means: Awaitable[Mapping[str, float]]) -> Upcoming:
-    """The scheduled runs up to `horizon_s` from now and the tasks to project, in one repeatable-read snapshot.
-    `means` (ms per task type) is awaited only once the runs are read: it may be read meanwhile elsewhere."""
+    """The runs not started up to `horizon_s` from now, those under way, and the tasks to project, in one
+    repeatable-read snapshot. `means` (ms per task type) is awaited only once the runs are read: it may be read
+    meanwhile elsewhere."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         now: datetime = await conn.fetchval("SELECT now()")
         horizon = await conn.fetchval("SELECT $1::timestamptz + make_interval(secs => $2)", now, horizon_s)
         buffer = io.BytesIO()
         await conn.copy_from_query(SCHEDULED_RUNS, horizon, output=buffer, format="binary")
+        running = await conn.fetchrow(RUNNING_RUNS)
+        assert running is not None
+        running_ids = np.asarray(running["task_ids"], dtype=np.int64)
         # A million rows: parsed and sorted off the event loop.
-        ids, times, tasks = await asyncio.to_thread(_parse_with_tasks, buffer.getvalue())
+        ids, times, tasks = await asyncio.to_thread(_parse_with_tasks, buffer.getvalue(), running_ids)
         known = await means
         types, ms = list(known), list(known.values())
         costs = await conn.fetchrow(RUN_COSTS, tasks, types, ms)
@@ -206,4 +223,6 @@ async def upcoming(conn: Connection, horizon_s: float, means: Awaitable[Mapping[
         costs["ms"],
         [LaggingTask(**dict(r)) for r in lagging],
         [LaggingTask(**dict(r)) for r in spread],
+        running_ids,
+        np.asarray(running["elapsed_ms"], dtype=np.float64),
     )

@@ -8,10 +8,12 @@ import asyncpg
 
 from taskmill.db import Connection
 
-# Both from the partial index on due runs: cheap even on a large table.
+# Both from the partial index on due runs: cheap even on a large table. A paused one-off's run, held until it is
+# resumed (lease_until 'infinity'), is not waiting to be handed out.
 DUE_BACKLOG = """
 SELECT count(*) AS runs, coalesce(extract(epoch FROM now() - min(scheduled_time)), 0)::float8 AS oldest_s
 FROM task_schedule WHERE status = 'scheduled' AND scheduled_time <= now()
+  AND (lease_until IS NULL OR lease_until < 'infinity')
 """
 
 

@@ -67,8 +67,14 @@ async def revert_to_scheduled(conn: Conn, run_ids: Sequence[int], backoff_s: flo
         await conn.execute(REVERT_TO_SCHEDULED, list(run_ids), backoff_s)
 
 
+# A paused one-off's run (held until it is resumed, lease_until 'infinity') is not coming due: the first other one,
+# walking the due runs' index in order.
 NEXT_DUE_IN = """
-SELECT extract(epoch FROM min(scheduled_time) - now())::float8 - $1 FROM task_schedule WHERE status = 'scheduled'
+SELECT extract(epoch FROM min(scheduled_time) - now())::float8 - $1 FROM (
+    SELECT scheduled_time FROM task_schedule
+    WHERE status = 'scheduled' AND (lease_until IS NULL OR lease_until < 'infinity')
+    ORDER BY scheduled_time LIMIT 1
+) AS next
 """
 
 

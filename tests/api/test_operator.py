@@ -19,7 +19,7 @@ import capacity.service
 from api.app import create_app
 from api.routes import pressure
 from taskmill import broker
-from taskmill.models import Schedule
+from taskmill.models import Schedule, Task
 from taskmill.settings import Settings
 from taskmill.states import RunState
 from taskmill.store.forecasts import apportion
@@ -226,10 +226,17 @@ async def test_retrying_needs_the_write_scope(client: httpx.AsyncClient, db: asy
 # --- The listing's next and last runs ----------------------------------------------------------------------------
 
 
+async def _without_runs(db: asyncpg.Connection, name: str) -> Task:
+    """A paused one-off without its run (held while paused): the test makes the runs it needs."""
+    task = await new_task(db, name, active=False)
+    await db.execute("DELETE FROM task_schedule WHERE task_id = $1", task.id)
+    return task
+
+
 async def test_the_listing_gives_each_task_its_next_run_and_its_latest_run(
     client: httpx.AsyncClient, db: asyncpg.Connection
 ) -> None:
-    busy = await new_task(db, "busy", active=False)
+    busy = await _without_runs(db, "busy")
     await ended_run(db, busy.id, "succeeded", ago="2 hours")
     latest = await ended_run(db, busy.id, "dead", ago="1 hour")
     at = (
@@ -240,10 +247,10 @@ async def test_the_listing_gives_each_task_its_next_run_and_its_latest_run(
     upcoming = await db.fetchval(at, busy.id, timedelta(minutes=10), "scheduled")
     await db.fetchval(at, busy.id, timedelta(minutes=20), "scheduled")
     # Found beyond the day next to now, both ways (in the default partition: the test's days are not prepared).
-    rare = await new_task(db, "rare", active=False)
+    rare = await _without_runs(db, "rare")
     long_ago = await ended_run(db, rare.id, "failed", ago="3 days")
     far = await db.fetchval(at, rare.id, timedelta(days=2), "scheduled")
-    await new_task(db, "idle", active=False)
+    await _without_runs(db, "idle")
 
     page = (await client.get("/tasks", headers=READ)).json()
     listed = {t["name"]: t for t in page["items"]}

@@ -120,7 +120,7 @@ async def test_runs_weigh_their_types_history_or_their_tasks_estimate(
     assert (await make_plan(pool, History(), Options())).forecast.required_ms.sum() == 3000 * 2 + 1 * 2
 
 
-async def test_runs_no_longer_scheduled_or_of_inactive_tasks_are_not_counted(
+async def test_runs_ended_or_of_inactive_tasks_are_not_counted_and_those_handed_out_count_now(
     db: asyncpg.Connection, pool: asyncpg.Pool
 ) -> None:
     task = (await new_task(db, "n", "noop")).id  # immediate: its run is due now and waiting
@@ -131,9 +131,10 @@ async def test_runs_no_longer_scheduled_or_of_inactive_tasks_are_not_counted(
         task,
     )
     await new_task(db, "paused", schedule=Schedule(kind="cron", cron="* * * * *"), active=False)
+    await new_task(db, "paused-once", active=False)  # its run held until it is resumed
     plan = await make_plan(pool, History(), Options())
-    assert plan.forecast.runs.sum() == 2
-    assert plan.forecast.runs[0] >= 1  # the waiting run counts now
+    assert plan.forecast.runs.sum() == 3
+    assert plan.forecast.runs[0] >= 2  # the waiting run and the one in the transport count now
 
 
 async def test_an_attempt_counts_under_the_type_it_ran_as_even_after_its_task_changes_type(
@@ -167,3 +168,37 @@ def test_per_run_compute_and_distinct_ids_agree_with_sorting_for_dense_and_spars
         ms = rng.random(len(tasks)) * 1000
         assert np.array_equal(per_run(ids, tasks, ms), ms[np.searchsorted(tasks, ids)])
     assert len(distinct_ids(np.empty(0, dtype=np.int64))) == 0
+
+
+async def test_runs_handed_out_count_now_whole_and_runs_under_way_by_what_is_left_of_them(
+    db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    task = (await new_task(db, "s", "sleep", {"ms": 2000}, estimated_ms=2000)).id
+    await db.execute("DELETE FROM task_schedule WHERE task_id = $1", task)
+    await db.execute(
+        "INSERT INTO task_schedule (task_id, scheduled_time, status, started_at) "
+        "SELECT $1, now() - make_interval(secs => i) - k * interval '1 ms', s::run_status, "
+        "       CASE WHEN s = 'running' THEN now() - interval '500 ms' END "
+        "FROM generate_series(1, 40) i, unnest(ARRAY['queued', 'retrying', 'running']) WITH ORDINALITY AS u(s, k)",
+        task,
+    )
+    await db.execute(  # a run past its type's mean is still under way: it needs what is left, none
+        "INSERT INTO task_schedule (task_id, scheduled_time, status, started_at) "
+        "VALUES ($1, now() - interval '1 hour', 'running', now() - interval '10 s')",
+        task,
+    )
+    plan = await make_plan(pool, History(), Options())
+    assert plan.forecast.runs[0] == 121
+    assert plan.forecast.runs[1:].sum() == 0
+    # 80 waiting runs of 2,000 ms and 40 with 1,500 ms left: 220,000 ms, over 9,000 usable ms an instance.
+    assert plan.forecast.required_ms[0] == pytest.approx(220_000, rel=0.01)
+    assert plan.now == 25
+
+
+async def test_a_backlog_of_runs_that_need_next_to_no_compute_still_asks_for_one_processor(
+    db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    task = (await new_task(db, "instant", "noop", estimated_ms=0)).id  # its run waits: no processor is alive
+    await db.execute("UPDATE task_schedule SET status = 'queued' WHERE task_id = $1", task)
+    plan = await make_plan(pool, History(), Options())
+    assert (plan.forecast.required_ms[0], plan.now) == (0.0, 1)
