@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, overload
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
-from taskmill.models import Schedule, Task
+from taskmill.models import Schedule, SecretMap, Task
 from taskmill.store.tasks import ListedTask
 from taskmill.store.tasktypes import Registered
 from taskmill.tasktypes import BUILTIN
@@ -186,3 +186,25 @@ class BulkItem(BaseModel):
 class BulkCreated(BaseModel):
     created: int
     tasks: list[BulkItem]
+
+
+class SecretsToCompare(BaseModel):
+    """Secret values to compare with a task's stored ones (`taskmill apply`, for a file that rotates a secret)."""
+
+    model_config = ConfigDict(extra="forbid")
+    secrets: SecretMap = Field(max_length=50)
+
+
+class SecretsChanged(BaseModel):
+    changed: list[str]  # the names whose value is not the stored one (or which the task does not have)
+
+
+class StepSecretsToCompare(BaseModel):
+    """Secret values per step of a workflow, to compare with the stored ones."""
+
+    model_config = ConfigDict(extra="forbid")
+    tasks: dict[str, SecretMap] = Field(max_length=1000)
+
+
+class StepSecretsChanged(BaseModel):
+    changed: dict[str, list[str]]  # by step: the names whose value is not the stored one

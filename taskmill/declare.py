@@ -12,7 +12,7 @@ A file holds any number of documents (`---`); a directory, every *.yaml and *.ym
 Everything is checked before anything is sent: an error names its file, line and field, and nothing is applied.
 Applying is idempotent: an object whose definition matches is `unchanged` and is not written. A field the file leaves
 out means its default, except a timeout (a handler's type brings its own) and secrets, which are write-only: they
-are sent when the file names them, and compared by name. `--prune` deletes the tasks and workflows the files do not
+are sent when the file names them, and compared by name and by the keyed digest the API keeps of each value. `--prune` deletes the tasks and workflows the files do not
 name (not the runs that code made with `defer` or `spawn`), so the files are the whole truth.
 """
 
@@ -287,6 +287,7 @@ def apply(api: Api, docs: list[Document], *, dry_run: bool = False, prune: bool 
             report.append(f"{label} created{suffix}")
             continue
         changed = differences(wanted, _have(existing, wanted))
+        changed += _secrets_changed(api, doc, existing, changed)
         if not changed:
             report.append(f"{label} unchanged")
             continue
@@ -304,6 +305,31 @@ def apply(api: Api, docs: list[Document], *, dry_run: bool = False, prune: bool 
                     api.call("DELETE", f"/tasks/{obj['id']}" if kind == "task" else f"/workflows/{name}")
                 report.append(f"{kind}/{name} deleted{suffix}")
     return report
+
+
+def _secrets_changed(api: Api, doc: Document, existing: dict[str, Any], changed: list[str]) -> list[str]:
+    """The secrets the file names whose values are not the stored ones (the API compares keyed digests; nothing is
+    read back), as `secrets.NAME` or `tasks[i].secrets.NAME`. Asked only when their names match already: a write
+    follows anyway otherwise, which sends them."""
+    spec = doc.spec
+    if isinstance(spec, TaskCreate):
+        if not spec.secrets or "secrets" in changed:
+            return []
+        found = api.call("POST", f"/tasks/{existing['id']}/secrets/compare", json={"secrets": spec.secret_values()})
+        return [f"secrets.{name}" for name in found["changed"]]
+    assert isinstance(spec, WorkflowCreate)
+    if "tasks" in changed:  # the steps differ in number: all of them are sent
+        return []
+    steps = {
+        step.name: step.secret_values()
+        for i, step in enumerate(spec.tasks)
+        if step.secrets and f"tasks[{i}].secrets" not in changed
+    }
+    if not steps:
+        return []
+    found = api.call("POST", f"/workflows/{doc.name}/secrets/compare", json={"tasks": steps})["changed"]
+    index = {step.name: i for i, step in enumerate(spec.tasks)}
+    return sorted(f"tasks[{index[step]}].secrets.{name}" for step, names in found.items() for name in names)
 
 
 def _write(api: Api, doc: Document, method: str, path: str) -> None:

@@ -34,6 +34,8 @@ DEFAULT_TIMEOUT_S = 30.0
 MAX_TIMEOUT_CAP_S = 86_400.0
 # How far in the past a one-off `at` may be and still be accepted (it then runs at once).
 AT_GRACE = timedelta(seconds=60)
+# A task's secrets: names as environment variables take them, values write-only.
+SecretMap = dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], SecretStr]
 
 
 def _in_range(value: datetime) -> datetime:
@@ -148,9 +150,7 @@ class TaskBody(BaseModel):
     # 0-9, higher first: an urgent run passes a backlog (README "Priorities").
     priority: int = Field(0, ge=0, le=9)
     # Values are write-only: stored encrypted, shown by name only, masked in every repr and log line.
-    secrets: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")], SecretStr] = Field(
-        default_factory=dict, max_length=50
-    )
+    secrets: SecretMap = Field(default_factory=dict, max_length=50)
 
     def secret_values(self) -> dict[str, str]:
         return {name: value.get_secret_value() for name, value in self.secrets.items()}

@@ -107,6 +107,8 @@ CREATE TABLE tasks (
     -- taskmill.client.schedule), or the one-off row of a single run that `defer`, the submit queue or a spawning
     -- run made. Those are left out of GET /tasks unless asked for, and purged once their run is (migration 0017).
     origin              text NOT NULL DEFAULT 'api' CHECK (origin IN ('api', 'defer', 'submit', 'spawn')),
+    -- Each secret's keyed digest (taskmill/secrets.py): whether a value given is the one stored, without decrypting.
+    secret_digests      jsonb NOT NULL DEFAULT '{}',
     CHECK (CASE schedule_kind
         WHEN 'cron' THEN cron IS NOT NULL
         WHEN 'interval' THEN every_seconds IS NOT NULL

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from cryptography.fernet import Fernet
 
+from taskmill.secrets import open_sealed
 from taskmill.settings import Settings
 from taskmill.tokens import mint
 from tests.api.conftest import SECRET, served_api
@@ -167,3 +169,59 @@ async def test_get_writes_what_apply_takes_back_unchanged_and_prune_deletes_what
         "workflow/nightly-etl deleted",
     ]
     assert await db.fetchval("SELECT deleted_at IS NOT NULL FROM workflows WHERE name = 'nightly-etl'")
+
+
+SECRETS = """\
+kind: task
+name: caller
+type: noop
+schedule: {kind: interval, every_seconds: 3600}
+secrets: {TOKEN: first-value, OTHER: kept}
+---
+kind: workflow
+name: guarded
+tasks:
+  - {name: fetch, type: noop, secrets: {KEY: step-value}}
+  - {name: store, type: noop, depends_on: [fetch]}
+"""
+
+
+async def _opened(db: asyncpg.Connection, key: str, where: str) -> dict[str, str]:
+    """A task's secrets as a processor would decrypt them."""
+    sealed = await db.fetchval(f"SELECT secrets FROM tasks WHERE deleted_at IS NULL AND {where}")
+    return open_sealed(key, sealed.decode())
+
+
+async def test_a_file_that_only_rotates_a_secret_is_applied_and_says_which(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    key = Fernet.generate_key().decode()
+    served = settings.model_copy(update={"jwt_secret": SECRET, "secret_key": key})
+    path = tmp_path / "secrets.yaml"
+    path.write_text(SECRETS)
+    async with served_api(served) as (base, _):
+        env = {"TASKMILL_API": base, "TASKMILL_TOKEN": mint(SECRET, "ops", "tasks:read tasks:write")}
+        assert (await _run(env, "apply", "-f", str(path))).stdout.splitlines() == [
+            "task/caller created", "workflow/guarded created"
+        ]  # fmt: skip
+        again = await _run(env, "apply", "-f", str(path))
+        assert again.stdout.splitlines() == ["task/caller unchanged", "workflow/guarded unchanged"], again.stderr
+
+        path.write_text(SECRETS.replace("first-value", "second-value").replace("step-value", "new-step-value"))
+        dry = await _run(env, "apply", "-f", str(path), "--dry-run")
+        assert dry.stdout.splitlines() == [
+            "task/caller changed (secrets.TOKEN) (dry run)",
+            "workflow/guarded changed (tasks[0].secrets.KEY) (dry run)",
+        ], dry.stderr
+        assert (await _opened(db, key, "name = 'caller'"))["TOKEN"] == "first-value"
+        done = await _run(env, "apply", "-f", str(path))
+        assert done.stdout.splitlines() == [
+            "task/caller changed (secrets.TOKEN)", "workflow/guarded changed (tasks[0].secrets.KEY)"
+        ]  # fmt: skip
+        assert await _opened(db, key, "name = 'caller'") == {"TOKEN": "second-value", "OTHER": "kept"}
+        assert await _opened(db, key, "name = 'fetch'") == {"KEY": "new-step-value"}
+        last = await _run(env, "apply", "-f", str(path))
+        assert last.stdout.splitlines() == ["task/caller unchanged", "workflow/guarded unchanged"]
+    # The digests say nothing of the values to a reader of the database.
+    digests = await db.fetchval("SELECT secret_digests FROM tasks WHERE name = 'caller'")
+    assert set(digests) == {"TOKEN", "OTHER"} and "second-value" not in str(digests)

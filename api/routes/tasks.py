@@ -16,7 +16,17 @@ from api.auth import COMMAND, Principal
 from api.checks import Registry, body_problems, fitted
 from api.deps import AppSettings, Pool, Reader, Writer
 from api.errors import invalid
-from api.schemas import BulkCreated, BulkItem, RunPublic, TaskPage, TaskPublic, TaskType, task_types
+from api.schemas import (
+    BulkCreated,
+    BulkItem,
+    RunPublic,
+    SecretsChanged,
+    SecretsToCompare,
+    TaskPage,
+    TaskPublic,
+    TaskType,
+    task_types,
+)
 from taskmill.cron import ScheduleError
 from taskmill.db import Connection
 from taskmill.models import Instant, Task, TaskCreate
@@ -34,6 +44,7 @@ from taskmill.store.tasks import (
     delete_task,
     get_task,
     list_tasks,
+    secrets_changed,
     set_active,
     taken_names,
     update_task,
@@ -205,6 +216,23 @@ async def replace(task_id: TaskId, body: TaskCreate, db: Pool, settings: AppSett
         except asyncpg.UniqueViolationError:
             raise HTTPException(409, f"a task named {body.name!r} exists") from None
     return _found(task, task_id)
+
+
+@router.post("/tasks/{task_id}/secrets/compare", response_model=SecretsChanged)
+async def compare_secrets(
+    task_id: TaskId, body: SecretsToCompare, db: Pool, settings: AppSettings, who: Writer
+) -> SecretsChanged:
+    """Which of the given secret values are not the task's stored ones: by keyed digests, nothing is decrypted or
+    shown. `taskmill apply` asks it, so a file that only rotates a secret's value is applied. Takes what writing the
+    task takes (tasks:write, and tasks:command for a command task)."""
+    async with db.acquire() as conn:
+        existing = await _own_task(conn, task_id)
+        may_write(who, existing.type)
+        values = {name: value.get_secret_value() for name, value in body.secrets.items()}
+        found = await secrets_changed(conn, task_id, values, settings.secret_key)
+    if found is None:
+        raise HTTPException(404, f"no task {task_id}")
+    return SecretsChanged(changed=found)
 
 
 @router.put("/tasks/{task_id}/inactive", response_model=TaskPublic)

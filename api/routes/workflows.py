@@ -15,6 +15,7 @@ from api.checks import body_problems, fitted
 from api.deps import AppSettings, Pool, Reader, Writer
 from api.errors import invalid
 from api.routes.tasks import may_write
+from api.schemas import StepSecretsChanged, StepSecretsToCompare
 from taskmill.models import Schedule
 from taskmill.settings import Settings
 from taskmill.store.tasktypes import registry_for
@@ -27,6 +28,7 @@ from taskmill.store.workflows import (
     invoke,
     list_workflows,
     recent_runs,
+    step_secrets_changed,
     update_workflow,
     workflow_run,
 )
@@ -194,6 +196,19 @@ async def replace(name: Name, body: WorkflowCreate, db: Pool, settings: AppSetti
     async with db.acquire() as conn:
         updated = await update_workflow(conn, stored, spec, created_by=who.subject, secret_key=settings.secret_key)
     return WorkflowPublic.of(updated)
+
+
+@router.post("/workflows/{name}/secrets/compare", response_model=StepSecretsChanged)
+async def compare_secrets(
+    name: Name, body: StepSecretsToCompare, db: Pool, settings: AppSettings, who: Writer
+) -> StepSecretsChanged:
+    """Which of the given secret values, per step, are not the stored ones: by keyed digests, nothing is decrypted or
+    shown (`taskmill apply` asks it, so a file that only rotates a step's secret is applied)."""
+    stored = await _found(db, name)
+    may_write(who, *(s["type"] for s in stored.steps))
+    values = {step: {k: v.get_secret_value() for k, v in given.items()} for step, given in body.tasks.items()}
+    changed = await step_secrets_changed(db, stored.workflow.id, values, settings.secret_key)
+    return StepSecretsChanged(changed=changed)
 
 
 @router.delete("/workflows/{name}", status_code=204)

@@ -8,6 +8,9 @@ ALTER TABLE tasks ADD COLUMN origin text NOT NULL DEFAULT 'api' CHECK (origin IN
 UPDATE tasks SET origin = CASE WHEN parent_run_id IS NOT NULL THEN 'spawn'
                                WHEN created_by = 'submit' THEN 'submit' ELSE 'defer' END
 WHERE parent_run_id IS NOT NULL OR (name LIKE 'defer:%' AND workflow_id IS NULL);
+-- Each secret's keyed digest (taskmill/secrets.py, digests), beside the ciphertext: `taskmill apply` asks whether a
+-- file's value is the stored one (POST /tasks/{id}/secrets/compare), so a file that only rotates a secret is applied.
+ALTER TABLE tasks ADD COLUMN secret_digests jsonb NOT NULL DEFAULT '{}';
 -- The janitor's list: one-off rows by the time of their run (a deferred run's `at`, else when it was made).
 CREATE INDEX IF NOT EXISTS tasks_one_off ON tasks ((coalesce(run_at, created_at))) WHERE origin <> 'api';
 

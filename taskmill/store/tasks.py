@@ -12,7 +12,7 @@ import asyncpg
 
 from taskmill.db import Connection, jsonb
 from taskmill.models import Task, TaskCreate
-from taskmill.secrets import seal
+from taskmill.secrets import changed, digests, seal
 from taskmill.states import ScheduleKind
 from taskmill.store.runs import cancel_unpublished_runs
 from taskmill.tracing import traceparent
@@ -24,9 +24,9 @@ _COLUMNS = """name, type, payload, schedule_kind, cron, every_seconds, run_at, t
     priority"""
 
 INSERT_TASK = f"""
-INSERT INTO tasks ({_COLUMNS}, origin)
+INSERT INTO tasks ({_COLUMNS}, origin, secret_digests)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24,
-        $25, $26)
+        $25, $26, $27)
 RETURNING *
 """
 
@@ -94,6 +94,7 @@ async def create_task(
             sorted(spec.secrets),
             *_policy(spec),
             origin,
+            digests(secret_key, spec.secret_values()),
         )
         assert record is not None
         task = Task.from_record(record)
@@ -170,6 +171,7 @@ UPDATE tasks SET name = $2, type = $3, payload = $4, schedule_kind = $5, cron = 
     timeout_seconds = $14, estimated_ms = $15, materialized_until = NULL, schedule_from = now(), updated_at = now(),
     secrets = CASE WHEN $16 THEN $17 ELSE secrets END,
     secret_names = CASE WHEN $16 THEN $18 ELSE secret_names END,
+    secret_digests = CASE WHEN $16 THEN $27::jsonb ELSE secret_digests END,
     misfire = $19, misfire_grace_seconds = $20, catchup_window_seconds = $21, window_seconds = $22, overlap = $23,
     max_concurrency = $24, concurrency_key = $25, priority = $26
 WHERE id = $1
@@ -183,6 +185,7 @@ async def update_task(conn: Connection, task_id: int, spec: TaskCreate, *, secre
     cannot be read back to be sent again). None when there is no such task."""
     replace_secrets = "secrets" in spec.model_fields_set
     sealed = seal(secret_key, spec.secret_values()) if replace_secrets else None
+    digested = digests(secret_key, spec.secret_values()) if replace_secrets else {}
     s = spec.schedule
     async with conn.transaction():
         if await conn.fetchval(LOCK_TASK, task_id) is None:
@@ -196,6 +199,7 @@ async def update_task(conn: Connection, task_id: int, spec: TaskCreate, *, secre
             sealed,
             sorted(spec.secrets),
             *_policy(spec),
+            digested,
         )
         assert record is not None
         task = Task.from_record(record)
@@ -226,14 +230,14 @@ async def delete_task(conn: Connection, task_id: int) -> bool:
 # A whole batch of tasks in one statement, and the runs of its immediate and once tasks in the same one.
 INSERT_TASKS = f"""
 WITH new AS (
-    INSERT INTO tasks ({_COLUMNS})
+    INSERT INTO tasks ({_COLUMNS}, secret_digests)
     SELECT n, ty, p::jsonb, k, c, e, a, tz, act, mr, rd, b, t, est, $15, sec,
-           ARRAY(SELECT jsonb_array_elements_text(sn::jsonb)), mf, mg, cw, w, ov, mc, ck, pr
+           ARRAY(SELECT jsonb_array_elements_text(sn::jsonb)), mf, mg, cw, w, ov, mc, ck, pr, sd::jsonb
     FROM unnest($1::text[], $2::text[], $3::text[], $4::schedule_kind[], $5::text[], $6::int[], $7::timestamptz[],
                 $8::text[], $9::bool[], $10::int[], $11::float8[], $12::float8[], $13::float8[], $14::int[],
                 $16::bytea[], $17::text[], $18::text[], $19::int[], $20::int[], $21::int[], $22::text[],
-                $23::int[], $24::text[], $25::smallint[])
-        AS b(n, ty, p, k, c, e, a, tz, act, mr, rd, b, t, est, sec, sn, mf, mg, cw, w, ov, mc, ck, pr)
+                $23::int[], $24::text[], $25::smallint[], $27::text[])
+        AS b(n, ty, p, k, c, e, a, tz, act, mr, rd, b, t, est, sec, sn, mf, mg, cw, w, ov, mc, ck, pr, sd)
     RETURNING id, name, schedule_kind, run_at, active, created_by
 ), runs AS (
     -- A one-off made paused has its run held until it is resumed, as pausing it would have left it.
@@ -260,6 +264,7 @@ async def create_tasks(
         [jsonb(sorted(t.secrets)) for t in specs],
         *[list(column) for column in zip(*(_policy(t) for t in specs), strict=True)],
         traceparent(),
+        [jsonb(digests(secret_key, t.secret_values())) for t in specs],
     )
     return [(r["id"], r["name"]) for r in rows]
 
@@ -426,3 +431,17 @@ async def reseal_secrets(conn: Connection, changes: list[tuple[int, bytes, bytes
     ids, was, sealed = (list(column) for column in zip(*changes, strict=True))
     status: str = await conn.execute(RESEAL, ids, was, sealed)
     return int(status.rsplit(" ", 1)[1])
+
+
+SECRET_DIGESTS = "SELECT secret_digests FROM tasks WHERE id = $1 AND deleted_at IS NULL"
+
+
+async def secrets_changed(
+    conn: Connection | asyncpg.Pool, task_id: int, values: dict[str, str], secret_key: str
+) -> list[str] | None:
+    """The names among `values` whose value is not the task's stored one (by their keyed digests: nothing is
+    decrypted); None when there is no such task."""
+    stored = await conn.fetchrow(SECRET_DIGESTS, task_id)
+    if stored is None:
+        return None
+    return changed(secret_key, values, stored["secret_digests"])

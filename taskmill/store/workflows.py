@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 
 from taskmill.db import Connection, jsonb
-from taskmill.secrets import seal
+from taskmill.secrets import changed, digests, seal
 from taskmill.tracing import traceparent
 from taskmill.workflows import Step, Workflow, WorkflowCreate
 
@@ -46,13 +46,13 @@ RETURNING *
 INSERT_STEPS = """
 INSERT INTO tasks (workflow_id, schedule_kind, created_by, name, type, payload, max_retries, retry_delay_seconds,
                    backoff, timeout_seconds, estimated_ms, depends_on, continue_on_failure, secrets, secret_names,
-                   priority)
+                   priority, secret_digests)
 SELECT $1, 'immediate', $2, n, ty, p::jsonb, mr, rd, b, t, est,
        ARRAY(SELECT jsonb_array_elements_text(d::jsonb)), cof, sec, ARRAY(SELECT jsonb_array_elements_text(sn::jsonb)),
-       pr
+       pr, sd::jsonb
 FROM unnest($3::text[], $4::text[], $5::text[], $6::int[], $7::float8[], $8::float8[], $9::float8[], $10::int[],
-            $11::text[], $12::bool[], $13::bytea[], $14::text[], $15::smallint[])
-    AS b(n, ty, p, mr, rd, b, t, est, d, cof, sec, sn, pr)
+            $11::text[], $12::bool[], $13::bytea[], $14::text[], $15::smallint[], $16::text[])
+    AS b(n, ty, p, mr, rd, b, t, est, d, cof, sec, sn, pr, sd)
 """
 
 STEPS = f"""
@@ -175,6 +175,7 @@ async def _insert_steps(
         [seal(secret_key, s.secret_values()) for s in steps],
         [jsonb(sorted(s.secrets)) for s in steps],
         [s.priority for s in steps],
+        [jsonb(digests(secret_key, s.secret_values())) for s in steps],
     )
 
 
@@ -285,3 +286,18 @@ async def cancel_workflow_run(conn: Connection | asyncpg.Pool, run_id: int) -> b
     """Cancels the steps that have not ended (a running one is stopped by its processor) and what they spawned;
     False when the run had ended or does not exist."""
     return bool(await conn.fetch(CANCEL_RUNS, run_id, None, [*NOT_STARTED, "running", "waiting"]))
+
+
+STEP_SECRET_DIGESTS = """
+SELECT name, secret_digests FROM tasks WHERE workflow_id = $1 AND deleted_at IS NULL AND name = ANY($2::text[])
+"""
+
+
+async def step_secrets_changed(
+    conn: Connection | asyncpg.Pool, workflow_id: int, steps: dict[str, dict[str, str]], secret_key: str
+) -> dict[str, list[str]]:
+    """For each step named in `steps`, the names among its values that are not its stored ones (by their keyed
+    digests: nothing is decrypted); a step that does not exist has all of them changed."""
+    stored = {r["name"]: r["secret_digests"] for r in await conn.fetch(STEP_SECRET_DIGESTS, workflow_id, list(steps))}
+    found = {name: changed(secret_key, values, stored.get(name, {})) for name, values in steps.items()}
+    return {name: names for name, names in found.items() if names}
