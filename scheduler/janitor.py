@@ -12,11 +12,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 
 import asyncpg
 
-from taskmill.db import Connection, is_transient
+from taskmill.db import Connection, db_now, is_transient
 from taskmill.loops import wait_or_stop
 from taskmill.settings import Settings
 from taskmill.store.partitions import Retired, prepare, retire
@@ -59,7 +59,7 @@ class PurgeReport:
 async def tend_days(pool: asyncpg.Pool, retention_days: int, days_ahead: int) -> Retired:
     """Prepares the days ahead and drops those past the retention (a day goes once it ended that long ago)."""
     async with pool.acquire() as conn:
-        now: datetime = await conn.fetchval("SELECT now()")
+        now = await db_now(conn)
         made = await prepare(conn, now.astimezone(UTC).date(), days_ahead)
         retired = await retire(conn, now - timedelta(days=retention_days))
     if made:

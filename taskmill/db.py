@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -101,6 +102,12 @@ async def connect(dsn: str) -> asyncpg.Connection:
     conn: asyncpg.Connection = await asyncpg.connect(dsn)
     await _init_connection(conn)
     return conn
+
+
+async def db_now(conn: Connection | asyncpg.Pool) -> datetime:
+    """The database's clock (`now()`: the start of the transaction), which every due check and lease uses."""
+    now: datetime = await conn.fetchval("SELECT now()")
+    return now
 
 
 def jsonb(value: Any) -> str:

@@ -12,8 +12,9 @@ A file holds any number of documents (`---`); a directory, every *.yaml and *.ym
 Everything is checked before anything is sent: an error names its file, line and field, and nothing is applied.
 Applying is idempotent: an object whose definition matches is `unchanged` and is not written. A field the file leaves
 out means its default, except a timeout (a handler's type brings its own) and secrets, which are write-only: they
-are sent when the file names them, and compared by name and by the keyed digest the API keeps of each value. `--prune` deletes the tasks and workflows the files do not
-name (not the runs that code made with `defer` or `spawn`), so the files are the whole truth.
+are sent when the file names them, and compared by name and by the keyed digest the API keeps of each value.
+`--prune` deletes the tasks and workflows the files do not name (not the runs that code made with `defer` or
+`spawn`), so the files are the whole truth.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ CONSUMER_RESUBSCRIBED = Counter(
     "taskmill_consumer_resubscribed_total", "Times the processor found its consumer stopped and subscribed again"
 )
 
-# Queue pressure, kept current by the distributor and the capacity role on their own (taskmill/pressure_watch.py).
+# Queue pressure, kept current by the distributor and the capacity role on their own (taskmill/pressure.py).
 DUE_BACKLOG = Gauge("taskmill_due_backlog_runs", "Runs due and not yet handed to the transport")
 OLDEST_DUE = Gauge("taskmill_oldest_due_run_age_seconds", "How long the oldest due run not yet handed out has waited")
 QUEUE_DEPTH = Gauge("taskmill_queue_depth", "Messages ready in a queue of the transport", ["queue"])

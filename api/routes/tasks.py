@@ -28,7 +28,7 @@ from api.schemas import (
     task_types,
 )
 from taskmill.cron import ScheduleError
-from taskmill.db import Connection
+from taskmill.db import Connection, db_now
 from taskmill.models import Instant, Task, TaskCreate
 from taskmill.schedules import occurrences
 from taskmill.settings import Settings
@@ -302,7 +302,7 @@ async def backfill(task_id: TaskId, body: Backfill, db: Pool, who: Writer) -> Ba
         if task.schedule_kind not in (ScheduleKind.CRON, ScheduleKind.INTERVAL):
             reason = f"task {task_id} has a {task.schedule_kind} schedule: only cron and interval tasks backfill"
             raise HTTPException(409, reason)
-        now: datetime = await conn.fetchval("SELECT now()")
+        now = await db_now(conn)
         if body.to > now:
             raise invalid(("body", "to"), "is in the future: a backfill is of a past range")
         try:

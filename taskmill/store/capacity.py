@@ -14,7 +14,7 @@ import asyncpg
 import numpy as np
 import numpy.typing as npt
 
-from taskmill.db import Connection
+from taskmill.db import Connection, db_now
 
 Conn = Connection | asyncpg.Pool
 IntArray = npt.NDArray[np.int64]
@@ -200,7 +200,7 @@ async def upcoming(conn: Connection, horizon_s: float, means: Awaitable[Mapping[
     repeatable-read snapshot. `means` (ms per task type) is awaited only once the runs are read: it may be read
     meanwhile elsewhere."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        now: datetime = await conn.fetchval("SELECT now()")
+        now = await db_now(conn)
         horizon = await conn.fetchval("SELECT $1::timestamptz + make_interval(secs => $2)", now, horizon_s)
         buffer = io.BytesIO()
         await conn.copy_from_query(SCHEDULED_RUNS, horizon, output=buffer, format="binary")
