@@ -416,8 +416,11 @@ async def _run_one(
     within `budget_s`; with `collect`, what it wrote to the jail's spawn file comes back in `spawned`."""
     if not collect:
         return await _run_guarded(command, payload, ctx, run_as, budget_s, place, None)
-    # The guard shell copies the jail's spawn file out to this pipe, when the command is done.
+    # The guard shell copies the jail's spawn file out to this pipe, when the command is done. It opens it again
+    # through /proc, which the pipe's owner may: the run's user.
     read_end, write_end = os.pipe()
+    if run_as is not None and os.geteuid() == 0:
+        os.fchown(write_end, run_as.uid, run_as.gid)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     pipe = os.fdopen(read_end, "rb", buffering=0)
