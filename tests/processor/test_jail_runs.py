@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -110,15 +110,24 @@ ls /
 """
 
 
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory anyone on the host may enter (pytest's tmp_path lies in one of root's own, 0700), outside /tmp
+    (which a jail replaces with its own): what it holds is kept from a run by the jail alone."""
+    with tempfile.TemporaryDirectory(prefix="taskmill-jail-", dir="/var/tmp") as where:
+        Path(where).chmod(0o755)
+        yield Path(where)
+
+
 async def test_two_runs_at_once_have_uids_of_their_own_and_neither_sees_the_others_files(
-    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+    settings: Settings, db: asyncpg.Connection, open_dir: Path
 ) -> None:
     key = "zmYsdU0GTm8w7Mwc6NCrFx7wOqd0C9tAqpLbRh3nCpI="
-    key_file = tmp_path / "secret-key"
+    key_file = open_dir / "secret-key"
     key_file.write_text(key + "\n")
     key_file.chmod(0o644)
-    cache = tmp_path / "cache"
-    victim_cwd = tmp_path / "victim"
+    cache = open_dir / "cache"
+    victim_cwd = open_dir / "victim"
     victim_cwd.mkdir()
     canary = {name: f"{name}-canary-{secrets.token_hex(8)}" for name in ("cwd", "env", "tmp", "shm")}
     (victim_cwd / "cwd-secret.txt").write_text(canary["cwd"] + "\n")
@@ -170,15 +179,15 @@ async def test_two_runs_at_once_have_uids_of_their_own_and_neither_sees_the_othe
     output = seen["result"]["stdout"] + seen["result"]["stderr"]
     assert seen["status"] == "succeeded", output
     theirs = results(output)
+    for name, value in canary.items():
+        assert value not in output, f"the attacker read the victim's {name} file:\n{output}"
     # A uid each, from the range, never the same while both run.
     assert RANGE[0] <= own["uid"] <= RANGE[1] and RANGE[0] <= theirs["uid"] <= RANGE[1], output
     assert own["uid"] != theirs["uid"], output
-    for name, value in canary.items():
-        assert value not in output, f"the attacker read the victim's {name} file:\n{output}"
     assert key not in output
     shadow_first = Path("/etc/shadow").read_text().splitlines()[0]
     assert shadow_first not in output
-    assert "pyproject.toml" not in output and "site-packages" not in output  # the checkout and the venv
+    assert "pyproject.toml" not in output and "pyvenv.cfg" not in output  # the checkout and the venv
     # At the top: the system, its own /tmp and spawn file (/run), nothing of the host's homes, caches or checkouts.
     top = output.split("RESULT top=")[1].splitlines()[1:]
     assert set(top) <= SYSTEM | {"run"}, top
@@ -412,17 +421,10 @@ asyncio.run(main())
 """
 
 
-def test_a_processor_that_is_not_root_keeps_runs_in_the_same_jail() -> None:
-    # A cwd the processor's user can reach (pytest's tmp_path lies in a directory of root's own).
-    with tempfile.TemporaryDirectory(prefix="taskmill-jail-") as where:
-        Path(where).chmod(0o755)
-        work = Path(where) / "work"
-        work.mkdir()
-        work.chmod(0o777)
-        _not_root_keeps_runs_in_the_jail(work)
-
-
-def _not_root_keeps_runs_in_the_jail(work: Path) -> None:
+def test_a_processor_that_is_not_root_keeps_runs_in_the_same_jail(open_dir: Path) -> None:
+    work = open_dir / "work"  # a cwd the processor's user can reach
+    work.mkdir()
+    work.chmod(0o777)
     script = (
         "id -u; ls / | tr '\\n' ,; echo; echo x > mine && echo cwd-writable; "
         'echo \'{"type": "noop", "key": "k"}\' >> "$TASKMILL_SPAWN_FILE"'
