@@ -350,7 +350,6 @@ class Jail:
         args += ["--perms", "1777", "--size", str(min(_SHM_MB, self.disk_mb) * _MB), "--tmpfs", "/dev/shm"]
         # What is under /tmp (a cwd there) is made in the run's tmpfs, traversable.
         made = Parents(self.shown, made=["/etc", "/dev", "/proc", "/tmp", "/dev/shm"])
-        args += [*made.dir("/var/."), "--symlink", "../tmp", "/var/tmp"]
         if spawn:
             from taskmill.spawn import SPAWN_FILE_MAX_BYTES  # spawn imports the models, which import the task types
 

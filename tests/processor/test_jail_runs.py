@@ -209,12 +209,29 @@ async def test_a_run_that_writes_past_its_disk_limit_fails_saying_so_and_the_hos
     assert not Path(f"/tmp/{marker}").exists()
 
 
+async def test_a_jailed_processor_creates_what_a_command_spawns_and_its_spawn_file_is_its_own(
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    # Each line: a child; then whether the file is in the jail's own tmpfs (not the host's) and the run's own.
+    script = (
+        'printf \'%s\\n\' \'{"type": "noop", "key": "a"}\' \'{"type": "noop", "key": "b"}\' >> "$TASKMILL_SPAWN_FILE"; '
+        'stat -c "%U %s" "$TASKMILL_SPAWN_FILE"; df --output=fstype,size "$(dirname "$TASKMILL_SPAWN_FILE")" | tail -1'
+    )
+    async with jailed_processor(settings, TASKMILL_CACHE_DIR=str(tmp_path)) as proc:
+        assert (await _isolation_of(db, proc.pid)).startswith("namespaces")
+        parent = await _run(db, settings, "spawner", {"argv": ["sh", "-c", script]})
+    assert parent["status"] == "succeeded", parent
+    owner, size, fstype, blocks = parent["result"]["stdout"].split()
+    assert (owner, size, fstype, blocks) == ("taskmill-run", "58", "tmpfs", "4100")
+    children = await db.fetch("SELECT name FROM tasks WHERE name LIKE 'spawn:%' ORDER BY name")
+    assert [r["name"].rsplit(":", 1)[1] for r in children] == ["a", "b"]
+
+
 @pytest.mark.parametrize(
     ("script", "reason"),
     [
         ("python3 -c \"open('/tmp/big', 'wb').write(b'x' * 5_000_000)\"", "exit code 1: disk limit of 2 MB reached"),
         ("head -c 5000000 /dev/zero > /dev/shm/big", "exit code 1: disk limit of 2 MB reached"),
-        ("head -c 5000000 /dev/zero > /var/tmp/big", "exit code 1: disk limit of 2 MB reached"),
         ("echo x > /big", "exit code 2"),  # the jail's root is read-only: not a disk limit
     ],
 )
@@ -313,6 +330,31 @@ async def test_a_named_account_writes_its_cwd_where_a_uid_of_the_range_may_not(
     assert (named["stdout"], own["stdout"]) == ("wrote\n", "read-only\n")
     assert [p.name for p in work.iterdir()] == ["out-daemon"]
     assert (work / "out-daemon").stat().st_uid == pwd.getpwnam("daemon").pw_uid
+
+
+async def test_command_paths_are_shown_read_only_and_may_not_show_what_the_jail_hides(
+    settings: Settings, open_dir: Path
+) -> None:
+    tools = open_dir / "tools"
+    tools.mkdir()
+    (tools / "hello").write_text("#!/bin/sh\necho hello from $(dirname $0)\n")
+    (tools / "hello").chmod(0o755)
+    jail = jail_of(settings, command_paths=str(tools))
+    assert f"a minimal /etc, {tools} read-only" in jail.describe()
+    script = f"hello; touch {tools}/x 2>/dev/null || echo read-only; ls {open_dir}"
+    async with httpx.AsyncClient() as http:
+        env = {"PATH": f"{tools}:/usr/bin:/bin"}
+        result = await COMMAND.run(COMMAND.parse({"argv": ["sh", "-c", script], "env": env}), context(http, jail))
+    assert result["stdout"] == f"hello from {tools}\nread-only\ntools\n"  # nothing else of its parent
+    for paths, problem in [
+        ("/", "TASKMILL_COMMAND_PATHS: / would show what the jail hides: "),
+        ("/root", "TASKMILL_COMMAND_PATHS: /root would show what the jail hides: /root"),
+        ("/no/such/path", "TASKMILL_COMMAND_PATHS: /no/such/path does not exist on this host"),
+    ]:
+        refused = Jail.detect(settings.model_copy(update={"command_isolation": "namespaces", "command_paths": paths}))
+        assert refused.refused is not None and refused.refused.startswith(problem), refused.refused
+    with pytest.raises(ValidationError, match="'relative' is not an absolute path"):
+        Settings(command_paths="/opt,relative")
 
 
 def test_runs_hold_distinct_uids_across_processors_and_a_full_range_says_so(tmp_path: Path) -> None:
