@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -278,6 +279,43 @@ async def test_an_install_environment_is_seen_read_only_and_alone(settings: Sett
     assert seen[0][2] != seen[1][2]
 
 
+@pytest.mark.slow
+async def test_requirements_are_installed_in_the_jail_into_a_virtualenv_the_command_sees_read_only(
+    settings: Settings, open_dir: Path
+) -> None:
+    wheels = open_dir / "wheels"
+    wheels.mkdir()
+    wheel = _wheel(wheels)
+    # Offline: the wheel is on a path the jail shows, and no index is asked.
+    jail = jail_of(settings, cache_dir=str(open_dir / "cache"), command_paths=str(wheels))
+    cache = InstallCache(open_dir / "cache", 500 * 1024 * 1024)
+    script = "import sys, tmwheel; print(tmwheel.VALUE, sys.prefix); open(sys.prefix + '/x', 'w')"
+    payload = {"argv": ["python", "-c", script], "requirements": ["--no-index", str(wheel)]}
+    async with httpx.AsyncClient() as http:
+        ctx = replace(context(http, jail, install_cache=cache), timeout_seconds=120.0)
+        with pytest.raises(TaskFailed) as failed:
+            await COMMAND.run(COMMAND.parse(payload), ctx)
+    [env] = [p for p in (open_dir / "cache" / "envs").iterdir() if p.is_dir()]
+    assert failed.value.result is not None
+    assert failed.value.result["stdout"] == f"from the wheel {env}\n"
+    assert "Read-only file system" in failed.value.result["stderr"]
+
+
+def _wheel(directory: Path) -> Path:
+    """A wheel of one module, made by hand (no build backend, no index needed)."""
+    path = directory / "tmwheel-1.0-py3-none-any.whl"
+    info = "tmwheel-1.0.dist-info"
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr("tmwheel.py", "VALUE = 'from the wheel'\n")
+        wheel.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: tmwheel\nVersion: 1.0\n")
+        wheel.writestr(
+            f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        )
+        wheel.writestr(f"{info}/RECORD", "")
+    path.chmod(0o644)
+    return path
+
+
 async def test_checks_and_run_if_run_in_the_same_jail_as_a_uid_of_the_range(settings: Settings) -> None:
     jail = jail_of(settings)
     probe = "echo \"uid $(id -u) sees $(ls / | tr '\\n' ' ')\" >&2; exit 1"
@@ -355,6 +393,25 @@ async def test_command_paths_are_shown_read_only_and_may_not_show_what_the_jail_
         assert refused.refused is not None and refused.refused.startswith(problem), refused.refused
     with pytest.raises(ValidationError, match="'relative' is not an absolute path"):
         Settings(command_paths="/opt,relative")
+
+
+async def test_command_user_replaces_the_range_and_command_group_is_the_group_of_either(settings: Settings) -> None:
+    daemon = pwd.getpwnam("daemon")
+    fixed = jail_of(settings, command_user="daemon")
+    assert fixed.uids is None and fixed.describe().endswith("; as daemon")
+    grouped = jail_of(settings, command_group="daemon")
+    assert grouped.uids is not None
+    who = ["sh", "-c", "echo $(id -u) $(id -g) $(id -gn) $TOKEN"]
+    async with httpx.AsyncClient() as http:
+        as_daemon = await COMMAND.run(COMMAND.parse({"argv": who}), context(http, fixed, secrets={"TOKEN": "t1"}))
+        in_group = await COMMAND.run(COMMAND.parse({"argv": who}), context(http, grouped, secrets={"TOKEN": "t2"}))
+    assert as_daemon["stdout"].split() == [str(daemon.pw_uid), str(daemon.pw_gid), "daemon", "t1"]
+    uid, gid, group, token = in_group["stdout"].split()
+    assert RANGE[0] <= int(uid) <= RANGE[1] and (gid, group, token) == (str(daemon.pw_gid), "daemon", "t2")
+    refused = Jail.detect(
+        settings.model_copy(update={"command_isolation": "namespaces", "command_user": "", "command_group": "nogrp"})
+    )
+    assert refused.refused == "cannot run commands: no group 'nogrp' on this host"
 
 
 def test_runs_hold_distinct_uids_across_processors_and_a_full_range_says_so(tmp_path: Path) -> None:
