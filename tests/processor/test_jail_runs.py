@@ -336,21 +336,22 @@ async def test_checks_and_run_if_run_in_the_same_jail_as_a_uid_of_the_range(sett
     ("cwd", "reason", "permanent"),
     [
         ("/", "cwd '/' would show what the jail hides: /run/secrets", True),
-        ("/var/cache/taskmill/envs", "cwd '/var/cache/taskmill/envs' would show what the jail hides", True),
+        ("{cache}/envs", "cwd '{cache}/envs' would show what the jail hides: {cache}", True),
         ("relative/dir", "cwd 'relative/dir': a confined command needs an absolute path", True),
         ("/no/such/dir", "cwd '/no/such/dir': no such directory on this host", False),
     ],
 )
 async def test_a_cwd_that_would_show_what_the_jail_hides_is_refused(
-    settings: Settings, cwd: str, reason: str, permanent: bool
+    settings: Settings, tmp_path: Path, cwd: str, reason: str, permanent: bool
 ) -> None:
-    if cwd.startswith("/var/cache"):
-        Path(cwd).mkdir(parents=True, exist_ok=True)
-    jail = jail_of(settings)
+    cache = tmp_path / "cache"
+    (cache / "envs").mkdir(parents=True)
+    jail = jail_of(settings, cache_dir=str(cache))
     async with httpx.AsyncClient() as http:
         with pytest.raises(TaskFailed) as failed:
-            await COMMAND.run(COMMAND.parse({"argv": ["true"], "cwd": cwd}), context(http, jail))
-    assert failed.value.reason.startswith(reason) and failed.value.permanent == permanent, failed.value.reason
+            payload = {"argv": ["true"], "cwd": cwd.format(cache=cache)}
+            await COMMAND.run(COMMAND.parse(payload), context(http, jail))
+    assert failed.value.reason == reason.format(cache=cache) and failed.value.permanent == permanent
 
 
 async def test_a_named_account_writes_its_cwd_where_a_uid_of_the_range_may_not(
