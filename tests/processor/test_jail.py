@@ -43,8 +43,8 @@ CANARIES = {
 
 @pytest.fixture
 async def processor(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[asyncio.subprocess.Process, Path]]:
-    """A processor with the default isolation (namespaces, commands as nobody), canaries in its environment and in
-    the file its TASKMILL_SECRET_KEY_FILE names; yields it and the secret file."""
+    """A processor with the default isolation (namespaces, each run a uid of its own), canaries in its environment
+    and in the file its TASKMILL_SECRET_KEY_FILE names; yields it and the secret file."""
     key_file = tmp_path / "secret-key"
     key = "zmYsdU0GTm8w7Mwc6NCrFx7wOqd0C9tAqpLbRh3nCpI="  # a Fernet key: the canary is the key itself
     key_file.write_text(key + "\n")
@@ -140,7 +140,7 @@ async def test_a_command_cannot_read_or_signal_the_processor_and_its_output_hold
     isolation = await _isolation_of(db, proc.pid)
     # First: the isolation is in force. Only then may the command signal anything.
     assert isolation.startswith("namespaces (bubblewrap"), isolation
-    assert "pid, mount, ipc" in isolation and "as nobody" in isolation
+    assert "pid, mount, ipc" in isolation and "each run as a uid of its own from 61184-65519" in isolation
     # Another run at work meanwhile, with a secret of its own in its environment.
     victim_secret = "victim-canary-" + secrets.token_hex(16)
     victim = await new_task(db, "victim", "command", {"argv": ["sleep", "4"], "env": {"TOKEN": victim_secret}})
@@ -155,7 +155,7 @@ async def test_a_command_cannot_read_or_signal_the_processor_and_its_output_hold
     row = await _run(db, settings, "attacker", payload)
     output = row["result"]["stdout"] + row["result"]["stderr"]
     found = results(output)
-    assert found["uid"] == 65534, output
+    assert 61184 <= found["uid"] <= 65519, output
     # It did send SIGKILL to everything it could see: its own sandbox, whose guard shell died of it.
     assert (row["status"], row["error"]) == ("failed", "killed by SIGKILL"), output
     for canary in [*CANARIES.values(), victim_secret, key_file.read_text().strip(), settings.database_url]:
@@ -180,18 +180,19 @@ async def test_a_command_cannot_read_or_signal_the_processor_and_its_output_hold
 CONNECT = 'import os, socket; socket.create_connection(("127.0.0.1", int(os.environ["PORT"])), 2)'
 
 
-async def test_a_command_writes_only_its_cwd_and_a_private_tmp_and_can_be_denied_the_network(
+async def test_a_command_reads_its_cwd_writes_only_a_private_tmp_and_can_be_denied_the_network(
     settings: Settings, db: asyncpg.Connection, processor: tuple[asyncio.subprocess.Process, Path], tmp_path: Path
 ) -> None:
     proc, _ = processor
     assert (await _isolation_of(db, proc.pid)).startswith("namespaces")
     work = tmp_path / "work"
     work.mkdir()
-    work.chmod(0o777)
+    work.chmod(0o777)  # writable by anyone on the host: the jail alone keeps a uid of the range from writing it
+    (work / "input.txt").write_text("given\n")
     marker = f"taskmill-{uuid.uuid4().hex[:8]}"
     script = (
-        f"echo out > ./{marker} && echo cwd-ok; echo t > /tmp/{marker} && echo tmp-ok; "
-        f"echo x > {tmp_path}/{marker} 2>/dev/null || echo outside-refused; "
+        f"cat input.txt; echo out > ./{marker} 2>/dev/null || echo cwd-read-only; echo t > /tmp/{marker} && "
+        f"echo tmp-ok; echo x > {tmp_path}/{marker} 2>/dev/null || echo outside-refused; "
         f"python3 -c '{CONNECT}' 2>/dev/null && echo net-ok || echo net-refused"
     )
     with socket_listening() as port:
@@ -202,9 +203,9 @@ async def test_a_command_writes_only_its_cwd_and_a_private_tmp_and_can_be_denied
             db, settings, "offline",
             {"argv": ["sh", "-c", script], "cwd": str(work), "env": {"PORT": str(port)}, "network": False},
         )  # fmt: skip
-    assert online["result"]["stdout"].split() == ["cwd-ok", "tmp-ok", "outside-refused", "net-ok"]
-    assert offline["result"]["stdout"].split() == ["cwd-ok", "tmp-ok", "outside-refused", "net-refused"]
-    assert (work / marker).read_text() == "out\n"  # the cwd is the real directory
+    assert online["result"]["stdout"].split() == ["given", "cwd-read-only", "tmp-ok", "outside-refused", "net-ok"]
+    assert offline["result"]["stdout"].split() == ["given", "cwd-read-only", "tmp-ok", "outside-refused", "net-refused"]
+    assert not (work / marker).exists()
     assert not Path(f"/tmp/{marker}").exists()  # /tmp was its own
     assert not (tmp_path / marker).exists()
 
@@ -259,15 +260,14 @@ async def test_a_killed_processor_or_a_timeout_leaves_no_process_of_the_sandbox_
 def test_a_run_as_user_must_be_on_the_allow_list_and_a_refusal_names_its_reason(settings: Settings) -> None:
     jail = Jail.detect(settings.model_copy(update={"command_isolation": "namespaces", "command_user": ""}))
     assert jail.refused is None, jail.refused
-    assert jail.run_as is not None and jail.run_as.user == "nobody"
+    assert jail.run_as is None and str(jail.uids) == "61184-65519"  # a uid of their own, from the range
     with pytest.raises(Exception, match="cannot run as 'daemon': not in TASKMILL_COMMAND_USERS"):
         jail.user_for("daemon")
     allowed = replace(jail, allowed_users=frozenset({"daemon"}))
     daemon = allowed.user_for("daemon")
-    assert daemon is not None and daemon.uid == pwd.getpwnam("daemon").pw_uid
-    ran = subprocess.run(
-        allowed.argv(["id", "-un"], cwd=None, network=True, run_as=daemon), capture_output=True, text=True, timeout=10
-    )
+    assert daemon is not None and daemon.uid == pwd.getpwnam("daemon").pw_uid and daemon.account
+    with allowed.confine(["id", "-un"], run_as=daemon, network=True) as confined:
+        ran = subprocess.run(confined.argv, capture_output=True, text=True, timeout=10, pass_fds=confined.fds)
     assert ran.stdout.strip() == "daemon", ran.stderr
     missing = Jail.detect(
         settings.model_copy(update={"command_isolation": "namespaces", "bwrap": "/nonexistent/bwrap"})
@@ -282,15 +282,27 @@ def test_a_run_as_user_must_be_on_the_allow_list_and_a_refusal_names_its_reason(
 
 def test_a_processor_that_is_not_root_confines_commands_in_a_user_namespace_of_their_own(settings: Settings) -> None:
     root_jail = Jail.detect(settings.model_copy(update={"command_isolation": "namespaces", "command_user": ""}))
-    jail = replace(root_jail, root=False, run_as=None, masked=())
+    jail = replace(root_jail, root=False, run_as=None, uids=None, masked=())
     assert "as nobody in a user namespace" in jail.describe()
-    script = "id -u; ls /proc | grep -cE '^[0-9]+$'; touch /tmp/x && echo tmp-ok; touch /etc/x 2>/dev/null || echo ro"
-    argv = jail.argv(["sh", "-c", script], cwd=None, network=True, run_as=None)
-    # Started as an ordinary user, as such a processor would start it.
-    ran = subprocess.run(["runuser", "-u", "nobody", "--", *argv], capture_output=True, text=True, timeout=10)
+    script = (
+        "id -u; ls /proc | grep -cE '^[0-9]+$'; touch /tmp/x && echo tmp-ok; touch /etc/x /x 2>/dev/null || echo ro; "
+        "ls / | tr '\\n' ,; echo; head -c 3000000 /dev/zero > /tmp/big 2>/dev/null || echo full"
+    )
+    with replace(jail, disk_mb=2).confine(["sh", "-c", script], run_as=None, network=True) as confined:
+        # Started as an ordinary user, as such a processor would start it.
+        ran = subprocess.run(
+            ["runuser", "-u", "nobody", "--", *confined.argv],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            pass_fds=confined.fds,
+        )
     assert ran.returncode == 0, ran.stderr
-    uid, visible, tmp, etc = ran.stdout.split()
-    assert (uid, tmp, etc) == ("65534", "tmp-ok", "ro") and int(visible) <= 4
+    uid, visible, tmp, etc, top, full = ran.stdout.split()
+    assert (uid, tmp, etc, full) == ("65534", "tmp-ok", "ro", "full") and int(visible) <= 4
+    # The system and its own /tmp: no home, no /var/cache, no /work, no /root.
+    assert set(top.strip(",").split(",")) <= {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin",
+                                              "tmp", "usr", "var"}, top  # fmt: skip
 
 
 @pytest.mark.parametrize(
