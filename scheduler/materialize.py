@@ -106,7 +106,7 @@ async def materialize(pool: asyncpg.Pool, settings: Settings, now: datetime) -> 
 
 async def _run(pool: asyncpg.Pool, settings: Settings, p: _Pass) -> int:
     """Walks the tasks whose watermark is before `p.before` once, in id order, each as far as `p.reach` says."""
-    inserted, after = 0, 0
+    inserted, after, resume = 0, 0, 0
     while True:
         async with pool.acquire() as conn, conn.transaction():
             batch = await tasks_to_materialize(
@@ -115,7 +115,7 @@ async def _run(pool: asyncpg.Pool, settings: Settings, p: _Pass) -> int:
             if not batch:
                 return inserted
             # croniter is pure Python: expanding a large batch would stall this process's other work.
-            done, after = await asyncio.to_thread(_expand, batch, p, settings.scheduler_batch_runs)
+            done, after, resume = await asyncio.to_thread(_expand, batch, p, settings.scheduler_batch_runs, resume)
             new = await insert_runs(
                 conn, [e.task_id for e in done for _ in e.times], [t for e in done for t in e.times]
             )
@@ -124,12 +124,14 @@ async def _run(pool: asyncpg.Pool, settings: Settings, p: _Pass) -> int:
         inserted += new
 
 
-def _expand(batch: Sequence[tuple[Task, datetime | None]], p: _Pass, budget: int) -> tuple[list[_Expanded], int]:
+def _expand(
+    batch: Sequence[tuple[Task, datetime | None]], p: _Pass, budget: int, resume: int
+) -> tuple[list[_Expanded], int, int]:
     """The tasks' runs from their watermark (or the start of the day for a task never expanded) as far as the pass
-    reaches, placed in their window, at most `budget` of them; and the id the walk goes on after. A watermark
-    before today (the scheduler was down across midnight) is caught up from, back to `floor`: every expected
-    occurrence becomes a row, and the claim applies the misfire policy. The task the budget stops short of its
-    reach goes on in the next transaction, from where it stopped."""
+    reaches, placed in their window, at most `budget` of them; the id the walk goes on after, and the task the
+    budget stopped short of its reach (0: none), which goes on to it in the next transaction from where it stopped
+    (`resume`). A watermark before today (the scheduler was down across midnight) is caught up from, back to
+    `floor`: every expected occurrence becomes a row, and the claim applies the misfire policy."""
     done: list[_Expanded] = []
     after = 0
     for task, until in batch:
@@ -138,7 +140,7 @@ def _expand(batch: Sequence[tuple[Task, datetime | None]], p: _Pass, budget: int
         after = task.id
         try:
             below, target = p.reach(task)
-            if until is not None and until >= below:
+            if until is not None and until >= (target if task.id == resume else below):
                 continue  # a frequent task with enough runs ahead
             start = max(task.schedule_from, until if until is not None else p.day_start, p.floor)
             found, reached = first_runs(
@@ -153,6 +155,5 @@ def _expand(batch: Sequence[tuple[Task, datetime | None]], p: _Pass, budget: int
         done.append(_Expanded(task.id, found, reached))
         budget -= len(found)
         if reached < target:  # the budget ran out within this task
-            after = task.id - 1
-            break
-    return done, after
+            return done, task.id - 1, task.id
+    return done, after, 0
