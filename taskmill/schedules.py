@@ -66,7 +66,7 @@ def first_runs(
     step = timedelta(seconds=densest * max(limit, _WINDOW_RUNS))
     at = start
     while at < end:
-        upto = min(end, at + step)
+        upto = end if end - at <= step else at + step  # (a yearly interval's step would pass the year 9999)
         found += expand(at, upto)
         at = upto
         if len(found) > limit:

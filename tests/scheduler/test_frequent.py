@@ -8,6 +8,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -16,9 +17,11 @@ import pytest
 import scheduler.service
 from scheduler.materialize import materialize, near_term, reach
 from scheduler.workflows import horizon, materialize_workflows
+from taskmill.cron import interval_times
 from taskmill.db import create_pool
 from taskmill.logs import described
 from taskmill.models import Schedule, Task
+from taskmill.schedules import first_runs
 from taskmill.settings import Settings
 from taskmill.spread import placed
 from taskmill.states import ScheduleKind
@@ -30,7 +33,7 @@ from tests.helpers import new_task
 # A morning well ahead of the real day: the clock the scheduler is given.
 T0 = (datetime.now(UTC) + timedelta(days=40)).replace(hour=10, minute=0, second=0, microsecond=0)
 EVERY_SECOND = Schedule(kind=ScheduleKind.INTERVAL, every_seconds=1)
-MINUTE, HOUR = timedelta(minutes=1), timedelta(hours=1)
+S, MINUTE, HOUR = timedelta(seconds=1), timedelta(minutes=1), timedelta(hours=1)
 
 
 def _task(schedule: Schedule, **fields: Any) -> Task:
@@ -75,6 +78,27 @@ def test_a_task_reaches_the_horizon_unless_more_than_its_runs_ahead_fall_before_
     assert reach(every_10_s, now, horizon, 3600, 60) == (now + 5 * HOUR, now + 10 * HOUR)
     # Never less than two passes and the near term ahead, however few runs are asked for.
     assert reach(_task(EVERY_SECOND), now, horizon, 10, 60) == (now + 3 * MINUTE, now + 6 * MINUTE)
+
+
+def test_first_runs_gives_at_most_its_limit_and_the_watermark_they_reach() -> None:
+    every_second = partial(interval_times, 1, T0)
+    assert first_runs(every_second, 1.0, T0, T0 + MINUTE, 3) == (
+        _seconds(T0 + timedelta(seconds=1), T0 + 4 * S),
+        T0 + 4 * S,
+    )
+    assert first_runs(every_second, 1.0, T0, T0 + 4 * S, 100) == (_seconds(T0 + S, T0 + 4 * S), T0 + 4 * S)
+    # A catch-up of a day expands a window of runs at a time, not the day at once.
+    seen: list[timedelta] = []
+
+    def spied(start: datetime, end: datetime) -> list[datetime]:
+        seen.append(end - start)
+        return every_second(start, end)
+
+    found, until = first_runs(spied, 1.0, T0, T0 + 24 * HOUR, 2500)
+    assert (len(found), until, max(seen)) == (2500, T0 + 2501 * S, 2500 * S)
+    # An interval of a year, with a large limit, does not step past the year 9999.
+    yearly = partial(interval_times, 366 * 86400, T0)
+    assert first_runs(yearly, 366 * 86400.0, T0, T0 + 24 * HOUR, 1_000_000) == ([], T0 + 24 * HOUR)
 
 
 async def test_a_per_second_task_holds_an_hour_ahead_and_is_topped_up_once_half_of_it_is_left(
