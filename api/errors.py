@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from taskmill.db import is_transient
+from taskmill.logs import described
 from taskmill.secrets import SecretsError
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def install(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         if is_transient(exc):
             # The database went away (a restart, a failover): asking again soon may work.
-            log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+            log.warning("database unavailable on %s %s: %s", request.method, request.url.path, described(exc))
             response = problem(503, "Unavailable", "the database did not answer; try again in a moment")
             response.headers["Retry-After"] = "1"
             return response

@@ -30,6 +30,7 @@ import aio_pika
 import asyncpg
 
 from bench import capacity, cost, history, pipeline, references, workflows
+from bench.database import close_others
 from bench.references.common import database_for, drop_database
 from bench.stack import Setup, Stack
 from taskmill import topology
@@ -58,11 +59,17 @@ async def scale(conn: asyncpg.Connection, base: Setup, runs: int) -> dict[str, A
     of each role and its memory."""
     curve = []
     for distributors, processors in SCALE:
+        # No stack runs here now: the previous one's roles are reaped, their lingering sessions ended, and the
+        # tables emptied before the next one starts (not under its scheduler and distributors, nor with what the
+        # previous workload left, such as the capacity workload's recurring tasks, for its scheduler to expand).
+        await close_others(conn)
+        await pipeline.reset(conn)
         setup = Setup(processors, base.concurrency, distributors, base.queue_type)
         stack = Stack(DSN, AMQP, f"bench-{uuid.uuid4().hex[:8]}", setup)
         await stack.start()
         try:
-            line = await pipeline.burst(conn, stack, runs, await cpu_groups(conn, stack), counters=False)
+            groups = await cpu_groups(conn, stack)
+            line = await pipeline.burst(conn, stack, runs, groups, counters=False, fresh=True)
         finally:
             await stack.stop()
             await delete_broker_objects(stack.prefix)

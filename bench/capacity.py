@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.database import truncate
 from taskmill.db import create_pool
 from taskmill.planning.plan import History, Options, make_plan
 
@@ -52,7 +53,7 @@ FROM generate_series(1, $1) i
 
 
 async def run(conn: asyncpg.Connection, dsn: str, runs: int, results: int, lagging: int) -> dict[str, Any]:
-    await conn.execute("TRUNCATE tasks, task_schedule, task_results, run_audit RESTART IDENTITY CASCADE")
+    await truncate(conn)
     started = time.perf_counter()
     await conn.execute(FILL, 1000, runs)
     await conn.execute(HISTORY, results)

@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.database import truncate
 from taskmill.db import SESSION
 from taskmill.store.partitions import day_name, prepare
 
@@ -42,7 +43,7 @@ FROM generate_series(0, $3 - 1) i, LATERAL (SELECT $1::timestamptz + i * $2::int
 
 
 async def run(conn: asyncpg.Connection, runs: int, days: int) -> dict[str, Any]:
-    await conn.execute("TRUNCATE tasks, task_schedule, task_results, run_audit RESTART IDENTITY CASCADE")
+    await truncate(conn)
     await conn.execute(
         "INSERT INTO tasks (name, type, schedule_kind) SELECT 'h-' || i, 'noop', 'immediate' "
         "FROM generate_series(1, 1000) i"

@@ -21,6 +21,7 @@ import httpx
 import numpy as np
 
 from bench import cost
+from bench.database import truncate
 from bench.stack import Stack
 
 BULK = 10_000  # the API's limit per request
@@ -28,7 +29,7 @@ TERMINAL = "('succeeded', 'failed', 'dead', 'cancelled', 'skipped')"
 
 
 async def reset(conn: asyncpg.Connection) -> None:
-    await conn.execute("TRUNCATE tasks, task_schedule, task_results, run_audit RESTART IDENTITY CASCADE")
+    await truncate(conn)
 
 
 async def create(stack: Stack, tasks: list[dict[str, Any]]) -> None:
@@ -73,10 +74,18 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
 
 
 async def burst(
-    conn: asyncpg.Connection, stack: Stack, n: int, groups: dict[str, list[int]], *, counters: bool = True
+    conn: asyncpg.Connection,
+    stack: Stack,
+    n: int,
+    groups: dict[str, list[int]],
+    *,
+    counters: bool = True,
+    fresh: bool = False,
 ) -> dict[str, Any]:
-    """`counters`: wait for the database's table and index counters, and report them."""
-    await reset(conn)
+    """`counters`: wait for the database's table and index counters, and report them. `fresh`: the database was
+    emptied before the stack started (no reset under the roles' feet)."""
+    if not fresh:
+        await reset(conn)
     tasks = [{"name": f"burst-{i}", "type": "noop"} for i in range(n)]
     before = await cost.snapshot(conn, groups)
     start = await conn.fetchval("SELECT clock_timestamp()")

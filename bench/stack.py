@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import httpx
 from taskmill.tokens import mint
 
 JWT_SECRET = "bench-secret-of-at-least-thirty-two-bytes"
+_START_S = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,15 +66,24 @@ class Stack:
         for i in range(1, self.setup.processors + 1):
             await self._spawn(f"processor-{i}", "processor", "--concurrency", str(self.setup.concurrency))
         await self._spawn("api", "api", JWT_SECRET=JWT_SECRET, TASKMILL_API_PORT=str(self.port))
+        await self._api_healthy()
+        await asyncio.sleep(1.0)  # the processors subscribe
+
+    async def _api_healthy(self) -> None:
+        """Until GET /health answers 200: the roles' imports take seconds on a busy machine, more with several
+        starting at once. RuntimeError if a role exits meanwhile or the API is not up in `_START_S`."""
+        deadline = time.monotonic() + _START_S
         async with httpx.AsyncClient(base_url=self.url) as client:
-            for _ in range(100):
+            while time.monotonic() < deadline:
+                if exited := {name: p.returncode for name, p in self.procs.items() if p.returncode is not None}:
+                    raise RuntimeError(f"roles exited while the stack started: {exited}")
                 try:
-                    if (await client.get("/health")).status_code == 200:
-                        break
+                    if (await client.get("/health", timeout=5)).status_code == 200:
+                        return
                 except httpx.HTTPError:
                     pass
-                await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)  # the processors subscribe
+                await asyncio.sleep(0.2)
+        raise RuntimeError(f"the API did not answer GET /health within {_START_S:.0f} s")
 
     async def _spawn(self, name: str, *argv: str, **env: str) -> None:
         self.procs[name] = await asyncio.create_subprocess_exec(
@@ -105,6 +116,7 @@ class Stack:
         return out
 
     async def stop(self) -> None:
+        """SIGTERM to every role, SIGKILL to one still there 30 s later; returns once each is reaped."""
         for proc in self.procs.values():
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
@@ -113,3 +125,4 @@ class Stack:
                 await asyncio.wait_for(proc.wait(), 30)
             except TimeoutError:
                 proc.kill()
+                await proc.wait()

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench.database import truncate
 from bench.pipeline import percentiles, reset
 from bench.stack import Stack
 
@@ -58,7 +59,7 @@ FROM task_schedule s JOIN tasks t ON t.id = s.task_id WHERE s.workflow_run_id = 
 
 async def run(conn: asyncpg.Connection, stack: Stack, width: int, chain: int, repeats: int) -> dict[str, Any]:
     await reset(conn)
-    await conn.execute("TRUNCATE workflows, workflow_runs, run_links, run_children RESTART IDENTITY CASCADE")
+    await truncate(conn, "workflows, workflow_runs, run_links, run_children")
     headers = {"Authorization": f"Bearer {stack.token()}"}
     async with httpx.AsyncClient(base_url=stack.url, headers=headers, timeout=60) as client:
         created = await client.post("/workflows", json=definition(width, chain))

@@ -13,6 +13,7 @@ from prometheus_client import Gauge
 from capacity.provision import Hook, HookFailed, Scaler, hook_from
 from taskmill import pressure
 from taskmill.db import is_transient, role_pool
+from taskmill.logs import described
 from taskmill.loops import run_loops, wait_or_stop
 from taskmill.planning.plan import History, Options, Plan, make_plan
 from taskmill.settings import Settings
@@ -42,7 +43,7 @@ async def provision(plan: Plan, scaler: Scaler, hook: Hook | None, scale_ahead_s
         await hook(count, details)
     except HookFailed as exc:
         HOOK_FAILURES.set(1)
-        log.warning("provisioning hook failed, will retry: %s", exc, extra={"action": "provision"})
+        log.warning("provisioning hook failed, will retry: %s", described(exc), extra={"action": "provision"})
         return
     HOOK_FAILURES.set(0)
     scaler.applied(count, now)
@@ -92,7 +93,7 @@ async def _forecast_loop(
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            log.warning("forecast failed, will retry: %s", exc, extra={"action": "forecast"})
+            log.warning("forecast failed, will retry: %s", described(exc), extra={"action": "forecast"})
         else:
             REQUIRED.labels("now").set(plan.now)
             REQUIRED.labels("peak").set(plan.peak())

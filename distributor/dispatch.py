@@ -9,6 +9,7 @@ import time
 import asyncpg
 
 from taskmill.crash import NO_CRASH, Crash, CrashPoint
+from taskmill.logs import described
 from taskmill.store.runs import Outbound, revert_to_scheduled
 from taskmill.transport import Publisher
 
@@ -37,7 +38,7 @@ class Spread:
             try:
                 self._consumers = max(1, await self._publisher.consumers())
             except Exception as exc:  # the last count serves until the broker answers again
-                log.info("cannot count the processors: %s", exc)
+                log.info("cannot count the processors: %s", described(exc))
         return runs_per_message(runs, self._consumers, self._cap)
 
 

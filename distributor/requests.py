@@ -11,6 +11,7 @@ import asyncpg
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from taskmill.db import is_transient
+from taskmill.logs import described
 from taskmill.loops import Backoff, wait_or_stop
 from taskmill.settings import Settings
 from taskmill.submit import Allowed, Refused, submit
@@ -48,7 +49,7 @@ async def serve(
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                log.warning("cannot record a run request yet: %s", exc, extra={"action": "submit"})
+                log.warning("cannot record a run request yet: %s", described(exc), extra={"action": "submit"})
                 if await wait_or_stop(stop, backoff.next()):
                     return  # unacked: the broker hands it out again
                 continue
@@ -68,7 +69,7 @@ async def _refuse(publisher: Publisher, message: AbstractIncomingMessage, reason
     try:
         await publisher.publish_dead(message.body, None, reason, kind="refused request")
     except Exception as exc:  # the submit queue dead-letters what is rejected, without the reason
-        log.warning("dead-letter publish failed (%s); rejecting instead", exc, extra={"action": "submit"})
+        log.warning("dead-letter publish failed (%s); rejecting instead", described(exc), extra={"action": "submit"})
         await message.reject(requeue=False)
     else:
         await message.ack()

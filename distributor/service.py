@@ -17,6 +17,7 @@ from taskmill import pressure
 from taskmill.alerts import Alerter
 from taskmill.crash import Crash
 from taskmill.db import is_transient, role_pool
+from taskmill.logs import described
 from taskmill.loops import Backoff, pause_if_transient, run_loops, unless_stopped, wait_or_stop
 from taskmill.settings import Settings
 from taskmill.store.runs import Outbound, claim_due, next_due_in
@@ -112,7 +113,9 @@ async def _publish(
             raise
         # The database went away between the claim and the revert: the runs stay queued, and the rescuer
         # publishes them again when their lease ends.
-        log.warning("could not revert %d runs (the rescuer will): %s", len(runs), exc, extra={"action": "revert"})
+        log.warning(
+            "could not revert %d runs (the rescuer will): %s", len(runs), described(exc), extra={"action": "revert"}
+        )
 
 
 async def _rescue_loop(
@@ -124,4 +127,4 @@ async def _rescue_loop(
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            log.warning("rescue failed, will retry: %s", exc, extra={"action": "rescue"})
+            log.warning("rescue failed, will retry: %s", described(exc), extra={"action": "rescue"})

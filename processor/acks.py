@@ -13,6 +13,8 @@ import aiormq.abc
 import aiormq.exceptions
 from aio_pika.abc import AbstractIncomingMessage
 
+from taskmill.logs import described
+
 log = logging.getLogger(__name__)
 
 # What settling a delivery raises when its channel or connection has gone: the broker hands the message out again.
@@ -112,4 +114,4 @@ class Acker:
         try:
             await channel.basic_ack(tag, multiple=multiple)
         except Exception as exc:  # the channel closed: the broker redelivers, the database dedupes
-            log.warning("ack of delivery %s failed: %s", tag, exc)
+            log.warning("ack of delivery %s failed: %s", tag, described(exc))

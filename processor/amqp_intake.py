@@ -13,6 +13,7 @@ from processor.acks import CHANNEL_GONE, Acker
 from processor.intake import Delivery, Handler
 from processor.watchdog import Subscription, watch
 from taskmill.broker import probe_queue
+from taskmill.logs import described
 from taskmill.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class AmqpIntake:
         try:
             await message.nack(requeue=True)
         except CHANNEL_GONE as exc:  # the broker requeues it itself
-            log.info("requeue of delivery %s: %s", message.delivery_tag, exc)
+            log.info("requeue of delivery %s: %s", message.delivery_tag, described(exc))
         self._acker.settled(message)  # only now: until the nack is out, no multiple ack may reach over it
 
     async def reject(self, delivery: Delivery, reason: str) -> None:
@@ -64,7 +65,7 @@ class AmqpIntake:
             await message.reject(requeue=False)
         except CHANNEL_GONE as exc:
             # The channel closed: the broker hands the message out again, and it is read again.
-            log.info("reject of delivery %s: %s", message.delivery_tag, exc)
+            log.info("reject of delivery %s: %s", message.delivery_tag, described(exc))
         self._acker.settled(message)
 
     async def close(self) -> None:

@@ -12,6 +12,7 @@ import asyncpg
 from processor.gate import DueGate
 from taskmill.batcher import Batcher
 from taskmill.db import is_transient
+from taskmill.logs import described
 from taskmill.loops import Backoff
 from taskmill.messages import RunMessage
 from taskmill.store.runs import Start, StartRequest, start_runs, started_by
@@ -63,7 +64,9 @@ class Claimer:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                log.warning("cannot start run %s yet: %s", message.run_id, exc, extra={"run_id": message.run_id})
+                log.warning(
+                    "cannot start run %s yet: %s", message.run_id, described(exc), extra={"run_id": message.run_id}
+                )
                 uncertain = True
                 await asyncio.sleep(backoff.next())
                 continue

@@ -29,6 +29,7 @@ from processor.slots import Slots
 from taskmill import logs, tracing
 from taskmill.alerts import Alerter
 from taskmill.crash import Crash, CrashPoint
+from taskmill.logs import described
 from taskmill.loops import first_error
 from taskmill.messages import RunMessage, read_runs
 from taskmill.metrics import DUPLICATES, START_LATENESS
@@ -259,7 +260,9 @@ class Consumer:
             await self._publisher.publish_dead(delivery.body, run_id, reason, kind="poison")
         except Exception as exc:
             # The transport's own dead-lettering: the message still ends with the dead letters.
-            log.warning("dead-letter publish failed (%s); rejecting instead", exc, extra={"action": "poison"})
+            log.warning(
+                "dead-letter publish failed (%s); rejecting instead", described(exc), extra={"action": "poison"}
+            )
             await self._intake.reject(delivery, reason)
         else:
             self._intake.done(delivery)
@@ -271,7 +274,9 @@ class Consumer:
         try:
             await self._publisher.publish_dead(message.wire(), message.run_id, reason, kind="poison")
         except Exception as exc:
-            log.warning("dead-letter publish of run %s failed: %s", message.run_id, exc, extra={"action": "poison"})
+            log.warning(
+                "dead-letter publish of run %s failed: %s", message.run_id, described(exc), extra={"action": "poison"}
+            )
             return False
         log.error("dead-lettered run %s: %s", message.run_id, reason[:200], extra={"action": "poison"})
         return True

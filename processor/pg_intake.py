@@ -21,6 +21,7 @@ import asyncpg
 
 from processor.intake import Delivery, Handler
 from taskmill.db import is_transient
+from taskmill.logs import described
 from taskmill.loops import Backoff, pause_if_transient, unless_stopped
 from taskmill.settings import Settings
 from taskmill.store import queue
@@ -118,7 +119,7 @@ class PgIntake:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                log.warning("%s of %d messages failed (try %d): %s", what, len(messages), attempt + 1, exc)
+                log.warning("%s of %d messages failed (try %d): %s", what, len(messages), attempt + 1, described(exc))
                 await asyncio.sleep(backoff.next())
         log.warning("gave up the %s of %d messages: their leases bring them back", what, len(messages))
 
@@ -182,7 +183,7 @@ class PgIntake:
             try:
                 await queue.renew(self._pool, held, lease_s)
             except Exception as exc:  # not fatal: at worst a message is handed out twice, and dropped as a duplicate
-                log.warning("cannot renew the leases of %d messages: %s", len(held), exc)
+                log.warning("cannot renew the leases of %d messages: %s", len(held), described(exc))
 
 
 async def _first(*waits: Awaitable[object] | None) -> None:

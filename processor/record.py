@@ -17,6 +17,7 @@ from taskmill.alerts import Alerter
 from taskmill.batcher import Batcher
 from taskmill.crash import Crash, CrashPoint
 from taskmill.db import is_transient
+from taskmill.logs import described
 from taskmill.loops import Backoff
 from taskmill.messages import RunMessage
 from taskmill.metrics import RUN_SECONDS, RUNS_FINISHED
@@ -104,7 +105,9 @@ class Recorder:
             else:
                 return
         except Exception as exc:  # the row's lease brings a lost retry back through the rescuer
-            log.warning("publish after run %s failed: %s", message.run_id, exc, extra={"run_id": message.run_id})
+            log.warning(
+                "publish after run %s failed: %s", message.run_id, described(exc), extra={"run_id": message.run_id}
+            )
             return
         self._crash.at(CrashPoint.AFTER_PUBLISH)
 
@@ -121,7 +124,9 @@ class Recorder:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                log.warning("cannot record run %s yet: %s", outcome.run_id, exc, extra={"run_id": outcome.run_id})
+                log.warning(
+                    "cannot record run %s yet: %s", outcome.run_id, described(exc), extra={"run_id": outcome.run_id}
+                )
                 uncertain = True
                 await asyncio.sleep(backoff.next())
 

@@ -15,6 +15,7 @@ from processor.consume import Consumer
 from processor.intake import Intake, open_intake
 from taskmill import handlers, metrics
 from taskmill.db import create_pool, is_transient, role_pool
+from taskmill.logs import described
 from taskmill.loops import run_loops, unless_stopped, wait_or_stop
 from taskmill.settings import ConfigError, Settings
 from taskmill.store.processors import LIVE_WITHIN_S, dedicated, leave, register, seen
@@ -96,7 +97,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
         try:
             await leave(pool, worker)
         except Exception as exc:  # it ages out of /health by itself
-            log.info("could not unregister %s: %s", worker, exc)
+            log.info("could not unregister %s: %s", worker, described(exc))
         await pool.close()
 
 
@@ -147,7 +148,7 @@ async def _heartbeat(pool: asyncpg.Pool, worker: str, stop: asyncio.Event) -> No
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            log.warning("heartbeat failed, will retry: %s", exc)
+            log.warning("heartbeat failed, will retry: %s", described(exc))
 
 
 async def _wait_idle(intake: Intake, consumer: Consumer, stop: asyncio.Event) -> None:

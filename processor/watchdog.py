@@ -30,6 +30,7 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel, AbstractRobustConnection
 
 from taskmill.broker import probe_queue
+from taskmill.logs import described
 from taskmill.loops import wait_or_stop
 from taskmill.metrics import CONSUMER_RESUBSCRIBED
 from taskmill.settings import Settings
@@ -42,10 +43,6 @@ Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 # Checks found wanting in a row before acting, and failed re-subscriptions in a row before giving up.
 STRIKES = 2
 ATTEMPTS = 3
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _reraise_if_cancelled() -> None:
@@ -122,7 +119,7 @@ class Subscription:
                 async with asyncio.timeout(self._settings.publish_timeout_s):
                     await queue.cancel(tag)
             except Exception as exc:  # the channel is gone: so is the consumer
-                log.info("cancelling consumer %s: %s", tag, exc)
+                log.info("cancelling consumer %s: %s", tag, described(exc))
 
     async def resubscribe(self) -> None:
         await self.cancel()
@@ -161,7 +158,7 @@ class Subscription:
             self._last = None
             return "the work queue does not exist"
         except Exception as exc:
-            log.info("consumer check skipped: %s", _describe(exc))
+            log.info("consumer check skipped: %s", described(exc))
             self._last = None
             return None
         except asyncio.CancelledError:
@@ -201,7 +198,7 @@ async def watch(subscription: Subscription, room: Callable[[], bool], settings: 
                 "subscribing again failed (%d of %d): %s",
                 failures,
                 ATTEMPTS,
-                _describe(exc),
+                described(exc),
                 extra={"action": "resubscribe"},
             )
             if failures >= ATTEMPTS:

@@ -17,6 +17,7 @@ from datetime import UTC, timedelta
 import asyncpg
 
 from taskmill.db import Connection, db_now, is_transient
+from taskmill.logs import described
 from taskmill.loops import wait_or_stop
 from taskmill.settings import Settings
 from taskmill.store.partitions import Retired, prepare, retire
@@ -105,7 +106,7 @@ async def janitor_loop(pool: asyncpg.Pool, settings: Settings, stop: asyncio.Eve
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            log.warning("retention purge failed, will retry: %s", exc, extra={"action": "purge"})
+            log.warning("retention purge failed, will retry: %s", described(exc), extra={"action": "purge"})
         else:
             if done.runs or done.results or done.audit or done.tasks:
                 log.info(

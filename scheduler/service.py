@@ -10,9 +10,10 @@ from datetime import UTC, datetime
 import asyncpg
 
 from scheduler.janitor import janitor_loop, purge, tend_days
-from scheduler.materialize import materialize, window
+from scheduler.materialize import materialize, near_term
 from scheduler.workflows import materialize_workflows
 from taskmill.db import is_transient, role_pool
+from taskmill.logs import described
 from taskmill.loops import Backoff, run_loops, unless_stopped
 from taskmill.metrics import SCHEDULER_LAG
 from taskmill.settings import Settings
@@ -61,12 +62,13 @@ async def _materialize_once(pool: asyncpg.Pool, settings: Settings) -> bool:
     except Exception as exc:
         if not is_transient(exc):
             raise
-        log.warning("materialization failed, will retry: %s", exc, extra={"action": "materialize"})
+        log.warning("materialization failed, will retry: %s", described(exc), extra={"action": "materialize"})
         return False
     if inserted:
         log.info("materialized %d runs", inserted, extra={"action": "materialize"})
-    try:
-        SCHEDULER_LAG.set(await lag_s(pool, window(now, settings.lookahead_hours)[1]))
+    try:  # against the near term, which every task has made whatever its reach (a frequent task stops short of
+        # the horizon on purpose)
+        SCHEDULER_LAG.set(await lag_s(pool, near_term(now, settings.lookahead_hours)))
     except Exception as exc:  # a metric: the next pass tries again
-        log.info("cannot measure the scheduler's lag: %s", exc)
+        log.info("cannot measure the scheduler's lag: %s", described(exc))
     return True

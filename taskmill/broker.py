@@ -12,6 +12,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
+from taskmill.logs import described
 from taskmill.messages import amqp_message, batch_body, properties
 from taskmill.metrics import DEAD_LETTERED, PUBLISH_FAILED, PUBLISHED
 from taskmill.settings import Settings
@@ -120,7 +121,7 @@ class AmqpPublisher:
             async with asyncio.timeout(self.timeout_s):
                 channel = cast(aiormq.Channel, await self.channel.get_underlay_channel())
         except Exception as exc:
-            log.warning("cannot publish %d runs: %s", len(runs), exc)
+            log.warning("cannot publish %d runs: %s", len(runs), described(exc))
             return [False] * len(runs)
         messages = coalesce(runs, per_message)
         # One deadline for the batch, not a timer per message; what is not confirmed by then counts as failed.

@@ -43,6 +43,13 @@ def run_context(run_id: int, task_id: int) -> Iterator[None]:
         leave_run(token)
 
 
+def described(exc: BaseException) -> str:
+    """An exception for a log line: its type, and its message when it has one (a TimeoutError has none, and a
+    line that ends "failed: " says nothing)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 class ContextFilter(logging.Filter):
     """Adds the role, the run in hand and the current span's ids to every record that lacks them."""
 

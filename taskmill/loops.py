@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 from taskmill.db import is_transient
+from taskmill.logs import described
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ async def pause_if_transient(exc: Exception, backoff: Backoff, stop: asyncio.Eve
     if not is_transient(exc):
         raise exc
     pause = backoff.next()
-    log.warning("%s failed, will retry in %.1f s: %s", what, pause, exc, extra={"action": what})
+    log.warning("%s failed, will retry in %.1f s: %s", what, pause, described(exc), extra={"action": what})
     await wait_or_stop(stop, pause)
 
 

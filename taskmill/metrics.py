@@ -37,7 +37,7 @@ QUEUE_DEPTH = Gauge("taskmill_queue_depth", "Messages ready in a queue of the tr
 PROCESSORS_LIVE = Gauge("taskmill_processors_live", "Processors whose heartbeat is recent")
 SCHEDULER_LAG = Gauge(
     "taskmill_scheduler_lag_seconds",
-    "How far the scheduler's least advanced watermark is behind the horizon it keeps materialized (0: caught up)",
+    "How far the least advanced watermark is behind the near term (2 min) every task has made (0: caught up)",
 )
 HTTP_REQUESTS = Counter("taskmill_http_requests_total", "API requests answered", ["method", "route", "status"])
 HTTP_SECONDS = Histogram(

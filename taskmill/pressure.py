@@ -9,6 +9,7 @@ import logging
 
 import asyncpg
 
+from taskmill.logs import described
 from taskmill.loops import wait_or_stop
 from taskmill.metrics import DUE_BACKLOG, OLDEST_DUE, PROCESSORS_LIVE, QUEUE_DEPTH
 from taskmill.settings import Settings
@@ -37,7 +38,7 @@ async def keep_current(pool: asyncpg.Pool, publisher: Publisher | None, interval
         try:
             await measure(pool, publisher)
         except Exception as exc:
-            log.info("cannot measure the queue pressure: %s", exc, extra={"action": "pressure"})
+            log.info("cannot measure the queue pressure: %s", described(exc), extra={"action": "pressure"})
         if await wait_or_stop(stop, interval_s):
             return
 
@@ -51,5 +52,5 @@ async def open_for_depths(settings: Settings, name: str, pool: asyncpg.Pool) -> 
         async with asyncio.timeout(settings.publish_timeout_s):
             return await open_link(settings, name, pool)
     except Exception as exc:
-        log.warning("no queue depths: cannot reach the transport: %s", exc, extra={"action": "pressure"})
+        log.warning("no queue depths: cannot reach the transport: %s", described(exc), extra={"action": "pressure"})
         return None

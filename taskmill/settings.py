@@ -130,8 +130,14 @@ class Settings(BaseSettings):
 
     # scheduler
     scheduler_interval_s: float = Field(60.0, gt=0, le=3600)
+    # Tasks locked per transaction, and most runs one statement inserts: bounded work whatever the schedules.
     scheduler_batch: int = Field(500, ge=1, le=100_000)
+    scheduler_batch_runs: int = Field(20_000, ge=100, le=1_000_000)
+    # Runs are materialized for the UTC day, and far enough past midnight that this many hours ahead always are...
     lookahead_hours: float = Field(3.0, ge=0, le=48)
+    # ...unless that is more than this many runs of a task: then as far as these reach (an hour of a per-second
+    # task), topped up once half of them are left. The capacity forecast projects the runs past a task's watermark.
+    scheduler_runs_ahead: int = Field(3600, ge=10, le=1_000_000)
     # Segmentation: replica `scheduler_segment` of `scheduler_segments` takes tasks with id % segments == segment.
     scheduler_segments: int = Field(1, ge=1, le=1024)
     scheduler_segment: int = Field(0, ge=0, le=1023)

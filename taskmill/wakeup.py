@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 
 from taskmill.db import is_transient
+from taskmill.logs import described
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class Wakeup:
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            log.warning("cannot listen on %s: %s", self._channel, exc)
+            log.warning("cannot listen on %s: %s", self._channel, described(exc))
             if conn is not None:
                 conn.terminate()
             self._conn = None

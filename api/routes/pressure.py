@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from api.deps import AppSettings, Pool, Reader, TypeHistory
 from taskmill.broker import queue_depths
+from taskmill.logs import described
 from taskmill.planning.plan import Options, make_plan
 from taskmill.store import queue
 from taskmill.store.pressure import due_backlog
@@ -85,7 +86,7 @@ async def _broker_depths(broker: AbstractRobustConnection, prefix: str, db: Pool
         async with asyncio.timeout(PROBE_TIMEOUT_S):
             depths = await queue_depths(broker, Names(prefix), type_sets)
     except (TimeoutError, ConnectionError, aiormq.exceptions.AMQPError) as exc:
-        log.info("cannot read the queue depths: %r", exc, extra={"action": "pressure"})
+        log.info("cannot read the queue depths: %s", described(exc), extra={"action": "pressure"})
         return {}, f"the broker did not answer: {type(exc).__name__}: {exc}" if str(
             exc
         ) else "the broker did not answer in time"

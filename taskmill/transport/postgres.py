@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from taskmill.db import is_transient
+from taskmill.logs import described
 from taskmill.messages import batch_body
 from taskmill.metrics import DEAD_LETTERED, PUBLISH_FAILED, PUBLISHED
 from taskmill.states import RunState
@@ -38,7 +39,7 @@ class PgPublisher:
             if not is_transient(exc) and not isinstance(exc, TimeoutError):
                 raise
             PUBLISH_FAILED.inc(len(runs))
-            log.warning("cannot publish %d runs: %s", len(runs), exc)
+            log.warning("cannot publish %d runs: %s", len(runs), described(exc))
             return [False] * len(runs)
         PUBLISHED.inc(len(runs))
         DEAD_LETTERED.labels("gave up").inc(sum(1 for m in messages if m.reason is not None))

@@ -11,6 +11,7 @@ import time
 
 import asyncpg
 
+from taskmill.logs import described
 from taskmill.store.processors import LIVE_WITHIN_S, dedicated
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Routes:
                     try:
                         found = await dedicated(self._pool, LIVE_WITHIN_S)
                     except Exception as exc:
-                        log.info("cannot read the dedicated processors: %s", exc)
+                        log.info("cannot read the dedicated processors: %s", described(exc))
                     else:
                         self._types = frozenset(t for types in found.values() for t in types)
                         self._sets = sorted({tuple(sorted(types)): list(types) for types in found.values()}.values())

@@ -202,3 +202,23 @@ async def test_a_backlog_of_runs_that_need_next_to_no_compute_still_asks_for_one
     await db.execute("UPDATE task_schedule SET status = 'queued' WHERE task_id = $1", task)
     plan = await make_plan(pool, History(), Options())
     assert (plan.forecast.required_ms[0], plan.now) == (0.0, 1)
+
+
+async def test_a_per_second_task_is_forecast_at_3600_runs_an_hour_though_an_hour_of_it_is_rows(
+    settings: Settings, db: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """The scheduler holds an hour of a per-second task's runs (TASKMILL_SCHEDULER_RUNS_AHEAD); the forecast
+    projects the rest from its watermark, so every hour of the horizon counts all its runs before and after."""
+    await new_task(db, "every-second", schedule=Schedule(kind="interval", every_seconds=1))
+    await new_task(db, "every-second-cron", schedule=Schedule(kind="cron", cron="* * * * * *"))
+    options = Options(horizon_s=3 * 3600, bucket_s=3600)
+
+    async def scheduler_runs() -> None:
+        await materialize(pool, settings, datetime.now(UTC))
+
+    before, after = await plan_twice(pool, options, scheduler_runs)
+    assert await db.fetchval("SELECT count(*) FROM task_schedule") <= 2 * 3600 + 120  # an hour of each, not a day
+    # The whole hours after the current one: 3600 runs of each task.
+    assert before.forecast.runs[1:3].tolist() == [2 * 3600, 2 * 3600]
+    assert after.forecast.runs.tolist() == before.forecast.runs.tolist()
+    assert 0 < after.forecast.projected_runs.sum() < after.forecast.runs.sum()  # the rows, and the rest projected
