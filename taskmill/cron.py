@@ -18,6 +18,7 @@ and `LW` (the last weekday); in the day of week `nL` (the last such day of the m
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -283,3 +284,11 @@ def interval_times(every_seconds: int, anchor: datetime, start: datetime, end: d
         out.append(t)
         t += step
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def shortest_gap_s(expr: str, timezone: str, count: int = 200) -> float | None:
+    """The shortest time between two of the next `count` firings of `expr` in `timezone` (None: fewer than two), the
+    most a spread window may be: a wider one could place an occurrence at or past the next (taskmill/spread.py)."""
+    runs = next_times(expr, zone(timezone), datetime.now(UTC), count)
+    return min((b - a).total_seconds() for a, b in itertools.pairwise(runs)) if len(runs) > 1 else None

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from taskmill.cron import ScheduleError, validate_cron, zone
+from taskmill.cron import ScheduleError, shortest_gap_s, validate_cron, zone
 from taskmill.states import ScheduleKind
 from taskmill.tasktypes import BUILTIN
 
@@ -225,6 +225,16 @@ class TaskCreate(TaskBody):
         every = self.schedule.every_seconds
         if self.window_seconds and kind is ScheduleKind.INTERVAL and every is not None and self.window_seconds > every:
             raise ValueError(f"window_seconds: at most the interval ({every} s), or occurrences would change order")
+        cron = self.schedule.cron
+        # Past 60 s (a second for six fields) a window may be wider than the gaps between a cron's firings: two
+        # occurrences would then change order or be placed at one instant, where the second would be lost.
+        if self.window_seconds > 1 and kind is ScheduleKind.CRON and cron is not None:
+            gap = shortest_gap_s(cron, self.schedule.timezone)
+            if gap is not None and self.window_seconds > gap:
+                raise ValueError(
+                    f"window_seconds: at most the shortest gap between the schedule's occurrences ({gap:g} s), or "
+                    "occurrences would change order or fall at one instant"
+                )
         return self
 
 

@@ -233,6 +233,15 @@ async def test_a_thousand_tasks_at_the_hour_spread_over_their_window_each_placed
         headers=WRITE,
     )  # fmt: skip
     assert refused.status_code == 422 and "window_seconds: at most the interval (60 s)" in refused.text
+    # A cron's window as well: wider than the gap between two of its firings, occurrences could be placed at one
+    # instant, and the second would be lost.
+    for cron, gap in (("*/5 * * * *", 300), ("0 9,10 * * *", 3600), ("*/2 * * * * *", 2)):
+        wide = {**tasks[0], "name": "wide", "schedule": {"kind": "cron", "cron": cron}, "window_seconds": gap + 1}
+        refused = await client.post("/tasks", json=wide, headers=WRITE)
+        assert refused.status_code == 422, refused.text
+        assert f"window_seconds: at most the shortest gap between the schedule's occurrences ({gap} s)" in refused.text
+        assert (await client.post("/tasks", json={**wide, "window_seconds": gap}, headers=WRITE)).status_code == 201
+        await db.execute("DELETE FROM tasks WHERE name = 'wide'")
     await db.execute("UPDATE tasks SET schedule_from = $1", DAY)
     now = DAY + timedelta(hours=10, minutes=30)
     await asyncio.gather(*(materialize(pool, settings, now) for _ in range(3)))  # three replicas at once
