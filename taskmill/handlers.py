@@ -94,7 +94,7 @@ class Context:
     task_id: int
     attempt: int  # 1 for the first try
     scheduled_time: datetime
-    conn: Connection  # inside the handler's own transaction
+    conn: Connection  # inside the handler's own transaction (an async def handler's: a def handler has none)
     log: RunLog
     flow: Flow | None = None
 

@@ -49,6 +49,11 @@ class WorkerPool:
         self._starting: set[asyncio.Task[_Worker]] = set()
         self._closed = False
 
+    @property
+    def idle(self) -> int:
+        """Workers started and waiting for a call."""
+        return len(self._idle)
+
     def warm(self) -> None:
         """Starts the forkserver (most of a second) in the background; no worker yet."""
         self._forker_task()
@@ -93,7 +98,9 @@ class WorkerPool:
     def _forker_task(self) -> asyncio.Task[_Forker]:
         """The forkserver, started again if it failed to start or has died since."""
         known = self._forker
-        if known is None or (known.done() and (known.exception() is not None or known.result().gone)):
+        if known is None or (
+            known.done() and (known.cancelled() or known.exception() is not None or known.result().gone)
+        ):
             self._forker = asyncio.get_running_loop().create_task(_Forker.start(self._setup, self._lost_forker))
         assert self._forker is not None
         return self._forker

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -113,3 +114,32 @@ def misuse(ctx: Context, payload: Misuse) -> object:
 def pid(ctx: Context, payload: BaseModel) -> int:
     """The process it ran in."""
     return os.getpid()
+
+
+class Stubborn(BaseModel):
+    path: str
+    cleanup_s: float = Field(ge=0, le=60)
+
+
+@handler("blocking.stubborn", payload=Stubborn)
+def stubborn(ctx: Context, payload: Stubborn) -> None:
+    """Sleeps until stopped, then takes `cleanup_s` to clean up (in a `finally`, which SIGTERM lets run)."""
+    mark(payload.path, "start", ctx)
+    try:
+        time.sleep(60)
+    finally:
+        mark(payload.path, "cleanup", ctx)
+        time.sleep(payload.cleanup_s)
+        mark(payload.path, "cleaned", ctx)
+
+
+@handler("blocking.stray")
+def stray(ctx: Context, payload: BaseModel) -> str:
+    """Returns at once, leaving a thread that logs through its ctx a moment later."""
+
+    def late() -> None:
+        time.sleep(0.3)
+        ctx.log.info("a line after the call ended")
+
+    threading.Thread(target=late, daemon=True).start()
+    return "done"
