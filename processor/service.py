@@ -48,12 +48,13 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
     pool = await role_pool(settings.database_url, max_size=4)
     # Each handler attempt holds a connection for its transaction: as many as runs at once.
     handler_pool = await create_pool(settings.database_url, max_size=settings.concurrency) if served else None
-    workers = _worker_pool(settings, served)
     http = http_client(settings.http_allow_hosts, settings.http_deny_hosts)
     link: Link | None = None
+    workers: WorkerPool | None = None
     try:
         link = await open_link(settings, "taskmill-processor", pool)
         types = await _dedicated_to(pool, settings, served, worker) if settings.type_patterns else None
+        workers = _worker_pool(settings, [h for h in served if types is None or h.name in types])
         _say_isolation(jail)
         await register_types(pool, [_registration(h) for h in served], worker)
         await register(pool, worker, jail.describe(), [h.name for h in served], types)
@@ -130,8 +131,8 @@ async def _dedicated_to(
 
 
 def _worker_pool(settings: Settings, served: list[handlers.Handler]) -> WorkerPool | None:
-    """Worker processes for the plain `def` handlers, if any is served: at most one per execution slot, none started
-    before a call needs it (the forkserver they are forked from starts now)."""
+    """Worker processes for the plain `def` handlers, if this processor runs any: at most one per execution slot,
+    none started before a call needs it (the forkserver they are forked from starts now)."""
     if all(h.is_async for h in served):
         return None
     workers = WorkerPool(
