@@ -59,7 +59,7 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 def main(sock: socket.socket, setup: Setup) -> None:
-    """The worker's life (the target of its multiprocessing.Process)."""
+    """The worker's life, in the process the forkserver forked for it (taskmill/workerpool/forker.py)."""
     os.setsid()
     threading.Thread(target=_die_with_processor, args=(sock.fileno(),), name="taskmill-watch", daemon=True).start()
     signal.signal(signal.SIGTERM, _stop)
@@ -84,8 +84,8 @@ def main(sock: socket.socket, setup: Setup) -> None:
             reply = _serve(number, data, send)
             try:
                 send(reply)
-            except (TypeError, ValueError) as exc:  # a TaskFailed's result that is no JSON
-                send({"call": number, "raised": f"TaskFailed with a result that is no JSON: {exc}", "trace": ""})
+            except (TypeError, ValueError, RecursionError) as exc:  # a TaskFailed's result that cannot be JSON
+                send({"call": number, "raised": f"TaskFailed with a result that cannot be JSON: {exc}", "trace": ""})
     except _Stopped:
         _flush()
         os._exit(128 + signal.SIGTERM)

@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 from types import FrameType
 
 from taskmill.workerpool import child, wire  # taskmill, imported once for every worker
@@ -47,6 +48,14 @@ def main(fd: int) -> None:
         control.sendall(wire.answer(reply))
 
     send({"ready": os.getpid()})
+    with contextlib.suppress(OSError):  # the processor is gone
+        _serve(control, setup, woken, wake, send)
+
+
+def _serve(
+    control: socket.socket, setup: child.Setup, woken: int, wake: int, send: Callable[[dict[str, object]], None]
+) -> None:
+    """Forks a worker per request, and reports the workers that exited, until the processor's end closes."""
     with selectors.DefaultSelector() as selector:
         selector.register(control, selectors.EVENT_READ)
         selector.register(woken, selectors.EVENT_READ)

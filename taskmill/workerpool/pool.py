@@ -32,6 +32,8 @@ T = TypeVar("T")
 TERM_GRACE_S = 2.0
 # A worker whose socket closed (it died) is given this long to be reaped before its group is SIGKILLed.
 _EXIT_WAIT_S = 5.0
+# The forkserver (importing taskmill) and a worker (importing the handlers' modules) are ready within this, or killed.
+_READY_WAIT_S = 60.0
 
 OnLog = Callable[[int, str], None]
 
@@ -87,9 +89,10 @@ class WorkerPool:
     async def close(self) -> None:
         """Kills every worker and the forkserver, and waits for them; the pool takes no more calls."""
         self._closed = True
-        await asyncio.gather(*self._starting, return_exceptions=True)
         self._idle.clear()
         await asyncio.gather(*(self._kill(worker) for worker in list(self._workers)))
+        await asyncio.gather(*self._starting, return_exceptions=True)  # their workers, just killed, never got ready
+        await asyncio.gather(*(self._kill(worker) for worker in list(self._workers)))  # forked meanwhile
         if self._forker is not None:
             await asyncio.gather(self._forker, return_exceptions=True)
             if not self._forker.cancelled() and self._forker.exception() is None:
@@ -155,7 +158,10 @@ class WorkerPool:
         reader, writer = await asyncio.open_unix_connection(sock=mine)
         worker = _Worker(pid, exit, reader, writer)
         self._workers.add(worker)
-        hello = await wire.read(reader)
+        try:
+            hello = await asyncio.wait_for(wire.read(reader), _READY_WAIT_S)
+        except TimeoutError:
+            hello = {"broken": f"not ready after {_READY_WAIT_S:g} s (importing {', '.join(self._setup.imports)})"}
         if hello is None or "ready" not in hello:
             why = hello["broken"] if hello else await worker.death()
             await self._kill(worker)
@@ -231,10 +237,13 @@ class _Forker:
         given = {"sys_path": sys.path, "imports": setup.imports, "log_level": setup.log_level,
                  "log_format": setup.log_format}  # fmt: skip
         writer.write(wire.frame(json.dumps(given).encode()))
-        hello = await wire.read(reader)
+        try:
+            hello = await asyncio.wait_for(wire.read(reader), _READY_WAIT_S)
+        except TimeoutError:
+            hello = None
         if hello is None or "ready" not in hello:
             await forker.close()
-            raise RuntimeError(f"it exited with code {proc.returncode}")
+            raise RuntimeError(f"it did not get ready (exit code {proc.returncode})")
         forker._reading = asyncio.get_running_loop().create_task(forker._read())
         log.info("forkserver for def handlers started (process %s)", proc.pid)
         return forker

@@ -89,7 +89,8 @@ def frame(data: bytes) -> bytes:
 
 
 def answer(reply: dict[str, Any]) -> bytes:
-    return frame(json.dumps(reply).encode())
+    """An answer's frame; what JSON lacks (in a TaskFailed's result) as its str(), as the processor stores it."""
+    return frame(json.dumps(reply, default=str).encode())
 
 
 def receive(sock: socket.socket) -> bytes | None:
