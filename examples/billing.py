@@ -41,6 +41,7 @@ class Report(BaseModel):
 
 @handler("billing.monthly_report", payload=Report)
 def monthly_report(ctx: Context, payload: Report) -> dict[str, object]:
-    """A plain function runs in a thread: blocking code (a CSV export, a PDF) holds no other run back."""
+    """A plain function runs in a worker process: blocking code (a CSV export, a PDF) holds no other run back, and
+    past its timeout it is killed, not left running beside its retry."""
     ctx.log.info("report for %s", payload.month)
     return {"month": payload.month, "rows": 0}

@@ -40,6 +40,7 @@ from taskmill.store.runs import Start
 from taskmill.tasktypes.jail import Jail
 from taskmill.tracing import SpanKind
 from taskmill.transport import Publisher
+from taskmill.workerpool.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class Consumer:
         worker: str,
         intake: Intake,
         handler_pool: asyncpg.Pool | None = None,
+        workers: WorkerPool | None = None,
     ) -> None:
         self._settings = settings
         self._publisher = publisher
@@ -86,6 +88,7 @@ class Consumer:
         self._intake = intake
         self._handler_pool = handler_pool  # Python handlers' transactions (taskmill/handlers.py)
         self._spawn_pool = handler_pool or pool  # where http and command runs' spawns are created
+        self._workers = workers  # where plain def handlers run (taskmill/workerpool/)
         # Runs executing at once: a message may carry several (a slot is taken before each claim).
         self._slots = Slots(settings.concurrency)
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -243,7 +246,9 @@ class Consumer:
         if message.attempt == 1:
             START_LATENESS.observe(max(0.0, (datetime.now(UTC) - message.due_at()).total_seconds()))
         try:
-            ctx = context(message, self._settings, self._http, self._jail, self._handler_pool, self._spawn_pool)
+            ctx = context(
+                message, self._settings, self._http, self._jail, self._handler_pool, self._spawn_pool, self._workers
+            )
         except SecretsError as exc:
             # No attempt on this processor can read it: the run is dead and its message dead-lettered, retries or not.
             await self._recorder.record(message, Attempt(False, None, str(exc), 0.0, permanent=True), RunState.DEAD)

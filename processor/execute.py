@@ -23,6 +23,7 @@ from taskmill.spawn import Flow, Parent, SpawnError
 from taskmill.tasktypes import BUILTIN, RunContext, TaskFailed, TaskSkipped
 from taskmill.tasktypes.install import InstallCache, default_root
 from taskmill.tasktypes.jail import Jail
+from taskmill.workerpool.pool import WorkerPool
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ def context(
     jail: Jail,
     pool: asyncpg.Pool | None = None,
     spawn_pool: asyncpg.Pool | None = None,
+    workers: WorkerPool | None = None,
 ) -> RunContext:
     """What the attempt runs with: its timeout (at most this processor's), limits and decrypted secrets, and (given
     a pool to create them with) what it may spawn. Raises SecretsError when this processor cannot read the
@@ -76,6 +78,7 @@ def context(
         install_cache=install_cache(settings),
         flow=Flow(parent) if spawn_pool is not None or pool is not None else None,
         spawn_pool=spawn_pool,
+        workers=workers,
     )
 
 

@@ -25,6 +25,8 @@ from taskmill.tasktypes import BUILTIN
 from taskmill.tasktypes.http import http_client
 from taskmill.tasktypes.jail import Jail
 from taskmill.transport import Link, open_link
+from taskmill.workerpool.child import Setup
+from taskmill.workerpool.pool import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +51,21 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
     handler_pool = await create_pool(settings.database_url, max_size=settings.concurrency) if served else None
     http = http_client(settings.http_allow_hosts, settings.http_deny_hosts)
     link: Link | None = None
+    workers: WorkerPool | None = None
     try:
         link = await open_link(settings, "taskmill-processor", pool)
         types = await _dedicated_to(pool, settings, served, worker) if settings.type_patterns else None
+        workers = _worker_pool(settings, [h for h in served if types is None or h.name in types])
         _say_isolation(jail)
         await register_types(pool, [_registration(h) for h in served], worker)
         await register(pool, worker, jail.describe(), [h.name for h in served], types)
         intake = open_intake(link, settings, pool, worker, types)
-        consumer = Consumer(settings, pool, link.publisher, http, jail, worker, intake, handler_pool)
+        consumer = Consumer(settings, pool, link.publisher, http, jail, worker, intake, handler_pool, workers)
         consumer.start()
         served_types = types if types is not None else [*BUILTIN, *(h.name for h in served)]
         metrics.serving(served_types, settings.concurrency, consumer.slots_busy)
+        if workers is not None:
+            await workers.ready()  # started with the processor: def handlers' first runs do not wait for it
         await intake.subscribe(consumer.on_message)
         log.info(
             "processor ready: %d runs at once, over %s%s%s",
@@ -89,6 +95,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
             await intake.cancel()
             await consumer.drain()
     finally:
+        if workers is not None:
+            await workers.close()  # after the drain: no call of a def handler is left running
         await http.aclose()
         if link is not None:
             await link.close()
@@ -121,6 +129,18 @@ async def _dedicated_to(
                 f"dedicated to {', '.join(sorted(theirs))}: processors dedicated to a type must share one --types"
             )
     return sorted(chosen)
+
+
+def _worker_pool(settings: Settings, served: list[handlers.Handler]) -> WorkerPool | None:
+    """Worker processes for the plain `def` handlers, if this processor runs any: at most one per execution slot,
+    none started before a call needs it (the forkserver they are forked from starts now)."""
+    if all(h.is_async for h in served):
+        return None
+    workers = WorkerPool(
+        Setup(tuple(settings.import_list), settings.log_level, settings.log_format), settings.concurrency
+    )
+    workers.warm()
+    return workers
 
 
 def _registration(handler: handlers.Handler) -> Registered:

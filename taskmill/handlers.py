@@ -14,13 +14,15 @@
 `taskmill processor --import billing.tasks` imports the module, which registers its handlers here; the handler's
 name is a task type. Each attempt runs in a database transaction of its own (`ctx.conn`), committed when the handler
 returns and rolled back when it raises; the run's status is recorded outside it, so a rolled-back handler still ends
-failed or retrying with its error (seed 001). A plain `def` handler runs in a thread (its `ctx.conn` belongs to the
-event loop: it has no database access of its own).
+failed or retrying with its error (seed 001).
+
+A plain `def` handler runs in a worker process of the processor's (taskmill/workerpool/), so that one stopped by its
+timeout or a cancel is killed, where a thread would run on beside the retry. It has no `ctx.conn` there (using it
+fails, naming the problem); its log lines, result, exception and wait_for_children() come back to the processor.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 import logging
@@ -37,6 +39,7 @@ from taskmill.db import Connection
 from taskmill.models import HANDLER_NAME
 from taskmill.spawn import Child, Flow, Input, SpawnError, SpawnSpec, inputs, spec_of
 from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskType, cap_text
+from taskmill.workerpool import wire
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,10 @@ class RunLog:
         self._extra = {"run_id": run_id, "task_id": task_id}
 
     def _add(self, level: int, message: str, *args: object) -> None:
-        text = message % args if args else message
+        self.add(level, message % args if args else message)
+
+    def add(self, level: int, text: str) -> None:
+        """A line as written (a worker process's, taskmill/workerpool/)."""
         self._lines.append(f"{logging.getLevelName(level)} {text}")
         log.log(level, text, extra=self._extra)
 
@@ -88,7 +94,7 @@ class Context:
     task_id: int
     attempt: int  # 1 for the first try
     scheduled_time: datetime
-    conn: Connection  # inside the handler's own transaction
+    conn: Connection  # inside the handler's own transaction (an async def handler's: a def handler has none)
     log: RunLog
     flow: Flow | None = None
 
@@ -154,16 +160,17 @@ class Handler:
         return TaskType(self.name, self.description, self.payload_model, self._run)
 
     async def _run(self, payload: BaseModel, rc: RunContext) -> JsonObject:
+        return await (self._run_here(payload, rc) if self.is_async else self._run_in_worker(payload, rc))
+
+    async def _run_here(self, payload: BaseModel, rc: RunContext) -> JsonObject:
+        """An `async def` handler: in the event loop, in a transaction of its own."""
         if rc.pool is None:
             raise TaskFailed("this processor has no database pool for handlers", permanent=True)
         run_log = RunLog(rc.run_id, rc.task_id)
         try:
             async with rc.pool.acquire() as conn, conn.transaction():
                 ctx = Context(rc.run_id, rc.task_id, rc.attempt, rc.scheduled_time, conn, run_log, rc.flow)
-                if self.is_async:
-                    value = await self.fn(ctx, payload)
-                else:
-                    value = await asyncio.to_thread(self.fn, ctx, payload)
+                value = await self.fn(ctx, payload)
         except TaskFailed:
             raise
         except Exception as exc:
@@ -173,10 +180,28 @@ class Handler:
             output, _ = cap_text((run_log.text() + trace).encode(), rc.output_cap)
             raise TaskFailed(f"{type(exc).__name__}: {exc}", {"output": output}) from exc
         output, _ = cap_text(run_log.text().encode(), rc.output_cap)
-        return {"result": _jsonable(value), "output": output}
+        return {"result": jsonable(value), "output": output}
+
+    async def _run_in_worker(self, payload: BaseModel, rc: RunContext) -> JsonObject:
+        """A plain `def` handler: in a worker process, killed if the attempt is cancelled (its timeout, a cancel)."""
+        if rc.workers is None:
+            raise TaskFailed("this processor has no worker processes for plain def handlers", permanent=True)
+        run_log = RunLog(rc.run_id, rc.task_id)
+        call = wire.Call(self.name, payload, rc.run_id, rc.task_id, rc.attempt, rc.scheduled_time, rc.flow is not None)
+        done = await rc.workers.run(call, run_log.add)
+        if isinstance(done, wire.Failed):
+            raise TaskFailed(done.reason, done.result, permanent=done.permanent)
+        trace = done.trace if isinstance(done, wire.Raised) else ""
+        output, _ = cap_text((run_log.text() + trace).encode(), rc.output_cap)
+        if isinstance(done, wire.Returned):
+            if done.wait and rc.flow is not None:
+                rc.flow.wait = True
+            return {"result": done.value, "output": output}
+        raise TaskFailed(done.error if isinstance(done, wire.Raised) else done.reason, {"output": output})
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """A handler's result as it is stored: a pydantic model as its JSON fields."""
     return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 

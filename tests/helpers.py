@@ -107,11 +107,11 @@ async def start_role_process(settings: Settings, *args: str, **env: str) -> asyn
 
 @asynccontextmanager
 async def role_process(
-    settings: Settings, *args: str, ready: Callable[[], Awaitable[bool]], what: str
+    settings: Settings, *args: str, ready: Callable[[], Awaitable[bool]], what: str, **env: str
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`taskmill <args>` as a real process for the body of the block, once `ready()` says so (failing with its
-    stderr if it exits first); terminated afterwards."""
-    proc = await start_role_process(settings, *args)
+    """`taskmill <args>` as a real process (with extra environment `env`) for the body of the block, once `ready()`
+    says so (failing with its stderr if it exits first); terminated afterwards."""
+    proc = await start_role_process(settings, *args, **env)
 
     async def up() -> bool:
         if proc.returncode is not None:

@@ -567,20 +567,21 @@ async def test_dev_serves_the_handlers_of_an_imported_module_end_to_end(
             ):
                 await asyncio.sleep(0.2)
         assert types["billing.send_invoice"] == "examples.billing"
-        created = await http.post(
-            "/tasks", json={"name": "inv", "type": "billing.send_invoice", "payload": {"customer_id": 5}}
-        )
-        assert created.status_code == 201, created.text
-        task_id = created.json()["id"]
 
-        async def run() -> dict[str, object]:
+        async def run(body: dict[str, object]) -> dict[str, object]:
+            created = await http.post("/tasks", json=body)
+            assert created.status_code == 201, created.text
             async with asyncio.timeout(20):
                 while True:
-                    runs = (await http.get(f"/tasks/{task_id}/runs")).json()
+                    runs = (await http.get(f"/tasks/{created.json()['id']}/runs")).json()
                     if runs and runs[0]["status"] in ("succeeded", "failed", "dead"):
                         found: dict[str, object] = runs[0]
                         return found
                     await asyncio.sleep(0.2)
 
-        assert (await run())["status"] == "succeeded"
+        invoice = await run({"name": "inv", "type": "billing.send_invoice", "payload": {"customer_id": 5}})
+        assert invoice["status"] == "succeeded"
+        # The plain def handler, in a worker process the dev server's processor forks.
+        report = await run({"name": "report", "type": "billing.monthly_report", "payload": {"month": "2026-05"}})
+        assert report["status"] == "succeeded", report
     assert await dev.stop() == 0

@@ -16,6 +16,7 @@ from taskmill.tasktypes.jail import UNCONFINED, Jail
 if TYPE_CHECKING:  # install.py takes stderr_tail from here; spawn.py imports the models, which import the types
     from taskmill.spawn import Flow
     from taskmill.tasktypes.install import InstallCache
+    from taskmill.workerpool.pool import WorkerPool
 
 JsonObject = dict[str, Any]
 
@@ -63,6 +64,8 @@ class RunContext:
     flow: Flow | None = None
     # The pool spawns of http and command tasks are created with (a handler's go in its own transaction).
     spawn_pool: asyncpg.Pool | None = None
+    # Where plain `def` handlers run (taskmill/workerpool/); None: this processor serves none.
+    workers: WorkerPool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ class Nap(BaseModel):
 
 @handler("billing.blocking_nap", payload=Nap)
 def blocking_nap(ctx: Context, payload: Nap) -> dict[str, object]:
-    """A plain function: it runs in a thread, so its blocking sleep holds no other run back."""
+    """A plain function: it runs in a worker process, so its blocking sleep holds no other run back."""
     time.sleep(payload.ms / 1000)
     ctx.log.info("slept %d ms", payload.ms)
     return {"slept_ms": payload.ms}

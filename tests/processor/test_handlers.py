@@ -1,6 +1,7 @@
 """Python handlers (taskmill/handlers.py), served by a real processor process that imports a real module
 (tests/handlers/billing.py), tasks created through the API: registration, validation, the handler's own
-transaction, errors and output, plain functions in threads."""
+transaction, errors and output, plain functions side by side (in worker processes: tests/processor/test_def_handlers.py
+has the rest of them)."""
 
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ async def test_a_handler_that_raises_is_rolled_back_and_fails_with_its_exception
 
 
 @BOTH
-async def test_plain_functions_run_in_threads_side_by_side(
+async def test_plain_functions_run_side_by_side(
     settings: Settings, db: asyncpg.Connection, processor: object, api: httpx.AsyncClient
 ) -> None:
     ids = []
