@@ -49,6 +49,8 @@ from taskmill.transport.routes import Routes, lane_key
 log = logging.getLogger(__name__)
 
 REROUTE_S = 1.0
+# What a sweep may meet while the broker is away or going (the database's: taskmill.db.is_transient).
+_BROKER_AWAY = (aiormq.exceptions.AMQPError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError)
 # Messages taken and published at once in a pass.
 BATCH = 100
 # At most this many messages of the general work queue are looked at in one pass.
@@ -85,8 +87,14 @@ class Rerouter:
         while not await wait_or_stop(stop, REROUTE_S):
             try:
                 await self.sweep()
+            except asyncio.CancelledError:
+                # aiormq hands a call torn down with its connection to the caller as a cancellation.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                log.warning("the broker connection went during a sweep", extra={"action": "reroute"})
             except Exception as exc:
-                if not is_transient(exc) and not isinstance(exc, aiormq.exceptions.AMQPError | ConnectionError):
+                if not is_transient(exc) and not isinstance(exc, _BROKER_AWAY):
                     raise
                 log.warning("moving runs out of queues without consumers failed: %s", exc, extra={"action": "reroute"})
 

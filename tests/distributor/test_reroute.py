@@ -167,3 +167,25 @@ def _ours(message: AbstractIncomingMessage) -> dict[str, object]:
 
 async def _hold(message: AbstractIncomingMessage) -> None:
     """A consumer that takes a delivery and never settles it."""
+
+
+async def test_a_message_whose_route_now_reaches_no_queue_stays_where_it_was_until_it_does(
+    settings: Settings,
+    db: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    publisher: AmqpPublisher,
+    channel: AbstractChannel,
+) -> None:
+    topology = await declare(channel, settings)
+    queue, _ = await declare_dedicated(channel, topology, settings, NOOP)
+    await _dedicated_processor(db, "gone:1", NOOP, live=False)
+    await _put(topology, "only.noop", run_message(run_id=41).wire(), 41)
+    await channel.queue_delete(topology.work.name)  # the broker returns what is published under "noop" now
+
+    rerouter = Rerouter(pool, publisher)
+    assert await rerouter.sweep() == 0
+    assert await _ready(channel, queue.name) == 1
+
+    await declare(channel, settings)
+    assert await rerouter.sweep() == 1
+    assert [m.message_id for m in await _take_all(topology.work)] == ["41"]
