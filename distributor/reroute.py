@@ -9,11 +9,13 @@ while they are at work, else the general work queue. Routing changes leave runs 
 - in the general work queue while no processor serving every type consumes it: runs of types that dedicated
   processors serve now (published before those came, or by an older view).
 
-Every REROUTE_S each distributor looks at those queues (the lanes of each: the urgent one is a queue of its own),
-and from each one that has messages ready and no consumer takes them (basic.get), publishes each anew to the routing
-key of its type and priority now (confirmed, mandatory) and acks it only then: a distributor that dies in between
-leaves a duplicate, which the run's own state drops (processor/claim.py), never a loss. A publish that fails puts
-its message back (nack) and ends the pass until the next look.
+Every REROUTE_S each distributor looks at those queues (the lanes of each: the urgent one is a queue of its own).
+From each one that has messages ready and no consumer, or only consumers of processors that are stopping (they
+left the `processors` table when they stopped taking work, and finish their runs; a quorum queue counts their
+consumer until they have acked their last delivery), it takes the messages (basic.get), publishes each anew to the
+routing key of its type and priority now (confirmed, mandatory) and acks it only then: a distributor that dies in
+between leaves a duplicate, which the run's own state drops (processor/claim.py), never a loss. A publish that
+fails puts its message back (nack) and ends the pass until the next look.
 
 The queue of a gone set of processors is emptied: none of its messages routes there now. The general work queue
 is not only holding runs to move: a message whose type still routes there goes back to its end, published anew
@@ -42,7 +44,7 @@ from taskmill.db import is_transient
 from taskmill.loops import wait_or_stop
 from taskmill.messages import route_of
 from taskmill.metrics import DEAD_LETTERED, REROUTED
-from taskmill.store.processors import type_sets
+from taskmill.store.processors import LIVE_WITHIN_S, fleet
 from taskmill.topology import Names
 from taskmill.transport.routes import Routes, lane_key
 
@@ -70,7 +72,10 @@ class _Pass:
 @dataclass(frozen=True, slots=True)
 class _Lane:
     name: str
-    general: bool  # a lane of the general work queue (else of a gone set of dedicated processors)
+    general: bool  # a lane of the general work queue (else of a set of dedicated processors not at work)
+    # No processor it is for is live: a consumer left on it is one stopping, which stopped taking work but holds
+    # its deliveries until it has finished their runs (a quorum queue counts it until then).
+    leaving: bool
 
 
 class Rerouter:
@@ -108,7 +113,7 @@ class Rerouter:
                     ready, consumers = await probe_queue(self._publisher.connection, lane.name)
             except aiormq.exceptions.ChannelNotFoundEntity:
                 continue  # never declared (a set whose processors never took work), or deleted
-            if not ready or consumers:
+            if not ready or (consumers and not lane.leaving):
                 self._passes.pop(lane.name, None)
                 continue
             if lane.general and not self._due(lane.name, dedicated):
@@ -130,14 +135,18 @@ class Rerouter:
 
     async def _lanes(self, dedicated: frozenset[str]) -> list[_Lane]:
         """The general work queue's lanes while some types go elsewhere, and those of every set of types that
-        dedicated processors of the last day served and that none serves now."""
+        dedicated processors of the last day served and that none at work serves now."""
         names = self._names
-        lanes = [_Lane(q, True) for q in (names.work_queue, Names.urgent(names.work_queue))] if dedicated else []
+        live = await fleet(self._pool, LIVE_WITHIN_S)
+        lanes = []
+        if dedicated:
+            leaving = not live.get(None, False)
+            lanes += [_Lane(q, True, leaving) for q in (names.work_queue, Names.urgent(names.work_queue))]
         serving = {tuple(types) for types in await self._routes.type_sets()}
-        for types in await type_sets(self._pool):
-            if tuple(types) not in serving:
+        for types, seen in live.items():
+            if types is not None and types not in serving:
                 queue = names.dedicated_queue(types)
-                lanes += [_Lane(queue, False), _Lane(Names.urgent(queue), False)]
+                lanes += [_Lane(queue, False, not seen), _Lane(Names.urgent(queue), False, not seen)]
         return lanes
 
     def _due(self, name: str, dedicated: frozenset[str]) -> bool:

@@ -84,8 +84,10 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
                 )
         finally:
             # Stop taking work; what we hold is finished and recorded, or handed back (also when the intake
-            # gave up, before the error stops the process).
+            # gave up, before the error stops the process). Gone from the routing at once: what waits for our
+            # types goes to other processors meanwhile (distributor/reroute.py), not after our last run.
             await intake.cancel()
+            await _leave(pool, worker)
             await consumer.drain()
     finally:
         await http.aclose()
@@ -93,10 +95,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
             await link.close()
         if handler_pool is not None:
             await handler_pool.close()
-        try:
-            await leave(pool, worker)
-        except Exception as exc:  # it ages out of /health by itself
-            log.info("could not unregister %s: %s", worker, exc)
+        await _leave(pool, worker)
         await pool.close()
 
 
@@ -120,6 +119,13 @@ async def _dedicated_to(
                 f"dedicated to {', '.join(sorted(theirs))}: processors dedicated to a type must share one --types"
             )
     return sorted(chosen)
+
+
+async def _leave(pool: asyncpg.Pool, worker: str) -> None:
+    try:
+        await leave(pool, worker)
+    except Exception as exc:  # it ages out of /health and of the routing by itself
+        log.info("could not unregister %s: %s", worker, exc)
 
 
 def _registration(handler: handlers.Handler) -> Registered:

@@ -120,14 +120,20 @@ async def dedicated(conn: Connection | asyncpg.Pool, within_s: float) -> dict[st
     return {r["worker"]: list(r["types"]) for r in await conn.fetch(DEDICATED, within_s)}
 
 
-TYPE_SETS = "SELECT DISTINCT types FROM processors WHERE types IS NOT NULL"
+FLEET = """
+SELECT types, bool_or(seen_at > now() - make_interval(secs => $1)) AS live FROM processors GROUP BY types
+"""
 
 
-async def type_sets(conn: Connection | asyncpg.Pool) -> list[list[str]]:
-    """Every set of types a dedicated processor of the last day served, live or gone (each names a queue over
-    RabbitMQ), its types sorted."""
-    found: set[tuple[str, ...]] = {tuple(sorted(r["types"])) for r in await conn.fetch(TYPE_SETS)}
-    return [list(types) for types in sorted(found)]
+async def fleet(conn: Connection | asyncpg.Pool, within_s: float) -> dict[tuple[str, ...] | None, bool]:
+    """Every set of types (sorted) a dedicated processor of the last day served, live or gone (each names a queue
+    over RabbitMQ), and None for the processors that serve every type: whether one of them was seen within
+    `within_s` seconds."""
+    found: dict[tuple[str, ...] | None, bool] = {}
+    for r in await conn.fetch(FLEET, within_s):
+        types = None if r["types"] is None else tuple(sorted(r["types"]))
+        found[types] = found.get(types, False) or r["live"]
+    return found
 
 
 # Over PostgreSQL a dedicated processor holds this advisory lock (shared, keyed by its name) on the connection it

@@ -14,6 +14,7 @@ from distributor.reroute import Rerouter
 from taskmill.broker import AmqpPublisher
 from taskmill.messages import batch_body
 from taskmill.settings import Settings
+from taskmill.store.processors import register
 from taskmill.topology import Names, Topology, declare, declare_dedicated
 from taskmill.transport import open_link
 from tests.helpers import run_message
@@ -151,7 +152,8 @@ async def test_a_queue_with_a_consumer_is_left_alone(
     await queue.consume(_hold)
     await _put(topology, "noop", run_message(run_id=31).wire(), 31)
     await _put(topology, "noop", run_message(run_id=32).wire(), 32)
-    # A general processor that holds one message and has the other waiting for it.
+    # A general processor at work, holding one message and with the other waiting for it.
+    await register(db, "general:1", "none")
     processor = await connection.channel()
     await processor.set_qos(prefetch_count=1)
     await (await processor.get_queue(topology.work.name)).consume(_hold)
@@ -189,3 +191,33 @@ async def test_a_message_whose_route_now_reaches_no_queue_stays_where_it_was_unt
     await declare(channel, settings)
     assert await rerouter.sweep() == 1
     assert [m.message_id for m in await _take_all(topology.work)] == ["41"]
+
+
+async def test_the_queue_of_a_stopping_dedicated_processor_is_emptied_while_it_finishes_its_run(
+    settings: Settings,
+    connection: AbstractConnection,
+    db: asyncpg.Connection,
+    pool: asyncpg.Pool,
+    publisher: AmqpPublisher,
+    channel: AbstractChannel,
+) -> None:
+    topology = await declare(channel, settings)
+    queue, _ = await declare_dedicated(channel, topology, settings, NOOP)
+    # It left the processors table when it stopped taking work; its consumer holds its run's delivery, unacked.
+    await _dedicated_processor(db, "stopping:1", NOOP, live=False)
+    processor = await connection.channel()
+    await processor.set_qos(prefetch_count=1)
+    holding = await processor.get_queue(queue.name)
+    tag = await holding.consume(_hold)
+    for run_id in (51, 52, 53):
+        await _put(topology, "only.noop", run_message(run_id=run_id).wire(), run_id)
+    await holding.cancel(tag)
+    assert (await _ready(channel, queue.name), await _consumers(channel, queue.name)) == (2, 1)
+
+    assert await Rerouter(pool, publisher).sweep() == 2
+    assert [m.message_id for m in await _take_all(topology.work)] == ["52", "53"]
+
+
+async def _consumers(channel: AbstractChannel, name: str) -> int:
+    queue = await channel.declare_queue(name, passive=True)
+    return queue.declaration_result.consumer_count or 0

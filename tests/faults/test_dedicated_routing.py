@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 import pytest
@@ -155,17 +155,20 @@ async def test_runs_waiting_for_the_last_dedicated_processor_of_their_type_go_to
     )
     await asyncio.sleep(ROUTES_S)
     # The first run holds the dedicated processor's one slot, and the next ones wait in its queue (its urgent lane
-    # for the urgent ones).
-    first = await new_task(db, "first", "command", stack.commands.payload(sleep_s=3), timeout_seconds=10)
+    # for the urgent ones). It runs longer than WITHIN_S: the processor stopping finishes it, and the others must
+    # not wait for that.
+    first = await new_task(db, "first", "command", stack.commands.payload(sleep_s=8), timeout_seconds=12)
     await _wait_started(stack, db, [first])
     assert (await _starts(db, [first]))[first.id][0][1] == dedicated.worker
     waiting = [*await _commands(stack, db, "normal", 4), *await _commands(stack, db, "urgent", 2, priority=3)]
     await wait_until(lambda: _queued(db, waiting), 15, 0.1, "the waiting runs to be published")
     assert not any((await _starts(db, waiting)).values()), "a run did not wait for the busy dedicated processor"
 
-    # Killed, it leaves its row looking live for 30 s; stopped, it finishes its run and hands back what it held.
-    await (dedicated.terminate() if stop == "terminate" else dedicated.kill())
+    # Killed, it leaves its row looking live for 30 s. Stopped, it stops consuming and leaves the processors table
+    # at once, hands back what waited for its slot, and finishes its run (its consumer stays on the queue until
+    # then: it holds the run's delivery).
     since = await _now(db)
+    await (dedicated.terminate() if stop == "terminate" else dedicated.kill())
     await _assert_started_soon(stack, db, waiting, since, on=general)
     await stack.quiesce()
     await _nothing_left(stack)
@@ -197,8 +200,10 @@ async def test_a_retry_that_falls_due_after_its_dedicated_processors_left_runs_o
 
     await wait_until(retrying, 20, 0.1, "the first attempt to fail")
     await dedicated.terminate()
-    due: datetime = await db.fetchval("SELECT scheduled_time FROM task_schedule WHERE task_id = $1", failing.id)
-    due = max(due, await _now(db))
+    failed_at: datetime = await db.fetchval(
+        "SELECT at FROM run_audit WHERE task_id = $1 AND to_status = 'retrying'", failing.id
+    )
+    due = failed_at + timedelta(seconds=4)
 
     async def finished() -> bool:
         status: str = await db.fetchval("SELECT status::text FROM task_schedule WHERE task_id = $1", failing.id)
