@@ -65,7 +65,8 @@ async def _assert_started_soon(
     await _wait_started(stack, db, tasks, timeout=WITHIN_S + 25)
     waits = []
     for task_id, starts in (await _starts(db, tasks)).items():
-        (at, worker), *_ = starts
+        assert len(starts) == 1, f"task {task_id} started {len(starts)} times: {starts}\n{stack.logs()}"
+        [(at, worker)] = starts
         assert worker == on.worker, f"task {task_id} started on {worker}, not on {on.name}\n{stack.logs()}"
         waits.append(waited := (at - since).total_seconds())
         assert waited <= WITHIN_S, f"task {task_id} started {waited:.1f} s after the change\n{stack.logs()}"
@@ -141,6 +142,32 @@ async def test_runs_waiting_in_the_general_queue_go_to_a_dedicated_processor_tha
     await stack.quiesce()
     await _nothing_left(stack)
     await stack.check({t.id: 1 for t in [*made, *others]})
+
+
+@BOTH
+async def test_runs_of_a_dedicated_type_left_in_the_general_queue_go_to_its_processor_when_the_last_general_one_stops(
+    stack: Stack, db: asyncpg.Connection
+) -> None:
+    await stack.start(distributor=1, processor=1, TASKMILL_CONCURRENCY="1", TASKMILL_QUEUED_LEASE_S=LONG_LEASE)
+    [general] = stack.live("processor")
+    # The general processor busy with a long run; commands published meanwhile wait in the general queue.
+    busy = await new_task(db, "busy", "sleep", {"ms": 8000}, timeout_seconds=12)
+    await _wait_started(stack, db, [busy])
+    made = [*await _commands(stack, db, "normal", 4), *await _commands(stack, db, "urgent", 2, priority=6)]
+    await wait_until(lambda: _queued(db, made), 15, 0.1, "the commands to be published")
+    await stack.add("processor", "--types", "command", TASKMILL_QUEUED_LEASE_S=LONG_LEASE)
+    await asyncio.sleep(ROUTES_S)
+    if stack.settings.transport_name == "amqp":  # over PostgreSQL the dedicated processor claims them at once
+        assert not any((await _starts(db, made)).values()), "a command left the general queue while it was consumed"
+
+    # It stops: it hands back at once the command it held for its slot, and finishes its long run meanwhile.
+    since = await _now(db)
+    await general.terminate()
+    [dedicated] = [p for p in stack.live("processor") if p.types]
+    await _assert_started_soon(stack, db, made, since, on=dedicated)
+    await stack.quiesce()
+    await _nothing_left(stack)
+    await stack.check({t.id: 1 for t in [busy, *made]})
 
 
 @BOTH
