@@ -1,5 +1,5 @@
-"""The distributor role: publishes due runs as they fall due (over the transport the settings choose), and rescues
-runs whose lease ran out."""
+"""The distributor role: publishes due runs as they fall due (over the transport the settings choose), rescues
+runs whose lease ran out, and over RabbitMQ moves runs out of queues no processor consumes (distributor/reroute.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ import asyncpg
 from distributor import requests
 from distributor.dispatch import Spread, publish_or_revert
 from distributor.pacing import pace
+from distributor.reroute import Rerouter
 from distributor.rescue import rescue
 from distributor.traces import traced
 from taskmill import pressure
 from taskmill.alerts import Alerter
+from taskmill.broker import AmqpPublisher
 from taskmill.crash import Crash
 from taskmill.db import is_transient, role_pool
 from taskmill.logs import described
@@ -53,6 +55,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
             }
             if link.connection is not None:  # run requests from any language come over RabbitMQ
                 loops["requests"] = requests.serve(link.connection, pool, publisher, settings, stop)
+            if isinstance(publisher, AmqpPublisher):
+                loops["reroute"] = Rerouter(pool, publisher).keep(stop)
             await run_loops(stop, **loops)
     finally:
         await alerter.close()
@@ -67,6 +71,8 @@ async def _drain(pool: asyncpg.Pool, publisher: Publisher, settings: Settings, a
         with traced(runs) as outbound:
             await publish_or_revert(pool, publisher, outbound, per_message=await spread.per_message(len(runs)))
     await rescue(pool, publisher, settings, alerter=alerter)
+    if isinstance(publisher, AmqpPublisher):
+        await Rerouter(pool, publisher).sweep()
 
 
 async def _dispatch_loop(

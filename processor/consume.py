@@ -25,7 +25,7 @@ from processor.claim import Claimer
 from processor.execute import Attempt, context, execute
 from processor.intake import Delivery, Intake
 from processor.record import Recorder
-from processor.slots import Slots
+from processor.slots import Closed, Slots
 from taskmill import logs, tracing
 from taskmill.alerts import Alerter
 from taskmill.crash import Crash, CrashPoint
@@ -105,6 +105,7 @@ class Consumer:
         """Lets every run in flight finish and record its outcome; deliveries not yet started go back."""
         self._stopping = True
         self._claimer.stop()
+        self._slots.close()  # runs waiting for a slot go back now, not when a run in flight has finished
         while self._in_flight:
             await asyncio.gather(*list(self._in_flight), return_exceptions=True)
         await self._intake.close()
@@ -164,7 +165,11 @@ class Consumer:
                     verdicts.append(poison)
                     continue
                 await self._claimer.until_due(message)
-                await self._slots.take(message.priority)
+                try:
+                    await self._slots.take(message.priority)
+                except Closed:  # stopping
+                    verdicts.append(HANDED_BACK)
+                    continue
                 verdicts.append(group.create_task(self._handle_run(message)))
         await self._settle(delivery, runs, [v.result() if isinstance(v, asyncio.Task) else v for v in verdicts])
 

@@ -9,6 +9,11 @@ work was added, until the next message falls ready (a retry's delay, an expired 
 room in a full lane, or `max_idle_s`; when both lanes are full it sleeps until a settlement makes room. Every third
 of `queue_lease_s` it renews the leases of what it holds: a processor that died stops renewing, and its messages are
 handed out again when their leases run out.
+
+Types (`--types`, taskmill/transport/routes.py): a dedicated processor claims its types only, and holds its presence
+lock on the connection it listens on while it does; a general one claims every type but those of the dedicated
+processors holding theirs. While it leaves types out it looks again every `Routes` refresh period at least: no
+NOTIFY says that the last processor of a type stopped, or was killed.
 """
 
 from __future__ import annotations
@@ -25,10 +30,15 @@ from taskmill.logs import described
 from taskmill.loops import Backoff, pause_if_transient, unless_stopped
 from taskmill.settings import Settings
 from taskmill.store import queue
+from taskmill.store.processors import hold_presence, present
 from taskmill.transport.routes import Routes
 from taskmill.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
+
+# How old the dedicated processors read may be, and how long a general processor that leaves types to them sleeps
+# at most: a type whose last processor went is claimed again within about twice this.
+ROUTES_RECHECK_S = 2.0
 
 
 class PgIntake:
@@ -37,7 +47,7 @@ class PgIntake:
         self._settings = settings
         self._worker = worker
         self._types = None if types is None else list(types)  # dedicated to these; None: every other type
-        self._routes = Routes(pool)
+        self._routes = Routes(pool, ROUTES_RECHECK_S, serving=lambda found: present(pool, found))
         self._handler: Handler | None = None
         self._consuming = False
         self._held: dict[int, queue.Delivery] = {}
@@ -54,8 +64,12 @@ class PgIntake:
         self._renewing = asyncio.create_task(self._renew_loop())
 
     async def keep(self, stop: asyncio.Event, room: Callable[[], bool]) -> None:
-        async with Wakeup(self._settings.database_url, queue.CHANNEL) as wakeup:
+        async with Wakeup(self._settings.database_url, queue.CHANNEL, self._present) as wakeup:
             await self._fetch_loop(stop, wakeup)
+
+    async def _present(self, conn: asyncpg.Connection) -> None:
+        if self._types is not None:
+            await hold_presence(conn, self._worker)
 
     async def cancel(self) -> None:
         self._consuming = False
@@ -149,14 +163,17 @@ class PgIntake:
                     )
                     await self._hand_out(got)
                     filled = filled or len(got) == room
-                wait_s = None if filled else await queue.next_ready_in(self._pool)
+                wait_s = None if filled else await queue.next_ready_in(self._pool, only, excluded)
             except Exception as exc:
                 await pause_if_transient(exc, backoff, stop, "fetch")
                 continue
             backoff.reset()
             if filled:
                 continue  # a lane took all it had room for: more may be ready
-            idle_s = self._settings.max_idle_s if wait_s is None else min(max(wait_s, 0.0), self._settings.max_idle_s)
+            # Types left out come back when their dedicated processors go, which no NOTIFY tells.
+            idle_s = self._settings.max_idle_s if not excluded else min(self._settings.max_idle_s, ROUTES_RECHECK_S)
+            if wait_s is not None:
+                idle_s = min(max(wait_s, 0.0), idle_s)
             # A lane that was full gets room when a settlement comes: a wait for work alone would leave it idle.
             await unless_stopped(stop, _first(wakeup.wait(idle_s), self._room.wait() if len(rooms) < 2 else None))
 

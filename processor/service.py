@@ -91,8 +91,10 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
                 )
         finally:
             # Stop taking work; what we hold is finished and recorded, or handed back (also when the intake
-            # gave up, before the error stops the process).
+            # gave up, before the error stops the process). Gone from the routing at once: what waits for our
+            # types goes to other processors meanwhile (distributor/reroute.py), not after our last run.
             await intake.cancel()
+            await _leave(pool, worker)
             await consumer.drain()
     finally:
         if workers is not None:
@@ -102,10 +104,7 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
             await link.close()
         if handler_pool is not None:
             await handler_pool.close()
-        try:
-            await leave(pool, worker)
-        except Exception as exc:  # it ages out of /health by itself
-            log.info("could not unregister %s: %s", worker, described(exc))
+        await _leave(pool, worker)
         await pool.close()
 
 
@@ -141,6 +140,13 @@ def _worker_pool(settings: Settings, served: list[handlers.Handler]) -> WorkerPo
     )
     workers.warm()
     return workers
+
+
+async def _leave(pool: asyncpg.Pool, worker: str) -> None:
+    try:
+        await leave(pool, worker)
+    except Exception as exc:  # it ages out of /health and of the routing by itself
+        log.info("could not unregister %s: %s", worker, described(exc))
 
 
 def _registration(handler: handlers.Handler) -> Registered:

@@ -14,18 +14,25 @@ from collections import deque
 PRIORITIES = 10
 
 
+class Closed(Exception):
+    """No more slots are handed out: the processor stops, and a run that waited for one goes back unstarted."""
+
+
 class Slots:
     def __init__(self, n: int) -> None:
         self._free = n
         self._waiting: list[deque[asyncio.Future[None]]] = [deque() for _ in range(PRIORITIES)]
         self._waiters = 0  # in every line, cancelled ones included until they are passed over
+        self._closed = False
 
     @property
     def free(self) -> int:
         return self._free
 
     async def take(self, priority: int = 0) -> None:
-        """Returns when a slot is this caller's; `give` it back when done."""
+        """Returns when a slot is this caller's; `give` it back when done. Raises Closed once `close` was called."""
+        if self._closed:
+            raise Closed
         if self._free > 0 and not self._waiters:
             self._free -= 1
             return
@@ -50,3 +57,14 @@ class Slots:
                         waiter.set_result(None)
                         return
         self._free += 1
+
+    def close(self) -> None:
+        """Every waiter, and every later caller, gets Closed instead of a slot (the slots taken stay taken until
+        given back)."""
+        self._closed = True
+        for line in self._waiting:
+            while line:
+                waiter = line.popleft()
+                self._waiters -= 1
+                if not waiter.done():
+                    waiter.set_exception(Closed())

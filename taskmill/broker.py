@@ -61,6 +61,26 @@ async def probe_queue(connection: AbstractRobustConnection, name: str) -> tuple[
     return int(declared.message_count or 0), int(declared.consumer_count or 0)
 
 
+async def consumed(
+    connection: AbstractRobustConnection, names: Names, timeout_s: float, found: dict[str, list[str]]
+) -> dict[str, list[str]]:
+    """Of `found` (live dedicated processors by worker), those whose queue has a consumer: the broker drops the
+    consumers of a processor killed as soon as its connection closes, long before its row stops looking live. A
+    queue not declared yet has none; one that cannot be asked about within `timeout_s` (the broker is away)
+    counts as consumed, as its rows say."""
+    consumers: dict[tuple[str, ...], int] = {}
+    try:
+        async with asyncio.timeout(timeout_s):
+            for types in {tuple(sorted(types)) for types in found.values()}:
+                try:
+                    _, consumers[types] = await probe_queue(connection, names.dedicated_queue(types))
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    consumers[types] = 0
+    except Exception as exc:
+        log.info("cannot count the consumers of the dedicated processors' queues: %s", described(exc))
+    return {worker: types for worker, types in found.items() if consumers.get(tuple(sorted(types)), 1) > 0}
+
+
 async def queue_depths(
     connection: AbstractRobustConnection, names: Names, type_sets: Iterable[Sequence[str]]
 ) -> dict[str, int]:

@@ -102,6 +102,20 @@ def read_runs(body: bytes) -> list[RunMessage]:
     return [read] if isinstance(read, RunMessage) else read.runs
 
 
+def route_of(body: bytes) -> tuple[str, int] | None:
+    """The type and priority of the runs a message carries (a version 2 message's: its first run's, as every run
+    in it has them), read without validating the rest; None when the body does not say."""
+    try:
+        read = json.loads(body)
+        first = read["runs"][0] if read.get("v") == 2 else read
+        task_type, priority = first["type"], first.get("priority", 0)
+    except (ValueError, LookupError, TypeError, AttributeError):
+        return None
+    if not isinstance(task_type, str) or type(priority) is not int or not 0 <= priority <= 9:
+        return None
+    return task_type, priority
+
+
 def with_traceparent(body: bytes, traceparent: str) -> bytes:
     """A version 1 body (a JSON object, as run_message builds it) with `traceparent` added: no parse, no dump."""
     return body[: body.rindex(b"}")] + b',"traceparent":' + json.dumps(traceparent).encode() + b"}"

@@ -23,6 +23,11 @@ START_LATENESS = Histogram(
 PUBLISHED = Counter("taskmill_runs_published_total", "Run messages the broker confirmed")
 PUBLISH_FAILED = Counter("taskmill_publish_failures_total", "Run messages the broker refused or never confirmed")
 RESCUED = Counter("taskmill_runs_rescued_total", "Runs handed out again after their lease ran out", ["kind"])
+REROUTED = Counter(
+    "taskmill_messages_rerouted_total",
+    "Messages taken from a queue no processor consumes and published where their type is routed now",
+    ["queue"],
+)
 DUPLICATES = Counter("taskmill_deliveries_dropped_total", "Deliveries of runs already started, finished or stale")
 DEAD_LETTERED = Counter("taskmill_dead_letters_total", "Messages sent to the dead-letter queue", ["reason"])
 MATERIALIZED = Counter("taskmill_runs_materialized_total", "Runs the scheduler inserted")

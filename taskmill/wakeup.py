@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -25,9 +26,13 @@ class Wakeup:
     back the role is woken at once, since notifications sent meanwhile were missed.
     """
 
-    def __init__(self, dsn: str, channel: str) -> None:
+    def __init__(
+        self, dsn: str, channel: str, prepare: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+    ) -> None:
+        """`prepare`: run on each new connection before it listens (session state that lives as long as it)."""
         self._dsn = dsn
         self._channel = channel
+        self._prepare = prepare
         self._event = asyncio.Event()
         self._conn: asyncpg.Connection | None = None
 
@@ -44,6 +49,8 @@ class Wakeup:
         conn: asyncpg.Connection | None = None
         try:
             conn = await asyncpg.connect(self._dsn, timeout=_CONNECT_TIMEOUT_S)
+            if self._prepare is not None:
+                await self._prepare(conn)
             await conn.add_listener(self._channel, self._notified)
             conn.add_termination_listener(self._lost)
         except Exception as exc:

@@ -1,10 +1,10 @@
-"""The run message's retry arithmetic: exponential, capped, never an overflow."""
+"""The run message: its retry arithmetic (exponential, capped, never an overflow), and its route read from its body."""
 
 from __future__ import annotations
 
 import aio_pika
 
-from taskmill.messages import MAX_RETRY_DELAY_S, RunMessage
+from taskmill.messages import MAX_RETRY_DELAY_S, RunMessage, batch_body, route_of
 from taskmill.settings import Settings
 from taskmill.topology import Names, declare_delay_queue
 from tests.helpers import run_message
@@ -35,3 +35,22 @@ async def test_the_broker_takes_the_longest_wait_as_a_delay_queue_ttl(settings: 
         await channel.queue_delete(queue)
     finally:
         await connection.close()
+
+
+def test_the_route_of_a_message_is_its_type_and_priority_whatever_its_version() -> None:
+    assert route_of(run_message(type="sleep", priority=3).wire()) == ("sleep", 3)
+    assert route_of(b'{"v":1,"type":"noop"}') == ("noop", 0)  # a message of before priorities
+    batch = batch_body([run_message(run_id=n, type="http", priority=9).wire() for n in (1, 2)])
+    assert route_of(batch) == ("http", 9)
+
+
+def test_a_body_that_does_not_say_its_type_and_priority_has_no_route() -> None:
+    for body in (
+        b"not json",
+        b"[]",
+        b'{"v":2,"runs":[]}',
+        b'{"v":1}',
+        b'{"v":1,"type":7}',
+        b'{"type":"x","priority":10}',
+    ):
+        assert route_of(body) is None, body

@@ -1,4 +1,8 @@
-"""The processors at work (the `processors` table): registered at start, seen every heartbeat, gone at stop."""
+"""The processors at work (the `processors` table): registered at start, seen every heartbeat, gone at stop.
+
+A processor dedicated to types (`--types`) leaves its row behind when it stops, marked as not seen lately: the set
+of types it named is what names its queue over RabbitMQ, and the distributor still drains that queue after the last
+such processor left (distributor/reroute.py). Such rows go after a day, as do those of processors that died."""
 
 from __future__ import annotations
 
@@ -16,7 +20,11 @@ ON CONFLICT (worker) DO UPDATE SET started_at = now(), seen_at = now(), command_
     types = $4
 """
 SEEN = "UPDATE processors SET seen_at = now() WHERE worker = $1"
-LEAVE = "DELETE FROM processors WHERE worker = $1"
+# A dedicated processor's row stays, seen `$2` seconds ago: no longer live for anyone who asks.
+LEAVE = """
+WITH general AS (DELETE FROM processors WHERE worker = $1 AND types IS NULL)
+UPDATE processors SET seen_at = now() - make_interval(secs => $2) WHERE worker = $1 AND types IS NOT NULL
+"""
 # Those seen within `$1` seconds; the others died without leaving (their rows go after a day).
 RECENT = """
 SELECT worker, started_at, seen_at, command_isolation, handlers, types FROM processors
@@ -56,7 +64,7 @@ async def seen(conn: Connection | asyncpg.Pool, worker: str) -> None:
 
 
 async def leave(conn: Connection | asyncpg.Pool, worker: str) -> None:
-    await conn.execute(LEAVE, worker)
+    await conn.execute(LEAVE, worker, LIVE_WITHIN_S)
 
 
 async def recent(conn: Connection | asyncpg.Pool, within_s: float) -> list[Processor]:
@@ -110,3 +118,48 @@ SELECT worker, types FROM processors WHERE types IS NOT NULL AND seen_at > now()
 async def dedicated(conn: Connection | asyncpg.Pool, within_s: float) -> dict[str, list[str]]:
     """The types each live dedicated processor serves, by worker."""
     return {r["worker"]: list(r["types"]) for r in await conn.fetch(DEDICATED, within_s)}
+
+
+FLEET = """
+SELECT types, bool_or(seen_at > now() - make_interval(secs => $1)) AS live FROM processors GROUP BY types
+"""
+
+
+async def fleet(conn: Connection | asyncpg.Pool, within_s: float) -> dict[tuple[str, ...] | None, bool]:
+    """Every set of types (sorted) a dedicated processor of the last day served, live or gone (each names a queue
+    over RabbitMQ), and None for the processors that serve every type: whether one of them was seen within
+    `within_s` seconds."""
+    found: dict[tuple[str, ...] | None, bool] = {}
+    for r in await conn.fetch(FLEET, within_s):
+        types = None if r["types"] is None else tuple(sorted(r["types"]))
+        found[types] = found.get(types, False) or r["live"]
+    return found
+
+
+# Over PostgreSQL a dedicated processor holds this advisory lock (shared, keyed by its name) on the connection it
+# listens for work on, for as long as it takes work (processor/pg_intake.py). Its row says it is live for up to
+# LIVE_WITHIN_S after it was killed; the lock goes with its connection at once.
+PRESENCE_LOCK = 0x746D_7072
+HOLD_PRESENCE = "SELECT pg_advisory_lock_shared($1::int, hashtext($2))"
+# Of workers `$2`, those holding their presence lock (pg_locks shows the two int4 keys as oids, the pair as 2).
+PRESENT = """
+SELECT w.worker FROM unnest($2::text[]) AS w(worker)
+WHERE EXISTS (
+    SELECT 1 FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.classid = $1::int::oid AND l.objid = hashtext(w.worker)::oid
+)
+"""
+
+
+async def hold_presence(conn: asyncpg.Connection, worker: str) -> None:
+    """Takes `worker`'s presence lock on `conn`, for the session: a dedicated processor of the PostgreSQL transport
+    takes work while it holds it."""
+    await conn.execute(HOLD_PRESENCE, PRESENCE_LOCK, worker)
+
+
+async def present(conn: Connection | asyncpg.Pool, found: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Of `found` (dedicated processors by worker), those holding their presence lock now."""
+    holding = {r["worker"] for r in await conn.fetch(PRESENT, PRESENCE_LOCK, list(found))}
+    return {worker: types for worker, types in found.items() if worker in holding}

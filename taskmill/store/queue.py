@@ -184,19 +184,23 @@ async def depths(conn: Conn) -> dict[str, int]:
     return {name: found.get(name, 0) for name in ("work", "work.urgent", "dead")}
 
 
-# The earliest of each priority's first message: ten short walks of the claim's index, not a walk of all of it.
+# The earliest of each priority's first message (of the types a claim with the same `$1`, `$2` takes): ten short
+# walks of the claim's index, not a walk of all of it.
 NEXT_READY_IN = """
 SELECT extract(epoch FROM min(first.available_at) - now())::float8
 FROM generate_series(0, 9) AS p(priority),
 LATERAL (SELECT available_at FROM run_queue q
-         WHERE q.queue = 'work' AND q.priority = p.priority ORDER BY q.available_at LIMIT 1) AS first
+         WHERE q.queue = 'work' AND q.priority = p.priority
+           AND (cardinality($1::text[]) = 0 OR q.type = ANY($1::text[])) AND q.type <> ALL($2::text[])
+         ORDER BY q.available_at LIMIT 1) AS first
 """
 
 
-async def next_ready_in(conn: Conn) -> float | None:
-    """Seconds until the next message is ready (a retry waiting out its delay, a lease running out); None when the
-    queue is empty."""
-    value: float | None = await conn.fetchval(NEXT_READY_IN)
+async def next_ready_in(conn: Conn, types: Sequence[str] = (), excluded: Sequence[str] = ()) -> float | None:
+    """Seconds until the next message (of `types`, or any but `excluded`, as `claim` takes them) is ready (a retry
+    waiting out its delay, a lease running out); None when there is none. A message of a type the caller does not
+    take must not count: it would wake the caller over and over, to claim nothing."""
+    value: float | None = await conn.fetchval(NEXT_READY_IN, list(types), list(excluded))
     return value
 
 

@@ -71,12 +71,16 @@ async def open_link(settings: Settings, name: str, pool: asyncpg.Pool) -> Link:
         from taskmill.transport.postgres import PgPublisher
 
         return Link(PgPublisher(pool, settings.publish_timeout_s))
-    from taskmill.broker import AmqpPublisher, connect
+    from functools import partial
+
+    from taskmill.broker import AmqpPublisher, connect, consumed
+    from taskmill.topology import Names
     from taskmill.transport.routes import Routes
 
     connection = await connect(settings, name)
+    serving = partial(consumed, connection, Names(settings.broker_prefix), settings.publish_timeout_s)
     try:
-        return Link(await AmqpPublisher.open(connection, settings, Routes(pool)), connection)
+        return Link(await AmqpPublisher.open(connection, settings, Routes(pool, serving=serving)), connection)
     except BaseException:
         await connection.close()
         raise

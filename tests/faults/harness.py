@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -51,6 +51,7 @@ from cryptography.fernet import Fernet
 from taskmill.models import Task
 from taskmill.settings import Settings
 from taskmill.store import queue
+from taskmill.store.processors import present
 from taskmill.tokens import mint
 from taskmill.topology import Names
 from tests.faults import invariants, procs
@@ -87,6 +88,7 @@ class RoleProcess:
     log: Path
     # Killed or crashing on purpose: its exit is not a failure of the scenario.
     expect_exit: bool = False
+    types: tuple[str, ...] = ()  # a processor's `--types` (task type names, no patterns): it is dedicated to them
 
     @property
     def pid(self) -> int:
@@ -198,6 +200,10 @@ class BrokerView:
     async def ready(self, queue: str) -> int:
         return (await self.depth(queue) or (0, 0))[0]
 
+    async def serving(self, types: Sequence[str]) -> int:
+        """Processors dedicated to `types` taking work now: the consumers of their queue."""
+        return (await self.depth(self.names.dedicated_queue(types)) or (0, 0))[1]
+
     async def unsettled(self) -> dict[str, tuple[int, int]]:
         """(ready, unacked) of every queue of this prefix, from `rabbitmqctl` (AMQP cannot tell unacked)."""
         out = await self._rabbitmqctl(
@@ -267,6 +273,12 @@ class QueueView(BrokerView):
         assert row is not None
         return int(row[0]), int(row[1])
 
+    async def serving(self, types: Sequence[str]) -> int:
+        """Processors dedicated to `types` taking work now: those holding their presence lock."""
+        async with self._db() as conn:
+            rows = await conn.fetch("SELECT worker, types FROM processors WHERE types = $1::text[]", sorted(types))
+            return len(await present(conn, {r["worker"]: list(r["types"]) for r in rows}))
+
     async def unsettled(self) -> dict[str, tuple[int, int]]:
         async with self._db() as conn:
             waiting: int = await conn.fetchval(
@@ -334,6 +346,7 @@ class Stack:
 
     async def _spawn(self, role: str, args: Iterable[str], env: dict[str, str], expect_exit: bool) -> RoleProcess:
         assert role in ROLES, role
+        argv = list(args)
         name = f"{role}-{sum(1 for p in self.processes if p.role == role) + 1}"
         log = self.workdir / f"{name}.log"
         with log.open("wb") as out:  # the child keeps its own descriptor
@@ -342,13 +355,14 @@ class Stack:
                 "-m",
                 "taskmill.cli",
                 role,
-                *args,
+                *argv,
                 env=self.env(**env),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        process = RoleProcess(role, name, proc, log, expect_exit)
+        types = tuple(argv[argv.index("--types") + 1].split(",")) if "--types" in argv else ()
+        process = RoleProcess(role, name, proc, log, expect_exit, types)
         self.processes.append(process)
         return process
 
@@ -386,16 +400,20 @@ class Stack:
         raise AssertionError(f"no process of the stack is worker {worker}\n{self.logs()}")
 
     async def wait_ready(self, processes: Collection[RoleProcess], timeout: float = 30) -> None:
-        """Until each role is at work: processors consume, distributors and schedulers listen for wake-ups, the
-        API answers /health."""
+        """Until each role is at work: processors consume (a dedicated one: it said it is ready, and takes work as
+        the routing sees it), distributors and schedulers listen for wake-ups, the API answers /health."""
         roles = {p.role for p in processes}
+        dedicated = [p for p in processes if p.role == "processor" and p.types]
 
         async def ready() -> bool:
             self._fail_on_unexpected_exit()
             checks = []
             if "processor" in roles:
+                general = [p for p in self.live("processor") if not p.types]
                 depth = await self.broker.depth(self.broker.names.work_queue)
-                checks.append(depth is not None and depth[1] >= len(self.live("processor")))
+                checks.append(depth is not None and depth[1] >= len(general))
+            for p in dedicated:
+                checks.append("processor ready" in p.output(tail=100_000) and await self.broker.serving(p.types) > 0)
             for role, channel in (("distributor", "taskmill_schedule"), ("scheduler", "taskmill_tasks")):
                 if role in roles:
                     checks.append(await self._listeners(channel) >= len(self.live(role)))

@@ -1,18 +1,25 @@
-"""The processor's intake over PostgreSQL (processor/pg_intake.py): the delivery limit, and what a stopping processor
-hands back."""
+"""The processor's intake over PostgreSQL (processor/pg_intake.py): the delivery limit, what a stopping processor
+hands back, and the types a general processor leaves to dedicated ones."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
 
 import processor.service
+from processor.intake import Delivery
+from processor.pg_intake import PgIntake
 from taskmill.models import Schedule
 from taskmill.settings import Settings
 from taskmill.states import ScheduleKind
-from tests.helpers import new_task, running, statuses, wait_until
+from taskmill.store import queue
+from taskmill.store.processors import hold_presence, register
+from tests.helpers import new_task, run_message, running, statuses, wait_until
 from tests.processor.brokers import distribute, process
 from tests.transports import counts, take_dead_letters
 
@@ -58,3 +65,54 @@ async def test_a_stopping_processor_hands_back_what_it_holds_and_has_not_started
 
 async def _after(at: datetime) -> bool:
     return datetime.now(UTC) >= at
+
+
+class _Claims:
+    """Counts the claims of every intake, passing them on."""
+
+    def __init__(self) -> None:
+        self.made = 0
+        self._claim = queue.claim
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> list[queue.Delivery]:
+        self.made += 1
+        return await self._claim(*args, **kwargs)
+
+
+async def test_a_general_processor_idles_while_a_dedicated_type_waits_and_takes_it_once_its_processor_is_gone(
+    settings: Settings, db: asyncpg.Connection, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A processor dedicated to sleep, at work: its row is live and it holds its presence lock (its connection).
+    await register(db, "dedicated:1", "none", types=["sleep"])
+    presence = await asyncpg.connect(settings.database_url)
+    await hold_presence(presence, "dedicated:1")
+    await queue.enqueue(db, [queue.Message("sleep", run_message(type="sleep").wire(), 1)])
+    claims = _Claims()
+    monkeypatch.setattr(queue, "claim", claims)
+    got: list[Delivery] = []
+    intake = PgIntake(pool, settings, "general:1")
+    await intake.subscribe(lambda delivery: _append(got, delivery))
+    stop = asyncio.Event()
+    keeping = asyncio.create_task(intake.keep(stop, lambda: True))
+    try:
+        await asyncio.sleep(1.5)
+        assert got == []
+        assert claims.made <= 4, f"{claims.made} claims in 1.5 s for a message this processor must not take"
+
+        # Killed: its connection goes, its row looks live for 30 s more.
+        await presence.close()
+        gone = time.monotonic()
+        await wait_until(lambda: _some(got), timeout=10, what="the general processor to take the run")
+        assert time.monotonic() - gone <= 5.0
+    finally:
+        stop.set()
+        await keeping
+        await intake.close()
+
+
+async def _append(got: list[Delivery], delivery: Delivery) -> None:
+    got.append(delivery)
+
+
+async def _some(got: list[Delivery]) -> bool:
+    return bool(got)

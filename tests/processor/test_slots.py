@@ -1,10 +1,13 @@
-"""Execution slots: first come first served, a cancelled waiter never swallows a slot."""
+"""Execution slots: first come first served, a cancelled waiter never swallows a slot, closed when the processor
+stops."""
 
 from __future__ import annotations
 
 import asyncio
 
-from processor.slots import Slots
+import pytest
+
+from processor.slots import Closed, Slots
 
 
 async def test_slots_are_handed_out_in_order_and_never_more_than_there_are() -> None:
@@ -67,3 +70,18 @@ async def test_a_freed_slot_goes_to_the_most_urgent_waiter_first_come_among_equa
     await asyncio.wait_for(asyncio.gather(*waiting), 1)
     assert order == ["d9", "c5", "e5", "a0", "b0", "f0"]
     await asyncio.wait_for(slots.take(), 1)  # every slot came back
+
+
+async def test_closing_turns_away_every_waiter_at_once_and_every_later_caller_and_keeps_the_slots_taken() -> None:
+    slots = Slots(1)
+    await slots.take()
+    waiters = [asyncio.ensure_future(slots.take(priority)) for priority in (0, 5, 9)]
+    await asyncio.sleep(0)
+    slots.close()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert [type(r) for r in results] == [Closed, Closed, Closed]
+    with pytest.raises(Closed):
+        await slots.take()
+    assert slots.free == 0  # the run in flight keeps its slot until it gives it back
+    slots.give()
+    assert slots.free == 1

@@ -15,22 +15,29 @@ import distributor.service
 import processor.service
 from taskmill.settings import Settings
 from tests.api.conftest import SECRET, app_client
+from tests.faults.harness import view_of
 from tests.helpers import new_task, role_process, running, taskmill, wait_for_statuses
 from tests.transports import BOTH
 
 
 @pytest.fixture
 async def noop_only(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`taskmill processor --types 'no*'`, once it is registered as dedicated to noop."""
+    """`taskmill processor --types 'no*'`, once it is registered as dedicated to noop and takes work (the routing
+    goes by both: taskmill/transport/routes.py)."""
+    view = view_of(settings)(settings)
+    await view.open()
 
     async def registered() -> bool:
         types: list[str] | None = await db.fetchval("SELECT types FROM processors WHERE types IS NOT NULL")
-        return types == ["noop"]
+        return types == ["noop"] and await view.serving(types) > 0
 
-    async with role_process(
-        settings, "processor", "--types", "no*", ready=registered, what="the dedicated processor to register"
-    ) as proc:
-        yield proc
+    try:
+        async with role_process(
+            settings, "processor", "--types", "no*", ready=registered, what="the dedicated processor to take work"
+        ) as proc:
+            yield proc
+    finally:
+        await view.close()
 
 
 async def _workers(db: asyncpg.Connection) -> dict[str, set[str]]:
