@@ -34,7 +34,8 @@ RETURNS text LANGUAGE sql STABLE AS $$
         AS m) b
 $$;
 
--- The claim, as in 0015, with each run's release time in its message.
+-- The claim, as in 0015, with each run's release time in its message; an occurrence whose later one was handed out
+-- first is skipped under an overlap policy; the tasks sharing a key are each held to their own cap.
 DROP FUNCTION claim_due_runs(integer, double precision, double precision, timestamptz);
 CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision, at timestamptz)
 RETURNS TABLE (id bigint, type text, status run_status, body text, priority smallint, traceparent text)
@@ -46,7 +47,7 @@ DECLARE
     clock timestamptz := coalesce(at, now());
 BEGIN
     RETURN QUERY
-    WITH due AS (
+    WITH RECURSIVE due AS (
         SELECT s.id, s.scheduled_time, s.task_id,
                NOT s.backfill AND s.workflow_run_id IS NULL AND s.parent_id IS NULL AS schedulable
         FROM task_schedule s
@@ -81,8 +82,10 @@ BEGIN
         WHERE m.schedulable AND m.missed IS NULL AND m.overlap <> 'allow'
         WINDOW w AS (PARTITION BY m.task_id ORDER BY m.scheduled_time)
     ), decided AS (
-        SELECT m.*, p.id AS prev_id, p.scheduled_time AS prev_time, b.before_id, b.after_id,
+        SELECT m.*, p.id AS prev_id, p.scheduled_time AS prev_time, b.before_id, b.after_id, l.id AS later_id,
                CASE WHEN m.missed IS NOT NULL OR m.overlap = 'allow' THEN NULL
+                    -- a later occurrence was handed out first (this one came back: its publish failed): stale
+                    WHEN l.id IS NOT NULL THEN 'skip'
                     -- a later occurrence in this claim supersedes it
                     WHEN m.overlap = 'cancel_previous' AND b.after_id IS NOT NULL THEN 'skip'
                     WHEN p.id IS NULL AND b.before_id IS NULL THEN NULL
@@ -104,11 +107,23 @@ BEGIN
             ORDER BY p.scheduled_time DESC
             LIMIT 1
         ) p ON p.status IN ('queued', 'running', 'retrying')
+        -- A later occurrence in flight: handed out at most the lead ahead of the clock, so a short range.
+        LEFT JOIN LATERAL (
+            SELECT l.id FROM task_schedule l
+            WHERE m.schedulable AND m.overlap <> 'allow' AND m.missed IS NULL
+              AND l.task_id = m.task_id AND l.scheduled_time > m.scheduled_time
+              AND l.scheduled_time <= clock + make_interval(secs => lead_s)
+              AND l.status IN ('queued', 'running', 'retrying')
+            LIMIT 1
+        ) l ON true
         LEFT JOIN siblings b ON b.id = m.id
     ), keyed AS (
-        -- Runs about to be handed out whose task has a cap: each key's runs in time order, numbered.
+        -- Runs about to be handed out whose task has a cap: each key's runs in time order, numbered; `mixed` when
+        -- the tasks sharing the key have caps of their own that differ.
         SELECT d.id, d.ckey, d.max_concurrency,
-               row_number() OVER (PARTITION BY d.ckey ORDER BY d.scheduled_time, d.id) AS n
+               row_number() OVER (PARTITION BY d.ckey ORDER BY d.scheduled_time, d.id) AS n,
+               min(d.max_concurrency) OVER (PARTITION BY d.ckey) <> max(d.max_concurrency) OVER (PARTITION BY d.ckey)
+                   AS mixed
         FROM decided d
         WHERE d.ckey IS NOT NULL AND d.missed IS NULL AND d.overlapping IS NULL
     ), slots AS (
@@ -117,8 +132,23 @@ BEGIN
         WHERE c.key IN (SELECT ckey FROM keyed)
         ORDER BY c.key
         FOR UPDATE
+    ), walk AS (
+        -- A key whose tasks' caps differ: its runs in time order, each taken while the runs of the key in flight
+        -- and those taken before it leave room under its own task's cap (one held by a smaller cap takes no room).
+        SELECT k.ckey, k.n, k.id, c.held < k.max_concurrency AS ok, (c.held < k.max_concurrency)::int AS taken,
+               c.held
+        FROM keyed k JOIN slots c ON c.key = k.ckey
+        WHERE k.mixed AND k.n = 1
+        UNION ALL
+        SELECT k.ckey, k.n, k.id, w.held + w.taken < k.max_concurrency,
+               w.taken + (w.held + w.taken < k.max_concurrency)::int, w.held
+        FROM walk w JOIN keyed k ON k.ckey = w.ckey AND k.n = w.n + 1
     ), fits AS (
-        SELECT k.id, k.ckey FROM keyed k JOIN slots c ON c.key = k.ckey WHERE c.held + k.n <= k.max_concurrency
+        -- One cap for the whole key: the first runs in time order that it leaves room for.
+        SELECT k.id, k.ckey FROM keyed k JOIN slots c ON c.key = k.ckey
+        WHERE NOT k.mixed AND c.held + k.n <= k.max_concurrency
+        UNION ALL
+        SELECT w.id, w.ckey FROM walk w WHERE w.ok
     ), taken AS (
         UPDATE concurrency_slots c SET held = c.held + f.n
         FROM (SELECT ckey, count(*) AS n FROM fits GROUP BY ckey) f
@@ -152,6 +182,9 @@ BEGIN
                              'missed: %s s late, past its grace of %s s (misfire %s: %s)',
                              round(extract(epoch FROM clock - s.scheduled_time)), d.grace, d.misfire,
                              CASE d.missed WHEN 'skip' THEN 'skipped' ELSE d.missed END)
+                         WHEN d.action = 'skip' AND d.later_id IS NOT NULL THEN format(
+                             'overlap %s: run %s of this task, a later occurrence, was handed out first', d.overlap,
+                             d.later_id)
                          WHEN d.action = 'skip' AND d.overlap = 'cancel_previous' THEN format(
                              'overlap cancel_previous: superseded by run %s of this task, due in the same claim',
                              d.after_id)

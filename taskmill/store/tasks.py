@@ -3,18 +3,22 @@ editing, pausing and deleting them."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import asyncpg
 
-from taskmill.db import Connection, jsonb
+from taskmill.cron import ScheduleError
+from taskmill.db import Connection, db_now, jsonb
 from taskmill.models import Task, TaskCreate
+from taskmill.schedules import densest_s, occurrences
 from taskmill.secrets import changed, digests, seal
 from taskmill.states import ScheduleKind
 from taskmill.store.runs import cancel_unpublished_runs
+from taskmill.store.schedule import insert_runs
 from taskmill.tracing import traceparent
 
 # The columns a definition sets, in the order _definition gives them, then who created it and its secrets.
@@ -117,7 +121,31 @@ async def add_run(
 # materializes the new schedule from now on. Past and in-flight runs stay, with their history.
 # The task row is locked first, in its own statement: a scheduler that is materializing the task holds that lock
 # until it commits, and the DELETE, taking a fresh snapshot after the wait, then sees the runs it inserted.
-LOCK_TASK = "SELECT id FROM tasks WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"
+LOCK_TASK = "SELECT * FROM tasks WHERE id = $1 AND deleted_at IS NULL FOR UPDATE"
+
+# The most occurrences an edit or a pause makes of the definition it ends (the latest ones): what a scheduler that
+# was down would have caught up with (see record_due_occurrences).
+DUE_BUDGET = 10_000
+
+
+async def record_due_occurrences(conn: Connection, locked: asyncpg.Record) -> None:
+    """The occurrences of an active recurring task's definition that fell due and that no scheduler has made yet (one
+    was down, or busy), made now that an edit or a pause ends that definition: every expected occurrence ends in a
+    recorded state, as a run or skipped, the claim applying the misfire policy to them. At most DUE_BUDGET of the
+    latest. `locked`: the task's row, locked (LOCK_TASK), as it was before the change."""
+    task = Task.from_record(locked)
+    if not task.active or task.schedule_kind not in (ScheduleKind.CRON, ScheduleKind.INTERVAL):
+        return
+    now = await db_now(conn)
+    start = max(task.schedule_from, locked["materialized_until"] or task.schedule_from)
+    start = max(start, now - timedelta(seconds=densest_s(task.cron, task.every_seconds) * DUE_BUDGET))
+    if start >= now:
+        return
+    try:
+        times = await asyncio.to_thread(occurrences, task, start, now, DUE_BUDGET)
+    except ScheduleError:
+        return  # the scheduler could not have made them either (it logs why)
+    await insert_runs(conn, [task.id] * len(times), times)
 DROP_FUTURE_RUNS = """
 DELETE FROM task_schedule WHERE task_id = $1 AND status = 'scheduled' AND scheduled_time > now()
 """
@@ -150,15 +178,15 @@ async def set_active(conn: Connection, task_id: int, active: bool) -> Task | Non
     it was paused were not expected). A one-off keeps its run, held while paused (see HOLD_ONE_OFF_RUNS). None
     when there is no such task."""
     async with conn.transaction():
-        kind = await conn.fetchval(
-            "SELECT schedule_kind::text FROM tasks WHERE id = $1 AND deleted_at IS NULL FOR UPDATE", task_id
-        )
-        if kind is None:
+        locked = await conn.fetchrow(LOCK_TASK, task_id)
+        if locked is None:
             return None
+        kind = locked["schedule_kind"]
         if kind in (ScheduleKind.ONCE, ScheduleKind.IMMEDIATE):
             await conn.execute(HOLD_ONE_OFF_RUNS, task_id, active)
             record = await conn.fetchrow(SET_ACTIVE, task_id, active)
         else:
+            await record_due_occurrences(conn, locked)
             await conn.execute(DROP_FUTURE_RUNS, task_id)
             record = await conn.fetchrow(RESTART_SCHEDULE, task_id, active)
     assert record is not None
@@ -188,8 +216,10 @@ async def update_task(conn: Connection, task_id: int, spec: TaskCreate, *, secre
     digested = digests(secret_key, spec.secret_values()) if replace_secrets else {}
     s = spec.schedule
     async with conn.transaction():
-        if await conn.fetchval(LOCK_TASK, task_id) is None:
+        locked = await conn.fetchrow(LOCK_TASK, task_id)
+        if locked is None:
             return None
+        await record_due_occurrences(conn, locked)
         await conn.execute(DROP_ON_EDIT[s.kind], task_id)
         record = await conn.fetchrow(
             UPDATE_TASK,

@@ -82,7 +82,9 @@ async def schema_intact(db: asyncpg.Connection, tasks_added: int = 0) -> AsyncIt
 
 
 async def create(api: Api, body: dict[str, Any], headers: dict[str, str] = WRITE) -> dict[str, Any]:
-    response = await api.client.post("/tasks", json={"active": False, **body}, headers=headers)
+    # Paused and recurring: nothing but the task's row is made (a paused one-off would keep its run, held).
+    paused = {"active": False, "schedule": {"kind": "interval", "every_seconds": 3600}}
+    response = await api.client.post("/tasks", json={**paused, **body}, headers=headers)
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
     read = await api.client.get(f"/tasks/{created['id']}", headers=WRITE)
