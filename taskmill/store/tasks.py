@@ -146,6 +146,8 @@ async def record_due_occurrences(conn: Connection, locked: asyncpg.Record) -> No
     except ScheduleError:
         return  # the scheduler could not have made them either (it logs why)
     await insert_runs(conn, [task.id] * len(times), times)
+
+
 DROP_FUTURE_RUNS = """
 DELETE FROM task_schedule WHERE task_id = $1 AND status = 'scheduled' AND scheduled_time > now()
 """
