@@ -15,7 +15,14 @@ from taskmill.messages import read_runs
 from taskmill.metrics import RESCUED
 from taskmill.settings import Settings
 from taskmill.states import RunState
-from taskmill.store.runs import Outbound, rescue_lost, rescue_waiting
+from taskmill.store.runs import (
+    Outbound,
+    letters_refused,
+    letters_sent,
+    rescue_dead_letters,
+    rescue_lost,
+    rescue_waiting,
+)
 from taskmill.transport import Publisher
 
 log = logging.getLogger(__name__)
@@ -33,13 +40,18 @@ async def rescue(
     finders: dict[str, Callable[[], Awaitable[list[Outbound]]]] = {
         "waiting": partial(rescue_waiting, pool, limit, lease_s),
         "lost": partial(rescue_lost, pool, limit, lease_s, settings.lost_limit),
+        "dead letter": partial(rescue_dead_letters, pool, limit, lease_s),  # owed: refused, or never sent
     }
     for kind, find in finders.items():
         while runs := await find():
             # A run that fails to publish keeps its new lease and comes round again when it expires.
             with traced(runs) as outbound:
-                await publisher.publish_runs(outbound)
-            _alert_dead(alerter, runs)
+                confirmed = await publisher.publish_runs(outbound)
+            dead = [(r.run_id, ok) for r, ok in zip(runs, confirmed, strict=True) if r.status is RunState.DEAD]
+            await letters_sent(pool, [run_id for run_id, ok in dead if ok])
+            await letters_refused(pool, [run_id for run_id, ok in dead if not ok])
+            if kind == "lost":  # an owed dead letter is of a run counted and alerted when it died
+                _alert_dead(alerter, runs)
             handled += len(runs)
             RESCUED.labels(kind).inc(len(runs))
             log.info("rescued %d runs (%s)", len(runs), kind, extra={"action": "rescue"})

@@ -4,6 +4,7 @@ or the dead letter. The outcome is recorded before anything is published or acke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -23,7 +24,7 @@ from taskmill.messages import RunMessage
 from taskmill.metrics import RUN_SECONDS, RUNS_FINISHED
 from taskmill.settings import Settings
 from taskmill.states import RunState
-from taskmill.store.runs import Outcome, finish_runs, finished_by
+from taskmill.store.runs import Outcome, finish_runs, finished_by, letters_refused, letters_sent
 from taskmill.transport import Publisher
 
 log = logging.getLogger(__name__)
@@ -102,12 +103,18 @@ class Recorder:
                 )
             elif status is RunState.DEAD:
                 await self._publisher.publish_dead(message.wire(), message.run_id, attempt.error or "failed")
+                # Confirmed: no more owed. (Refused, or lost with this process: the rescuer sends it once the
+                # lease the record gave it ends.)
+                await letters_sent(self._pool, [message.run_id])
             else:
                 return
-        except Exception as exc:  # the row's lease brings a lost retry back through the rescuer
+        except Exception as exc:  # the row's lease brings a lost retry or dead letter back through the rescuer
             log.warning(
                 "publish after run %s failed: %s", message.run_id, described(exc), extra={"run_id": message.run_id}
             )
+            if status is RunState.DEAD:
+                with contextlib.suppress(Exception):  # else the lease the record gave it ends first
+                    await letters_refused(self._pool, [message.run_id])
             return
         self._crash.at(CrashPoint.AFTER_PUBLISH)
 

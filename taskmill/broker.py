@@ -166,7 +166,7 @@ class AmqpPublisher:
     async def _publish(self, channel: aiormq.Channel, runs: list[Outbound]) -> None:
         first = runs[0]
         if first.status is RunState.DEAD:
-            await self.publish_dead(first.body, first.run_id, "processor lost on the last attempt")
+            await self.publish_dead(first.body, first.run_id, first.reason or "processor lost on the last attempt")
             return
         headers: dict[str, Any] | None
         if len(runs) == 1:

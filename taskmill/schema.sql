@@ -162,7 +162,8 @@ CREATE TABLE task_schedule (
     started_at     timestamptz,
     finished_at    timestamptz,
     -- While queued, running or retrying: when the rescuer may hand the run out again. On a scheduled row: a run
-    -- the broker refused waits until then before it is claimed again.
+    -- the broker refused waits until then before it is claimed again ('infinity': a paused one-off's). On a dead
+    -- row: its dead letter is not confirmed yet, and the rescuer sends it then.
     lease_until    timestamptz,
     worker         text,
     error          text,
@@ -197,6 +198,8 @@ CREATE INDEX task_schedule_leases ON task_schedule (lease_until) WHERE status IN
 CREATE INDEX task_schedule_recent ON task_schedule (scheduled_time, id);
 CREATE INDEX task_schedule_workflow_run ON task_schedule (workflow_run_id) WHERE workflow_run_id IS NOT NULL;
 CREATE INDEX task_schedule_parent ON task_schedule (parent_id) WHERE parent_id IS NOT NULL;
+-- The rescuer: dead runs whose dead letter is not confirmed yet (migration 0017).
+CREATE INDEX task_schedule_letters ON task_schedule (lease_until) WHERE status = 'dead' AND lease_until IS NOT NULL;
 CREATE TABLE task_schedule_default PARTITION OF task_schedule DEFAULT;
 
 -- The edges between runs: `dependent` may start once `upstream` succeeded (or ended, with continue_on_failure).
@@ -582,9 +585,10 @@ $$;
 -- Missed runs are decided as they are taken (misfire, migration 0014): a run past its grace is never handed out
 -- before its task's policy has had its say; skipped ones are not returned. Only runs a schedule made are ever missed:
 -- not a workflow's steps, not spawned children, not backfills. Overlaps too (migration 0014): the previous run is
--- the task's latest occurrence before this one that was handed out, found backwards on (task_id, scheduled_time)
--- only for tasks whose policy is not `allow`. Concurrency caps (migration 0014): a run whose key is at its cap waits,
--- looked at again in a second. `at`: the clock (now() when NULL).
+-- the task's latest occurrence before this one that was handed out and not cancelled, found backwards on (task_id,
+-- scheduled_time) only for tasks whose policy is not `allow`; an occurrence whose later one was handed out first is
+-- skipped (migration 0017). Concurrency caps (migration 0014): a run whose key is at its cap waits, looked at again in
+-- a second; tasks sharing a key are each held to their own cap (migration 0017). `at`: the clock (now() when NULL).
 CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision, at timestamptz)
 RETURNS TABLE (id bigint, type text, status run_status, body text, priority smallint, traceparent text)
 LANGUAGE plpgsql SET enable_sort = off SET enable_bitmapscan = off SET enable_hashjoin = off SET enable_mergejoin = off
@@ -651,7 +655,8 @@ BEGIN
             SELECT p.id, p.scheduled_time, p.status FROM task_schedule p
             WHERE m.schedulable AND m.overlap <> 'allow' AND m.missed IS NULL
               AND p.task_id = m.task_id AND p.scheduled_time < m.scheduled_time
-              AND p.status NOT IN ('skipped', 'scheduled')
+              -- a cancelled run is not in flight, and may never have been handed out: one before it may be
+              AND p.status NOT IN ('skipped', 'scheduled', 'cancelled')
             ORDER BY p.scheduled_time DESC
             LIMIT 1
         ) p ON p.status IN ('queued', 'running', 'retrying')

@@ -21,6 +21,12 @@ ALTER TABLE run_children ADD COLUMN cancelled boolean NOT NULL DEFAULT false;
 -- from here, not from its workflow run's time (the message carries it as `released_at`).
 ALTER TABLE task_schedule ADD COLUMN released_at timestamptz;
 
+-- A dead run whose dead letter is not confirmed yet keeps a lease (taskmill/store/runs.py, RESCUE_DEAD_LETTERS): the
+-- rescuer sends it once the lease ends, so a refused or lost letter is sent all the same. A few rows at a time.
+-- IF NOT EXISTS: on a large installation build it first, CONCURRENTLY (see 0016).
+CREATE INDEX IF NOT EXISTS task_schedule_letters ON task_schedule (lease_until)
+    WHERE status = 'dead' AND lease_until IS NOT NULL;
+
 -- The run message, as in 0015, with `released_at` when the run was released by its dependencies.
 CREATE FUNCTION run_message(run_id bigint, task_id bigint, attempt integer, lost integer, scheduled_time timestamptz,
                             deadline timestamptz, t tasks, released timestamptz)
@@ -35,7 +41,8 @@ RETURNS text LANGUAGE sql STABLE AS $$
 $$;
 
 -- The claim, as in 0015, with each run's release time in its message; an occurrence whose later one was handed out
--- first is skipped under an overlap policy; the tasks sharing a key are each held to their own cap.
+-- first is skipped under an overlap policy, and a cancelled run is not taken for the previous one; the tasks sharing a
+-- key are each held to their own cap.
 DROP FUNCTION claim_due_runs(integer, double precision, double precision, timestamptz);
 CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision, at timestamptz)
 RETURNS TABLE (id bigint, type text, status run_status, body text, priority smallint, traceparent text)
@@ -103,7 +110,8 @@ BEGIN
             SELECT p.id, p.scheduled_time, p.status FROM task_schedule p
             WHERE m.schedulable AND m.overlap <> 'allow' AND m.missed IS NULL
               AND p.task_id = m.task_id AND p.scheduled_time < m.scheduled_time
-              AND p.status NOT IN ('skipped', 'scheduled')
+              -- a cancelled run is not in flight, and may never have been handed out: one before it may be
+              AND p.status NOT IN ('skipped', 'scheduled', 'cancelled')
             ORDER BY p.scheduled_time DESC
             LIMIT 1
         ) p ON p.status IN ('queued', 'running', 'retrying')

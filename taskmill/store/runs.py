@@ -31,6 +31,7 @@ class Outbound:
     status: RunState
     priority: int = 0  # the task's, 0-9: higher passes a backlog (routed to the urgent lane on RabbitMQ)
     traceparent: str | None = None  # the trace context of the API request that made the run (taskmill/tracing.py)
+    reason: str | None = None  # a dead run's: why it is dead, for its dead letter
 
 
 # The statement lives in the database (claim_due_runs in taskmill/schema.sql) to carry its planner settings.
@@ -39,7 +40,15 @@ CLAIM_DUE = "SELECT id, type, status, body, priority, traceparent FROM claim_due
 
 def _outbound(records: list[asyncpg.Record]) -> list[Outbound]:
     return [
-        Outbound(r["id"], r["type"], r["body"].encode(), RunState(r["status"]), r["priority"], r["traceparent"])
+        Outbound(
+            r["id"],
+            r["type"],
+            r["body"].encode(),
+            RunState(r["status"]),
+            r["priority"],
+            r["traceparent"],
+            r.get("reason"),
+        )
         for r in records
     ]
 
@@ -164,7 +173,10 @@ WITH b AS (
     SET status = b.status,
         finished_at = CASE WHEN b.status = 'retrying' THEN NULL ELSE b.finished_at END,
         error = b.error,
-        lease_until = CASE WHEN b.status = 'retrying' THEN b.finished_at + make_interval(secs => b.retry_in_s) END
+        -- retrying: when the rescuer publishes the retry itself; dead: when it sends the dead letter itself, unless
+        -- the processor's publish of it was confirmed first (letters_sent).
+        lease_until = CASE WHEN b.status IN ('retrying', 'dead')
+                           THEN b.finished_at + make_interval(secs => b.retry_in_s) END
     -- By primary key only (see START): `status = 'running'` would let a generic plan walk the whole partial index of
     -- runs in flight, which holds every run of a burst (152 M entries read for 20,000 runs).
     FROM b WHERE s.id = b.id AND s.scheduled_time = b.at AND s.status::text = 'running' AND s.attempt = b.attempt
@@ -278,7 +290,8 @@ WITH lost AS (
             ELSE '' END,
         finished_at = CASE WHEN s.lost >= $3 THEN now() END,
         queued_at = now(),
-        lease_until = CASE WHEN s.lost >= $3 THEN NULL ELSE now() + make_interval(secs => $2) END
+        -- dead: its dead letter is owed until the publish of it is confirmed (letters_sent)
+        lease_until = now() + make_interval(secs => $2)
     FROM lost WHERE s.id = lost.id AND s.scheduled_time = lost.scheduled_time
     RETURNING s.id, s.task_id, s.attempt, s.lost, s.scheduled_time, s.lease_until, s.status, s.traceparent,
               s.released_at, s.started_at, s.worker, s.error
@@ -288,7 +301,8 @@ WITH lost AS (
     FROM r JOIN tasks t ON t.id = r.task_id
     ON CONFLICT (run_id, scheduled_time, attempt) DO NOTHING
 )
-SELECT r.id, t.type, r.status, {_MESSAGE} AS body, t.priority, r.traceparent FROM r JOIN tasks t ON t.id = r.task_id
+SELECT r.id, t.type, r.status, {_MESSAGE} AS body, t.priority, r.traceparent, r.error AS reason
+FROM r JOIN tasks t ON t.id = r.task_id
 """
 
 
@@ -383,6 +397,50 @@ async def retry_run(conn: Conn, run_id: int) -> Retry | None:
     return Retry(
         retried, RunState(row["status"]), row["task_id"], row["task_deleted"], row["workflow_run_id"], row["parent_id"]
     )
+
+
+# Dead runs whose dead letter was not confirmed (the broker refused it or was away, the process died before it was
+# sent): it is sent again once the lease ends, the lease moved on first (as for a waiting run).
+RESCUE_DEAD_LETTERS = f"""
+WITH owed AS (
+    SELECT id, scheduled_time FROM task_schedule
+    WHERE status = 'dead' AND lease_until < now()
+    ORDER BY lease_until LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), r AS (
+    UPDATE task_schedule s SET lease_until = now() + make_interval(secs => $2)
+    FROM owed WHERE s.id = owed.id AND s.scheduled_time = owed.scheduled_time
+    RETURNING s.id, s.task_id, s.attempt - 1 AS attempt, s.lost, s.scheduled_time, s.lease_until, s.status,
+              s.traceparent, s.released_at, s.error
+)
+SELECT r.id, t.type, r.status, {_MESSAGE} AS body, t.priority, r.traceparent, r.error AS reason
+FROM r JOIN tasks t ON t.id = r.task_id
+"""
+
+# A dead run's letter is confirmed: nothing more is owed. By id alone (a probe of each day's primary key index): dead
+# runs are few.
+LETTERS_SENT = "UPDATE task_schedule SET lease_until = NULL WHERE id = ANY($1::bigint[]) AND status = 'dead'"
+
+
+async def rescue_dead_letters(conn: Conn, limit: int, lease_s: float) -> list[Outbound]:
+    """Dead runs whose dead letter is still owed: to be sent (their status dead, each alone to the dead letters)."""
+    return _outbound(await conn.fetch(RESCUE_DEAD_LETTERS, limit, lease_s))
+
+
+# A dead letter refused: owed at once, sent again by the rescuer's next pass (not after a whole lease).
+LETTERS_REFUSED = "UPDATE task_schedule SET lease_until = now() WHERE id = ANY($1::bigint[]) AND status = 'dead'"
+
+
+async def letters_refused(conn: Conn, run_ids: Sequence[int]) -> None:
+    """The dead letters of these runs were refused (or not confirmed): the rescuer's next pass sends them."""
+    if run_ids:
+        await conn.execute(LETTERS_REFUSED, list(run_ids))
+
+
+async def letters_sent(conn: Conn, run_ids: Sequence[int]) -> None:
+    """The dead letters of these runs were confirmed."""
+    if run_ids:
+        await conn.execute(LETTERS_SENT, list(run_ids))
 
 
 async def rescue_waiting(conn: Conn, limit: int, lease_s: float) -> list[Outbound]:

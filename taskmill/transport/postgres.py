@@ -71,6 +71,8 @@ class PgPublisher:
 def _message(runs: list[Outbound]) -> queue.Message:
     first = runs[0]
     if first.status is RunState.DEAD:
-        return queue.Message(first.type, first.body, first.run_id, reason="processor lost on the last attempt")
+        return queue.Message(
+            first.type, first.body, first.run_id, reason=first.reason or "processor lost on the last attempt"
+        )
     body = first.body if len(runs) == 1 else batch_body([run.body for run in runs])
     return queue.Message(first.type, body, first.run_id, priority=first.priority)
