@@ -123,9 +123,19 @@ async def role_process(
         await wait_until(up, timeout=30, what=what)
         yield proc
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 30)
+        await stop_process(proc, 30)
+
+
+async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 20) -> None:
+    """SIGTERM (a graceful stop), SIGKILL if it is not gone within `timeout`; returns once it is reaped."""
+    if proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 
 def free_port() -> int:

@@ -15,7 +15,6 @@ import os
 import pwd
 import re
 import secrets
-import signal
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
@@ -33,7 +32,7 @@ from taskmill.tasktypes.base import RunContext, TaskFailed
 from taskmill.tasktypes.command import COMMAND
 from taskmill.tasktypes.jail import Jail
 from tests.faults import procs
-from tests.helpers import new_task, start_role_process, wait_until
+from tests.helpers import new_task, start_role_process, stop_process, wait_until
 
 CANARIES = {
     "JWT_SECRET": "jwt-canary-" + secrets.token_hex(16),
@@ -60,13 +59,7 @@ async def processor(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[a
     try:
         yield proc, key_file
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc)
 
 
 async def _isolation_of(db: asyncpg.Connection, pid: int) -> str:

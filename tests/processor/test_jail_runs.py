@@ -16,7 +16,6 @@ import pwd
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from taskmill.tasktypes.command import COMMAND
 from taskmill.tasktypes.install import InstallCache
 from taskmill.tasktypes.jail import Jail
 from taskmill.tasktypes.uids import NoFreeUid, UidRange
-from tests.helpers import new_task, start_role_process, wait_until
+from tests.helpers import new_task, start_role_process, stop_process, wait_until
 from tests.processor.test_jail import _isolation_of, _run, results
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,13 +59,7 @@ async def jailed_processor(settings: Settings, **env: str) -> AsyncIterator[asyn
     try:
         yield proc
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc)
 
 
 def jail_of(settings: Settings, **update: Any) -> Jail:
