@@ -682,7 +682,8 @@ BEGIN
     ), slots AS (
         -- Locked in key order, so two claims never wait on each other in a cycle.
         SELECT c.key, c.held FROM concurrency_slots c
-        WHERE c.key IN (SELECT ckey FROM keyed)
+        WHERE c.key IN (SELECT ckey FROM keyed UNION ALL
+                        SELECT d.ckey FROM decided d WHERE d.ckey IS NOT NULL AND d.overlapping = 'cancel')
         ORDER BY c.key
         FOR UPDATE
     ), walk AS (
@@ -703,8 +704,13 @@ BEGIN
         UNION ALL
         SELECT w.id, w.ckey FROM walk w WHERE w.ok
     ), taken AS (
+        -- With the runs that replace their previous one (cancel_previous): each takes the slot that one leaves.
         UPDATE concurrency_slots c SET held = c.held + f.n
-        FROM (SELECT ckey, count(*) AS n FROM fits GROUP BY ckey) f
+        FROM (SELECT ckey, count(*) AS n
+              FROM (SELECT ckey FROM fits
+                    UNION ALL
+                    SELECT d.ckey FROM decided d WHERE d.ckey IS NOT NULL AND d.overlapping = 'cancel') k
+              GROUP BY ckey) f
         WHERE c.key = f.ckey
     ), final AS (
         -- Over its cap a run waits, looked at again in a second, like a run held by queue_one.
@@ -730,7 +736,7 @@ BEGIN
                                WHEN d.action = 'hold' THEN clock + interval '1 second'
                                ELSE clock + make_interval(secs => lease_s) END,
             finished_at = CASE WHEN d.missed IS NOT NULL OR d.action = 'skip' THEN clock END,
-            concurrency_key = CASE WHEN d.missed IS NULL AND d.action IS NULL THEN d.ckey END,
+            concurrency_key = CASE WHEN d.missed IS NULL AND (d.action IS NULL OR d.action = 'cancel') THEN d.ckey END,
             error = CASE WHEN d.missed IS NOT NULL THEN format(
                              'missed: %s s late, past its grace of %s s (misfire %s: %s)',
                              round(extract(epoch FROM clock - s.scheduled_time)), d.grace, d.misfire,

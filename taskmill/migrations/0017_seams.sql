@@ -42,7 +42,7 @@ $$;
 
 -- The claim, as in 0015, with each run's release time in its message; an occurrence whose later one was handed out
 -- first is skipped under an overlap policy, and a cancelled run is not taken for the previous one; the tasks sharing a
--- key are each held to their own cap.
+-- key are each held to their own cap, and a run that replaces its previous one (cancel_previous) takes its slot.
 DROP FUNCTION claim_due_runs(integer, double precision, double precision, timestamptz);
 CREATE FUNCTION claim_due_runs(batch integer, lease_s double precision, lead_s double precision, at timestamptz)
 RETURNS TABLE (id bigint, type text, status run_status, body text, priority smallint, traceparent text)
@@ -137,7 +137,8 @@ BEGIN
     ), slots AS (
         -- Locked in key order, so two claims never wait on each other in a cycle.
         SELECT c.key, c.held FROM concurrency_slots c
-        WHERE c.key IN (SELECT ckey FROM keyed)
+        WHERE c.key IN (SELECT ckey FROM keyed UNION ALL
+                        SELECT d.ckey FROM decided d WHERE d.ckey IS NOT NULL AND d.overlapping = 'cancel')
         ORDER BY c.key
         FOR UPDATE
     ), walk AS (
@@ -158,8 +159,13 @@ BEGIN
         UNION ALL
         SELECT w.id, w.ckey FROM walk w WHERE w.ok
     ), taken AS (
+        -- With the runs that replace their previous one (cancel_previous): each takes the slot that one leaves.
         UPDATE concurrency_slots c SET held = c.held + f.n
-        FROM (SELECT ckey, count(*) AS n FROM fits GROUP BY ckey) f
+        FROM (SELECT ckey, count(*) AS n
+              FROM (SELECT ckey FROM fits
+                    UNION ALL
+                    SELECT d.ckey FROM decided d WHERE d.ckey IS NOT NULL AND d.overlapping = 'cancel') k
+              GROUP BY ckey) f
         WHERE c.key = f.ckey
     ), final AS (
         -- Over its cap a run waits, looked at again in a second, like a run held by queue_one.
@@ -185,7 +191,7 @@ BEGIN
                                WHEN d.action = 'hold' THEN clock + interval '1 second'
                                ELSE clock + make_interval(secs => lease_s) END,
             finished_at = CASE WHEN d.missed IS NOT NULL OR d.action = 'skip' THEN clock END,
-            concurrency_key = CASE WHEN d.missed IS NULL AND d.action IS NULL THEN d.ckey END,
+            concurrency_key = CASE WHEN d.missed IS NULL AND (d.action IS NULL OR d.action = 'cancel') THEN d.ckey END,
             error = CASE WHEN d.missed IS NOT NULL THEN format(
                              'missed: %s s late, past its grace of %s s (misfire %s: %s)',
                              round(extract(epoch FROM clock - s.scheduled_time)), d.grace, d.misfire,
