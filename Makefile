@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 BENCH_STAMP := $(VENV)/.installed-bench-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install tools test lint dev bench migrate clean
+.PHONY: install tools test quick soak lint dev bench migrate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,14 @@ tools:
 	    echo "make test: chromium is missing: run \`sudo apt-get install chromium\`" >&2; exit 1; \
 	  fi; \
 	fi
+	@if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make tools: installing rabbitmq-server (the tests run a node of their own; the package's own is left alone)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends rabbitmq-server >/dev/null; \
+	  else \
+	    echo "make test: rabbitmq-server is missing: run \`sudo apt-get install rabbitmq-server\` (or give AMQP_URL)" >&2; exit 1; \
+	  fi; \
+	fi
 	@if [ ! -x /usr/bin/promtool ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "make tools: installing prometheus (for promtool)"; \
@@ -39,11 +47,23 @@ tools:
 	  fi; \
 	fi
 
-## Runs the whole test suite against the local PostgreSQL and RabbitMQ, two tests at a time: most of the wall
-## time is spent waiting on processes, brokers and timeouts, and every test has its own database and names.
-## tests/conftest.py stops at once, naming the install command, if another program the tests drive is missing.
+## Runs the whole test suite, four tests at a time on any number of cores (most of a test's time is spent waiting
+## on role processes, brokers and timeouts; every test has its own database and names; a test that asserts a
+## wall-clock bound, marked `timing`, runs alone), against a PostgreSQL server and a RabbitMQ node of its own
+## (tests/services.py) unless DATABASE_URL and AMQP_URL name others; prints the slowest 15.
 test: $(STAMP) tools
-	$(BIN)/pytest -n 2
+	$(BIN)/pytest -n 4 --dist worksteal --durations=15
+
+## The inner loop: unit tests and tests within the pytest process (no role processes, roles, CLI runs, servers of a
+## test's own, browser or fuzzing: the marks tests/marks.py applies), without the tools `make test` installs.
+quick: $(STAMP)
+	$(BIN)/pytest -n 2 -m "not processes and not roles and not browser and not fuzz and not slow" --durations=10
+
+## The model-based tests (tests/model/) with their long budget: thousands of random sequences of what users,
+## operators, the roles and faults do, each checked against the invariants (README "Faults we test"); and the API
+## fuzzer with schemathesis's coverage phase and 100 examples per operation.
+soak: $(STAMP) tools
+	TASKMILL_MODEL_BUDGET=long $(BIN)/pytest -p no:cacheprovider -s tests/model tests/api/test_fuzz.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,8 +8,9 @@ import asyncio
 import logging
 
 import asyncpg
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
+from taskmill.broker import on_channel
 from taskmill.db import is_transient
 from taskmill.logs import described
 from taskmill.loops import Backoff, wait_or_stop
@@ -32,9 +33,6 @@ async def serve(
     stop: asyncio.Event,
 ) -> None:
     """Consumes run requests until `stop`."""
-    channel = await connection.channel()
-    await channel.set_qos(prefetch_count=_PREFETCH)
-    queue = await declare_submit(channel, settings)
     allowed = Allowed.of(settings.submit_types)
 
     async def handle(message: AbstractIncomingMessage) -> None:
@@ -57,12 +55,35 @@ async def serve(
             log.info("run %s requested", run_id, extra={"run_id": run_id, "action": "submit"})
             return
 
+    opened = await _open(connection, settings, stop)
+    if opened is None:
+        return
+    channel, queue = opened
     tag = await queue.consume(handle)
     try:
         await stop.wait()
     finally:
         await queue.cancel(tag)
         await channel.close()
+
+
+async def _open(
+    connection: AbstractRobustConnection, settings: Settings, stop: asyncio.Event
+) -> tuple[AbstractChannel, AbstractQueue] | None:
+    """A channel and the submit queue declared on it, tried again while the broker connection is lost (the robust
+    connection restores both once they exist); None when `stop` came first."""
+    backoff = Backoff(settings.db_retry_max_s)
+
+    async def prefetching(connection: AbstractRobustConnection) -> AbstractChannel:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=_PREFETCH)
+        return channel
+
+    async def again(exc: Exception) -> bool:
+        log.warning("cannot open the submit queue yet: %s", described(exc), extra={"action": "submit"})
+        return not await wait_or_stop(stop, backoff.next())
+
+    return await on_channel(connection, prefetching, lambda channel: declare_submit(channel, settings), again)
 
 
 async def _refuse(publisher: Publisher, message: AbstractIncomingMessage, reason: str) -> None:

@@ -21,6 +21,7 @@ from taskmill.secrets import open_sealed
 from taskmill.settings import Settings
 from taskmill.spawn import Flow, Parent, SpawnError
 from taskmill.tasktypes import BUILTIN, RunContext, TaskFailed, TaskSkipped
+from taskmill.tasktypes.base import REPORT_GRACE_S
 from taskmill.tasktypes.install import InstallCache, default_root
 from taskmill.tasktypes.jail import Jail
 from taskmill.workerpool.pool import WorkerPool
@@ -101,8 +102,9 @@ async def execute(message: RunMessage, ctx: RunContext) -> Attempt:
         payload = tasktype.parse(message.payload)
     except ValidationError as exc:
         return Attempt(False, None, f"payload does not fit type {message.type}: {exc}", elapsed(), permanent=True)
+    limit_s = ctx.timeout_seconds + (REPORT_GRACE_S if tasktype.ends_at_timeout else 0.0)
     try:
-        async with asyncio.timeout(ctx.timeout_seconds):
+        async with asyncio.timeout(limit_s):
             result = await tasktype.run(payload, ctx)
     except TimeoutError:
         return Attempt(False, None, f"timed out after {ctx.timeout_seconds:g} s", elapsed())

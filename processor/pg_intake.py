@@ -163,7 +163,7 @@ class PgIntake:
                     )
                     await self._hand_out(got)
                     filled = filled or len(got) == room
-                wait_s = None if filled else await queue.next_ready_in(self._pool, only, excluded)
+                wait_s = None if filled else await queue.next_ready_in(self._pool, only, excluded, rooms)
             except Exception as exc:
                 await pause_if_transient(exc, backoff, stop, "fetch")
                 continue

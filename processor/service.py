@@ -22,7 +22,7 @@ from taskmill.store.processors import LIVE_WITHIN_S, dedicated, leave, register,
 from taskmill.store.tasktypes import Registered, registered
 from taskmill.store.tasktypes import register as register_types
 from taskmill.tasktypes import BUILTIN
-from taskmill.tasktypes.http import http_client
+from taskmill.tasktypes.http_client import http_client
 from taskmill.tasktypes.jail import Jail
 from taskmill.transport import Link, open_link
 from taskmill.workerpool.child import Setup

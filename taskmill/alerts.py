@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from taskmill.metrics import ALERTS_POSTED, RUNS_FINISHED
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,11 @@ class Alerter:
     def __init__(self, url: str, delays_s: tuple[float, ...] = RETRY_DELAYS_S, timeout_s: float = 5.0) -> None:
         self._url = url
         self._delays_s = delays_s
-        self._http = httpx.AsyncClient(timeout=timeout_s) if url else None
+        self._http: httpx.AsyncClient | None = None
+        if url:  # httpx only where a webhook is set: the distributor need not import it otherwise
+            import httpx
+
+            self._http = httpx.AsyncClient(timeout=timeout_s)
         self._sending: set[asyncio.Task[None]] = set()
 
     def dead(
@@ -59,6 +64,8 @@ class Alerter:
         task.add_done_callback(self._sending.discard)
 
     async def _post(self, alert: dict[str, Any], key: str) -> None:
+        import httpx
+
         assert self._http is not None
         for try_, delay_s in enumerate((0.0, *self._delays_s), 1):
             await asyncio.sleep(delay_s)

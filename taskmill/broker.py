@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import aio_pika
 import aiormq
@@ -24,6 +25,48 @@ from taskmill.transport import coalesce
 from taskmill.transport.routes import Routes, lane_key
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# What a call on the broker raises when its connection went or the broker closed it (a restart, or RabbitMQ 3.10's
+# INTERNAL_ERROR when replicas declare one quorum queue at once). A channel error (a queue declared with other
+# arguments) is not among them.
+_LOST = (aiormq.exceptions.AMQPConnectionError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether a broker call failed because its connection went: the robust connection comes back by itself, so the
+    call is worth trying again. aiormq says so with a bare RuntimeError ("<Connection ...> closed") until the robust
+    connection has noticed."""
+    if isinstance(exc, _LOST):
+        return True
+    return isinstance(exc, RuntimeError) and str(exc).endswith(" closed")
+
+
+async def on_channel(
+    connection: AbstractRobustConnection,
+    open_channel: Callable[[AbstractRobustConnection], Awaitable[AbstractChannel]],
+    use: Callable[[AbstractChannel], Awaitable[T]],
+    again: Callable[[Exception], Awaitable[bool]],
+) -> tuple[AbstractChannel, T] | None:
+    """A channel `open_channel` opens and what `use` made on it (a declared queue, a topology). While the broker
+    connection is lost (`connection_lost`) the channel is closed, else the robust connection would open it again on
+    reconnecting, and `again(exc)` decides: True tries once more, False gives up (None); it may raise instead."""
+    while True:
+        channel: AbstractChannel | None = None
+        try:
+            channel = await open_channel(connection)
+            return channel, await use(channel)
+        except Exception as exc:
+            if not connection_lost(exc):
+                raise
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+            if not await again(exc):
+                return None
+
+
+_DECLARE_PAUSES_S = (0.5, 1.0, 2.0, 4.0)
 
 
 async def connect(settings: Settings, name: str) -> AbstractRobustConnection:
@@ -119,8 +162,22 @@ class AmqpPublisher:
     async def open(
         cls, connection: AbstractRobustConnection, settings: Settings, routes: Routes | None = None
     ) -> AmqpPublisher:
-        channel = await confirmed_channel(connection)
-        return cls(channel, await declare(channel, settings), settings.publish_timeout_s, connection, routes)
+        # A role starting beside its replicas may have its connection closed while it declares (`connection_lost`):
+        # a few tries over some seconds, then the error, for the role to stop on as a broker it cannot reach.
+        pauses = iter(_DECLARE_PAUSES_S)
+
+        async def again(exc: Exception) -> bool:
+            pause_s = next(pauses, None)
+            if pause_s is None:
+                raise exc
+            log.warning("declaring the queues failed, will retry in %.1f s: %s", pause_s, described(exc))
+            await asyncio.sleep(pause_s)
+            return True
+
+        opened = await on_channel(connection, confirmed_channel, lambda channel: declare(channel, settings), again)
+        assert opened is not None  # `again` raises rather than give up
+        channel, topology = opened
+        return cls(channel, topology, settings.publish_timeout_s, connection, routes)
 
     async def _routing_key(self, task_type: str, priority: int) -> str:
         if self.routes is None:

@@ -21,7 +21,6 @@ from pydantic import ValidationError
 
 from taskmill import logs, metrics, tracing
 from taskmill.settings import ConfigError, Settings, format_settings_error
-from taskmill.tokens import check_hs256_secret, mint
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +217,8 @@ async def _dev(settings: Settings, stop: asyncio.Event) -> None:
         flush=True,
     )
     if settings.jwt_secret:
+        from taskmill.tokens import mint
+
         print(f"taskmill dev: token: {mint(settings.jwt_secret, 'dev', 'admin', 12 * 3600)}", flush=True)
     await run_loops(stop, **{name: load_role(name)(settings, stop=stop) for name in ROLES})
 
@@ -293,6 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.command == "token":
+            # Only here and in `dev`: PyJWT and cryptography's X.509 cost every role process 45 ms of CPU to import.
+            from taskmill.tokens import check_hs256_secret, mint
+
             if not settings.jwt_secret:
                 print("taskmill token: set JWT_SECRET (the HS256 secret the API verifies with)", file=sys.stderr)
                 return 2

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -35,6 +38,26 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     # clears on the next try too.
     asyncpg.InternalClientError,
 )
+
+
+# What PostgreSQL settles by rolling one of two transactions back: the one rolled back may simply run again.
+CONFLICTS: tuple[type[BaseException], ...] = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+T = TypeVar("T")
+
+
+async def retry_conflicts(attempt: Callable[[], Awaitable[T]], tries: int = 4) -> T:
+    """`attempt` (one whole transaction) run again, up to `tries` times in all, while PostgreSQL rolls it back to
+    settle a conflict with another transaction (a deadlock, a serialization failure), after a short random pause.
+    For a request that races the roles over the same runs: its client should not be told to try again for it."""
+    for n in range(1, tries + 1):
+        try:
+            return await attempt()
+        except CONFLICTS:
+            if n == tries:
+                raise
+            await asyncio.sleep(random.uniform(0.01, 0.05) * n)
+    raise AssertionError("unreachable")
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -128,8 +128,9 @@ def check_port_free(host: str, port: int) -> None:
 
 
 @contextlib.contextmanager
-def embedded_postgres(data_dir: Path) -> Iterator[Embedded]:
-    """Starts the server on `data_dir` (initialized when new) for the body of the block, then stops it.
+def embedded_postgres(data_dir: Path, options: Mapping[str, str] | None = None) -> Iterator[Embedded]:
+    """Starts the server on `data_dir` (initialized when new) for the body of the block, then stops it; `options`
+    are server settings for this start (as `-c name=value`).
 
     A lock beside the data directory, held for the whole block, keeps a second `taskmill dev` off it; a server
     left running there by a `taskmill dev` that was killed is stopped first, so every start is a fresh one.
@@ -151,7 +152,7 @@ def embedded_postgres(data_dir: Path) -> Iterator[Embedded]:
             stack.callback(_remove_quietly, socket_dir)
         started: list[int] = []  # the server's pid once it runs, for a stop that pg_ctl cannot do
         stack.callback(_stop, binaries, data_dir, user, started)  # before the start, which an interrupt may cut short
-        started.append(_start(binaries, data_dir, socket_dir, user))
+        started.append(_start(binaries, data_dir, socket_dir, user, options or {}))
         try:
             yield Embedded(data_dir=data_dir, socket_dir=socket_dir, version=binaries.version, pid=started[0])
         finally:
@@ -395,12 +396,13 @@ def _socket_dir(data_dir: Path, user: ServerUser) -> Path:
     return private
 
 
-def _start(binaries: Binaries, data_dir: Path, socket_dir: Path, user: ServerUser) -> int:
+def _start(binaries: Binaries, data_dir: Path, socket_dir: Path, user: ServerUser, settings: Mapping[str, str]) -> int:
     log_file = data_dir / LOG_NAME
     logged = log_file.stat().st_size if log_file.exists() else 0
     # pg_ctl hands -o to the server through /bin/sh; the socket directory is a list setting, its item in quotes.
     listed = '"' + str(socket_dir).replace('"', '""') + '"'
-    options = shlex.join(["-c", "listen_addresses=", "-c", f"unix_socket_directories={listed}", "-c", f"port={PORT}"])
+    chosen = {**settings, "listen_addresses": "", "unix_socket_directories": listed, "port": str(PORT)}
+    options = shlex.join([arg for name, value in chosen.items() for arg in ("-c", f"{name}={value}")])
     command = [str(binaries.bin_dir / "pg_ctl"), "start", "-w", "-t", str(_START_TIMEOUT_S), "-D", str(data_dir)]
     code, output = _run_as(user, [*command, "-l", str(log_file), "-o", options], timeout=_START_TIMEOUT_S + 10)
     if code != 0:

@@ -185,6 +185,9 @@ CREATE TABLE task_schedule (
     -- When a run waiting for others (a workflow step, a reduce) was released to the claim: its start lateness counts
     -- from here (the message's `released_at`), not from its workflow run's time.
     released_at    timestamptz,
+    -- A one-off task's own run (made with the task, or by an edit into `once`): an edit of the task into a new `once`
+    -- replaces it; the occurrences an earlier recurring definition owed stay (taskmill/store/tasks.py).
+    one_off        boolean NOT NULL DEFAULT false,
     -- A run's key is its id and its time: the time names its partition.
     CONSTRAINT task_schedule_pkey PRIMARY KEY (id, scheduled_time),
     CONSTRAINT task_schedule_task_id_scheduled_time_key UNIQUE (task_id, scheduled_time)
@@ -439,7 +442,12 @@ BEGIN
     UPDATE workflow_runs w
     SET open = greatest(w.open - k.n, 0), failed = w.failed + k.bad,
         status = CASE WHEN w.status <> 'running' OR w.open - k.n > 0 THEN w.status
-                      WHEN w.failed + k.bad > 0 THEN 'failed' ELSE 'succeeded' END,
+                      WHEN w.failed + k.bad > 0 THEN 'failed'
+                      -- a step cancelled on its own (POST /runs/{id}/cancel): the workflow did not complete
+                      WHEN EXISTS (SELECT 1 FROM task_schedule s WHERE s.workflow_run_id = w.id
+                                     AND s.scheduled_time = w.scheduled_time AND s.status = 'cancelled')
+                           THEN 'cancelled'
+                      ELSE 'succeeded' END,
         finished_at = CASE WHEN w.open - k.n <= 0 THEN coalesce(w.finished_at, clock_timestamp()) END
     FROM k WHERE w.id = k.wrun;
 
@@ -610,7 +618,15 @@ BEGIN
         FOR UPDATE SKIP LOCKED
     ), missed AS (
         SELECT due.id, due.scheduled_time, due.task_id, due.schedulable,
-               CASE WHEN NOT due.schedulable
+               -- A run of a task paused or deleted since it was made (its publish failed, or it came due in the
+               -- moment the pause took): a one-off's is held until the task is resumed, a recurring task's is
+               -- skipped, a deleted task's cancelled. A workflow's step, a child, a retry or a backfill runs.
+               CASE WHEN due.schedulable AND NOT t.active THEN
+                        CASE WHEN t.deleted_at IS NOT NULL THEN 'deleted'
+                             WHEN t.schedule_kind IN ('once', 'immediate') THEN 'held'
+                             ELSE 'paused' END
+               END AS stopped,
+               CASE WHEN NOT due.schedulable OR NOT t.active
                          OR due.scheduled_time >= clock - make_interval(secs => t.misfire_grace_seconds) THEN NULL
                     WHEN t.misfire = 'skip' THEN 'skip'
                     WHEN t.misfire = 'all' AND due.scheduled_time < clock - make_interval(secs => t.catchup_window_seconds)
@@ -631,13 +647,17 @@ BEGIN
         -- is (being) handed out, so its policy has its say as if that one were in flight already.
         SELECT m.id, lag(m.id) OVER w AS before_id, lead(m.id) OVER w AS after_id
         FROM missed m
-        WHERE m.schedulable AND m.missed IS NULL AND m.overlap <> 'allow'
+        WHERE m.schedulable AND m.missed IS NULL AND m.stopped IS NULL AND m.overlap <> 'allow'
         WINDOW w AS (PARTITION BY m.task_id ORDER BY m.scheduled_time)
     ), decided AS (
         SELECT m.*, p.id AS prev_id, p.scheduled_time AS prev_time, b.before_id, b.after_id, l.id AS later_id,
-               CASE WHEN m.missed IS NOT NULL OR m.overlap = 'allow' THEN NULL
+               CASE WHEN m.stopped IS NOT NULL THEN m.stopped
+                    WHEN m.missed IS NOT NULL OR m.overlap = 'allow' THEN NULL
                     -- a later occurrence was handed out first (this one came back: its publish failed): stale
                     WHEN l.id IS NOT NULL THEN 'skip'
+                    -- an earlier occurrence, due, is not in this claim: another claim holds it (its row locked, its
+                    -- outcome not visible yet) or its lease does: it goes first, this one is looked at again
+                    WHEN e.id IS NOT NULL THEN 'hold'
                     -- a later occurrence in this claim supersedes it
                     WHEN m.overlap = 'cancel_previous' AND b.after_id IS NOT NULL THEN 'skip'
                     WHEN p.id IS NULL AND b.before_id IS NULL THEN NULL
@@ -669,6 +689,15 @@ BEGIN
               AND l.status IN ('queued', 'running', 'retrying')
             LIMIT 1
         ) l ON true
+        LEFT JOIN LATERAL (
+            SELECT e.id FROM task_schedule e
+            WHERE m.schedulable AND m.overlap <> 'allow' AND m.missed IS NULL AND m.stopped IS NULL
+              AND e.task_id = m.task_id AND e.scheduled_time < m.scheduled_time
+              AND e.status = 'scheduled' AND NOT e.backfill
+              AND e.scheduled_time <= clock + make_interval(secs => lead_s)
+              AND NOT EXISTS (SELECT 1 FROM due WHERE due.id = e.id)
+            LIMIT 1
+        ) e ON true
         LEFT JOIN siblings b ON b.id = m.id
     ), keyed AS (
         -- Runs about to be handed out whose task has a cap: each key's runs in time order, numbered; `mixed` when
@@ -727,17 +756,20 @@ BEGIN
           AND p.status IN ('queued', 'running', 'retrying')
     ), r AS (
         UPDATE task_schedule s
-        SET status = CASE WHEN d.missed IS NOT NULL OR d.action = 'skip' THEN 'skipped'
-                          WHEN d.action = 'hold' THEN 'scheduled' ELSE 'queued' END::run_status,
-            queued_at = CASE WHEN d.missed IS NULL AND d.action IS DISTINCT FROM 'skip'
-                                  AND d.action IS DISTINCT FROM 'hold' THEN clock END,
-            -- held: looked at again in a second
-            lease_until = CASE WHEN d.missed IS NOT NULL OR d.action = 'skip' THEN NULL
+        SET status = CASE WHEN d.missed IS NOT NULL OR d.action IN ('skip', 'paused') THEN 'skipped'
+                          WHEN d.action = 'deleted' THEN 'cancelled'
+                          WHEN d.action IN ('hold', 'held') THEN 'scheduled' ELSE 'queued' END::run_status,
+            queued_at = CASE WHEN d.missed IS NULL AND (d.action IS NULL OR d.action = 'cancel') THEN clock END,
+            -- hold: looked at again in a second; held: until its task is resumed (HOLD_ONE_OFF_RUNS)
+            lease_until = CASE WHEN d.missed IS NOT NULL OR d.action IN ('skip', 'paused', 'deleted') THEN NULL
                                WHEN d.action = 'hold' THEN clock + interval '1 second'
+                               WHEN d.action = 'held' THEN 'infinity'::timestamptz
                                ELSE clock + make_interval(secs => lease_s) END,
-            finished_at = CASE WHEN d.missed IS NOT NULL OR d.action = 'skip' THEN clock END,
+            finished_at = CASE WHEN d.missed IS NOT NULL OR d.action IN ('skip', 'paused', 'deleted') THEN clock END,
             concurrency_key = CASE WHEN d.missed IS NULL AND (d.action IS NULL OR d.action = 'cancel') THEN d.ckey END,
-            error = CASE WHEN d.missed IS NOT NULL THEN format(
+            error = CASE WHEN d.action = 'paused' THEN 'skipped: its task was paused before it was handed out'
+                         WHEN d.action = 'deleted' THEN 'cancelled: its task was deleted'
+                         WHEN d.missed IS NOT NULL THEN format(
                              'missed: %s s late, past its grace of %s s (misfire %s: %s)',
                              round(extract(epoch FROM clock - s.scheduled_time)), d.grace, d.misfire,
                              CASE d.missed WHEN 'skip' THEN 'skipped' ELSE d.missed END)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import AfterValidator, AliasChoices, Field, ValidationError
 from pydantic.fields import FieldInfo
@@ -29,6 +29,11 @@ def _parsable(url: str) -> str:
     parts = urlsplit(url)
     if "," not in parts.netloc:  # PostgreSQL takes several hosts, each with its port
         _ = parts.port
+    # A Unix socket's URL names its port in the query (`?host=/run/postgresql&port=5432`).
+    for given in parse_qs(parts.query).get("port", []):
+        for port in given.split(","):
+            if port and not port.isdigit():
+                raise ValueError(f"port {port!r} in the query is not a number")
     return url
 
 

@@ -1,18 +1,23 @@
 """Test isolation: each test gets its own database (cloned from a migrated template) and its own broker prefix.
 
-PostgreSQL and RabbitMQ must be running; a missing service fails the run with a clear message.
+The PostgreSQL server and the RabbitMQ node are the suite's own unless given (tests/services.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import compileall
+import fcntl
 import hashlib
 import os
+import signal
 import subprocess
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import aio_pika
 import asyncpg
@@ -21,17 +26,11 @@ import pytest
 from taskmill import topology
 from taskmill.migrate import migrate, migration_files
 from taskmill.settings import Settings
+from tests import marks, services
 from tests.processor.http_targets import Target, serving
-from tests.tools import missing_tools
 
-PG_ADMIN = os.environ.get("TASKMILL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-AMQP = os.environ.get("TASKMILL_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672/")
 # Every broker object of this pytest session starts with this, so two sessions at once never touch each other's.
 PREFIX = f"tmtest.{uuid.uuid4().hex[:6]}"
-
-
-def _dsn(dbname: str) -> str:
-    return PG_ADMIN.rsplit("/", 1)[0] + "/" + dbname
 
 
 def _template_name() -> str:
@@ -52,7 +51,7 @@ def _hold_in_use(name: str) -> None:
     ready = threading.Event()
 
     async def hold() -> None:
-        conn = await asyncpg.connect(PG_ADMIN)
+        conn = await asyncpg.connect(services.pg_admin())
         await conn.execute("SELECT pg_advisory_lock_shared(hashtext($1))", name)
         ready.set()
         await asyncio.Event().wait()
@@ -64,9 +63,9 @@ def _hold_in_use(name: str) -> None:
 async def _ensure_template() -> str:
     name = _template_name()
     try:
-        admin = await asyncpg.connect(PG_ADMIN)
-    except (OSError, asyncpg.PostgresError) as exc:
-        pytest.exit(f"PostgreSQL is not reachable at {PG_ADMIN}: {exc}", returncode=3)
+        admin = await services.wait_for_pg()
+    except RuntimeError as exc:
+        pytest.exit(str(exc), returncode=3)
     try:
         await admin.execute("SELECT pg_advisory_lock($1)", _TEMPLATE_LOCK)
         if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
@@ -81,7 +80,7 @@ async def _build_template(admin: asyncpg.Connection, name: str) -> None:
     """Migrates a database under a name of its own, then renames it: a run killed halfway leaves a `_build_`
     leftover (dropped by the next build), never a half-migrated template."""
     building = f"{name}_build_{os.getpid()}"
-    await migrate(_dsn(building))
+    await migrate(services.dsn(building))
     await admin.execute(f'ALTER DATABASE "{building}" RENAME TO "{name}"')
     await admin.execute(f'ALTER DATABASE "{name}" WITH IS_TEMPLATE true')
     # Templates of earlier migrations, and builds that never finished, are of no more use.
@@ -95,40 +94,80 @@ async def _build_template(admin: asyncpg.Connection, name: str) -> None:
         await admin.execute("SELECT pg_advisory_unlock(hashtext($1))", old[0])
 
 
-async def _check_broker() -> None:
-    try:
-        conn = await aio_pika.connect(AMQP, timeout=5)
-    except Exception as exc:
-        pytest.exit(f"RabbitMQ is not reachable at {AMQP}: {exc}", returncode=3)
-    await conn.close()
+def pytest_configure(config: pytest.Config) -> None:
+    """The process that begins the session starts the servers not given (before any xdist worker starts)."""
+    for name, text in marks.MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    if not hasattr(config, "workerinput"):
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            # A run stopped with SIGTERM (a CI timeout) unwinds as on Ctrl-C, through pytest_unconfigure.
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+        atexit.register(services.stop)  # should pytest_unconfigure not be reached
+        services.start()
+        _compile_sources()
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Stops the run at once when a program the tests drive is missing (in the controller, before any worker)."""
-    if not hasattr(session.config, "workerinput") and (problem := missing_tools()):
-        pytest.exit(problem, returncode=3)
+# What the suite's role and CLI processes import of the project.
+SOURCES = ("taskmill", "api", "capacity", "distributor", "processor", "scheduler", "bench")
+
+
+def _compile_sources() -> None:
+    """The project's modules compiled once, before the suite starts several hundred role and CLI processes: each
+    would otherwise compile what it imports (0.2 s of CPU for a processor here) whenever nothing caches it, as under
+    PYTHONDONTWRITEBYTECODE=1 (an editable install compiles nothing ahead, as a wheel's install does)."""
+    root = Path(__file__).resolve().parent.parent
+    for package in SOURCES:
+        compileall.compile_dir(root / package, quiet=1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    marks.apply(items)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not hasattr(config, "workerinput"):
+        services.stop()
 
 
 @pytest.fixture(scope="session")
 def template_db() -> str:
-    async def prepare() -> str:
-        await _check_broker()
-        return await _ensure_template()
+    return asyncio.run(_ensure_template())
 
-    return asyncio.run(prepare())
+
+@pytest.fixture(autouse=True)
+def _alone_when_timed(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test marked `timing` runs while no other test of the session (any xdist worker) does: on two cores, the
+    other workers' role processes would delay its roles by more than the bound it asserts. A readers-writer lock on
+    files of the session's directory; a turnstile first, so that a timed test waiting is not starved by the others."""
+    timed = request.node.get_closest_marker("timing") is not None
+    # In the session's directory, which every worker of the run shares (tests/services.py).
+    directory = Path(os.environ["TASKMILL_TEST_SERVICES"])
+    with (directory / "timing.turnstile").open("a") as turnstile, (directory / "timing.lock").open("a") as lock:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        if not timed:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)  # let the next one in, a timed test's wait first
+        fcntl.flock(lock, fcntl.LOCK_EX if timed else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            if timed:
+                fcntl.flock(turnstile, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _delete_test_queues() -> Iterator[None]:
     yield
+    if services.broker_is_ours():
+        return  # it goes with the session
     # Delay queues are created on demand; the per-test teardown cannot know them all.
     out = subprocess.run(
-        ["rabbitmqctl", "list_queues", "name", "--no-table-headers", "-q"], capture_output=True, text=True
+        services.rabbitmqctl("list_queues", "name", "--no-table-headers", "-q"), capture_output=True, text=True
     )
     names = [n.strip() for n in out.stdout.splitlines() if n.strip().startswith(PREFIX + ".")]
 
     async def delete() -> None:
-        conn = await aio_pika.connect(AMQP)
+        conn = await aio_pika.connect(services.amqp_url())
         channel = await conn.channel()
         for name in names:
             await channel.queue_delete(name)
@@ -154,16 +193,21 @@ async def settings(template_db: str, transport: str) -> AsyncIterator[Settings]:
 @asynccontextmanager
 async def isolated_settings(template_db: str, transport: str = "amqp") -> AsyncIterator[Settings]:
     """A database of its own and a broker prefix of its own, removed afterwards (also for module-scoped fixtures)."""
+    if transport == "amqp":
+        try:
+            await services.wait_for_amqp()  # the session's own node may still be starting
+        except RuntimeError as exc:
+            pytest.fail(str(exc), pytrace=False)
     tag = uuid.uuid4().hex[:10]
     dbname = f"tmtest_{tag}"
-    admin = await asyncpg.connect(PG_ADMIN)
+    admin = await asyncpg.connect(services.pg_admin())
     try:
         await admin.execute(f'CREATE DATABASE "{dbname}" TEMPLATE "{template_db}"')
     finally:
         await admin.close()
     s = Settings(
-        database_url=_dsn(dbname),
-        amqp_url=AMQP,
+        database_url=services.dsn(dbname),
+        amqp_url=services.amqp_url(),
         transport=transport,
         broker_prefix=f"{PREFIX}.{tag}",
         queue_lease_s=3,
@@ -182,8 +226,9 @@ async def isolated_settings(template_db: str, transport: str = "amqp") -> AsyncI
     try:
         yield s
     finally:
-        await _delete_broker_objects(s)
-        admin = await asyncpg.connect(PG_ADMIN)
+        if transport == "amqp":  # over PostgreSQL the broker is neither used nor needed (nor, maybe, installed)
+            await _delete_broker_objects(s)
+        admin = await asyncpg.connect(services.pg_admin())
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
         finally:
@@ -191,7 +236,7 @@ async def isolated_settings(template_db: str, transport: str = "amqp") -> AsyncI
 
 
 async def _delete_broker_objects(s: Settings) -> None:
-    conn = await aio_pika.connect(AMQP)
+    conn = await aio_pika.connect(services.amqp_url())
     try:
         await topology.delete(await conn.channel(), topology.Names(s.broker_prefix))
     finally:

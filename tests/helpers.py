@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import socket
+import stat
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -173,3 +176,40 @@ def run_message(**fields: Any) -> RunMessage:
         "backoff": 1,
     }
     return RunMessage.model_validate(defaults | fields)
+
+
+REPO = Path(__file__).resolve().parents[1]
+# What a process of this checkout needs: the interpreter, the virtualenv (its packages, the bwrap wheel's binary) and
+# the checkout (installed in the virtualenv as editable).
+PYTHON_PATHS = (Path(sys.base_prefix), Path(sys.prefix), REPO)
+
+
+def within_reach(argv: Sequence[str], stash: Path, paths: Sequence[Path] = PYTHON_PATHS) -> list[str]:
+    """`argv` (which drops to another user), run so that that user can reach `paths` however deep they lie under a
+    directory it may not enter (/root, a `mktemp -d`): in a mount namespace of the command's own, each such
+    directory is covered by an empty tmpfs through which `paths` are mounted again. Nothing of the machine
+    changes. `argv` as it is when nothing is in the way; `stash` is where the mounts wait meanwhile (root's)."""
+    resolved = sorted({p.resolve() for p in paths})
+    tops = [p for p in resolved if not any(q != p and q in p.parents for q in resolved)]
+    moved: list[Path] = []
+    barriers: set[Path] = set()
+    for path in tops:
+        # The outermost directory on the way that others may not pass through.
+        barrier = next((d for d in reversed(path.parents) if not d.stat().st_mode & stat.S_IXOTH), None)
+        if barrier is not None:
+            moved.append(path)
+            barriers.add(barrier)
+    if not moved:
+        return list(argv)
+    outermost = [b for b in barriers if not any(c != b and c in b.parents for c in barriers)]
+    stash.mkdir(exist_ok=True)
+    steps = []
+    for i, path in enumerate(moved):
+        steps.append(f"mkdir -p {shlex.quote(str(stash / str(i)))} && mount --bind {shlex.quote(str(path))} "
+                     f"{shlex.quote(str(stash / str(i)))}")  # fmt: skip
+    for barrier in outermost:
+        steps.append(f"mount -t tmpfs -o mode=0755,size=1m tmpfs {shlex.quote(str(barrier))}")
+    for i, path in enumerate(moved):
+        steps.append(f"mkdir -p {shlex.quote(str(path))} && mount --bind {shlex.quote(str(stash / str(i)))} "
+                     f"{shlex.quote(str(path))}")  # fmt: skip
+    return ["unshare", "--mount", "sh", "-c", " && ".join(steps) + ' && exec "$@"', "sh", *argv]

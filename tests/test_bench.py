@@ -15,13 +15,13 @@ import asyncpg
 import pytest
 
 from bench import references
-from tests.conftest import AMQP, PG_ADMIN, _dsn
+from tests import services
 
 
 @pytest.mark.slow
 async def test_the_benchmark_runs_both_workloads_on_both_transports_and_reports_no_lost_or_duplicate_runs() -> None:
     dbname = f"tmtest_bench_{uuid.uuid4().hex[:8]}"
-    env = dict(os.environ, DATABASE_URL=_dsn(dbname), AMQP_URL=AMQP)
+    env = dict(os.environ, DATABASE_URL=services.dsn(dbname), AMQP_URL=services.amqp_url())
     try:
         result = subprocess.run(
             [
@@ -69,7 +69,7 @@ async def test_the_benchmark_runs_both_workloads_on_both_transports_and_reports_
 def _run_bench(*argv: str, timeout: float = 90) -> list[dict[str, Any]]:
     """`python -m bench ARGV` in a database of its own (the references make theirs beside it, and drop them)."""
     dbname = f"tmtest_bench_{uuid.uuid4().hex[:8]}"
-    env = dict(os.environ, DATABASE_URL=_dsn(dbname), AMQP_URL=AMQP)
+    env = dict(os.environ, DATABASE_URL=services.dsn(dbname), AMQP_URL=services.amqp_url())
     try:
         result = subprocess.run(
             [sys.executable, "-m", "bench", *argv], capture_output=True, text=True, timeout=timeout, env=env
@@ -81,7 +81,7 @@ def _run_bench(*argv: str, timeout: float = 90) -> list[dict[str, Any]]:
 
 
 async def _drop_databases(dbname: str) -> None:
-    admin = await asyncpg.connect(PG_ADMIN)
+    admin = await asyncpg.connect(services.pg_admin())
     try:
         for name in (dbname, f"{dbname}_celery", f"{dbname}_pgqueuer", f"{dbname}_postgres"):
             await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

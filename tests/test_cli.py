@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 
 from taskmill.migrate import migrate, migration_files
-from tests.conftest import PG_ADMIN, _dsn
+from tests import services
 from tests.helpers import taskmill
 
 
@@ -36,15 +36,15 @@ async def test_migrate_creates_the_database_and_is_idempotent() -> None:
         # Numbered from 0001 without a gap, applied in that order.
         assert [int(file[:4]) for file in files] == list(range(1, len(files) + 1))
         assert files[:2] == ["0001_schema.sql", "0002_task_secrets.sql"]
-        assert await migrate(_dsn(name)) == files
-        assert await migrate(_dsn(name)) == []
-        conn = await asyncpg.connect(_dsn(name))
+        assert await migrate(services.dsn(name)) == files
+        assert await migrate(services.dsn(name)) == []
+        conn = await asyncpg.connect(services.dsn(name))
         try:
             tables = {r[0] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
         finally:
             await conn.close()
         assert {"tasks", "task_schedule", "task_results", "run_audit", "schema_migrations"} <= tables
     finally:
-        admin = await asyncpg.connect(PG_ADMIN)
+        admin = await asyncpg.connect(services.pg_admin())
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()

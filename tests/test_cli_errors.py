@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import pytest
 
 from taskmill.settings import Settings
-from tests.conftest import _dsn
+from tests import services
 from tests.helpers import taskmill
 
-NO_DATABASE = _dsn("tmtest_no_such_database")
+NO_DATABASE = services.dsn("tmtest_no_such_database")
 
 
 def assert_one_line(result: subprocess.CompletedProcess[str], code: int, line: str) -> None:
@@ -40,7 +40,7 @@ def taken_port() -> Iterator[int]:
         ),
         (
             ["migrate"],
-            {"DATABASE_URL": "postgresql://tm_no_such_role@127.0.0.1:5432/x"},
+            {"DATABASE_URL": services.dsn("x", user="tm_no_such_role")},
             1,
             'taskmill migrate: PostgreSQL: role "tm_no_such_role" does not exist',
         ),
@@ -52,7 +52,7 @@ def taken_port() -> Iterator[int]:
         ),
         (
             ["distributor"],
-            {"DATABASE_URL": NO_DATABASE + "?sslmode=sometimes"},
+            {"DATABASE_URL": services.dsn("tmtest_no_such_database", sslmode="sometimes")},
             1,
             "taskmill distributor: PostgreSQL: `sslmode` parameter must be one of: disable, allow, prefer, require, "
             "verify-ca, verify-full",
@@ -62,6 +62,13 @@ def taken_port() -> Iterator[int]:
             {"DATABASE_URL": "postgresql://[::1/taskmill"},
             2,
             "taskmill: bad setting: DATABASE_URL: Value error, Invalid IPv6 URL",
+        ),
+        (
+            ["distributor"],
+            {"DATABASE_URL": "postgresql://postgres@/x?host=/run/postgresql&port=5432?sslmode=require"},
+            2,
+            "taskmill: bad setting: DATABASE_URL: Value error, port '5432?sslmode=require' in the query is not a "
+            "number",
         ),
         (
             ["processor"],

@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from taskmill.batcher import Batcher, BatcherClosed
-from taskmill.db import is_transient
+from taskmill.db import is_transient, retry_conflicts
 
 TRANSIENT = [
     ConnectionRefusedError(111, "Connection refused"),
@@ -67,3 +67,29 @@ async def test_a_closed_batcher_fails_what_waits_and_what_comes_later_with_its_o
         await batcher.submit(3)
     with pytest.raises(BatcherClosed, match="test closed while this request was in flight"):
         await in_flight  # its statement was cut off: the caller hears so, it is not left waiting for ever
+
+
+async def test_a_transaction_rolled_back_to_settle_a_conflict_runs_again_and_other_errors_do_not() -> None:
+    calls: list[int] = []
+
+    async def deadlocks_twice() -> str:
+        calls.append(1)
+        if len(calls) <= 2:
+            raise asyncpg.DeadlockDetectedError("deadlock detected")
+        return "done"
+
+    assert await retry_conflicts(deadlocks_twice) == "done"
+    assert len(calls) == 3
+
+    async def always(exc: BaseException) -> None:
+        calls.append(1)
+        raise exc
+
+    calls.clear()
+    with pytest.raises(asyncpg.SerializationError):
+        await retry_conflicts(lambda: always(asyncpg.SerializationError("could not serialize")), tries=4)
+    assert len(calls) == 4  # then it gives up, with the conflict's own error
+    calls.clear()
+    with pytest.raises(asyncpg.UniqueViolationError):
+        await retry_conflicts(lambda: always(asyncpg.UniqueViolationError("duplicate key")))
+    assert len(calls) == 1  # not a conflict: never run again

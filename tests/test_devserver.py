@@ -42,7 +42,7 @@ from taskmill.devserver import (
     find_binaries,
     server_user,
 )
-from tests.helpers import free_port
+from tests.helpers import free_port, within_reach
 
 ROOT = os.geteuid() == 0
 SERVER_USER = SYSTEM_USER if ROOT else pwd.getpwuid(os.geteuid()).pw_name
@@ -67,23 +67,12 @@ def dev_env(**extra: str) -> dict[str, str]:
 
 
 def dev_argv(args: tuple[str, ...], *, as_nobody: bool, stash: Path) -> list[str]:
-    """`taskmill dev ARGS`, run as `nobody` when asked. This interpreter may live under a directory nobody cannot
-    enter (pyenv's under /root, mode 0700): then that directory is covered, in a mount namespace of the command's
-    own, by an empty one through which the interpreter is mounted again. Nothing of the machine changes."""
+    """`taskmill dev ARGS`, run as `nobody` when asked, who can reach this interpreter, virtualenv and checkout
+    wherever they are (`within_reach`)."""
     argv = [sys.executable, "-m", "taskmill.cli", "dev", *args]
     if not as_nobody:
         return argv
-    argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv]
-    prefix = Path(sys.base_prefix).resolve()
-    barrier = next((d for d in reversed(prefix.parents) if not d.stat().st_mode & stat.S_IXOTH), None)
-    if barrier is None:
-        return argv
-    stash.mkdir(exist_ok=True)
-    remount = (
-        'mount --bind "$1" "$2" && mount -t tmpfs -o mode=0755,size=1m tmpfs "$3" && mkdir -p "$1" '
-        '&& mount --bind "$2" "$1" && shift 3 && exec "$@"'
-    )
-    return ["unshare", "--mount", "sh", "-c", remount, "sh", str(prefix), str(stash), str(barrier), *argv]
+    return within_reach(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv], stash)
 
 
 def run_dev(workdir: Path, *args: str, as_nobody: bool = False) -> subprocess.CompletedProcess[str]:

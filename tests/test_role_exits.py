@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from taskmill.settings import Settings
-from tests.conftest import PG_ADMIN, _dsn
+from tests import services
 from tests.helpers import free_port, run_message, start_role_process, taskmill
 
 ROLES = ["scheduler", "distributor", "processor", "api", "capacity"]
@@ -27,7 +27,7 @@ def role_env(role: str) -> dict[str, str]:
 @pytest.fixture
 async def empty_database() -> AsyncIterator[str]:
     name = f"tmtest_empty_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(PG_ADMIN)
+    admin = await asyncpg.connect(services.pg_admin())
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
         yield name
@@ -40,7 +40,7 @@ async def empty_database() -> AsyncIterator[str]:
 def test_a_role_on_a_database_never_migrated_exits_at_once_naming_taskmill_migrate(
     role: str, empty_database: str, settings: Settings
 ) -> None:
-    result = taskmill(role, DATABASE_URL=_dsn(empty_database), AMQP_URL=settings.amqp_url, **role_env(role))
+    result = taskmill(role, DATABASE_URL=services.dsn(empty_database), AMQP_URL=settings.amqp_url, **role_env(role))
     line = f"taskmill {role}: database {empty_database!r} was never migrated: run `taskmill migrate`"
     assert (result.returncode, result.stderr.splitlines()) == (2, [line]), result.stderr
 
@@ -53,7 +53,7 @@ async def test_a_role_on_a_database_missing_a_migration_or_a_table_exits_at_once
     newest = await db.fetchval("SELECT max(name) FROM schema_migrations")
     await db.execute("DELETE FROM schema_migrations WHERE name = $1", newest)
     result = await asyncio.to_thread(taskmill, role, **env)
-    database = settings.database_url.rsplit("/", 1)[1]
+    database = await db.fetchval("SELECT current_database()")
     line = f"database {database!r} lacks 1 migration(s) this build needs ({newest}): run `taskmill migrate`"
     assert (result.returncode, result.stderr.splitlines()) == (2, [f"taskmill {role}: {line}"]), result.stderr
 

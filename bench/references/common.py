@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -31,14 +32,22 @@ SETTLE_S = 1.0
 
 def database_for(dsn: str, system: str) -> str:
     """The reference's own database beside the bench's: `taskmill_bench` gives `taskmill_bench_celery`."""
-    base, name = dsn.rsplit("/", 1)
-    return f"{base}/{name}_{system}"
+    return with_database(dsn, f"{database_of(dsn)}_{system}")
+
+
+def database_of(dsn: str) -> str:
+    return urlsplit(dsn).path.lstrip("/")
+
+
+def with_database(dsn: str, name: str) -> str:
+    """`dsn` naming another database on the same server (a Unix socket's `?host=` query kept)."""
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
 
 
 async def create_database(dsn: str) -> None:
     """Drops and creates the database, with an empty ledger."""
-    base, name = dsn.rsplit("/", 1)
-    admin = await asyncpg.connect(base + "/postgres")
+    name = database_of(dsn)
+    admin = await asyncpg.connect(with_database(dsn, "postgres"))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.execute(f'CREATE DATABASE "{name}"')
@@ -52,8 +61,8 @@ async def create_database(dsn: str) -> None:
 
 
 async def drop_database(dsn: str) -> None:
-    base, name = dsn.rsplit("/", 1)
-    admin = await asyncpg.connect(base + "/postgres")
+    name = database_of(dsn)
+    admin = await asyncpg.connect(with_database(dsn, "postgres"))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

@@ -6,7 +6,7 @@ A delivery is named by the message's id and its delivery count: a settlement fro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -184,11 +184,11 @@ async def depths(conn: Conn) -> dict[str, int]:
     return {name: found.get(name, 0) for name in ("work", "work.urgent", "dead")}
 
 
-# The earliest of each priority's first message (of the types a claim with the same `$1`, `$2` takes): ten short
-# walks of the claim's index, not a walk of all of it.
+# The earliest of each priority's first message (of the types a claim with the same `$1`, `$2` takes, of the
+# priorities from `$3` to `$4`): up to ten short walks of the claim's index, not a walk of all of it.
 NEXT_READY_IN = """
 SELECT extract(epoch FROM min(first.available_at) - now())::float8
-FROM generate_series(0, 9) AS p(priority),
+FROM generate_series($3::int, $4::int) AS p(priority),
 LATERAL (SELECT available_at FROM run_queue q
          WHERE q.queue = 'work' AND q.priority = p.priority
            AND (cardinality($1::text[]) = 0 OR q.type = ANY($1::text[])) AND q.type <> ALL($2::text[])
@@ -196,11 +196,17 @@ LATERAL (SELECT available_at FROM run_queue q
 """
 
 
-async def next_ready_in(conn: Conn, types: Sequence[str] = (), excluded: Sequence[str] = ()) -> float | None:
-    """Seconds until the next message (of `types`, or any but `excluded`, as `claim` takes them) is ready (a retry
-    waiting out its delay, a lease running out); None when there is none. A message of a type the caller does not
-    take must not count: it would wake the caller over and over, to claim nothing."""
-    value: float | None = await conn.fetchval(NEXT_READY_IN, list(types), list(excluded))
+async def next_ready_in(
+    conn: Conn, types: Sequence[str] = (), excluded: Sequence[str] = (), lanes: Collection[bool] = (False, True)
+) -> float | None:
+    """Seconds until the next message (of `types`, or any but `excluded`, in `lanes`: urgent True, as `claim` takes
+    them) is ready (a retry waiting out its delay, a lease running out); None when there is none. A message the
+    caller does not take, of another type or in a lane it has no room in, must not count: it would wake the caller
+    over and over, to claim nothing."""
+    lowest, highest = (0 if False in lanes else 1), (9 if True in lanes else 0)
+    if lowest > highest:
+        return None
+    value: float | None = await conn.fetchval(NEXT_READY_IN, list(types), list(excluded), lowest, highest)
     return value
 
 

@@ -316,7 +316,8 @@ RETURNING id
 
 # A deleted task's runs not handed to the broker yet; those already out still run.
 CANCEL_UNPUBLISHED_RUNS = """
-UPDATE task_schedule SET status = 'cancelled', finished_at = now(), lease_until = NULL
+UPDATE task_schedule SET status = 'cancelled', finished_at = now(), lease_until = NULL,
+    error = 'cancelled: its task was deleted'
 WHERE task_id = $1 AND status = 'scheduled'
 """
 

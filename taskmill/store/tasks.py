@@ -12,7 +12,7 @@ from typing import Any, Literal
 import asyncpg
 
 from taskmill.cron import ScheduleError
-from taskmill.db import Connection, db_now, jsonb
+from taskmill.db import Connection, db_now, jsonb, retry_conflicts
 from taskmill.models import Task, TaskCreate
 from taskmill.schedules import densest_s, occurrences
 from taskmill.secrets import changed, digests, seal
@@ -37,8 +37,8 @@ RETURNING *
 # A run made here carries the trace context of the request making it, when traces are on (taskmill/tracing.py). A
 # paused one-off's run is held back from the claim (see HOLD_ONE_OFF_RUNS).
 INSERT_RUN = """
-INSERT INTO task_schedule (task_id, scheduled_time, created_by, traceparent, lease_until)
-VALUES ($1, coalesce($2, now()), $3, $4, CASE WHEN $5 THEN 'infinity'::timestamptz END)
+INSERT INTO task_schedule (task_id, scheduled_time, created_by, traceparent, lease_until, one_off)
+VALUES ($1, coalesce($2, now()), $3, $4, CASE WHEN $5 THEN 'infinity'::timestamptz END, $6)
 ON CONFLICT (task_id, scheduled_time) DO NOTHING
 RETURNING id
 """
@@ -104,16 +104,22 @@ async def create_task(
         task = Task.from_record(record)
         if s.kind in (ScheduleKind.IMMEDIATE, ScheduleKind.ONCE):  # made paused: its run is held until resumed
             at = s.at if s.kind is ScheduleKind.ONCE else None
-            await add_run(conn, task.id, at, created_by=created_by, held=not spec.active)
+            await add_run(conn, task.id, at, created_by=created_by, held=not spec.active, one_off=True)
     return task
 
 
 async def add_run(
-    conn: Connection, task_id: int, at: datetime | None, *, created_by: str | None = None, held: bool = False
+    conn: Connection,
+    task_id: int,
+    at: datetime | None,
+    *,
+    created_by: str | None = None,
+    held: bool = False,
+    one_off: bool = False,
 ) -> int | None:
-    """One run of a task at `at` (now when None), held back from the claim while `held` (a paused one-off's); None if
-    that instant already has a run."""
-    run_id: int | None = await conn.fetchval(INSERT_RUN, task_id, at, created_by, traceparent(), held)
+    """One run of a task at `at` (now when None), held back from the claim while `held` (a paused one-off's); `one_off`:
+    the one-off task's own run (see DROP_ONE_OFF_RUN). None if that instant already has a run."""
+    run_id: int | None = await conn.fetchval(INSERT_RUN, task_id, at, created_by, traceparent(), held, one_off)
     return run_id
 
 
@@ -152,31 +158,48 @@ DROP_FUTURE_RUNS = """
 DELETE FROM task_schedule WHERE task_id = $1 AND status = 'scheduled' AND scheduled_time > now()
 """
 # What an edit drops of the runs not handed out yet, by the task's new kind: a `once` task's single run is made
-# again at its (new) time, so all of them; an immediate task keeps the run it was made with; a recurring one drops
-# its future runs and a one-off's run still held by a pause (the task was a one-off before the edit).
+# again at its (new) time, so a one-off's run goes whenever it was due (a recurring task's occurrences that fell
+# due stay: they were owed); an immediate task keeps the run it was made with; a recurring one drops its future
+# runs and a one-off's own run still held by a pause (the task was a one-off before the edit).
+DROP_HELD = " OR task_id = $1 AND status = 'scheduled' AND lease_until = 'infinity' AND one_off"
 DROP_ON_EDIT = {
-    ScheduleKind.ONCE: "DELETE FROM task_schedule WHERE task_id = $1 AND status = 'scheduled'",
+    ScheduleKind.ONCE: DROP_FUTURE_RUNS + DROP_HELD,
     ScheduleKind.IMMEDIATE: DROP_FUTURE_RUNS,
-    ScheduleKind.CRON: DROP_FUTURE_RUNS + " OR task_id = $1 AND status = 'scheduled' AND lease_until = 'infinity'",
+    ScheduleKind.CRON: DROP_FUTURE_RUNS + DROP_HELD,
 }
 DROP_ON_EDIT[ScheduleKind.INTERVAL] = DROP_ON_EDIT[ScheduleKind.CRON]
+# A one-off edited into a `once` task: its own run goes, due or not, and is made again at the new time. Occurrences
+# an earlier recurring definition owed (kept when it was edited into this one-off) stay.
+DROP_ONE_OFF_RUN = """
+DELETE FROM task_schedule WHERE task_id = $1 AND status = 'scheduled' AND (one_off OR scheduled_time > now())
+"""
+# What the claim held of a paused one-off's other runs (the occurrences an earlier recurring definition owed, a run
+# asked for by invoke): released by an edit, so that the claim decides on them under the new definition (run, or
+# skipped as missed or paused), never left held by a task that is no longer a paused one-off.
+RELEASE_HELD = """
+UPDATE task_schedule SET lease_until = NULL
+WHERE task_id = $1 AND status = 'scheduled' AND lease_until = 'infinity' AND NOT one_off
+"""
 RESTART_SCHEDULE = """
 UPDATE tasks SET materialized_until = NULL, schedule_from = now(), updated_at = now(), active = $2 WHERE id = $1
 RETURNING *
 """
 
 
-# A one-off keeps its run while paused, held back from the claim (a scheduled row's lease holds it); resumed, it is
-# released, and if its time passed meanwhile the claim treats it as its misfire policy says.
+# A one-off keeps its own run while paused, held back from the claim (a scheduled row's lease holds it); resumed,
+# every run of it held is released (the claim holds any run of a paused one-off that falls due: claim_due_runs), and
+# if its time passed meanwhile the claim treats it as its misfire policy says. Occurrences that an earlier recurring
+# definition owed are not its own run: a pause does not hold them, and an edit does not drop them (DROP_HELD).
 HOLD_ONE_OFF_RUNS = """
 UPDATE task_schedule SET lease_until = CASE WHEN $2 THEN NULL ELSE 'infinity'::timestamptz END
-WHERE task_id = $1 AND status = 'scheduled'
+WHERE task_id = $1 AND status = 'scheduled' AND CASE WHEN $2 THEN lease_until = 'infinity' ELSE one_off END
 """
 SET_ACTIVE = "UPDATE tasks SET active = $2, updated_at = now() WHERE id = $1 RETURNING *"
 
 
 async def set_active(conn: Connection, task_id: int, active: bool) -> Task | None:
-    """A recurring task: deactivating drops its future runs, activating schedules from now on (occurrences while
+    """A recurring task: deactivating drops its future runs (what fell due and is not handed out yet, the claim
+    skips: claim_due_runs in taskmill/schema.sql), activating schedules from now on (occurrences while
     it was paused were not expected). A one-off keeps its run, held while paused (see HOLD_ONE_OFF_RUNS). None
     when there is no such task."""
     async with conn.transaction():
@@ -222,7 +245,12 @@ async def update_task(conn: Connection, task_id: int, spec: TaskCreate, *, secre
         if locked is None:
             return None
         await record_due_occurrences(conn, locked)
-        await conn.execute(DROP_ON_EDIT[s.kind], task_id)
+        was_one_off = locked["schedule_kind"] in (ScheduleKind.ONCE, ScheduleKind.IMMEDIATE)
+        if s.kind is ScheduleKind.ONCE and was_one_off:
+            await conn.execute(DROP_ONE_OFF_RUN, task_id)
+        else:
+            await conn.execute(DROP_ON_EDIT[s.kind], task_id)
+        await conn.execute(RELEASE_HELD, task_id)
         record = await conn.fetchrow(
             UPDATE_TASK,
             task_id,
@@ -236,7 +264,7 @@ async def update_task(conn: Connection, task_id: int, spec: TaskCreate, *, secre
         assert record is not None
         task = Task.from_record(record)
         if s.kind is ScheduleKind.ONCE:  # paused, its run is made held, as pausing would have left it
-            await add_run(conn, task.id, s.at, created_by=task.created_by, held=not spec.active)
+            await add_run(conn, task.id, s.at, created_by=task.created_by, held=not spec.active, one_off=True)
         elif s.kind is ScheduleKind.IMMEDIATE:  # the run it kept: held or released as the edit sets `active`
             await conn.execute(HOLD_ONE_OFF_RUNS, task.id, spec.active)
     return task
@@ -250,13 +278,21 @@ WHERE id = $1
 
 
 async def delete_task(conn: Connection, task_id: int) -> bool:
-    """Soft-deletes a task and cancels its runs not yet handed out; history stays."""
-    async with conn.transaction():
-        if await conn.fetchval(LOCK_TASK, task_id) is None:
-            return False
-        await cancel_unpublished_runs(conn, task_id)
-        await conn.execute(DELETE_TASK, task_id)
-    return True
+    """Soft-deletes a task and cancels its runs not yet handed out, the occurrences that fell due and no scheduler
+    had made among them (recorded, then cancelled: every expected occurrence ends in a recorded state); history
+    stays. A deadlock with the roles over its runs is settled by running it again (retry_conflicts)."""
+
+    async def once() -> bool:
+        async with conn.transaction():
+            locked = await conn.fetchrow(LOCK_TASK, task_id)
+            if locked is None:
+                return False
+            await record_due_occurrences(conn, locked)
+            await cancel_unpublished_runs(conn, task_id)
+            await conn.execute(DELETE_TASK, task_id)
+        return True
+
+    return await retry_conflicts(once)
 
 
 # A whole batch of tasks in one statement, and the runs of its immediate and once tasks in the same one.
@@ -273,8 +309,8 @@ WITH new AS (
     RETURNING id, name, schedule_kind, run_at, active, created_by
 ), runs AS (
     -- A one-off made paused has its run held until it is resumed, as pausing it would have left it.
-    INSERT INTO task_schedule (task_id, scheduled_time, created_by, traceparent, lease_until)
-    SELECT id, coalesce(run_at, now()), created_by, $26, CASE WHEN NOT active THEN 'infinity'::timestamptz END
+    INSERT INTO task_schedule (task_id, scheduled_time, created_by, traceparent, lease_until, one_off)
+    SELECT id, coalesce(run_at, now()), created_by, $26, CASE WHEN NOT active THEN 'infinity'::timestamptz END, true
     FROM new WHERE schedule_kind IN ('immediate', 'once')
 )
 SELECT id, name FROM new ORDER BY id

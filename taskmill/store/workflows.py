@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from taskmill.db import Connection, jsonb
+from taskmill.db import Connection, jsonb, retry_conflicts
 from taskmill.secrets import changed, digests, seal
 from taskmill.tracing import traceparent
 from taskmill.workflows import Step, Workflow, WorkflowCreate
@@ -217,14 +217,22 @@ async def update_workflow(
 
 
 async def delete_workflow(conn: Connection, workflow_id: int) -> None:
-    """Soft-deletes the workflow and its steps, and cancels what its runs have not started."""
-    async with conn.transaction():
-        await conn.execute(DROP_FUTURE_RUNS, workflow_id)
-        await conn.execute(CANCEL_RUNS, None, workflow_id, NOT_STARTED)
-        await conn.execute(RETIRE_STEPS, workflow_id)
-        await conn.execute(
-            "UPDATE workflows SET deleted_at = now(), active = false, updated_at = now() WHERE id = $1", workflow_id
-        )
+    """Soft-deletes the workflow and its steps, and cancels what its runs have not started. CANCEL_RUNS locks a
+    workflow run before its steps, where a processor recording a step locks the step, then (run_flow, counting it
+    down) its workflow run: a deadlock PostgreSQL settles by rolling this back is run again (retry_conflicts); the
+    model-based test saw it answer 503 before."""
+
+    async def once() -> None:
+        async with conn.transaction():
+            await conn.execute(DROP_FUTURE_RUNS, workflow_id)
+            await conn.execute(CANCEL_RUNS, None, workflow_id, NOT_STARTED)
+            await conn.execute(RETIRE_STEPS, workflow_id)
+            await conn.execute(
+                "UPDATE workflows SET deleted_at = now(), active = false, updated_at = now() WHERE id = $1",
+                workflow_id,
+            )
+
+    await retry_conflicts(once)
 
 
 async def _steps_of(conn: Connection | asyncpg.Pool, ids: list[int]) -> dict[int, list[dict[str, Any]]]:
@@ -284,8 +292,9 @@ async def recent_runs(conn: Connection | asyncpg.Pool, workflow_id: int, limit: 
 
 async def cancel_workflow_run(conn: Connection | asyncpg.Pool, run_id: int) -> bool:
     """Cancels the steps that have not ended (a running one is stopped by its processor) and what they spawned;
-    False when the run had ended or does not exist."""
-    return bool(await conn.fetch(CANCEL_RUNS, run_id, None, [*NOT_STARTED, "running", "waiting"]))
+    False when the run had ended or does not exist. Run again on a deadlock with the roles, as delete_workflow."""
+    statuses = [*NOT_STARTED, "running", "waiting"]
+    return bool(await retry_conflicts(lambda: conn.fetch(CANCEL_RUNS, run_id, None, statuses)))
 
 
 STEP_SECRET_DIGESTS = """

@@ -8,17 +8,24 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import httpx
 from pydantic import BaseModel
 
 from taskmill.tasktypes.jail import UNCONFINED, Jail
 
 if TYPE_CHECKING:  # install.py takes stderr_tail from here; spawn.py imports the models, which import the types
+    import httpx
+
     from taskmill.spawn import Flow
     from taskmill.tasktypes.install import InstallCache
     from taskmill.workerpool.pool import WorkerPool
 
 JsonObject = dict[str, Any]
+
+# How long a type that ends its own work at the run's timeout (TaskType.ends_at_timeout) has to report it before
+# the processor cancels it: killing a command, draining its pipes and reading its output took over the 50 ms it had
+# before on a loaded machine, and the output was lost. Well inside the lease, which runs `running_grace_s` (15 s)
+# past the timeout.
+REPORT_GRACE_S = 2.0
 
 
 class TaskFailed(Exception):
@@ -74,6 +81,9 @@ class TaskType:
     description: str
     payload_model: type[BaseModel]
     run: Callable[[Any, RunContext], Awaitable[JsonObject]]
+    # The type ends its work at the run's timeout itself and fails the run with what it had done (a command is killed
+    # and its output kept): the processor's own cancellation then comes REPORT_GRACE_S later, only as a backstop.
+    ends_at_timeout: bool = False
 
     def parse(self, payload: JsonObject) -> BaseModel:
         return self.payload_model.model_validate(payload)

@@ -48,9 +48,6 @@ if TYPE_CHECKING:
 _PR_SET_PDEATHSIG = 1
 # How long output may keep flowing after the command exits, from processes it left behind.
 _DRAIN_S = 0.5
-# A command times out this much before its run does (at most a tenth of the timeout), so that its output so far
-# is recorded with the timeout instead of lost with the run's cancellation.
-_REPORT_S = 0.05
 # What a command inherits from the processor; everything else it gets from its payload's env.
 _INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
 # Bytes of a spawn file read at most, and one more to tell a file past the limit (taskmill/spawn.py).
@@ -346,9 +343,9 @@ async def _run_confined(
     payload: CommandPayload, ctx: RunContext, env: dict[str, str], run_as: RunAs | None, spawn: bool = False
 ) -> _Finished:
     """The checks, the condition and the command (after the install steps, when it has any); the command's end."""
-    # Our own deadline, just ahead of the run's, shared by the checks, the condition and the command: what they
-    # printed is then recorded with the timeout instead of lost with the run's cancellation.
-    deadline = time.monotonic() + ctx.timeout_seconds - min(_REPORT_S, ctx.timeout_seconds / 10)
+    # The run's deadline, kept here and shared by the checks, the condition and the command: what they printed is
+    # recorded with the timeout (the processor cancels the run only REPORT_GRACE_S later: ends_at_timeout).
+    deadline = time.monotonic() + ctx.timeout_seconds
     # A uid of its own owns nothing on the host: its cwd is shown read-only. An account (a named user, or a
     # processor's own user when it is not root) may write there as the host lets it.
     cwd_writable = run_as is None or run_as.account
@@ -533,4 +530,5 @@ COMMAND = TaskType(
     "Runs an executable with arguments (no shell), env and cwd; fails on an unexpected exit code.",
     CommandPayload,
     run,
+    ends_at_timeout=True,
 )

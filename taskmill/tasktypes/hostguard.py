@@ -1,6 +1,7 @@
 """Which hosts http tasks may call: optional allow and deny lists of names, `*.domain` wildcards and CIDR blocks.
 
-The check happens where the connection is made (a network backend under httpx), not on the URL alone: a name is
+The check happens where the connection is made (a network backend under httpx: taskmill/tasktypes/http_client.py),
+not on the URL alone: a name is
 resolved once, every address it resolves to is checked, and the connection goes to a checked address. So a name
 that resolves to a denied address is refused, and DNS cannot answer differently between the check and the connect.
 
@@ -18,11 +19,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
-import httpcore
 from pydantic import AfterValidator
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -84,7 +84,7 @@ def _inside(inner: Network, outer: Network) -> bool:
     return False
 
 
-def _normalize(host: str) -> str:
+def normalize(host: str) -> str:
     return host.strip().rstrip(".").lower()
 
 
@@ -94,7 +94,7 @@ def parse_rules(setting: str, text: str) -> HostRules:
     suffixes: list[str] = []
     networks: list[Network] = []
     for raw in text.split(","):
-        entry = _normalize(raw)
+        entry = normalize(raw)
         if not entry:
             continue
         if entry.startswith("*."):
@@ -194,49 +194,3 @@ async def resolve(host: str, port: int) -> list[Address]:
     for *_, sockaddr in infos:
         seen[ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])] = None
     return list(seen)
-
-
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend with the guard in front: resolve, check, then connect to a checked address.
-
-    TLS still verifies and sends the URL's host name (httpcore passes it to `start_tls`, not the address).
-    """
-
-    def __init__(self, guard: HostGuard, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
-        self._guard = guard
-        self._inner = inner or httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        name = _normalize(host)
-        self._guard.check_name(name)
-        literal = literal_address(name)
-        try:
-            addresses = [literal] if literal is not None else await resolve(name, port)
-        except OSError as exc:
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
-        self._guard.check_addresses(name, addresses)
-        error: Exception = httpcore.ConnectError(f"{host} has no address")
-        for address in addresses:  # the first that answers, like a connect by name would
-            try:
-                return await self._inner.connect_tcp(str(address), port, timeout, local_address, socket_options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                error = exc
-        raise error
-
-    async def connect_unix_socket(
-        self,
-        path: str,
-        timeout: float | None = None,
-        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        raise HostRefused(f"unix socket {path} is refused: the host guard is on")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)

@@ -11,16 +11,16 @@ import re
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-import httpcore
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from taskmill import tracing
 from taskmill.tasktypes.base import JsonObject, RunContext, TaskFailed, TaskType, cap_text
-from taskmill.tasktypes.hostguard import GuardedBackend, HostGuard, HostRefused
+from taskmill.tasktypes.hostguard import HostRefused
 from taskmill.tracing import SpanKind
 
 if TYPE_CHECKING:
+    import httpx
+
     from taskmill.spawn import Flow
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
@@ -52,35 +52,6 @@ class HttpPayload(BaseModel):
         if self.json_body is not None and self.body is not None:
             raise ValueError("give either json or body, not both")
         return self
-
-
-class _GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx's own transport over a connection pool whose every connection goes through the host guard.
-
-    httpx has no public way to hand its pool a network backend, so the pool is replaced after construction.
-    """
-
-    def __init__(self, guard: HostGuard) -> None:
-        super().__init__(trust_env=False)
-        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)  # httpx's defaults
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=GuardedBackend(guard),
-        )
-
-
-def http_client(allow_hosts: str = "", deny_hosts: str = "") -> httpx.AsyncClient:
-    """The processor's client for http tasks, every connection through the host guard (TASKMILL_HTTP_*_HOSTS, and
-    the link-local and metadata addresses refused by default).
-
-    It ignores proxy variables from the environment: through a proxy the guard would check the proxy, not the
-    target.
-    """
-    guard = HostGuard.from_lists(allow_hosts, deny_hosts)
-    return httpx.AsyncClient(follow_redirects=False, trust_env=False, transport=_GuardedTransport(guard))
 
 
 async def _read_capped(response: httpx.Response, keep: int, limit: int) -> tuple[bytes, int, bool]:
@@ -129,6 +100,8 @@ async def _call(
     payload: HttpPayload, ctx: RunContext, headers: dict[str, str]
 ) -> tuple[httpx.Response, bytes, int, bool]:
     """The response, and its body as far as it is kept: (response, kept bytes, bytes read, read whole)."""
+    from httpx import HTTPError  # only the processor runs this (see taskmill/tasktypes/http_client.py)
+
     try:
         async with ctx.http.stream(
             payload.method,
@@ -142,7 +115,7 @@ async def _call(
             data, read, complete = await _read_capped(response, ctx.output_cap, ctx.max_response_bytes)
     except HostRefused as exc:
         raise TaskFailed(str(exc), permanent=True) from exc
-    except httpx.HTTPError as exc:
+    except HTTPError as exc:
         raise TaskFailed(f"{type(exc).__name__}: {exc}".rstrip(": ")) from exc
     return response, data, read, complete
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -214,3 +215,38 @@ async def test_health_lists_the_processors_heard_from_lately_with_their_command_
         ("host-a:1", "namespaces (bubblewrap 0.11.0)"),
         ("host-b:2", "refusing command runs"),
     ]
+
+
+async def test_an_edit_of_a_once_task_to_another_time_replaces_its_run_but_keeps_one_asked_for_now(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    # The one-off's own run is replaced; a run someone asked for (invoke, the submit queue) is not the one-off's.
+    first, later = (datetime.now(UTC) + timedelta(hours=h) for h in (1, 2))
+    body = {"name": "report", "type": "noop", "schedule": {"kind": "once", "at": first.isoformat()}}
+    task = (await post(client, body)).json()
+    invoked = await client.post(f"/tasks/{task['id']}/invoke", headers=bearer())
+    assert invoked.status_code == 201, invoked.text
+    body["schedule"]["at"] = later.isoformat()  # type: ignore[index]
+    edited = await client.put(f"/tasks/{task['id']}", json=body, headers=bearer())
+    assert edited.status_code == 200, edited.text
+    runs = await db.fetch("SELECT id, scheduled_time FROM task_schedule WHERE task_id = $1 ORDER BY 2", task["id"])
+    assert runs[0]["id"] == invoked.json()["id"]
+    assert [r["scheduled_time"] for r in runs][1:] == [later]
+
+
+async def test_a_once_task_made_in_bulk_whose_time_passed_unclaimed_has_one_run_after_an_edit_to_another_time(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    # No distributor here: the run falls due and stays scheduled, as while the distributors are down. It is the
+    # one-off's own run however the task was made, so the edit replaces it.
+    soon, later = datetime.now(UTC) + timedelta(seconds=0.5), datetime.now(UTC) + timedelta(hours=1)
+    body = {"name": "report", "type": "noop", "schedule": {"kind": "once", "at": soon.isoformat()}}
+    made = await client.post("/tasks/bulk", json=[body], headers=bearer())
+    assert made.status_code == 201, made.text
+    [task] = made.json()["tasks"]
+    await asyncio.sleep(0.6)
+    body["schedule"]["at"] = later.isoformat()  # type: ignore[index]
+    edited = await client.put(f"/tasks/{task['id']}", json=body, headers=bearer())
+    assert edited.status_code == 200, edited.text
+    runs = await db.fetch("SELECT scheduled_time FROM task_schedule WHERE task_id = $1", task["id"])
+    assert [r["scheduled_time"] for r in runs] == [later]

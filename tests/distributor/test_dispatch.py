@@ -162,6 +162,7 @@ async def test_a_run_lost_with_its_processor_runs_again_without_spending_retries
     assert [tuple(r) for r in results] == [(again, 1, "failed"), (last, 4, "failed")]
 
 
+@pytest.mark.timing
 async def test_a_run_published_ahead_starts_at_its_time_not_before(
     settings: Settings, db: asyncpg.Connection, channel: AbstractChannel
 ) -> None:

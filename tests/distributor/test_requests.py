@@ -3,6 +3,7 @@ becomes a run as `defer` makes it; a request no run can come of lands in the dea
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -131,3 +132,33 @@ async def test_the_submit_queue_makes_no_command_run_unless_an_operator_names_co
     assert marker.exists()
     (letter,) = await take_dead_letters(allowing)
     assert letter.reason == "type: 'sleep' is not among the types the submit queue takes (noop, command)"
+
+
+async def test_the_submit_queue_is_opened_once_a_lost_broker_connection_comes_back(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    """A distributor's connection closed by the broker as it opens the submit queue (RabbitMQ 3.10 closes it with
+    INTERNAL_ERROR when two distributors declare the quorum queue at once): the reader waits for the robust
+    connection to come back and opens the queue then, where it used to stop the distributor."""
+    from distributor import requests
+    from taskmill.db import role_pool
+    from taskmill.transport import open_link
+
+    pool = await role_pool(settings.database_url, max_size=2)
+    link = await open_link(settings, "test-submit-reader", pool)
+    assert link.connection is not None
+    stop = asyncio.Event()
+    try:
+        transport = link.connection.transport
+        assert transport is not None
+        await transport.connection.close(ConnectionError("closed by the test"))  # as a broker's close arrives
+        reader = asyncio.create_task(requests.serve(link.connection, pool, link.publisher, settings, stop))
+        await _publish(settings, _json(type="noop", payload={"n": 2}))
+        await wait_for_statuses(db, {"scheduled": 1})  # the request, recorded as a run by this reader
+        assert not reader.done(), reader
+        stop.set()
+        await asyncio.wait_for(reader, 10)
+    finally:
+        stop.set()
+        await link.close()
+        await pool.close()

@@ -17,7 +17,7 @@ from taskmill.settings import Settings
 from taskmill.store.processors import register
 from taskmill.topology import Names, Topology, declare, declare_dedicated
 from taskmill.transport import open_link
-from tests.helpers import run_message
+from tests.helpers import run_message, wait_until
 
 NOOP = ["noop"]
 
@@ -186,7 +186,11 @@ async def test_a_message_whose_route_now_reaches_no_queue_stays_where_it_was_unt
 
     rerouter = Rerouter(pool, publisher)
     assert await rerouter.sweep() == 0
-    assert await _ready(channel, queue.name) == 1
+
+    async def put_back() -> bool:  # nacked back into the queue: the broker counts it again a moment later
+        return await _ready(channel, queue.name) == 1
+
+    await wait_until(put_back, 5, interval=0.1, what="the message back in its queue")
 
     await declare(channel, settings)
     assert await rerouter.sweep() == 1

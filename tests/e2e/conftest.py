@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from playwright.async_api import Browser, async_playwright, expect
 
-from tests.tools import CHROMIUM
+from tests.tools import CHROMIUM, CHROMIUM_TOOL, need
 
 # Playwright's own browser downloads are not to be had here: Debian's chromium, headless, nothing phoning home.
 ARGS = [
@@ -25,8 +25,7 @@ ARGS = [
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make tools` installs it")
+    need(CHROMIUM_TOOL)
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         expect.set_options(timeout=15_000)  # two cores shared with the database, the broker and other suites

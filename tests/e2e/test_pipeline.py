@@ -66,6 +66,7 @@ async def test_a_thousand_due_runs_each_succeed_exactly_once(settings: Settings,
     assert await counts(settings) == {"work": 0, "dead": 0}
 
 
+@pytest.mark.timing
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "schedule",

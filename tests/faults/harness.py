@@ -54,6 +54,7 @@ from taskmill.store import queue
 from taskmill.store.processors import present
 from taskmill.tokens import mint
 from taskmill.topology import Names
+from tests import services
 from tests.faults import invariants, procs
 from tests.faults.invariants import Expected, Report
 from tests.faults.target import MARK, CommandLog, Target
@@ -217,7 +218,7 @@ class BrokerView:
         return found
 
     async def _rabbitmqctl(self, *args: str) -> str:
-        return await run_command("rabbitmqctl", "-q", *args, timeout=30)
+        return await run_command(*services.rabbitmqctl("-q", *args), timeout=30, cwd=Path("/"))
 
     async def publish(self, body: bytes, routing_key: str, message_id: str | None = None) -> None:
         """Onto the runs exchange, persistent and confirmed, as a distributor would (or as a forger would)."""

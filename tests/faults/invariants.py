@@ -82,7 +82,7 @@ async def check(
         "GROUP BY 1, 2 HAVING count(*) > 1"
     ):
         v.append(f"task {dup['task_id']} has runs {list(dup['ids'])} at the same time {dup['scheduled_time']}")
-    v += await _paths(db, runs, set(waiting))
+    v += await paths(db, runs, set(waiting))
     dead = report.statuses.get(RunState.DEAD, 0)
     if dead_letters != dead + poison:
         dead_ids = [r["id"] for r in runs if r["status"] == RunState.DEAD]
@@ -130,8 +130,11 @@ def _expected_set(runs: list[asyncpg.Record], expected: Expected) -> list[str]:
     return problems
 
 
-async def _paths(db: asyncpg.Connection, runs: list[asyncpg.Record], waiting: set[str]) -> list[str]:
-    """One legal path per run, from its insert to its (terminal) status; the result of each succeeded run kept."""
+async def paths(
+    db: asyncpg.Connection | asyncpg.Pool, runs: list[asyncpg.Record], waiting: set[str], *, dropped: bool = False
+) -> list[str]:
+    """One legal path per run, from its insert to its (terminal) status; the result of each succeeded run kept.
+    `dropped`: runs may have been deleted while scheduled (an edit or a pause drops future runs), their audit kept."""
     legal = {(t[0], t[1]) for t in await db.fetch("SELECT from_status::text, to_status::text FROM run_transitions")}
     moves: dict[int, list[tuple[str | None, str]]] = defaultdict(list)
     for a in await db.fetch("SELECT run_id, from_status::text, to_status::text FROM run_audit ORDER BY run_id, at"):
@@ -157,11 +160,17 @@ async def _paths(db: asyncpg.Connection, runs: list[asyncpg.Record], waiting: se
             problems.append(f"run {run}: illegal transitions {illegal} ({shown})")
         if path[-1][1] != status:
             problems.append(f"run {run}: is {status} but its audit ends in {path[-1][1]} ({shown})")
-        if sum(1 for _, to in path if to in TERMINAL) > 1:
+        # An operator's retry (POST /runs/{id}/retry: failed or dead -> scheduled) gives a run one more end.
+        retried = sum(1 for frm, to in path if frm in (RunState.FAILED, RunState.DEAD) and to == RunState.SCHEDULED)
+        if sum(1 for _, to in path if to in TERMINAL) > 1 + retried:
             problems.append(f"run {run}: reached a terminal state more than once ({shown})")
         if status == RunState.SUCCEEDED and (run, r["attempt"]) not in kept:
             problems.append(f"run {run}: succeeded on attempt {r['attempt']} without a succeeded result for it")
-    problems += [f"audit rows for run {run}, which does not exist: {path}" for run, path in moves.items()]
+    problems += [
+        f"audit rows for run {run}, which does not exist: {path}"
+        for run, path in moves.items()
+        if not (dropped and path[-1][1] == RunState.SCHEDULED)
+    ]
     return problems
 
 

@@ -1,8 +1,9 @@
 """Private PostgreSQL and RabbitMQ servers for the destructive fault scenarios, and a stack pointed at them.
 
-The shared servers (127.0.0.1:5432 and :5672) carry every other test run on this machine: they are never stopped,
-restarted or alarmed. A scenario that does that gets servers of its own, started once per pytest session when a
-test first asks for one (the `rabbit_node` and `pg_cluster` fixtures) and torn down at the session's end:
+The session's servers (tests/services.py, or those DATABASE_URL and AMQP_URL name) carry every other test of the
+run: they are never stopped, restarted or alarmed. A scenario that does that gets servers of its own, started once
+per pytest session when a test first asks for one (the `rabbit_node` and `pg_cluster` fixtures) and torn down at the
+session's end:
 
 - `RabbitNode`: a RabbitMQ node (`tmfault-<pytest pid>@localhost`, its own ports, data and logs, no plugins), run
   as the rabbitmq user as the packaged scripts require, driven with `rabbitmqctl -n <node>`: stop and start,
@@ -28,11 +29,9 @@ import asyncio
 import contextlib
 import ipaddress
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import uuid
@@ -58,7 +57,8 @@ from taskmill.migrate import migrate, migration_files
 from taskmill.settings import Settings
 from tests.faults import procs
 from tests.faults.harness import BrokerView, Stack, run_command, view_of
-from tests.tools import RABBIT_BIN, pg_bin
+from tests.services import free_port
+from tests.tools import PG_CTL, RABBIT_BIN, RABBITMQ_SERVER, RABBITMQCTL, RUNUSER, need, pg_bin
 
 _ROOT = Path("/tmp")
 _PG_BIN = pg_bin()
@@ -76,21 +76,6 @@ RECOVERY_ENV = {
 
 def _session_dir() -> Path:
     return _ROOT / f"tmfault-{os.getpid()}"
-
-
-def free_port() -> int:
-    """A free port below the ephemeral range (32768 on Linux), away from the well-known ones."""
-    for _ in range(200):
-        port = random.randrange(20_000, 32_000)
-        if port in (25_672,):  # the shared node's distribution port
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below 32000")
 
 
 def _owned_dir(path: Path, user: str) -> Path:
@@ -401,6 +386,7 @@ def _reap_leftovers(prefix: str = "tmfault", node_class: type[RabbitNode] = Rabb
 
 @pytest.fixture(scope="session")
 def rabbit_node() -> Iterator[RabbitNode]:
+    need(RABBITMQ_SERVER, RABBITMQCTL, RUNUSER)
     _reap_leftovers()
     node = RabbitNode.create()
     try:
@@ -419,6 +405,7 @@ async def rabbit(rabbit_node: RabbitNode) -> RabbitNode:
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
+    need(PG_CTL, RUNUSER)
     _reap_leftovers()
     cluster = PgCluster.create()
     try:
@@ -790,6 +777,7 @@ def tls_files() -> Iterator[TlsFiles]:
 @pytest.fixture(scope="session")
 def tls_rabbit(tls_files: TlsFiles) -> Iterator[TlsRabbitNode]:
     """The TLS-only RabbitMQ node, started when a test first asks for it."""
+    need(RABBITMQ_SERVER, RABBITMQCTL, RUNUSER)
     node = TlsRabbitNode.create_tls(tls_files)
     try:
         asyncio.run(node.start())
@@ -801,6 +789,7 @@ def tls_rabbit(tls_files: TlsFiles) -> Iterator[TlsRabbitNode]:
 @pytest.fixture(scope="session")
 def tls_pg(tls_files: TlsFiles) -> Iterator[TlsPgCluster]:
     """The TLS-only PostgreSQL cluster, started when a test first asks for it."""
+    need(PG_CTL, RUNUSER)
     cluster = TlsPgCluster.create_tls(tls_files)
     try:
         asyncio.run(cluster.init())

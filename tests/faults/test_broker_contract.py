@@ -29,6 +29,7 @@ from taskmill.states import RunState
 from taskmill.store.runs import Outbound
 from taskmill.tasktypes import BUILTIN
 from taskmill.topology import Names, declare_delay_queue
+from tests import services
 from tests.helpers import new_task, running, wait_for_statuses
 
 FAIL = {"argv": ["false"]}
@@ -36,7 +37,10 @@ FAIL = {"argv": ["false"]}
 
 async def _rabbitmqctl(*args: str) -> list[dict[str, Any]]:
     proc = await asyncio.create_subprocess_exec(
-        "rabbitmqctl", *args, "--formatter", "json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *services.rabbitmqctl(*args, "--formatter", "json"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd="/",  # the CLI may run as the node's user, who may not enter this directory
     )
     out, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
@@ -187,3 +191,18 @@ async def test_a_publish_that_reaches_no_queue_fails_on_every_path_instead_of_va
         await publisher.publish_dead(body, 9, "gave up")
     # publish_delayed declares its delay queue right before publishing to it, so it cannot be made unroutable
     # from outside; it publishes with mandatory=True on this same channel.
+
+
+async def test_a_publisher_whose_connection_the_broker_closed_while_it_declared_declares_again(
+    settings: Settings,
+) -> None:
+    """A role starting beside its replicas may have its connection closed as it declares the queues (RabbitMQ 3.10
+    closes it with INTERNAL_ERROR when two declare one quorum queue at once): opening waits for the robust connection
+    to come back and declares again, where it used to stop the role."""
+    connection = await connect(settings, "test")
+    async with connection:
+        transport = connection.transport
+        assert transport is not None
+        await transport.connection.close(ConnectionError("closed by the test"))  # as a broker's close arrives
+        publisher = await AmqpPublisher.open(connection, settings)
+        assert await publisher.publish_runs([Outbound(1, "noop", b"{}", RunState.QUEUED)]) == [True]

@@ -17,8 +17,9 @@ import pytest
 from taskmill.settings import Settings
 from tests.faults.harness import RoleProcess, Stack
 from tests.faults.proxy import Proxy
-from tests.faults.servers import RECOVERY_ENV, fault_stack, free_port
+from tests.faults.servers import RECOVERY_ENV, fault_stack
 from tests.helpers import new_task, wait_until
+from tests.services import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,8 @@ from taskmill.settings import Settings, format_settings_error
 from taskmill.tasktypes import hostguard
 from taskmill.tasktypes.base import RunContext
 from taskmill.tasktypes.hostguard import HostGuard, HostRefused
-from taskmill.tasktypes.http import HTTP, http_client
+from taskmill.tasktypes.http import HTTP
+from taskmill.tasktypes.http_client import GuardedBackend, http_client
 from tests.helpers import new_task
 from tests.processor.http_targets import Target
 from tests.processor.test_tasktypes import only_result, run_pipeline
@@ -101,7 +102,7 @@ class _NoTraffic(httpcore.AsyncNetworkBackend):
     "url", ["http://169.254.169.254/latest/meta-data/", "http://[fd00:ec2::254]/", "http://[fe80::1]/"]
 )
 async def test_the_guard_refuses_a_metadata_url_before_any_connection_is_attempted(url: str) -> None:
-    backend = hostguard.GuardedBackend(HostGuard.from_lists("", ""), _NoTraffic())
+    backend = GuardedBackend(HostGuard.from_lists("", ""), _NoTraffic())
     host = httpx.URL(url).host
     with pytest.raises(HostRefused, match="link-local or cloud metadata"):
         await backend.connect_tcp(host, 80)

@@ -59,8 +59,9 @@ async def test_a_failed_install_fails_the_run_with_the_step_and_leaves_nothing_h
     assert _envs(cached) == []
 
 
-def _wheel(directory: Path) -> Path:
-    """A wheel of one module, made by hand (no build backend, no index needed)."""
+def one_module_wheel(directory: Path) -> Path:
+    """A wheel of one module, made by hand (no build backend, no index needed), readable by every user (a jailed
+    run's uid reads it too: tests/processor/test_jail_runs.py)."""
     path = directory / "tmwheel-1.0-py3-none-any.whl"
     info = "tmwheel-1.0.dist-info"
     with zipfile.ZipFile(path, "w") as wheel:
@@ -70,6 +71,7 @@ def _wheel(directory: Path) -> Path:
             f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
         )
         wheel.writestr(f"{info}/RECORD", "")
+    path.chmod(0o644)
     return path
 
 
@@ -78,12 +80,13 @@ async def test_requirements_are_installed_in_a_virtualenv_the_command_runs_with(
     cached: Settings, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     # Offline: the requirement is a wheel on disk, and no index is asked.
-    requirements = ["--no-index", str(_wheel(tmp_path))]
+    requirements = ["--no-index", str(one_module_wheel(tmp_path))]
     payload = {"argv": ["python", "-c", "import sys, tmwheel; print(tmwheel.VALUE, sys.prefix)"],
                "requirements": requirements}  # fmt: skip
     task = await new_task(db, "venv", "command", payload, timeout_seconds=30)
     slow = cached.model_copy(update={"max_timeout_s": 60})
-    await run_pipeline(slow, db, {"succeeded": 1})
+    # A virtualenv with pip takes 4 s on an idle 2-core machine, and more than 10 s beside three other workers.
+    await run_pipeline(slow, db, {"succeeded": 1}, timeout=50)
     [env] = _envs(cached)
     assert (await only_result(db, task.id))["result"]["stdout"] == f"from the wheel {env}\n"
 

@@ -32,7 +32,7 @@ from taskmill.tasktypes.base import RunContext, TaskFailed
 from taskmill.tasktypes.command import COMMAND
 from taskmill.tasktypes.jail import Jail
 from tests.faults import procs
-from tests.helpers import new_task, start_role_process, stop_process, wait_until
+from tests.helpers import new_task, start_role_process, stop_process, wait_until, within_reach
 
 CANARIES = {
     "JWT_SECRET": "jwt-canary-" + secrets.token_hex(16),
@@ -273,7 +273,9 @@ def test_a_run_as_user_must_be_on_the_allow_list_and_a_refusal_names_its_reason(
     assert unknown.refused == "cannot run commands: no user 'no-such-user-here' on this host"
 
 
-def test_a_processor_that_is_not_root_confines_commands_in_a_user_namespace_of_their_own(settings: Settings) -> None:
+def test_a_processor_that_is_not_root_confines_commands_in_a_user_namespace_of_their_own(
+    settings: Settings, tmp_path: Path
+) -> None:
     root_jail = Jail.detect(settings.model_copy(update={"command_isolation": "namespaces", "command_user": ""}))
     jail = replace(root_jail, root=False, run_as=None, uids=None, masked=())
     assert "as nobody in a user namespace" in jail.describe()
@@ -284,7 +286,7 @@ def test_a_processor_that_is_not_root_confines_commands_in_a_user_namespace_of_t
     with replace(jail, disk_mb=2).confine(["sh", "-c", script], run_as=None, network=True) as confined:
         # Started as an ordinary user, as such a processor would start it.
         ran = subprocess.run(
-            ["runuser", "-u", "nobody", "--", *confined.argv],
+            within_reach(["runuser", "-u", "nobody", "--", *confined.argv], tmp_path / "stash"),
             capture_output=True,
             text=True,
             timeout=10,

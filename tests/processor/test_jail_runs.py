@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import zipfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -41,7 +40,8 @@ from taskmill.tasktypes.command import COMMAND
 from taskmill.tasktypes.install import InstallCache
 from taskmill.tasktypes.jail import Jail
 from taskmill.tasktypes.uids import NoFreeUid, UidRange
-from tests.helpers import new_task, start_role_process, stop_process, wait_until
+from tests.helpers import new_task, start_role_process, stop_process, wait_until, within_reach
+from tests.processor.test_install import one_module_wheel
 from tests.processor.test_jail import _isolation_of, _run, results
 
 REPO = Path(__file__).resolve().parents[2]
@@ -278,7 +278,7 @@ async def test_requirements_are_installed_in_the_jail_into_a_virtualenv_the_comm
 ) -> None:
     wheels = open_dir / "wheels"
     wheels.mkdir()
-    wheel = _wheel(wheels)
+    wheel = one_module_wheel(wheels)
     # Offline: the wheel is on a path the jail shows, and no index is asked.
     jail = jail_of(settings, cache_dir=str(open_dir / "cache"), command_paths=str(wheels))
     cache = InstallCache(open_dir / "cache", 500 * 1024 * 1024)
@@ -292,21 +292,6 @@ async def test_requirements_are_installed_in_the_jail_into_a_virtualenv_the_comm
     assert failed.value.result is not None
     assert failed.value.result["stdout"] == f"from the wheel {env}\n"
     assert "Read-only file system" in failed.value.result["stderr"]
-
-
-def _wheel(directory: Path) -> Path:
-    """A wheel of one module, made by hand (no build backend, no index needed)."""
-    path = directory / "tmwheel-1.0-py3-none-any.whl"
-    info = "tmwheel-1.0.dist-info"
-    with zipfile.ZipFile(path, "w") as wheel:
-        wheel.writestr("tmwheel.py", "VALUE = 'from the wheel'\n")
-        wheel.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: tmwheel\nVersion: 1.0\n")
-        wheel.writestr(
-            f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-        )
-        wheel.writestr(f"{info}/RECORD", "")
-    path.chmod(0o644)
-    return path
 
 
 async def test_checks_and_run_if_run_in_the_same_jail_as_a_uid_of_the_range(settings: Settings) -> None:
@@ -523,10 +508,11 @@ def test_a_processor_that_is_not_root_keeps_runs_in_the_same_jail(open_dir: Path
         'echo \'{"type": "noop", "key": "k"}\' >> "$TASKMILL_SPAWN_FILE"'
     )
     # The system's python3 (the venv's interpreter lives under /root, which nobody may enter) with this checkout's
-    # packages: a processor's code, run as an ordinary user.
+    # packages: a processor's code, run as an ordinary user, who can reach them wherever they are (`within_reach`).
     site = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
+    as_nobody = [str(shutil.which("runuser")), "-u", "nobody", "--", "/usr/bin/python3", "-c", NOT_ROOT, script]
     ran = subprocess.run(
-        [str(shutil.which("runuser")), "-u", "nobody", "--", "/usr/bin/python3", "-c", NOT_ROOT, script, str(work)],
+        within_reach([*as_nobody, str(work)], open_dir / "stash", (Path(sys.prefix), REPO)),
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{site}:{REPO}", "HOME": "/nonexistent"},
         capture_output=True,
         text=True,

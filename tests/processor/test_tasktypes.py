@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,15 +19,18 @@ import processor.service
 from taskmill.models import TaskCreate
 from taskmill.settings import Settings
 from taskmill.store.tasks import create_task
+from taskmill.tasktypes import command
 from tests.helpers import new_task, running, wait_for_statuses, wait_until
 from tests.processor.http_targets import Target
 
 
-async def run_pipeline(settings: Settings, db: asyncpg.Connection, expected: dict[str, int]) -> None:
+async def run_pipeline(
+    settings: Settings, db: asyncpg.Connection, expected: dict[str, int], timeout: float = 10
+) -> None:
     """Publishes every due run and lets a processor work until the runs reach the `expected` statuses."""
     async with running(processor.service.run, settings):
         await distributor.service.run(settings, until_idle=True)
-        await wait_for_statuses(db, expected, timeout=10)
+        await wait_for_statuses(db, expected, timeout=timeout)
 
 
 async def only_result(db: asyncpg.Connection, task_id: int) -> asyncpg.Record:
@@ -199,6 +203,27 @@ async def test_a_timed_out_command_loses_its_whole_process_group(
         return all(gone(pid) for pid in pids)
 
     await wait_until(all_gone, timeout=2, what=f"pids {pids} to be killed")
+
+
+async def test_a_timed_out_command_keeps_its_output_when_killing_it_takes_a_while(
+    settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a loaded machine the kill, the pipes' drain and the reading took longer than the 50 ms the command used to
+    # have between its own deadline and the processor's cancellation: the run failed with no output at all.
+    kill = command._kill_group
+
+    def slow_kill(pid: int) -> None:
+        time.sleep(0.2)
+        kill(pid)
+
+    monkeypatch.setattr(command, "_kill_group", slow_kill)
+    task = await new_task(
+        db, "talks-then-hangs", "command", {"argv": ["sh", "-c", "echo started; exec sleep 30"]}, timeout_seconds=1
+    )
+    await run_pipeline(settings, db, {"failed": 1})
+    row = await only_result(db, task.id)
+    assert row["error"] == "timed out after 1 s"
+    assert row["result"] is not None and row["result"]["stdout"] == "started\n"
 
 
 async def test_output_with_nul_bytes_is_recorded_with_a_replacement_character(

@@ -16,7 +16,7 @@ from taskmill.db import Connection
 from taskmill.migrate import migrate, migration_files
 from taskmill.settings import Settings
 from taskmill.store.partitions import day_name, partitions, prepare, retire
-from tests.conftest import PG_ADMIN, _dsn
+from tests import services
 from tests.helpers import new_task
 
 
@@ -103,10 +103,10 @@ async def test_the_janitor_keeps_the_days_and_leaves_recent_ones(settings: Setti
 @pytest.fixture
 async def empty_database() -> AsyncIterator[str]:
     name = f"tmtest_upgrade_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(PG_ADMIN)
+    admin = await asyncpg.connect(services.pg_admin())
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        yield _dsn(name)
+        yield services.dsn(name)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()

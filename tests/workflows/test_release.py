@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncpg
 import httpx
+import pytest
 from prometheus_client import REGISTRY
 
 import distributor.service
@@ -59,6 +60,7 @@ async def test_a_step_released_by_its_dependency_carries_its_release_in_its_mess
     assert message.due_at() == message.released_at
 
 
+@pytest.mark.timing
 async def test_a_steps_start_lateness_leaves_out_its_wait_for_the_step_before(
     client: httpx.AsyncClient,  # noqa: F811
     settings: Settings,
