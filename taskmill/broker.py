@@ -33,13 +33,17 @@ T = TypeVar("T")
 _LOST = (aiormq.exceptions.AMQPConnectionError, aio_pika.exceptions.ChannelInvalidStateError, ConnectionError)
 
 
+# Bare RuntimeErrors that say the same: aiormq's "<Connection ...> closed" until the robust connection has noticed,
+# and aio-pika's "Connection was not opened" while it is reconnecting (its transport is None for that while).
+_LOST_MESSAGES = (" closed", "Connection was not opened")
+
+
 def connection_lost(exc: BaseException) -> bool:
     """Whether a broker call failed because its connection went: the robust connection comes back by itself, so the
-    call is worth trying again. aiormq says so with a bare RuntimeError ("<Connection ...> closed") until the robust
-    connection has noticed."""
+    call is worth trying again."""
     if isinstance(exc, _LOST):
         return True
-    return isinstance(exc, RuntimeError) and str(exc).endswith(" closed")
+    return isinstance(exc, RuntimeError) and str(exc).endswith(_LOST_MESSAGES)
 
 
 async def on_channel(

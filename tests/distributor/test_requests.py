@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import asyncpg
+import pytest
 
 import distributor.service
 import processor.service
@@ -155,6 +157,45 @@ async def test_the_submit_queue_is_opened_once_a_lost_broker_connection_comes_ba
         reader = asyncio.create_task(requests.serve(link.connection, pool, link.publisher, settings, stop))
         await _publish(settings, _json(type="noop", payload={"n": 2}))
         await wait_for_statuses(db, {"scheduled": 1})  # the request, recorded as a run by this reader
+        assert not reader.done(), reader
+        stop.set()
+        await asyncio.wait_for(reader, 10)
+    finally:
+        stop.set()
+        await link.close()
+        await pool.close()
+
+
+async def test_the_submit_queue_is_opened_after_a_reconnect_that_was_under_way_when_the_reader_began(
+    settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the robust connection reconnects it has no transport, and aio-pika answers a new channel with
+    RuntimeError("Connection was not opened"): the reader waits and tries again, where it used to stop (and the
+    distributor with it). The window is a few milliseconds wide; here the first two channels meet it."""
+    from aio_pika.robust_connection import RobustConnection
+
+    from distributor import requests
+    from taskmill.db import role_pool
+    from taskmill.transport import open_link
+
+    pool = await role_pool(settings.database_url, max_size=2)
+    link = await open_link(settings, "test-submit-reader", pool)
+    assert link.connection is not None
+    refusals = [RuntimeError("Connection was not opened")] * 2
+    opened = RobustConnection.channel
+
+    def channel(self: RobustConnection, *args: Any, **kwargs: Any) -> Any:
+        if refusals:
+            raise refusals.pop()
+        return opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(RobustConnection, "channel", channel)
+    stop = asyncio.Event()
+    try:
+        reader = asyncio.create_task(requests.serve(link.connection, pool, link.publisher, settings, stop))
+        await _publish(settings, _json(type="noop", payload={"n": 3}))
+        await wait_for_statuses(db, {"scheduled": 1})
+        assert not refusals
         assert not reader.done(), reader
         stop.set()
         await asyncio.wait_for(reader, 10)
