@@ -22,6 +22,7 @@ from taskmill.messages import RunMessage
 from taskmill.models import Schedule, Task, TaskCreate
 from taskmill.settings import Settings
 from taskmill.store.tasks import create_task
+from tests import zygote
 
 RoleRun = Callable[..., Coroutine[Any, Any, None]]
 
@@ -95,26 +96,24 @@ def role_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-async def start_role_process(settings: Settings, *args: str, **env: str) -> asyncio.subprocess.Process:
-    """`taskmill <args>` as a real subprocess (its own process, so it can be killed for real)."""
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "taskmill.cli",
-        *args,
-        env=role_env(settings, **env),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+async def start_role_process(
+    settings: Settings, *args: str, fork: bool = True, **env: str
+) -> asyncio.subprocess.Process:
+    """`taskmill <args>` as a real subprocess (its own process, so it can be killed for real), forked from a zygote
+    that has imported its role (tests/zygote.py); `fork=False` execs it as users do, for a test that looks at what
+    the kernel shows of it (its /proc environ is its exec's)."""
+    return await zygote.start(
+        args, role_env(settings, **env), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, fork=fork
     )
 
 
 @asynccontextmanager
 async def role_process(
-    settings: Settings, *args: str, ready: Callable[[], Awaitable[bool]], what: str, **env: str
+    settings: Settings, *args: str, ready: Callable[[], Awaitable[bool]], what: str, fork: bool = True, **env: str
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`taskmill <args>` as a real process (with extra environment `env`) for the body of the block, once `ready()`
-    says so (failing with its stderr if it exits first); terminated afterwards."""
-    proc = await start_role_process(settings, *args, **env)
+    """`taskmill <args>` as a real process (with extra environment `env`; `fork` as `start_role_process`'s) for the
+    body of the block, once `ready()` says so (failing with its stderr if it exits first); terminated afterwards."""
+    proc = await start_role_process(settings, *args, fork=fork, **env)
 
     async def up() -> bool:
         if proc.returncode is not None:

@@ -37,6 +37,7 @@ PROCESS_OBJECTS = {
     "subprocess": "subprocess",
     "taskmill": "tests.helpers.taskmill",
     "Stack": "tests.faults.harness.Stack",
+    "zygote": "tests.zygote",
 }
 # Fixtures that are processes themselves (servers of a test's own).
 PROCESS_FIXTURES = frozenset(

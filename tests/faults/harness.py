@@ -34,7 +34,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
@@ -54,7 +53,7 @@ from taskmill.store import queue
 from taskmill.store.processors import present
 from taskmill.tokens import mint
 from taskmill.topology import Names
-from tests import services
+from tests import services, zygote
 from tests.faults import invariants, procs
 from tests.faults.invariants import Expected, Report
 from tests.faults.target import MARK, CommandLog, Target
@@ -351,16 +350,8 @@ class Stack:
         name = f"{role}-{sum(1 for p in self.processes if p.role == role) + 1}"
         log = self.workdir / f"{name}.log"
         with log.open("wb") as out:  # the child keeps its own descriptor
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "taskmill.cli",
-                role,
-                *argv,
-                env=self.env(**env),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
+            proc = await zygote.start(
+                [role, *argv], self.env(**env), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
             )
         types = tuple(argv[argv.index("--types") + 1].split(",")) if "--types" in argv else ()
         process = RoleProcess(role, name, proc, log, expect_exit, types)

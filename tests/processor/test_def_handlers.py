@@ -39,6 +39,7 @@ async def processor(settings: Settings, db: asyncpg.Connection) -> AsyncIterator
     args = ("processor", "--import", MODULE, "--concurrency", "4")
     async with role_process(
         settings, *args, ready=registered, what="the processor to register its handlers", TASKMILL_CANCEL_CHECK_S="0.2",
+        fork=False,  # exec'd: its family is found by the MARK in /proc/<pid>/environ, which shows an exec's
         **{MARK: str(uuid.uuid4())},
     ) as proc:  # fmt: skip
         yield proc

@@ -51,6 +51,7 @@ async def processor(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[a
     proc = await start_role_process(
         settings,
         "processor",
+        fork=False,  # what the jail hides is what the kernel shows of an exec'd processor
         TASKMILL_COMMAND_ISOLATION="namespaces",
         TASKMILL_COMMAND_USER="",
         TASKMILL_SECRET_KEY_FILE=str(key_file),

@@ -53,8 +53,8 @@ SYSTEM = {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin"
 @asynccontextmanager
 async def jailed_processor(settings: Settings, **env: str) -> AsyncIterator[asyncio.subprocess.Process]:
     """A real processor with the default isolation (namespaces, a uid of its own for each run)."""
-    proc = await start_role_process(
-        settings, "processor", TASKMILL_COMMAND_ISOLATION="namespaces", TASKMILL_COMMAND_USER="", **env
+    proc = await start_role_process(  # exec'd: what the jail hides is what the kernel shows of such a processor
+        settings, "processor", fork=False, TASKMILL_COMMAND_ISOLATION="namespaces", TASKMILL_COMMAND_USER="", **env
     )
     try:
         yield proc
