@@ -96,14 +96,19 @@ def role_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-async def start_role_process(
-    settings: Settings, *args: str, fork: bool = True, **env: str
-) -> asyncio.subprocess.Process:
+async def start_role_process(settings: Settings, *args: str, **env: str) -> asyncio.subprocess.Process:
     """`taskmill <args>` as a real subprocess (its own process, so it can be killed for real), forked from a zygote
-    that has imported its role (tests/zygote.py); `fork=False` execs it as users do, for a test that looks at what
-    the kernel shows of it (its /proc environ is its exec's)."""
+    that has imported its role (tests/zygote.py)."""
     return await zygote.start(
-        args, role_env(settings, **env), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, fork=fork
+        args, role_env(settings, **env), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+
+
+async def exec_role_process(settings: Settings, *args: str, **env: str) -> asyncio.subprocess.Process:
+    """`start_role_process`, but exec'd as users start it: for a test that looks at what the kernel shows of the
+    process (its /proc environ and cmdline are its exec's; a forked one shows the zygote's)."""
+    return await zygote.start(
+        args, role_env(settings, **env), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, fork=False
     )
 
 
@@ -111,9 +116,9 @@ async def start_role_process(
 async def role_process(
     settings: Settings, *args: str, ready: Callable[[], Awaitable[bool]], what: str, fork: bool = True, **env: str
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`taskmill <args>` as a real process (with extra environment `env`; `fork` as `start_role_process`'s) for the
-    body of the block, once `ready()` says so (failing with its stderr if it exits first); terminated afterwards."""
-    proc = await start_role_process(settings, *args, fork=fork, **env)
+    """`taskmill <args>` as a real process (with extra environment `env`; exec'd unless `fork`) for the body of the
+    block, once `ready()` says so (failing with its stderr if it exits first); terminated afterwards."""
+    proc = await (start_role_process if fork else exec_role_process)(settings, *args, **env)
 
     async def up() -> bool:
         if proc.returncode is not None:

@@ -26,6 +26,7 @@ PROCESS_NAMES = frozenset(
         "create_subprocess_shell",
         "Popen",
         "start_role_process",
+        "exec_role_process",
         "role_process",
         "fault_stack",
         "run_command",

@@ -32,7 +32,7 @@ from taskmill.tasktypes.base import RunContext, TaskFailed
 from taskmill.tasktypes.command import COMMAND
 from taskmill.tasktypes.jail import Jail
 from tests.faults import procs
-from tests.helpers import new_task, start_role_process, stop_process, wait_until, within_reach
+from tests.helpers import exec_role_process, new_task, stop_process, wait_until, within_reach
 
 CANARIES = {
     "JWT_SECRET": "jwt-canary-" + secrets.token_hex(16),
@@ -48,10 +48,9 @@ async def processor(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[a
     key = "zmYsdU0GTm8w7Mwc6NCrFx7wOqd0C9tAqpLbRh3nCpI="  # a Fernet key: the canary is the key itself
     key_file.write_text(key + "\n")
     key_file.chmod(0o644)  # as Docker mounts a secret: readable by all, so only the mask keeps it from commands
-    proc = await start_role_process(
+    proc = await exec_role_process(  # what the jail hides is what the kernel shows of an exec'd processor
         settings,
         "processor",
-        fork=False,  # what the jail hides is what the kernel shows of an exec'd processor
         TASKMILL_COMMAND_ISOLATION="namespaces",
         TASKMILL_COMMAND_USER="",
         TASKMILL_SECRET_KEY_FILE=str(key_file),

@@ -40,7 +40,7 @@ from taskmill.tasktypes.command import COMMAND
 from taskmill.tasktypes.install import InstallCache
 from taskmill.tasktypes.jail import Jail
 from taskmill.tasktypes.uids import NoFreeUid, UidRange
-from tests.helpers import new_task, start_role_process, stop_process, wait_until, within_reach
+from tests.helpers import exec_role_process, new_task, stop_process, wait_until, within_reach
 from tests.processor.test_install import one_module_wheel
 from tests.processor.test_jail import _isolation_of, _run, results
 
@@ -53,8 +53,8 @@ SYSTEM = {"bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin"
 @asynccontextmanager
 async def jailed_processor(settings: Settings, **env: str) -> AsyncIterator[asyncio.subprocess.Process]:
     """A real processor with the default isolation (namespaces, a uid of its own for each run)."""
-    proc = await start_role_process(  # exec'd: what the jail hides is what the kernel shows of such a processor
-        settings, "processor", fork=False, TASKMILL_COMMAND_ISOLATION="namespaces", TASKMILL_COMMAND_USER="", **env
+    proc = await exec_role_process(  # what the jail hides is what the kernel shows of an exec'd processor
+        settings, "processor", TASKMILL_COMMAND_ISOLATION="namespaces", TASKMILL_COMMAND_USER="", **env
     )
     try:
         yield proc
