@@ -22,6 +22,7 @@ from taskmill.store.processors import LIVE_WITHIN_S, dedicated, leave, register,
 from taskmill.store.tasktypes import Registered, registered
 from taskmill.store.tasktypes import register as register_types
 from taskmill.tasktypes import BUILTIN
+from taskmill.tasktypes.command import sweep_spawn_dirs
 from taskmill.tasktypes.http_client import http_client
 from taskmill.tasktypes.jail import Jail
 from taskmill.transport import Link, open_link
@@ -46,6 +47,8 @@ async def run(settings: Settings, *, stop: asyncio.Event | None = None, until_id
     except handlers.ImportFailed as exc:
         raise ConfigError(str(exc)) from exc
     jail = await asyncio.to_thread(Jail.detect, settings)  # tries the sandbox once, for real
+    if swept := await asyncio.to_thread(sweep_spawn_dirs):
+        log.info("removed %d spawn directories left by processors that were killed", swept)
     pool = await role_pool(settings.database_url, max_size=4)
     # Each handler attempt holds a connection for its transaction: as many as runs at once.
     handler_pool = await create_pool(settings.database_url, max_size=settings.concurrency) if served else None

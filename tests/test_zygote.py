@@ -17,11 +17,12 @@ from tests import zygote
 from tests.helpers import role_env, wait_until
 
 PROBE = """
-import json, os, sys
+import json, os, sys, tempfile, time
 print("to stdout", flush=True)
 print("to stderr", file=sys.stderr, flush=True)
 with open(os.environ["PROBE_OUT"], "w") as out:
     json.dump({"cwd": os.getcwd(), "argv": sys.argv, "mark": os.environ.get("PROBE_MARK"), "path": sys.path,
+               "tmp": tempfile.gettempdir(), "tz": time.tzname,
                "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("taskmill", "processor"))}, out)
 if os.environ.get("PROBE_HANG"):
     import time
@@ -45,11 +46,12 @@ def _probe(tmp_path: Path, settings: Settings, **env: str) -> tuple[Path, dict[s
 async def test_a_forked_role_sees_what_the_exec_d_one_sees_and_exits_with_its_code(
     settings: Settings, tmp_path: Path
 ) -> None:
-    """Arguments, environment, working directory, import path (PYTHONPATH's entries included), the project's
-    modules loaded when its code runs, standard streams and exit code: the same both ways."""
+    """Arguments, environment (TMPDIR and TZ, which the interpreter reads at its start, included), working
+    directory, import path (PYTHONPATH's entries included), the project's modules loaded when its code runs,
+    standard streams and exit code: the same both ways."""
     seen = {}
     for fork in (True, False):
-        out, env = _probe(tmp_path, settings, PYTHONPATH=str(tmp_path / "lib"))
+        out, env = _probe(tmp_path, settings, PYTHONPATH=str(tmp_path / "lib"), TMPDIR=str(tmp_path), TZ="Asia/Kolkata")
         proc = await zygote.start(
             ["processor", "--import", "probe"],
             env,
@@ -71,6 +73,7 @@ async def test_a_forked_role_sees_what_the_exec_d_one_sees_and_exits_with_its_co
     assert seen[True]["argv"][1:] == ["processor", "--import", "probe"]
     assert seen[True]["mark"] == "m-1"
     assert str(tmp_path / "lib") in seen[True]["path"]
+    assert (seen[True]["tmp"], seen[True]["tz"]) == (str(tmp_path), ["IST", "IST"])
 
 
 async def test_output_goes_to_a_file_with_stderr_merged(settings: Settings, tmp_path: Path, fork: bool) -> None:

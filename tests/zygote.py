@@ -27,7 +27,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -102,6 +104,9 @@ def _main() -> None:
     # The child: what `python -m taskmill.cli ARGS` does, run to the interpreter's own end (atexit, threads joined).
     os.environ.clear()
     os.environ.update(request["env"])
+    # What the interpreter read from the environment at its start, read again from this one.
+    tempfile.tempdir = None  # TMPDIR
+    time.tzset()  # TZ
     os.chdir(request["cwd"])
     # The path an interpreter started there with that environment would have: `-m` puts the working directory
     # first, PYTHONPATH's entries next.

@@ -19,6 +19,7 @@ import resource
 import shlex
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -314,10 +315,45 @@ async def run(payload: CommandPayload, ctx: RunContext) -> JsonObject:
         raise TaskFailed(str(exc)) from None
 
 
+# A spawn file's directory is named by the host and pid of the processor that made it: one that was killed before
+# its cleanup leaves it behind, and the next processor to start on the host removes it (sweep_spawn_dirs).
+_SPAWN_PREFIX = "taskmill-spawn-"
+
+
+def _spawn_dir_prefix() -> str:
+    return f"{_SPAWN_PREFIX}{socket.gethostname()}.{os.getpid()}."
+
+
+def sweep_spawn_dirs(root: Path | None = None) -> int:
+    """Removes the spawn directories under `root` (the temporary directory) left by processors of this host that
+    are gone; returns how many. A process is looked up by its pid, so processors of one host must share its pid
+    namespace to share a temporary directory (as they do unless containers share a mounted /tmp)."""
+    host = socket.gethostname()
+    removed = 0
+    for directory in (root or Path(tempfile.gettempdir())).glob(f"{_SPAWN_PREFIX}*.*.*"):
+        owner, _, _ = directory.name[len(_SPAWN_PREFIX) :].rpartition(".")
+        made_on, _, pid = owner.rpartition(".")
+        if made_on != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(directory, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def _spawn_file(run_as: RunAs | None) -> Iterator[Path]:
     """An empty file of the run's own that only the command's user can write, removed afterwards."""
-    directory = Path(tempfile.mkdtemp(prefix="taskmill-spawn-"))
+    directory = Path(tempfile.mkdtemp(prefix=_spawn_dir_prefix()))
     try:
         directory.chmod(0o711)
         path = directory / "spawn.jsonl"
