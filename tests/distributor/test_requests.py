@@ -5,23 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import asyncpg
 import pytest
+from aio_pika.robust_connection import RobustConnection
 
 import distributor.service
 import processor.service
+from distributor import requests
+from taskmill.db import role_pool
 from taskmill.messages import amqp_message
 from taskmill.settings import Settings
 from taskmill.topology import Names
+from taskmill.transport import Link, open_link
 from tests.helpers import new_task, running, statuses, wait_for_statuses, wait_until
 from tests.transports import counts, take_dead_letters
 
 
-async def _publish(settings: Settings, *requests: bytes) -> None:
+async def _publish(settings: Settings, *bodies: bytes) -> None:
     """Once a distributor reads the queue: confirmed and `mandatory`, as a producer should publish."""
     name = Names(settings.broker_prefix).submit_queue
     connection = await aio_pika.connect(settings.amqp_url)
@@ -40,7 +46,7 @@ async def _publish(settings: Settings, *requests: bytes) -> None:
 
         await wait_until(consumed, timeout=10, what="a distributor reading the submit queue")
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        for body in requests:
+        for body in bodies:
             await channel.default_exchange.publish(amqp_message(body, 0), routing_key=name, mandatory=True)
 
 
@@ -136,34 +142,46 @@ async def test_the_submit_queue_makes_no_command_run_unless_an_operator_names_co
     assert letter.reason == "type: 'sleep' is not among the types the submit queue takes (noop, command)"
 
 
+@asynccontextmanager
+async def _reader_link(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, Link]]:
+    """A distributor's pool and broker link, for a submit reader of the test's own."""
+    pool = await role_pool(settings.database_url, max_size=2)
+    link = await open_link(settings, "test-submit-reader", pool)
+    try:
+        assert link.connection is not None
+        yield pool, link
+    finally:
+        await link.close()
+        await pool.close()
+
+
+async def _records_a_request(settings: Settings, db: asyncpg.Connection, pool: asyncpg.Pool, link: Link) -> None:
+    """A reader started on `link` records a request published to the submit queue as a run, still reading
+    afterwards, and ends when stopped."""
+    assert link.connection is not None
+    stop = asyncio.Event()
+    reader = asyncio.create_task(requests.serve(link.connection, pool, link.publisher, settings, stop))
+    try:
+        await _publish(settings, _json(type="noop", payload={"n": 2}))
+        await wait_for_statuses(db, {"scheduled": 1})  # the request, recorded as a run by this reader
+        assert not reader.done(), reader
+    finally:
+        stop.set()
+    await asyncio.wait_for(reader, 10)
+
+
 async def test_the_submit_queue_is_opened_once_a_lost_broker_connection_comes_back(
     settings: Settings, db: asyncpg.Connection
 ) -> None:
     """A distributor's connection closed by the broker as it opens the submit queue (RabbitMQ 3.10 closes it with
     INTERNAL_ERROR when two distributors declare the quorum queue at once): the reader waits for the robust
     connection to come back and opens the queue then, where it used to stop the distributor."""
-    from distributor import requests
-    from taskmill.db import role_pool
-    from taskmill.transport import open_link
-
-    pool = await role_pool(settings.database_url, max_size=2)
-    link = await open_link(settings, "test-submit-reader", pool)
-    assert link.connection is not None
-    stop = asyncio.Event()
-    try:
+    async with _reader_link(settings) as (pool, link):
+        assert link.connection is not None
         transport = link.connection.transport
         assert transport is not None
         await transport.connection.close(ConnectionError("closed by the test"))  # as a broker's close arrives
-        reader = asyncio.create_task(requests.serve(link.connection, pool, link.publisher, settings, stop))
-        await _publish(settings, _json(type="noop", payload={"n": 2}))
-        await wait_for_statuses(db, {"scheduled": 1})  # the request, recorded as a run by this reader
-        assert not reader.done(), reader
-        stop.set()
-        await asyncio.wait_for(reader, 10)
-    finally:
-        stop.set()
-        await link.close()
-        await pool.close()
+        await _records_a_request(settings, db, pool, link)
 
 
 async def test_the_submit_queue_is_opened_after_a_reconnect_that_was_under_way_when_the_reader_began(
@@ -172,15 +190,6 @@ async def test_the_submit_queue_is_opened_after_a_reconnect_that_was_under_way_w
     """While the robust connection reconnects it has no transport, and aio-pika answers a new channel with
     RuntimeError("Connection was not opened"): the reader waits and tries again, where it used to stop (and the
     distributor with it). The window is a few milliseconds wide; here the first two channels meet it."""
-    from aio_pika.robust_connection import RobustConnection
-
-    from distributor import requests
-    from taskmill.db import role_pool
-    from taskmill.transport import open_link
-
-    pool = await role_pool(settings.database_url, max_size=2)
-    link = await open_link(settings, "test-submit-reader", pool)
-    assert link.connection is not None
     refusals = [RuntimeError("Connection was not opened")] * 2
     opened = RobustConnection.channel
 
@@ -189,17 +198,7 @@ async def test_the_submit_queue_is_opened_after_a_reconnect_that_was_under_way_w
             raise refusals.pop()
         return opened(self, *args, **kwargs)
 
-    monkeypatch.setattr(RobustConnection, "channel", channel)
-    stop = asyncio.Event()
-    try:
-        reader = asyncio.create_task(requests.serve(link.connection, pool, link.publisher, settings, stop))
-        await _publish(settings, _json(type="noop", payload={"n": 3}))
-        await wait_for_statuses(db, {"scheduled": 1})
-        assert not refusals
-        assert not reader.done(), reader
-        stop.set()
-        await asyncio.wait_for(reader, 10)
-    finally:
-        stop.set()
-        await link.close()
-        await pool.close()
+    async with _reader_link(settings) as (pool, link):
+        monkeypatch.setattr(RobustConnection, "channel", channel)
+        await _records_a_request(settings, db, pool, link)
+    assert not refusals
