@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from taskmill.procs import alive
+
 log = logging.getLogger(__name__)
 
 SYSTEM_USER = "taskmill"  # the user the server runs as when `taskmill dev` runs as root
@@ -369,7 +371,7 @@ def _stop_leftover(binaries: Binaries, data_dir: Path, user: ServerUser) -> None
         pid = int(lines[0])
     except (OSError, ValueError):
         return  # none, or unreadable: PostgreSQL decides
-    if not _alive(pid):
+    if not alive(pid):
         return  # a dead server's: PostgreSQL removes it and recovers
     try:
         ours = os.path.samefile(f"/proc/{pid}/cwd", data_dir)  # a postmaster works in its data directory
@@ -433,11 +435,11 @@ def _stop(binaries: Binaries, data_dir: Path, user: ServerUser, pids: Sequence[i
         log.warning("pg_ctl stop -m %s failed on %s: %s", mode, data_dir, _last_meaningful(output))
     for pid in pids:
         with contextlib.suppress(OSError):
-            if _alive(pid) and os.path.samefile(f"/proc/{pid}/exe", binaries.bin_dir / "postgres"):
+            if alive(pid) and os.path.samefile(f"/proc/{pid}/exe", binaries.bin_dir / "postgres"):
                 log.warning("stopping the server of %s (pid %d) with SIGQUIT", data_dir, pid)
                 os.kill(pid, signal.SIGQUIT)  # the postmaster's immediate shutdown
                 deadline = time.monotonic() + _STOP_TIMEOUT_S
-                while _alive(pid) and time.monotonic() < deadline:
+                while alive(pid) and time.monotonic() < deadline:
                     time.sleep(0.05)
 
 
@@ -448,17 +450,8 @@ def _drop_dead_pid_file(data_dir: Path) -> None:
         pid = int(pid_file.read_text().split("\n", 1)[0])
     except (OSError, ValueError):
         return
-    if not _alive(pid):
+    if not alive(pid):
         pid_file.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    """Whether `pid` is a process that runs (a zombie does not)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def _run_as(user: ServerUser, command: list[str], timeout: float) -> tuple[int, str]:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from taskmill.procs import alive
 from taskmill.tasktypes.base import (
     JsonObject,
     RunContext,
@@ -327,27 +328,18 @@ def _spawn_dir_prefix() -> str:
 def sweep_spawn_dirs(root: Path | None = None) -> int:
     """Removes the spawn directories under `root` (the temporary directory) left by processors of this host that
     are gone; returns how many. A process is looked up by its pid, so processors of one host must share its pid
-    namespace to share a temporary directory (as they do unless containers share a mounted /tmp)."""
+    namespace to share a temporary directory (as they do unless containers share a mounted /tmp); a zombie counts
+    as gone."""
     host = socket.gethostname()
     removed = 0
     for directory in (root or Path(tempfile.gettempdir())).glob(f"{_SPAWN_PREFIX}*.*.*"):
         owner, _, _ = directory.name[len(_SPAWN_PREFIX) :].rpartition(".")
         made_on, _, pid = owner.rpartition(".")
-        if made_on != host or not pid.isdigit() or _alive(int(pid)):
+        if made_on != host or not pid.isdigit() or alive(int(pid)):
             continue
         shutil.rmtree(directory, ignore_errors=True)
         removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
 
 
 @contextlib.contextmanager
