@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from taskmill.settings import Settings
 from taskmill.tasktypes.command import _spawn_file, sweep_spawn_dirs
@@ -23,16 +24,15 @@ def _gone_pid() -> int:
     return proc.pid
 
 
-def test_a_spawn_file_lies_in_a_directory_named_by_its_processor_and_goes_with_its_run(tmp_path: Path) -> None:
-    tempfile.tempdir = str(tmp_path)
-    try:
-        with _spawn_file(None) as path:
-            assert path.exists()
-            assert path.parent.parent == tmp_path
-            assert path.parent.name.startswith(f"taskmill-spawn-{socket.gethostname()}.{os.getpid()}.")
-        assert not path.parent.exists()
-    finally:
-        tempfile.tempdir = None
+def test_a_spawn_file_lies_in_a_directory_named_by_its_processor_and_goes_with_its_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with _spawn_file(None) as path:
+        assert path.exists()
+        assert path.parent.parent == tmp_path
+        assert path.parent.name.startswith(f"taskmill-spawn-{socket.gethostname()}.{os.getpid()}.")
+    assert not path.parent.exists()
 
 
 def test_the_sweep_removes_only_what_processors_of_this_host_that_are_gone_left(tmp_path: Path) -> None:
