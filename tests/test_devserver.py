@@ -42,6 +42,7 @@ from taskmill.devserver import (
     find_binaries,
     server_user,
 )
+from taskmill.procs import alive  # a zombie does not run: pid 1 may reap an orphaned server late
 from tests.helpers import free_port, within_reach
 
 ROOT = os.geteuid() == 0
@@ -186,15 +187,6 @@ def stop_servers(under: Path) -> None:
 
 def postmaster_pid(data: Path) -> int:
     return int((data / "postmaster.pid").read_text().split("\n", 1)[0])
-
-
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie does not: pid 1 may reap an orphaned server late)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 async def gone(pid: int) -> None:
