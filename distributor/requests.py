@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
@@ -55,11 +56,10 @@ async def serve(
             log.info("run %s requested", run_id, extra={"run_id": run_id, "action": "submit"})
             return
 
-    opened = await _open(connection, settings, stop)
+    opened = await _open(connection, settings, stop, handle)
     if opened is None:
         return
-    channel, queue = opened
-    tag = await queue.consume(handle)
+    channel, (queue, tag) = opened
     try:
         await stop.wait()
     finally:
@@ -68,10 +68,15 @@ async def serve(
 
 
 async def _open(
-    connection: AbstractRobustConnection, settings: Settings, stop: asyncio.Event
-) -> tuple[AbstractChannel, AbstractQueue] | None:
-    """A channel and the submit queue declared on it, tried again while the broker connection is lost (the robust
-    connection restores both once they exist); None when `stop` came first."""
+    connection: AbstractRobustConnection,
+    settings: Settings,
+    stop: asyncio.Event,
+    handle: Callable[[AbstractIncomingMessage], Awaitable[None]],
+) -> tuple[AbstractChannel, tuple[AbstractQueue, str]] | None:
+    """A channel, the submit queue declared on it and `handle` consuming it (its consumer tag), tried again while
+    the broker connection is lost (the robust connection restores all three once they exist); None when `stop`
+    came first. The consume is inside the retry: a broker that refuses two distributors declaring the quorum queue
+    at once closes the connection just after the declare (RabbitMQ 3.10: INTERNAL_ERROR)."""
     backoff = Backoff(settings.db_retry_max_s)
 
     async def prefetching(connection: AbstractRobustConnection) -> AbstractChannel:
@@ -83,7 +88,11 @@ async def _open(
         log.warning("cannot open the submit queue yet: %s", described(exc), extra={"action": "submit"})
         return not await wait_or_stop(stop, backoff.next())
 
-    return await on_channel(connection, prefetching, lambda channel: declare_submit(channel, settings), again)
+    async def consuming(channel: AbstractChannel) -> tuple[AbstractQueue, str]:
+        queue = await declare_submit(channel, settings)
+        return queue, await queue.consume(handle)
+
+    return await on_channel(connection, prefetching, consuming, again)
 
 
 async def _refuse(publisher: Publisher, message: AbstractIncomingMessage, reason: str) -> None:

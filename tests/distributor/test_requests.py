@@ -13,6 +13,7 @@ from typing import Any
 import aio_pika
 import asyncpg
 import pytest
+from aio_pika.abc import AbstractChannel, AbstractQueue
 from aio_pika.robust_connection import RobustConnection
 
 import distributor.service
@@ -21,7 +22,7 @@ from distributor import requests
 from taskmill.db import role_pool
 from taskmill.messages import amqp_message
 from taskmill.settings import Settings
-from taskmill.topology import Names
+from taskmill.topology import Names, declare_submit
 from taskmill.transport import Link, open_link
 from tests.helpers import new_task, running, statuses, wait_for_statuses, wait_until
 from tests.transports import counts, take_dead_letters
@@ -202,3 +203,27 @@ async def test_the_submit_queue_is_opened_after_a_reconnect_that_was_under_way_w
         monkeypatch.setattr(RobustConnection, "channel", channel)
         await _records_a_request(settings, db, pool, link)
     assert not refusals
+
+
+async def test_the_submit_queue_is_consumed_after_a_connection_closed_just_after_its_declare(
+    settings: Settings, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RabbitMQ closes a distributor's connection (INTERNAL_ERROR) when two declare the quorum queue at once, and
+    the close may come after the declare answered: the consume then fails, and the reader opens the queue again
+    once the connection is back, where it used to stop the distributor (seen in a suite run, two distributors
+    starting together)."""
+    closes = [ConnectionError("closed by the test")]
+    async with _reader_link(settings) as (pool, link):
+        assert link.connection is not None
+        connection = link.connection
+
+        async def declare_then_lose(channel: AbstractChannel, settings: Settings) -> AbstractQueue:
+            queue = await declare_submit(channel, settings)
+            if closes:
+                assert connection.transport is not None
+                await connection.transport.connection.close(closes.pop())  # as the broker's close arrives
+            return queue
+
+        monkeypatch.setattr(requests, "declare_submit", declare_then_lose)
+        await _records_a_request(settings, db, pool, link)
+    assert not closes
